@@ -1,0 +1,29 @@
+# Two commands from a fresh clone (Python 3.11, no GPU, no network beyond PyPI):
+#   make demo   set up .venv, train the packaged MiniLM on data/demo, write the submission
+#   make test   set up .venv, run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test setup clean bench
+
+$(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first and pinned: 2.13.0 is the CPU wheel; an open range pulls a multi-GB CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup
+	$(BIN)/python train.py --config default --overwrite
+	$(BIN)/python inference.py --config default --saved_model default
+
+test: setup
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf saved_model output

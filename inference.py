@@ -1,0 +1,46 @@
+"""Predict the unlabelled pairs of a config with a saved model and write the submission CSV.
+
+    python inference.py --config NAME --saved_model Y [key.path=value ...]
+
+Y: a checkpoint path (HF directory, .safetensors, .pt/.pth/.bin/.ckpt), a run
+name under saved_model/ (its best model), or a file name under saved_model/.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))  # runnable from a clone without install
+
+from plaintune.errors import run_cli  # noqa: E402
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="configs/NAME.yaml or a path to a YAML file")
+    parser.add_argument("--saved_model", "--saved-model", required=True, dest="saved_model",
+                        help="checkpoint path, run name, or file name under saved_model/")
+    parser.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. inference.round=null")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="allow unpickling a whole-model checkpoint (runs code from the file)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+
+    def body() -> int:
+        from plaintune.config import load_config
+        from plaintune.recipe import run_inference
+
+        cfg = load_config(args.config, args.overrides, purpose="inference")
+        return run_inference(cfg, args.saved_model, trust=args.trust_checkpoint)
+
+    return run_cli(body, debug=args.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

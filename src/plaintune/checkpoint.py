@@ -1,0 +1,337 @@
+"""Checkpoints: read any weights format, map keys onto a model by rules, load strictly with a report.
+
+One load path serves inference, warm starts and resume:
+
+    state, fmt = read_state_dict(path)             # HF dir, .safetensors, .pt/.bin/.ckpt, bundles
+    report = load_into(model, state, rules, ...)    # key rules + strict check + report
+
+Key fixes are data (regex pairs), tried greedily: a rule is applied only when
+it makes more checkpoint keys match the model, and every applied rule is
+reported. Nothing is loaded with `strict=False` silently: tensors that stay
+missing, unexpected or mis-shaped are an error unless allowed by a glob.
+
+CLI: `python -m plaintune.checkpoint inspect PATH [--config NAME]`.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import torch
+
+from .errors import UserError
+
+# Bundle keys whose value is the model's state dict, in order of preference.
+BUNDLE_KEYS = ("model_state_dict", "state_dict", "model", "module", "model_state")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+# Buffers some older checkpoints carry that current models rebuild themselves.
+IGNORABLE_UNEXPECTED = ("*position_ids", "*.num_batches_tracked")
+
+# (name, pattern, replacement): prefixes added by wrappers, and old layer-norm names.
+BUILTIN_RULES = (
+    ("strip DDP 'module.'", r"^module\.", ""),
+    ("strip torch.compile '_orig_mod.'", r"^_orig_mod\.", ""),
+    ("strip Lightning 'model.'", r"^model\.", ""),
+    ("LayerNorm gamma -> weight", r"\.gamma$", ".weight"),
+    ("LayerNorm beta -> bias", r"\.beta$", ".bias"),
+)
+
+
+@dataclass
+class LoadReport:
+    source: str
+    fmt: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)          # not in checkpoint, allowed -> fresh
+    unexpected: list[str] = field(default_factory=list)       # in checkpoint, ignored (allowed)
+    reshaped: list[str] = field(default_factory=list)         # shape differs, allowed -> fresh
+    rules: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"loaded {len(self.loaded)} tensors from {self.source} ({self.fmt})"]
+        if self.rules:
+            parts.append("rules: " + ", ".join(self.rules))
+        for label, names in (("fresh (allowed missing)", self.missing), ("reshaped, fresh", self.reshaped),
+                             ("ignored unexpected", self.unexpected)):
+            if names:
+                parts.append(f"{label}: {_short_list(names)}")
+        return "; ".join(parts)
+
+    def full_text(self) -> str:
+        lines = [f"source: {self.source}", f"format: {self.fmt}", f"rules applied: {self.rules or 'none'}"]
+        for label, names in (("loaded", self.loaded), ("missing (initialised fresh)", self.missing),
+                             ("shape-mismatched (initialised fresh)", self.reshaped),
+                             ("unexpected (ignored)", self.unexpected)):
+            lines.append(f"{label}: {len(names)}")
+            lines += [f"  {name}" for name in names]
+        return "\n".join(lines) + "\n"
+
+
+def _short_list(names: Sequence[str], limit: int = 6) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+# ------------------------------------------------------------------ reading
+
+def _is_tensor_dict(obj: object) -> bool:
+    return isinstance(obj, dict) and len(obj) > 0 and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def _torch_load(path: Path, trust: bool) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights_only" not in str(err) and "Unsupported global" not in str(err):
+            raise UserError(f"checkpoint '{path}' is not a readable torch file (corrupt or truncated?)") from None
+        if not trust:
+            raise UserError(f"checkpoint '{path}' contains pickled Python objects (e.g. a whole model saved "
+                            "with torch.save(model)); unpickling can run code, so it is refused: if you trust "
+                            "its origin, rerun with --trust-checkpoint") from None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as load_err:  # the pickle needs classes this environment lacks
+            raise UserError(f"checkpoint '{path}': cannot unpickle ({type(load_err).__name__}: "
+                            f"{str(load_err).splitlines()[0] if str(load_err) else ''}); save a state_dict "
+                            "instead: torch.save(model.state_dict(), path)") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, IndexError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"checkpoint '{path}' is not a readable torch file (corrupt or truncated? {first})") from None
+
+
+def _safetensors_load(path: Path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise UserError(f"checkpoint '{path}' is not a readable safetensors file (corrupt or truncated? "
+                        f"{err})") from None
+
+
+def _read_dir(path: Path, trust: bool) -> tuple[dict, str]:
+    for index_name in SHARD_INDEXES:
+        index = path / index_name
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            state: dict = {}
+            for shard in shards:
+                state.update(_read_file(path / shard, trust)[0])
+            return state, f"Hugging Face directory, {len(shards)} shards"
+    for name in WEIGHT_FILES:
+        if (path / name).is_file():
+            return _read_file(path / name, trust)[0], f"Hugging Face directory ({name})"
+    raise UserError(f"checkpoint directory '{path}' holds no model.safetensors or pytorch_model.bin")
+
+
+def _unwrap(obj: object, path: Path) -> tuple[dict, str]:
+    """Find the model's state dict inside whatever torch.load returned."""
+    if isinstance(obj, torch.nn.Module):
+        return obj.state_dict(), "pickled whole model"
+    if _is_tensor_dict(obj):
+        return dict(obj), "state dict"
+    if isinstance(obj, dict):
+        for key in BUNDLE_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, torch.nn.Module):
+                return inner.state_dict(), f"bundle['{key}'] (pickled model)"
+            if _is_tensor_dict(inner):
+                return dict(inner), f"bundle['{key}']"
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors and len(tensors) >= len(obj) // 2:
+            return tensors, "state dict (non-tensor entries ignored)"
+        keys = ", ".join(map(str, list(obj)[:8]))
+        raise UserError(f"checkpoint '{path}' holds a dict without model weights (keys: {keys}); expected a "
+                        f"state dict or a bundle with one of: {', '.join(BUNDLE_KEYS)}")
+    raise UserError(f"checkpoint '{path}' holds a {type(obj).__name__}, not model weights")
+
+
+def _read_file(path: Path, trust: bool) -> tuple[dict, str]:
+    if path.stat().st_size == 0:
+        raise UserError(f"checkpoint '{path}' is empty (0 bytes); the save was interrupted? use another file")
+    if path.suffix == ".safetensors":
+        return _safetensors_load(path), "safetensors"
+    return _unwrap(_torch_load(path, trust), path)
+
+
+def read_state_dict(path: Path | str, trust: bool = False) -> tuple[dict, str]:
+    """Weights from a HF directory, .safetensors, or a torch file (state dict, bundle, Lightning)."""
+    path = Path(path)
+    if path.is_dir():
+        return _read_dir(path, trust)
+    if not path.is_file():
+        raise UserError(f"checkpoint '{path}' does not exist")
+    return _read_file(path, trust)
+
+
+# ------------------------------------------------------------------ key rules
+
+def _rename(keys: Iterable[str], pattern: str, replacement: str,
+            keep: Optional[set[str]] = None) -> dict[str, str]:
+    """Rename keys by a regex; keys in `keep` (already matching the model) stay as they are."""
+    regex = re.compile(pattern)
+    keep = keep or set()
+    return {k: k if k in keep else regex.sub(replacement, k, count=1) for k in keys}
+
+
+def _prefix_rules(model: torch.nn.Module) -> list[tuple[str, str, str]]:
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    if not prefix:
+        return []
+    p = re.escape(prefix)
+    return [(f"add base prefix '{prefix}.'", rf"^(?!{p}\.)", f"{prefix}."),
+            (f"strip base prefix '{prefix}.'", rf"^{p}\.", "")]
+
+
+def map_keys(state: dict, model_keys: set[str], user_rules: Sequence[Sequence[str]] = (),
+             model: Optional[torch.nn.Module] = None) -> tuple[dict, list[str]]:
+    """Rename checkpoint keys towards the model's keys.
+
+    User rules (regex pairs from `model.key_rules`) always apply, in order. Then
+    built-in rules are applied greedily, each only while it increases the
+    number of keys that match the model. Returns the renamed state and the names
+    of the rules used.
+    """
+    applied = []
+    for pattern, replacement in user_rules:
+        mapping = _rename(state, pattern, replacement)
+        if any(k != v for k, v in mapping.items()):
+            applied.append(f"user rule {pattern!r} -> {replacement!r}")
+        state = {mapping[k]: v for k, v in state.items()}
+
+    candidates = list(BUILTIN_RULES) + (_prefix_rules(model) if model is not None else [])
+
+    def matches(keys: Iterable[str]) -> int:
+        return sum(1 for k in keys if k in model_keys)
+
+    current = matches(state)
+    for _ in range(len(candidates) + 2):  # each rule can help at most once or twice
+        best = None
+        for name, pattern, replacement in candidates:
+            mapping = _rename(state, pattern, replacement, keep=model_keys)
+            if len(set(mapping.values())) < len(mapping):
+                continue  # would merge two keys: not a rename
+            gain = matches(mapping.values()) - current
+            if gain > 0 and (best is None or gain > best[0]):
+                best = (gain, name, mapping)
+        if best is None:
+            break
+        gain, name, mapping = best
+        state = {mapping[k]: v for k, v in state.items()}
+        current += gain
+        applied.append(name)
+    return state, applied
+
+
+def _any_match(name: str, globs: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, g) for g in globs)
+
+
+def load_into(model: torch.nn.Module, state: dict, source: str, fmt: str,
+              user_rules: Sequence[Sequence[str]] = (), allow_missing: Sequence[str] = (),
+              allow_unexpected: Sequence[str] = ()) -> LoadReport:
+    """Load `state` into `model` strictly, after key rules; return what happened.
+
+    Missing or shape-mismatched tensors not matched by an `allow_missing` glob,
+    and unexpected ones not matched by `allow_unexpected`, are a `UserError`
+    that lists them and says how to allow them.
+    """
+    target = model.state_dict()
+    state, rules = map_keys(state, set(target), user_rules, model)
+    report = LoadReport(source=source, fmt=fmt, rules=rules)
+
+    missing = sorted(k for k in target if k not in state)
+    unexpected = sorted(k for k in state if k not in target)
+    mismatched = sorted(k for k in state if k in target and state[k].shape != target[k].shape)
+
+    bad_missing = [k for k in missing if not _any_match(k, allow_missing)]
+    bad_shape = [k for k in mismatched if not _any_match(k, allow_missing)]
+    bad_unexpected = [k for k in unexpected
+                      if not _any_match(k, tuple(allow_unexpected) + IGNORABLE_UNEXPECTED)]
+    problems = []
+    if bad_missing:
+        problems.append(f"{len(bad_missing)} model tensors missing from the checkpoint: {_short_list(bad_missing)}")
+    if bad_shape:
+        shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(target[k].shape)}" for k in bad_shape]
+        problems.append(f"{len(bad_shape)} with another shape: {_short_list(shapes, 3)}")
+    if bad_unexpected:
+        problems.append(f"{len(bad_unexpected)} checkpoint tensors the model lacks: {_short_list(bad_unexpected)}")
+    if problems:
+        hint = ("is it a checkpoint of another model or task (model.name, model.num_labels)? To start those "
+                "tensors fresh on purpose, list them in model.allow_missing (e.g. [\"classifier.*\"])")
+        if bad_unexpected and not (bad_missing or bad_shape):
+            hint = "to ignore them on purpose, list them in model.allow_unexpected"
+        if rules:
+            hint += f" (rules applied: {', '.join(rules)})"
+        raise UserError(f"checkpoint '{source}' does not fit the model: {'; '.join(problems)}; {hint}")
+
+    loadable = {k: v for k, v in state.items() if k in target and k not in mismatched}
+    model.load_state_dict(loadable, strict=False)
+    report.loaded = sorted(loadable)
+    report.missing = missing
+    report.reshaped = mismatched
+    report.unexpected = unexpected
+    return report
+
+
+def load_weights(model: torch.nn.Module, path: Path | str, user_rules: Sequence[Sequence[str]] = (),
+                 allow_missing: Sequence[str] = (), allow_unexpected: Sequence[str] = (),
+                 trust: bool = False) -> LoadReport:
+    """`read_state_dict` + `load_into`: the one way weights get into a model."""
+    state, fmt = read_state_dict(path, trust)
+    return load_into(model, state, str(path), fmt, user_rules, allow_missing, allow_unexpected)
+
+
+# ------------------------------------------------------------ run directories
+
+BEST_META = "trainer_state.json"
+
+
+def is_complete_best(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / BEST_META).is_file() and any(
+        (path / name).is_file() for name in WEIGHT_FILES + SHARD_INDEXES)
+
+
+def find_best_dir(run_dir: Path) -> Optional[Path]:
+    """best/, or best.old/ if a crash fell between the two renames of a best update."""
+    for name in ("best", "best.old"):
+        if is_complete_best(run_dir / name):
+            return run_dir / name
+    return None
+
+
+def resolve_saved_model(value: str, saved_root: Path = Path("saved_model")) -> Path:
+    """`--saved_model Y`: a path; else a run name under saved_model/ (its best); else a file there."""
+    candidates = [Path(value).expanduser(), saved_root / value, saved_root / f"{value}.pt"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+        if candidate.is_dir():
+            if (candidate / "config.json").is_file() or any((candidate / n).is_file() for n in WEIGHT_FILES):
+                return candidate
+            best = find_best_dir(candidate)
+            if best is not None:
+                return best
+            if (candidate / "last.pt").is_file():
+                print(f"note: {candidate} has no complete best/ yet; using its last.pt")
+                return candidate / "last.pt"
+            raise UserError(f"--saved_model '{value}': directory '{candidate}' holds no checkpoint "
+                            "(no best/, last.pt or model weights)")
+    runs = sorted(p.name for p in saved_root.iterdir()) if saved_root.is_dir() else []
+    hint = f"; runs under {saved_root}/: {', '.join(runs)}" if runs else f"; {saved_root}/ has no runs yet"
+    raise UserError(f"--saved_model '{value}': no such file, directory or run name{hint}")
+
+
+if __name__ == "__main__":
+    from .inspect_cli import main
+
+    raise SystemExit(main())

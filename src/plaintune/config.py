@@ -1,0 +1,251 @@
+"""YAML config + command-line overrides -> one validated, attribute-access config.
+
+Every problem is collected before anything heavy loads and reported at once:
+unknown keys (with the nearest valid key), wrong types, bad choices, out-of-range
+numbers, unknown loss/optimizer/scheduler names and their keyword arguments,
+and missing data files.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import yaml
+from box import Box
+
+from .errors import UserError
+from .schema import REQUIRED, SCHEMA, Field
+
+CONFIG_DIR = Path("configs")
+
+# Which data files must exist for which command.
+REQUIRED_FILES = {
+    "train": ("train_path", "dev_path"),
+    "inference": ("predict_path", "submission_template"),
+}
+
+
+def resolve_config_path(name: str) -> Path:
+    """`NAME` is configs/NAME.yaml, or a path to a YAML file."""
+    candidates = [Path(name)] if name.endswith((".yaml", ".yml")) or os.sep in name else []
+    candidates += [CONFIG_DIR / f"{name}.yaml", CONFIG_DIR / f"{name}.yml", Path(name)]
+    for path in candidates:
+        if path.is_file():
+            return path
+    shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
+    hint = f"; shipped configs: {', '.join(shipped)}" if shipped else ""
+    raise UserError(f"config '{name}' not found (looked for {CONFIG_DIR / (name + '.yaml')} and {name}){hint}")
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text; save the config as UTF-8") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" line {where.line + 1}" if where is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UserError(f"{path}:{line}: invalid YAML ({problem}); check indentation and quoting") from None
+    if data is None:
+        raise UserError(f"{path}: the config is empty; start from configs/default.yaml")
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the top level must be a mapping of keys (got a {type(data).__name__}); "
+                        "start from configs/default.yaml")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`training.epochs=3` -> (['training', 'epochs'], 3). Values are read as YAML."""
+    key, sep, raw = text.lstrip("-").partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UserError(f"override '{text}' must look like key.path=value, e.g. training.epochs=3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise UserError(f"override '{text}': cannot parse the value '{raw}' as YAML; quote it") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
+    data = copy.deepcopy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise UserError(f"override '{text}': {'.'.join(path[:i + 1])} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+# ---------------------------------------------------------------- validation
+
+def _all_leaf_paths(schema: dict, prefix: str = "") -> list[str]:
+    paths = []
+    for key, spec in schema.items():
+        full = f"{prefix}{key}"
+        paths += _all_leaf_paths(spec, full + ".") if isinstance(spec, dict) else [full]
+    return paths
+
+
+def _suggest(key: str, prefix: str, siblings: Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(siblings), n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {prefix}{close[0]}?"
+    # Maybe it belongs in another section (e.g. training.seed -> seed).
+    elsewhere = [p for p in _all_leaf_paths(SCHEMA) if p.rsplit(".", 1)[-1] == key]
+    if elsewhere:
+        return f"; did you mean {elsewhere[0]}?"
+    return ""
+
+
+def _coerce(field: Field, value: Any, where: str, problems: list[str]) -> Any:
+    if value is None:
+        if field.nullable:
+            return None
+        problems.append(f"{where}: must not be empty/null")
+        return value
+    kind = field.kind
+    if kind is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)  # PyYAML reads 2e-5 as a string
+            except ValueError:
+                problems.append(f"{where}: expected a number, got {value!r}")
+                return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"{where}: expected a number, got {value!r}")
+            return value
+        value = float(value)
+    elif kind is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(f"{where}: expected a whole number, got {value!r}")
+            return value
+    elif kind is bool:
+        if not isinstance(value, bool):
+            problems.append(f"{where}: expected true or false, got {value!r}")
+            return value
+    elif kind is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and field.choices is None:
+            value = str(value)
+        if not isinstance(value, str):
+            problems.append(f"{where}: expected a string, got {value!r}")
+            return value
+    elif not isinstance(value, kind):
+        problems.append(f"{where}: expected a {kind.__name__}, got {value!r}")
+        return value
+    if field.choices is not None and value not in field.choices:
+        problems.append(f"{where}: {value!r} is not one of {', '.join(map(str, field.choices))}")
+    elif field.check is not None:
+        problem = field.check(value)
+        if problem:
+            problems.append(f"{where}: {problem}")
+    return value
+
+
+def _validate_section(data: Any, schema: dict, prefix: str, problems: list[str]) -> dict:
+    if not isinstance(data, dict):
+        problems.append(f"{prefix.rstrip('.') or 'config'}: expected a section of keys, got {data!r}")
+        data = {}
+    out = {}
+    for key in data:
+        if key not in schema:
+            problems.append(f"{prefix}{key}: unknown key{_suggest(str(key), prefix, schema)}")
+    for key, spec in schema.items():
+        where = f"{prefix}{key}"
+        if isinstance(spec, dict):
+            out[key] = _validate_section(data.get(key, {}) if data.get(key) is not None else {}, spec,
+                                         where + ".", problems)
+        elif key in data:
+            value = data[key]
+            if spec.open_keys and isinstance(value, dict) and isinstance(spec.default, dict):
+                value = {**({} if "name" in value else spec.default), **value}
+            out[key] = _coerce(spec, value, where, problems)
+        elif spec.default is REQUIRED:
+            problems.append(f"{where}: required key is missing")
+        else:
+            out[key] = copy.deepcopy(spec.default)
+    return out
+
+
+def _check_files(cfg: dict, purpose: Optional[str], base: Path, problems: list[str]) -> None:
+    data = cfg["data"]
+    keys = list(REQUIRED_FILES.get(purpose, ()))
+    if purpose == "train" and data.get("test_path"):
+        keys.append("test_path")
+    for key in keys:
+        value = data.get(key)
+        if isinstance(value, str) and not (base / value).is_file():
+            problems.append(f"data.{key}: file '{value}' does not exist; fix the path or override it "
+                            f"(data.{key}=path/to/file.csv)")
+
+
+def validate(data: dict, source: str = "config", purpose: Optional[str] = None,
+             base: Path = Path(".")) -> Box:
+    """Check `data` against the schema and return it completed with defaults.
+
+    `purpose` ('train' or 'inference') adds checks that the files that command
+    reads exist. All problems are raised together in one `UserError`.
+    """
+    problems: list[str] = []
+    cfg = _validate_section(data, SCHEMA, "", problems)
+    if not problems:
+        from .factory import check_component_choices  # torch-level names, light to import
+
+        problems += check_component_choices(cfg)
+        _check_files(cfg, purpose, base, problems)
+    if problems:
+        count = f"{len(problems)} problems: " if len(problems) > 1 else ""
+        raise UserError(f"{source}: {count}" + "; ".join(problems))
+    return Box(cfg, frozen_box=False, default_box=False)
+
+
+def load_config(name: str, overrides: Iterable[str] = (), purpose: Optional[str] = None) -> Box:
+    """Read configs/NAME.yaml (or a path), apply `key.path=value` overrides, validate."""
+    path = resolve_config_path(name)
+    data = apply_overrides(read_yaml(path), overrides)
+    return validate(data, source=str(path), purpose=purpose)
+
+
+def to_plain(cfg: Box) -> dict:
+    """The config as plain dicts and lists (for YAML, checkpoints and loggers)."""
+    return cfg.to_dict()
+
+
+def dump_yaml(cfg: Box) -> str:
+    return yaml.safe_dump(to_plain(cfg), sort_keys=False, allow_unicode=True)
+
+
+def reference_markdown() -> str:
+    """The config reference table for the README, generated from the schema."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+
+    def walk(schema: dict, prefix: str) -> None:
+        for key, spec in schema.items():
+            if isinstance(spec, dict):
+                walk(spec, f"{prefix}{key}.")
+                continue
+            default = "(required)" if spec.default is REQUIRED else yaml.safe_dump(
+                spec.default, default_flow_style=True).strip().removesuffix("...").strip()
+            rows.append(f"| `{prefix}{key}` | `{default}` | {spec.doc} |")
+
+    walk(SCHEMA, "")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(reference_markdown())

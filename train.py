@@ -1,0 +1,54 @@
+"""Train a model from a YAML config.
+
+    python train.py --config NAME [key.path=value ...] [--resume [PATH]] [--force] [--overwrite]
+    torchrun --nproc_per_node N train.py --config NAME
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))  # runnable from a clone without install
+
+from plaintune.errors import run_cli  # noqa: E402
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="configs/NAME.yaml or a path to a YAML file")
+    parser.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. training.epochs=3")
+    parser.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
+                        help="continue this run's newest checkpoint, or the bundle at PATH")
+    parser.add_argument("--force", action="store_true", help="resume even if the config changed what the run is")
+    parser.add_argument("--overwrite", action="store_true", help="start over even if the run has checkpoints")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="allow unpickling whole-model checkpoints for model.init_from (runs code)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    args, unknown = parser.parse_known_args(argv)
+    # Sweep agents pass overrides as --key=value; accept those as key=value.
+    for item in unknown:
+        if item.startswith("--") and "=" in item:
+            args.overrides.append(item[2:])
+        else:
+            parser.error(f"unrecognized argument: {item}")
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+
+    def body() -> int:
+        from plaintune.config import load_config
+        from plaintune.recipe import run_training
+
+        cfg = load_config(args.config, args.overrides, purpose="train")
+        return run_training(cfg, args.config, args.overrides, resume=args.resume, force=args.force,
+                            overwrite=args.overwrite, trust=args.trust_checkpoint)
+
+    return run_cli(body, debug=args.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
