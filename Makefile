@@ -13,7 +13,6 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	# torch first and pinned: 2.13.0 is the CPU wheel; an open range pulls a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -r requirements-dev.txt
-	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
 setup: $(BIN)/.installed

@@ -43,14 +43,24 @@ def _rows_text(lines: Sequence[int]) -> str:
 
 
 def read_csv_checked(path: str, key: str, encoding: str = "utf-8") -> pd.DataFrame:
-    """Read a CSV as strings; turn every way it can be unreadable into a `UserError`."""
+    """Read a CSV as strings; turn every way it can be unreadable into a `UserError`.
+
+    The csv module (not pandas) reads it, so a row with too many or too few
+    fields is reported with its line instead of being silently re-aligned.
+    """
     where = f"{key}: '{path}'"
     if not Path(path).is_file():
         raise UserError(f"{where} does not exist; fix the path or override it ({key}=path/to/file.csv)")
     # utf-8-sig reads plain UTF-8 too, and drops the BOM that Excel puts in front.
     codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    rows, lines = [], []
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=codec)
+        with open(path, newline="", encoding=codec) as handle:
+            reader = csv.reader(handle, strict=True)
+            for row in reader:
+                if row:  # blank lines carry no record
+                    rows.append(row)
+                    lines.append(reader.line_num)
     except UnicodeDecodeError as err:
         hint = ("; Korean Excel exports are often cp949: set data.encoding=cp949"
                 if codec == "utf-8-sig" else "; set data.encoding to the file's encoding")
@@ -58,16 +68,24 @@ def read_csv_checked(path: str, key: str, encoding: str = "utf-8") -> pd.DataFra
                         f"at offset {err.start}){hint}") from None
     except LookupError:
         raise UserError(f"data.encoding: unknown encoding '{encoding}'; use e.g. utf-8 or cp949") from None
-    except pd.errors.EmptyDataError:
-        raise UserError(f"{where} is empty; expected a header line such as "
-                        "id,source,sentence_1,sentence_2,label") from None
-    except pd.errors.ParserError as err:
-        detail = str(err).strip().splitlines()[-1]
-        raise UserError(f"{where} is not a well-formed CSV ({detail}); quote fields that contain commas") from None
     except csv.Error as err:
-        raise UserError(f"{where} is not a well-formed CSV ({err})") from None
-    if len(frame) == 0:
+        raise UserError(f"{where} is not a well-formed CSV (line {lines[-1] + 1 if lines else 1}: {err}); "
+                        "quote fields that contain commas or quotes") from None
+    if not rows:
+        raise UserError(f"{where} is empty; expected a header line such as id,source,sentence_1,sentence_2,label")
+    header = [name.strip() for name in rows[0]]
+    if len(set(header)) != len(header):
+        dup = next(name for name in header if header.count(name) > 1)
+        raise UserError(f"{where}: column '{dup}' appears twice in the header; rename one")
+    if len(rows) == 1:
         raise UserError(f"{where} has a header but no rows")
+    ragged = [(line, len(row)) for line, row in zip(lines[1:], rows[1:]) if len(row) != len(header)]
+    if ragged:
+        line, count = ragged[0]
+        raise UserError(f"{where} is not a well-formed CSV: line {line} has {count} fields but the header has "
+                        f"{len(header)} ({len(ragged)} such rows); quote fields that contain commas")
+    frame = pd.DataFrame(rows[1:], columns=header, dtype=str)
+    frame.attrs["lines"] = lines[1:]  # file line of each row, for messages
     return frame
 
 
@@ -90,7 +108,7 @@ def read_pairs(path: str, key: str, columns: dict, encoding: str = "utf-8", labe
     if labelled:
         needed["label"] = columns["label"]
     require_columns(frame, where, needed)
-    lines = np.arange(len(frame)) + 2  # header is line 1
+    lines = np.asarray(frame.attrs["lines"])
 
     for col_key in ("sentence_1", "sentence_2"):
         col = columns[col_key]

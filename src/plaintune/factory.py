@@ -5,6 +5,7 @@ take the config section they need and nothing else.
 """
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import inspect
 import logging
@@ -293,16 +294,23 @@ def build_model(model_spec: dict, pretrained: Optional[bool] = None) -> nn.Modul
     if not pretrained:
         return AutoModelForSequenceClassification.from_config(config)
     try:
+        # Mismatched shapes load as fresh tensors here and are checked against allow_missing below.
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            source, config=config, local_files_only=offline, output_loading_info=True)
+            source, config=config, local_files_only=offline, output_loading_info=True,
+            ignore_mismatched_sizes=True)
     except (OSError, ValueError) as err:
         raise _load_error(model_spec["name"], offline, err) from None
     fresh = sorted(info.get("missing_keys", []))
     if fresh:
         print(f"model: {len(fresh)} tensors not in the pretrained weights, initialised fresh: "
               f"{', '.join(fresh)}")
-    mismatched = info.get("mismatched_keys", [])
+    mismatched = sorted(str(m[0] if isinstance(m, (tuple, list)) else m) for m in info.get("mismatched_keys", []))
+    allowed = model_spec.get("allow_missing") or []
+    refused = [k for k in mismatched if not any(fnmatch.fnmatchcase(k, g) for g in allowed)]
+    if refused:
+        raise UserError(f"model.name: '{model_spec['name']}' holds {', '.join(refused)} in another shape than "
+                        f"this model (model.num_labels={model_spec['num_labels']}); to start them fresh, set "
+                        f"model.allow_missing (e.g. [\"classifier.*\"])")
     if mismatched:
-        print(f"model: {len(mismatched)} tensors reshaped and initialised fresh: "
-              f"{', '.join(str(m[0] if isinstance(m, tuple) else m) for m in mismatched)}")
+        print(f"model: {len(mismatched)} tensors of another shape, initialised fresh: {', '.join(mismatched)}")
     return model

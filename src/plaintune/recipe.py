@@ -271,7 +271,7 @@ def load_model_for_inference(cfg: Box, source: Path, trust: bool = False):
     report = checkpoint.load_weights(model, source, cfg.model.key_rules, allow_missing=(),
                                      allow_unexpected=cfg.model.allow_unexpected, trust=trust)
     tokenizer = factory.build_tokenizer({"name": str(source)} if _has_tokenizer(source) else cfg.model)
-    return model, tokenizer, report
+    return model.eval(), tokenizer, report
 
 
 def run_inference(cfg: Box, saved_model: str, trust: bool = False) -> int:

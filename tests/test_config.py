@@ -1,0 +1,215 @@
+"""Config loading: every shipped config validates; every class of mistake is one clear error."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, base_config, write_config
+from plaintune import config as config_mod
+from plaintune.config import load_config, validate
+from plaintune.errors import UserError
+from plaintune.schema import SCHEMA
+
+SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_every_shipped_config_validates(path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    data = yaml.safe_load(path.read_text())
+    if "program" in data:  # a wandb sweep spec, not a run config
+        pytest.skip("sweep spec")
+    cfg = validate(data, source=str(path))
+    assert cfg.run_name and cfg.model.name
+    if cfg.data.train_path.startswith("data/demo"):  # shipped data must exist
+        validate(data, source=str(path), purpose="train")
+        validate(data, source=str(path), purpose="inference")
+
+
+def test_shipped_configs_include_the_contract_ones():
+    assert {"default", "roberta_small", "tiny"} <= {p.stem for p in SHIPPED}
+
+
+def problems_of(data: dict, purpose=None) -> str:
+    with pytest.raises(UserError) as err:
+        validate(data, source="c.yaml", purpose=purpose)
+    return str(err.value)
+
+
+@pytest.fixture
+def cfg_dict(tiny_model_dir) -> dict:
+    return base_config(tiny_model_dir)
+
+
+def test_scientific_notation_string_is_a_float(cfg_dict):
+    cfg_dict["training"]["learning_rate"] = "2e-5"
+    cfg = validate(cfg_dict)
+    assert cfg.training.learning_rate == pytest.approx(2e-5)
+    assert isinstance(cfg.training.learning_rate, float)
+    # and straight from YAML text
+    assert yaml.safe_load("lr: 2e-5")["lr"] == "2e-5"
+
+
+def test_defaults_fill_missing_keys(cfg_dict):
+    del cfg_dict["checkpoint"]
+    cfg = validate(cfg_dict)
+    assert cfg.checkpoint.every_n_steps == 200
+    assert cfg.inference.round == 1 and cfg.inference.clip == [0.0, 5.0]
+
+
+@pytest.mark.parametrize("section,key,suggestion", [
+    (None, "sed", "seed"),
+    ("training", "learning_rat", "training.learning_rate"),
+    ("training", "epoch", "training.epochs"),
+    ("model", "nmae", "model.name"),
+    ("data", "train_pth", "data.train_path"),
+    ("training", "seed", "seed"),                 # right name, wrong section
+    ("inference", "output", "inference.output_path"),
+])
+def test_unknown_key_suggests_nearest(cfg_dict, section, key, suggestion):
+    (cfg_dict if section is None else cfg_dict[section])[key] = 1
+    message = problems_of(cfg_dict)
+    assert "unknown key" in message
+    assert f"did you mean {suggestion}?" in message
+
+
+@pytest.mark.parametrize("path,value,fragment", [
+    ("training.epochs", "three", "expected a whole number"),
+    ("training.epochs", 0, "must be >= 1"),
+    ("training.batch_size", -4, "must be >= 1"),
+    ("training.learning_rate", 0, "must be > 0"),
+    ("training.learning_rate", "fast", "expected a number"),
+    ("training.precision", "fp8", "is not one of fp32, bf16, fp16"),
+    ("logging.wandb.mode", "sometimes", "is not one of"),
+    ("model.num_labels", 0, "must be >= 1"),
+    ("inference.clip", [5, 0], "low must not exceed high"),
+    ("inference.clip", "0-5", "expected a list"),
+    ("training.bucket_batches", "yes", "expected true or false"),
+    ("device", "gpu", "must be auto, cpu, cuda"),
+    ("model", "bert", "expected a section of keys"),
+    ("model.key_rules", [["^a"]], "pairs"),
+])
+def test_wrong_values_name_the_key(cfg_dict, path, value, fragment):
+    node = cfg_dict
+    *parents, leaf = path.split(".")
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+    message = problems_of(cfg_dict)
+    assert path in message and fragment in message
+
+
+@pytest.mark.parametrize("path,value,fragment", [
+    ("training.loss", "MSE_Los", "unknown loss"),
+    ("training.loss", "CrossEntropyLoss", "is for classification"),
+    ("training.optimizer", {"name": "Adamm"}, "unknown optimizer"),
+    ("training.optimizer", {"name": "AdamW", "betas2": 0.9}, "training.optimizer.betas2: not an argument of AdamW"),
+    ("training.optimizer", {"name": "SGD", "lr": 0.1}, "set training.learning_rate instead"),
+    ("training.scheduler", {"name": "cosin"}, "unknown scheduler"),
+    ("training.scheduler", {"name": "linear", "warmup": 0.1}, "not an option of the linear scheduler"),
+    ("training.scheduler", {"name": "linear", "warmup_ratio": 3}, "between 0 and 1"),
+    ("training.scheduler", {"name": "linear", "warmup_ratio": 0.1, "warmup_steps": 5}, "not both"),
+])
+def test_component_names_and_arguments(cfg_dict, path, value, fragment):
+    section, leaf = path.split(".")
+    cfg_dict[section][leaf] = value
+    message = problems_of(cfg_dict)
+    assert fragment in message
+
+
+def test_optimizer_kwargs_as_yaml_strings_accepted(cfg_dict):
+    cfg_dict["training"]["optimizer"] = {"name": "AdamW", "eps": "1e-8", "betas": [0.9, 0.98]}
+    validate(cfg_dict)
+
+
+def test_all_problems_reported_at_once(cfg_dict):
+    cfg_dict["training"]["epochs"] = 0
+    cfg_dict["training"]["batch_sise"] = 3
+    cfg_dict["seed"] = "x"
+    message = problems_of(cfg_dict)
+    assert "3 problems" in message
+    assert "training.epochs" in message and "training.batch_sise" in message and "seed" in message
+
+
+def test_required_key_missing(cfg_dict):
+    del cfg_dict["model"]["name"]
+    assert "model.name: required key is missing" in problems_of(cfg_dict)
+
+
+def test_missing_data_files_for_the_command(cfg_dict, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    message = problems_of(cfg_dict, purpose="train")
+    assert "data.train_path: file 'data/train.csv' does not exist" in message
+    assert "data.dev_path" in message and "predict_path" not in message
+    message = problems_of(cfg_dict, purpose="inference")
+    assert "data.predict_path" in message and "data.submission_template" in message
+
+
+def test_load_by_name_and_by_path_with_overrides(project):
+    cfg = load_config("t", ["training.epochs=3", "model.max_length=32", "training.learning_rate=3e-5"])
+    assert cfg.training.epochs == 3 and cfg.model.max_length == 32
+    assert cfg.training.learning_rate == pytest.approx(3e-5)
+    cfg = load_config(str(project / "configs" / "t.yaml"))
+    assert cfg.training.epochs == 2
+    assert cfg.training.optimizer.name == "AdamW"  # attribute access
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("training.epochs", "must look like key.path=value"),
+    ("=3", "must look like key.path=value"),
+    ("training..epochs=3", "must look like key.path=value"),
+    ("training.epoch=3", "did you mean training.epochs?"),
+    ("training.epochs=[1", "cannot parse the value"),
+    ("seed.x=1", "seed is not a section"),
+])
+def test_bad_overrides(project, override, fragment):
+    with pytest.raises(UserError) as err:
+        load_config("t", [override])
+    assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("", "the config is empty"),
+    ("- a\n- b\n", "top level must be a mapping"),
+    ("model:\n  name: [unclosed\n", "invalid YAML"),
+    ("a: 1\n\tb: 2\n", "invalid YAML"),
+])
+def test_bad_yaml_files(project, text, fragment):
+    (project / "configs" / "bad.yaml").write_text(text)
+    with pytest.raises(UserError) as err:
+        load_config("bad")
+    assert fragment in str(err.value) and "bad.yaml" in str(err.value)
+
+
+def test_unknown_config_name_lists_shipped(project):
+    with pytest.raises(UserError) as err:
+        load_config("nope")
+    assert "config 'nope' not found" in str(err.value) and "t" in str(err.value)
+
+
+def test_dump_round_trips(project):
+    cfg = load_config("t")
+    again = validate(yaml.safe_load(config_mod.dump_yaml(cfg)))
+    assert config_mod.to_plain(again) == config_mod.to_plain(cfg)
+
+
+def test_readme_documents_every_key():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+
+    def keys(schema: dict, prefix: str = ""):
+        for key, spec in schema.items():
+            if isinstance(spec, dict):
+                yield from keys(spec, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}"
+
+    undocumented = [k for k in keys(SCHEMA) if f"`{k}`" not in readme]
+    assert not undocumented, f"README config reference lacks {undocumented}; paste python -m plaintune.config"
+
+
+def test_reference_table_is_generated():
+    table = config_mod.reference_markdown()
+    assert "| `training.learning_rate` | `2.0e-05` |" in table
+    assert Path  # keep import used
