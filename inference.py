@@ -26,7 +26,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow unpickling a whole-model checkpoint (runs code from the file)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

