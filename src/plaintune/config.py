@@ -247,5 +247,19 @@ def reference_markdown() -> str:
     return "\n".join(rows)
 
 
+def update_readme(path: Path = Path("README.md")) -> None:
+    """Replace the README's config reference block with the current table."""
+    start, end = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"
+    text = path.read_text(encoding="utf-8")
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    path.write_text(f"{head}{start}{reference_markdown()}\n\n{end}{tail}", encoding="utf-8")
+
+
 if __name__ == "__main__":
-    print(reference_markdown())
+    import sys
+
+    if sys.argv[1:] == ["--update-readme"]:
+        update_readme()
+    else:
+        print(reference_markdown())

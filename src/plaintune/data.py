@@ -217,10 +217,17 @@ def label_dtype(num_labels: int) -> torch.dtype:
     return torch.float32 if num_labels == 1 else torch.long
 
 
+def _private_generator(seed: int) -> torch.Generator:
+    """Each DataLoader iterator draws a base seed from its generator; with the global one,
+    starting an epoch would shift the dropout RNG and a mid-epoch resume would diverge."""
+    return torch.Generator().manual_seed(seed)
+
+
 def train_loader(dataset: PairDataset, sampler: BucketBatchSampler, num_labels: int,
                  num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=PadCollator(dataset.pad_id, label_dtype(num_labels)),
-                      num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0)
+                      num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                      generator=_private_generator(sampler.seed))
 
 
 def eval_loader(dataset: PairDataset, batch_size: int, num_labels: int, num_workers: int = 0,
@@ -228,7 +235,7 @@ def eval_loader(dataset: PairDataset, batch_size: int, num_labels: int, num_work
     """Batches sorted by length (least padding); the `index` field restores input order."""
     sampler = SortedBatchSampler(dataset.lengths, batch_size, rank=rank, world_size=world_size)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=PadCollator(dataset.pad_id, label_dtype(num_labels)),
-                      num_workers=num_workers, pin_memory=pin_memory)
+                      num_workers=num_workers, pin_memory=pin_memory, generator=_private_generator(0))
 
 
 def padding_fraction(lengths: np.ndarray, batches: Sequence[Sequence[int]]) -> float:

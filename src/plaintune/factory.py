@@ -240,6 +240,7 @@ def _quiet_transformers():
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # stderr is for our one-line errors
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
 

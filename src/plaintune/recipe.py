@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import shlex
+import shutil
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -19,7 +20,8 @@ from .errors import UserError
 from .predict import final_predictions, metric_name, postprocess, predict, score, write_submission
 from .sampling import BucketBatchSampler
 from .tracking import Tracker
-from .trainer import LAST_FILE, Trainer, seed_everything
+from .saver import LAST_FILE, CheckpointSaver, read_newest_bundle
+from .trainer import Trainer, seed_everything
 
 SAVED_ROOT = Path("saved_model")
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -83,6 +85,14 @@ def apply_freeze(model: torch.nn.Module, freeze: Sequence[str], unfreeze: Sequen
     return trainable, frozen
 
 
+def clear_run(run_dir: Path) -> None:
+    """--overwrite: remove a previous run's checkpoints and logs (only the files plaintune writes)."""
+    for name in (LAST_FILE, "metrics.jsonl", "curves.png", "load_report.txt"):
+        (run_dir / name).unlink(missing_ok=True)
+    for name in ("best", "best.old", "checkpoints", "top", "tensorboard"):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+
+
 def read_bundle(path: Path) -> dict:
     """A resume bundle (or a plain state dict) read with weights_only=True."""
     obj = checkpoint._torch_load(path, trust=False)  # noqa: SLF001 - shared reader, one error vocabulary
@@ -94,19 +104,20 @@ def read_bundle(path: Path) -> dict:
     return obj
 
 
-def resolve_resume(resume: str, run_dir: Path) -> Path:
-    if resume:  # an explicit path
+def find_resume_bundle(resume: str, saver: CheckpointSaver) -> tuple[Path, dict]:
+    """`--resume PATH` reads that bundle; `--resume` the run's newest readable one."""
+    if resume:
         path = Path(resume)
         if path.is_dir():
             path = path / LAST_FILE
         if not path.is_file():
             raise UserError(f"--resume: checkpoint '{resume}' does not exist")
-        return path
-    path = run_dir / LAST_FILE
-    if not path.is_file():
-        raise UserError(f"--resume: no checkpoint in {run_dir}/ to resume (no {LAST_FILE}); "
+        return path, read_bundle(path)
+    candidates = saver.resume_candidates()
+    if not candidates:
+        raise UserError(f"--resume: no checkpoint in {saver.run_dir}/ to resume (no {LAST_FILE}); "
                         "start the run without --resume")
-    return path
+    return read_newest_bundle(candidates, read_bundle)
 
 
 def _read_tables(cfg: Box) -> dict:
@@ -137,10 +148,10 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
                            *map(shlex.quote, overrides), "--resume"])
 
     # 2. Where the run writes; never clobber a previous run by accident.
+    saver = CheckpointSaver(run_dir, cfg.checkpoint.keep_last, cfg.checkpoint.keep_top_k)
     bundle = None
     if resume is not None:
-        bundle_path = resolve_resume(resume, run_dir)
-        bundle = read_bundle(bundle_path)
+        bundle_path, bundle = find_resume_bundle(resume, saver)
         identity, other = check_drift(bundle.get("config"), plain_cfg)
         if identity and not force:
             raise UserError(f"--resume: the config differs from the checkpoint's in {', '.join(identity)}, which "
@@ -151,7 +162,7 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
             if other:
                 print(f"note: config changes since the checkpoint: {', '.join(other)}")
             print(f"resuming from {bundle_path}")
-    elif (run_dir / LAST_FILE).exists() and not overwrite:
+    elif saver.resume_candidates() and not overwrite:
         raise UserError(f"run_name: '{cfg.run_name}' already has a checkpoint in {run_dir}/; continue it with "
                         f"--resume, start over with --overwrite, or choose another run_name=...")
 
@@ -199,26 +210,30 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
     autocast_dtype = AUTOCAST[cfg.training.precision]
     scaler = torch.amp.GradScaler(device.type) if cfg.training.precision == "fp16" else None
 
-    # 6. Everything loaded: now the run directory gets written. Metric sinks (rank 0
-    #    only), the trainer, and the resume state.
+    # 6. Everything loaded: now the run directory gets written. The trainer, its
+    #    resume state, then the metric sinks (rank 0 only) from that state.
     if dist_info.is_main:
+        saver.remove_stale_temporaries()
+        if overwrite and resume is None:
+            clear_run(run_dir)
         atomic.write_text(run_dir / "config.yaml", config_mod.dump_yaml(cfg))
-    train_state = bundle.get("train_state") if bundle else None
-    tracker = Tracker(run_dir, cfg.logging, cfg.run_name, plain_cfg, metric_name(num_labels),
-                      resume_step=train_state["global_step"] if train_state else None,
-                      epochs_done=train_state["epoch"] if train_state else 0,
-                      run_ids=bundle.get("run_ids") if bundle else None, active=dist_info.is_main)
     trainer = Trainer(model=train_model, tokenizer=tokenizer, loss_fn=loss_fn, optimizer=optimizer,
                       scheduler=scheduler, scheduler_when=scheduler_when, train_loader=train_loader,
                       dev_loader=dev_loader, dev_labels=tables["dev"].labels, device=device, run_dir=run_dir,
-                      epochs=cfg.training.epochs, num_labels=num_labels, config=plain_cfg, tracker=tracker,
+                      epochs=cfg.training.epochs, num_labels=num_labels, config=plain_cfg, tracker=None,
                       dist_info=dist_info, max_grad_norm=cfg.training.max_grad_norm,
                       log_every_n_steps=cfg.training.log_every_n_steps,
                       every_n_steps=cfg.checkpoint.every_n_steps, save_best=cfg.checkpoint.save_best,
-                      autocast_dtype=autocast_dtype, scaler=scaler, metric_name=metric_name(num_labels),
-                      resume_command=resume_cmd)
+                      saver=saver, autocast_dtype=autocast_dtype, scaler=scaler,
+                      metric_name=metric_name(num_labels), resume_command=resume_cmd)
     if bundle is not None:
         trainer.restore(bundle)
+    resumed = bundle is not None
+    tracker = Tracker(run_dir, cfg.logging, cfg.run_name, plain_cfg, metric_name(num_labels),
+                      resume_step=trainer.state.global_step if resumed else None,
+                      epochs_done=trainer.state.epoch, run_ids=bundle.get("run_ids") if resumed else None,
+                      active=dist_info.is_main)
+    trainer.tracker = tracker
 
     try:
         trainer.fit()

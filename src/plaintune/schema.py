@@ -149,6 +149,11 @@ SCHEMA: dict = {
         "every_n_steps": Field(int, 200, "Also write the resumable last.pt every this many optimizer steps "
                                "(0 disables mid-epoch saves).", check=at_least(0)),
         "save_best": Field(bool, True, "Write best/ whenever the validation metric improves."),
+        "keep_last": Field(int, 1, "Resume bundles kept: last.pt plus keep_last - 1 older ones under "
+                           "checkpoints/ (a resume falls back to them if the newest is unreadable).",
+                           check=at_least(1)),
+        "keep_top_k": Field(int, 0, "Also keep the k best epochs as HF directories under top/ (0: only best/).",
+                            check=at_least(0)),
     },
     "logging": {
         "tensorboard": Field(bool, True, "Write TensorBoard event files under saved_model/<run>/tensorboard/."),

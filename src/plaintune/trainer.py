@@ -6,15 +6,15 @@ of the current epoch already consumed, so a resume skips exactly those.
 """
 from __future__ import annotations
 
-import json
 import math
 import random
 import signal
 import sys
 import threading
 import time
+import warnings
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -23,13 +23,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import atomic, checkpoint, distributed
+from . import distributed
 from .distributed import DistInfo
 from .predict import is_better, predict, score
+from .saver import LAST_FILE, CheckpointSaver
 from .tracking import Tracker
 
 FORMAT_VERSION = 1
-LAST_FILE = "last.pt"
 
 
 @dataclass
@@ -47,6 +47,8 @@ class TrainState:
     window_loss: float = 0.0       # train-loss sum since the last log line
     window_steps: int = 0
     bad_epochs: int = 0            # early stopping: evaluations without improvement
+    saved_step: Optional[int] = None   # global step of the bundle in last.pt
+    top_k: list = field(default_factory=list)  # [[metric, epoch], ...] kept under top/
 
 
 def rng_states() -> dict:
@@ -72,6 +74,14 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def _offsets(groups: list) -> list[int]:
+    starts, total = [], 0
+    for group in groups:
+        starts.append(total)
+        total += len(group["params"])
+    return starts
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -90,6 +100,7 @@ class Trainer:
                  device: torch.device, run_dir: Path, epochs: int, num_labels: int, config: dict,
                  tracker: Tracker, dist_info: DistInfo = DistInfo(), max_grad_norm: Optional[float] = None,
                  log_every_n_steps: int = 10, every_n_steps: int = 0, save_best: bool = True,
+                 saver: Optional[CheckpointSaver] = None,
                  autocast_dtype: Optional[torch.dtype] = None, scaler: Optional[torch.amp.GradScaler] = None,
                  metric_name: str = "pearson", resume_command: str = ""):
         self.model = model
@@ -113,6 +124,7 @@ class Trainer:
         self.log_every_n_steps = log_every_n_steps
         self.every_n_steps = every_n_steps
         self.save_best_enabled = save_best
+        self.saver = saver or CheckpointSaver(run_dir)
         self.autocast_dtype = autocast_dtype
         self.scaler = scaler
         self.metric_name = metric_name
@@ -243,6 +255,7 @@ class Trainer:
                 self.save_best()
         else:
             state.bad_epochs += 1
+        self.update_top_k(metric)
         if self.scheduler_when == "metric":
             self.scheduler.step(metric if math.isfinite(metric) else -math.inf)
         if self.dist.is_main:
@@ -283,34 +296,71 @@ class Trainer:
     def save_last(self) -> None:
         """Write last.pt atomically (rank 0); every rank waits until it is on disk."""
         if self.dist.is_main:
-            bundle = self.bundle()
-            atomic.write_with(self.run_dir / LAST_FILE, lambda tmp: torch.save(bundle, tmp))
+            previous = self.state.saved_step
+            self.state.saved_step = self.state.global_step
+            self.saver.save_last(self.bundle(), previous)
         distributed.barrier()
+
+    def _model_meta(self) -> dict:
+        return {"epoch": self.state.epoch, "global_step": self.state.global_step, "metric": self.metric_name,
+                "value": self.state.history[-1][self.metric_name] if self.state.history else None}
 
     def save_best(self) -> None:
         """Replace best/ with a Hugging Face directory of the current weights (rank 0)."""
         if self.dist.is_main:
-            model = distributed.unwrap_model(self.model)
-            meta = {"epoch": self.state.epoch, "global_step": self.state.global_step,
-                    "metric": self.metric_name, "value": self.state.best_metric}
-
-            def fill(tmp: Path) -> None:
-                model.save_pretrained(tmp)
-                self.tokenizer.save_pretrained(tmp)
-                (tmp / checkpoint.BEST_META).write_text(json.dumps(meta, indent=2) + "\n")
-
-            atomic.replace_dir(self.run_dir / "best", fill)
+            self.saver.save_best(distributed.unwrap_model(self.model), self.tokenizer, self._model_meta())
         distributed.barrier()
+
+    def update_top_k(self, metric: float) -> None:
+        if self.dist.is_main and self.saver.keep_top_k > 0:
+            self.state.top_k = self.saver.update_top_k(self.state.top_k, metric, self.state.epoch,
+                                                       distributed.unwrap_model(self.model), self.tokenizer,
+                                                       self._model_meta())
+        distributed.barrier()
+
+    def _load_optimizer_state(self, saved: dict) -> Optional[str]:
+        """Load optimizer state; return a note when it had to be adapted or rebuilt.
+
+        Tutorial code builds the optimizer with one group over model.parameters();
+        plaintune splits decay / no-decay groups. Moments are then mapped per
+        parameter (by position in model.parameters()), hyperparameters come from
+        the config.
+        """
+        saved_groups = saved.get("param_groups", [])
+        ours = self.optimizer.param_groups
+        if [len(g["params"]) for g in saved_groups] == [len(g["params"]) for g in ours]:
+            self.optimizer.load_state_dict(saved)
+            return None
+        model_params = list(distributed.unwrap_model(self.model).parameters())
+        saved_ids = [i for g in saved_groups for i in g["params"]]
+        if len(saved_ids) != len(model_params):
+            return "optimizer (fresh: the saved one covers another set of parameters)"
+        position = {id(p): n for n, p in enumerate(model_params)}
+        saved_state = saved.get("state", {})
+        state = {}
+        flat = [p for g in ours for p in g["params"]]
+        for new_index, param in enumerate(flat):
+            old_key = saved_ids[position[id(param)]]
+            if old_key in saved_state:
+                state[new_index] = saved_state[old_key]
+        groups = [{**{k: v for k, v in g.items() if k != "params"},
+                   "params": list(range(start, start + len(g["params"])))}
+                  for start, g in zip(_offsets(ours), ours)]
+        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+        return "optimizer (moments mapped onto plaintune's parameter groups)"
 
     def restore(self, bundle: dict, warn: Callable[[str], None] = print) -> None:
         """Continue from a bundle. Parts a seed-style bundle lacks are rebuilt, with one warning."""
         rebuilt = []
         if bundle.get("optimizer_state_dict") is not None:
-            self.optimizer.load_state_dict(bundle["optimizer_state_dict"])
+            note = self._load_optimizer_state(bundle["optimizer_state_dict"])
+            if note:
+                rebuilt.append(note)
         else:
             rebuilt.append("optimizer (fresh)")
         if "train_state" in bundle:
-            self.state = TrainState(**bundle["train_state"])
+            known = {f.name for f in fields(TrainState)}
+            self.state = TrainState(**{k: v for k, v in bundle["train_state"].items() if k in known})
         else:
             self.state = TrainState(epoch=int(bundle.get("epoch", 0)), loss=bundle.get("loss"))
             steps = len(self.sampler) * self.state.epoch
@@ -319,8 +369,10 @@ class Trainer:
         if bundle.get("scheduler_state_dict") is not None:
             self.scheduler.load_state_dict(bundle["scheduler_state_dict"])
         elif self.scheduler_when == "step":
-            for _ in range(self.state.global_step):  # replay the schedule to where the run was
-                self.scheduler.step()
+            with warnings.catch_warnings():  # replaying before any optimizer.step() is intended here
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(self.state.global_step):  # replay the schedule to where the run was
+                    self.scheduler.step()
             rebuilt.append("scheduler (replayed)")
         if self.scaler is not None:
             if bundle.get("scaler_state_dict"):

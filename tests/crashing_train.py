@@ -1,0 +1,60 @@
+"""Run train.py's main under a fault plan, for crash tests (a test helper, not part of plaintune).
+
+    KILL_PLAN=step:N      SIGKILL right after the N-th optimizer step of this process
+    KILL_PLAN=validate:N  SIGKILL inside the N-th validation (between the last step and the epoch-end save)
+    KILL_PLAN=save:N      the N-th torch.save writes half its bytes, then SIGKILL (a crash mid-save)
+    KILL_PLAN=sigint:N    send ourselves SIGINT (Ctrl-C) after the N-th optimizer step
+"""
+import os
+import signal
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import torch  # noqa: E402
+from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
+
+import train  # noqa: E402
+from plaintune.trainer import Trainer  # noqa: E402
+
+mode, _, count = os.environ.get("KILL_PLAN", "").partition(":")
+target = int(count or 0)
+calls = {"n": 0}
+
+
+def tick() -> bool:
+    calls["n"] += 1
+    return calls["n"] == target
+
+
+if mode in ("step", "sigint"):
+    def after_step(optimizer, args, kwargs):
+        if tick():
+            os.kill(os.getpid(), signal.SIGKILL if mode == "step" else signal.SIGINT)
+
+    register_optimizer_step_post_hook(after_step)
+elif mode == "validate":
+    real_validate = Trainer.validate
+
+    def validate(self):
+        if tick():
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_validate(self)
+
+    Trainer.validate = validate
+elif mode == "save":
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        if tick():
+            size = os.path.getsize(f)
+            with open(f, "r+b") as handle:
+                handle.truncate(size // 2)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    torch.save = save
+
+sys.exit(train.main(sys.argv[1:]))

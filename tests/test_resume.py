@@ -1,0 +1,178 @@
+"""Checkpoints you can trust: real SIGKILLs and Ctrl-C, then resume to a bit-identical result."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from conftest import base_config, write_config
+
+HELPER = Path(__file__).with_name("crashing_train.py")
+# 48 train rows / batch 8 = 6 steps per epoch; 3 epochs = 18 steps; a mid-epoch save every 4 steps.
+RUN = ["--config", "t", "training.epochs=3", "checkpoint.every_n_steps=4"]
+
+
+def run_helper(project: Path, args: list[str], plan: str = "") -> subprocess.CompletedProcess:
+    env = {**os.environ, "KILL_PLAN": plan, "PYTHONHASHSEED": "0"}
+    return subprocess.run([sys.executable, str(HELPER), *RUN, *args], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def bundle(project: Path, run: str) -> dict:
+    return torch.load(project / "saved_model" / run / "last.pt", weights_only=True)
+
+
+def story(project: Path, run: str) -> list[tuple]:
+    """metrics.jsonl without wall-clock fields."""
+    lines = (project / "saved_model" / run / "metrics.jsonl").read_text().splitlines()
+    return [tuple(sorted((k, v) for k, v in json.loads(line).items() if k != "samples_per_s")) for line in lines]
+
+
+def assert_same_run(project: Path, reference: str, other: str) -> None:
+    ref, got = bundle(project, reference), bundle(project, other)
+    assert got["epoch"] == ref["epoch"] == 3
+    assert got["train_state"]["global_step"] == ref["train_state"]["global_step"] == 18
+    for key, tensor in ref["model_state_dict"].items():
+        assert torch.equal(tensor, got["model_state_dict"][key]), f"{key} differs after resume"
+    assert story(project, other) == story(project, reference)
+    steps = [(dict(r)["kind"], dict(r)["step"]) for r in story(project, other)]
+    assert len(steps) == len(set(steps)), "a step was logged twice"
+
+
+def test_sigkill_anywhere_then_resume_is_bit_identical(project):
+    reference = run_helper(project, ["run_name=ref"])
+    assert reference.returncode == 0, reference.stderr
+
+    # Each process of the crashing run dies at another kind of point; each restart resumes.
+    plans = [
+        ("step:10", "mid-epoch, two steps after the step-8 checkpoint"),
+        ("validate:1", "at the epoch boundary, before the epoch-end save"),
+        ("save:2", "in the middle of writing a checkpoint"),
+        ("step:3", "mid-epoch again, after resuming from an epoch-end bundle"),
+        ("", "to the end"),
+    ]
+    args = ["run_name=crash"]
+    for plan, where in plans:
+        result = run_helper(project, args, plan)
+        if plan:
+            assert result.returncode == -signal.SIGKILL, f"{where}: {result.returncode} {result.stderr[-2000:]}"
+            bundle(project, "crash")  # the newest complete checkpoint is always loadable
+        else:
+            assert result.returncode == 0, result.stderr[-2000:]
+        args = ["run_name=crash", "--resume"]
+    assert not list((project / "saved_model" / "crash").glob(".*.tmp")), "stale temporaries were not cleaned"
+    assert_same_run(project, "ref", "crash")
+
+
+def test_ctrl_c_saves_and_resume_finishes_the_same_run(project):
+    assert run_helper(project, ["run_name=ref"]).returncode == 0
+    result = run_helper(project, ["run_name=int"], "sigint:9")
+    assert result.returncode == 130, result.stderr[-2000:]
+    assert "resume with: python train.py --config t" in result.stderr and "--resume" in result.stderr
+    saved = bundle(project, "int")["train_state"]
+    assert saved["global_step"] == 9 and saved["step_in_epoch"] == 3  # mid-epoch, exactly where it stopped
+    assert run_helper(project, ["run_name=int", "--resume"]).returncode == 0
+    assert_same_run(project, "ref", "int")
+
+
+def test_corrupt_newest_checkpoint_is_skipped(project, capsys):
+    assert train.main(["--config", "t", "checkpoint.keep_last=2", "training.epochs=1"]) == 0
+    run = project / "saved_model" / "t"
+    older = sorted((run / "checkpoints").glob("step-*.pt"))
+    assert [p.name for p in older] == ["step-00000005.pt"]
+    (run / "last.pt").write_bytes(os.urandom(1000))
+    assert train.main(["--config", "t", "checkpoint.keep_last=2", "training.epochs=1", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "skipping unreadable checkpoint" in out and "last.pt" in out
+    assert bundle(project, "t")["train_state"]["global_step"] == 6
+
+
+def test_retention_counts(project):
+    assert train.main(["--config", "t", "training.epochs=3", "checkpoint.every_n_steps=2",
+                       "checkpoint.keep_last=3", "checkpoint.keep_top_k=2"]) == 0
+    run = project / "saved_model" / "t"
+    steps = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert steps == ["step-00000014.pt", "step-00000016.pt"]  # plus last.pt at step 18
+    top = sorted(p.name for p in (run / "top").iterdir())
+    assert len(top) == 2
+    history = bundle(project, "t")["train_state"]["history"]
+    best_two = sorted(history, key=lambda r: -r["pearson"])[:2]
+    assert top == sorted(f"epoch-{r['epoch']:03d}" for r in best_two)
+    # the bookkeeping survives a resume that trains further
+    assert train.main(["--config", "t", "training.epochs=4", "checkpoint.every_n_steps=2",
+                       "checkpoint.keep_last=3", "checkpoint.keep_top_k=2", "--resume"]) == 0
+    assert len(list((run / "checkpoints").iterdir())) == 2 and len(list((run / "top").iterdir())) == 2
+
+
+@pytest.mark.parametrize("prefix", ["", "module."])
+def test_seed_style_bundle_resumes(project, capsys, prefix, tiny_model_dir):
+    """A bundle written by tutorial code: {model_state_dict, optimizer_state_dict, epoch, loss}."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    path = project / "seed.pt"
+    torch.save({"model_state_dict": {prefix + k: v for k, v in model.state_dict().items()},
+                "optimizer_state_dict": optimizer.state_dict(), "epoch": 1, "loss": 0.5}, path)
+    assert train.main(["--config", "t", "--resume", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("warning: the checkpoint lacks parts of a plaintune bundle") == 1
+    assert "scheduler (replayed)" in out and "RNG states" in out
+    if prefix:
+        assert "strip DDP 'module.'" in out
+    saved = bundle(project, "t")
+    assert saved["epoch"] == 2 and saved["train_state"]["global_step"] == 12  # one more epoch of 6 steps
+
+
+def test_config_drift_refused_unless_forced(project, capsys):
+    assert train.main(["--config", "t", "training.epochs=1"]) == 0
+    assert train.main(["--config", "t", "training.epochs=2", "training.batch_size=4", "seed=1", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "seed" in err and "training.batch_size" in err and "--force" in err
+    assert train.main(["--config", "t", "training.epochs=2", "seed=1", "--resume", "--force"]) == 0
+    assert "resuming despite changed seed" in capsys.readouterr().out
+
+
+def test_allowed_changes_are_noted(project, capsys):
+    assert train.main(["--config", "t", "training.epochs=1"]) == 0
+    assert train.main(["--config", "t", "training.epochs=2", "training.log_every_n_steps=3", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "config changes since the checkpoint" in out and "training.epochs" in out
+
+
+def test_resume_without_checkpoint(project, capsys):
+    assert train.main(["--config", "t", "--resume"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_full_disk_keeps_previous_checkpoint(project, capsys, monkeypatch):
+    assert train.main(["--config", "t", "training.epochs=1"]) == 0
+    before = (project / "saved_model" / "t" / "last.pt").read_bytes()
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    assert train.main(["--config", "t", "training.epochs=2", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "error: cannot write 'saved_model/t/last.pt': the disk is full" in err
+    assert (project / "saved_model" / "t" / "last.pt").read_bytes() == before
+    assert not list((project / "saved_model" / "t").glob(".*.tmp"))
+
+
+def test_unwritable_run_directory(project, capsys, tiny_model_dir):
+    (project / "saved_model").write_text("not a directory")
+    assert train.main(["--config", "t", "training.epochs=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write 'saved_model/t/") and "Traceback" not in err
+    write_config(project, base_config(tiny_model_dir))
