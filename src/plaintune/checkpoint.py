@@ -90,7 +90,8 @@ def _torch_load(path: Path, trust: bool) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights_only" not in str(err) and "Unsupported global" not in str(err):
+        # Only "Unsupported global" means well-formed pickled objects; anything else is damage.
+        if "Unsupported global" not in str(err):
             raise UserError(f"checkpoint '{path}' is not a readable torch file (corrupt or truncated?)") from None
         if not trust:
             raise UserError(f"checkpoint '{path}' contains pickled Python objects (e.g. a whole model saved "
@@ -213,22 +214,36 @@ def map_keys(state: dict, model_keys: set[str], user_rules: Sequence[Sequence[st
     def matches(keys: Iterable[str]) -> int:
         return sum(1 for k in keys if k in model_keys)
 
+    def apply(keys: Iterable[str], sequence) -> Optional[dict[str, str]]:
+        mapping = {k: k for k in keys}
+        for _, pattern, replacement in sequence:
+            step = _rename(mapping.values(), pattern, replacement, keep=model_keys)
+            if len(set(step.values())) < len(step):
+                return None  # would merge two keys: not a rename
+            mapping = {k: step[v] for k, v in mapping.items()}
+        return mapping
+
     current = matches(state)
-    for _ in range(len(candidates) + 2):  # each rule can help at most once or twice
+    while True:
+        # Single rules first; pairs only when no single rule helps on its own
+        # (e.g. 'module._orig_mod.' needs both strips before anything matches).
         best = None
-        for name, pattern, replacement in candidates:
-            mapping = _rename(state, pattern, replacement, keep=model_keys)
-            if len(set(mapping.values())) < len(mapping):
-                continue  # would merge two keys: not a rename
-            gain = matches(mapping.values()) - current
-            if gain > 0 and (best is None or gain > best[0]):
-                best = (gain, name, mapping)
+        for sequences in ([(c,) for c in candidates], [(a, b) for a in candidates for b in candidates if a != b]):
+            for sequence in sequences:
+                mapping = apply(state, sequence)
+                if mapping is None:
+                    continue
+                gain = matches(mapping.values()) - current
+                if gain > 0 and (best is None or gain > best[0]):
+                    best = (gain, sequence, mapping)
+            if best is not None:
+                break
         if best is None:
             break
-        gain, name, mapping = best
+        gain, sequence, mapping = best
         state = {mapping[k]: v for k, v in state.items()}
         current += gain
-        applied.append(name)
+        applied += [name for name, _, _ in sequence if name not in applied]
     return state, applied
 
 
@@ -238,7 +253,7 @@ def _any_match(name: str, globs: Sequence[str]) -> bool:
 
 def load_into(model: torch.nn.Module, state: dict, source: str, fmt: str,
               user_rules: Sequence[Sequence[str]] = (), allow_missing: Sequence[str] = (),
-              allow_unexpected: Sequence[str] = ()) -> LoadReport:
+              allow_unexpected: Sequence[str] = (), strict_hint: Optional[str] = None) -> LoadReport:
     """Load `state` into `model` strictly, after key rules; return what happened.
 
     Missing or shape-mismatched tensors not matched by an `allow_missing` glob,
@@ -270,6 +285,8 @@ def load_into(model: torch.nn.Module, state: dict, source: str, fmt: str,
                 "tensors fresh on purpose, list them in model.allow_missing (e.g. [\"classifier.*\"])")
         if bad_unexpected and not (bad_missing or bad_shape):
             hint = "to ignore them on purpose, list them in model.allow_unexpected"
+        if strict_hint:
+            hint = strict_hint
         if rules:
             hint += f" (rules applied: {', '.join(rules)})"
         raise UserError(f"checkpoint '{source}' does not fit the model: {'; '.join(problems)}; {hint}")
@@ -285,10 +302,10 @@ def load_into(model: torch.nn.Module, state: dict, source: str, fmt: str,
 
 def load_weights(model: torch.nn.Module, path: Path | str, user_rules: Sequence[Sequence[str]] = (),
                  allow_missing: Sequence[str] = (), allow_unexpected: Sequence[str] = (),
-                 trust: bool = False) -> LoadReport:
+                 trust: bool = False, strict_hint: Optional[str] = None) -> LoadReport:
     """`read_state_dict` + `load_into`: the one way weights get into a model."""
     state, fmt = read_state_dict(path, trust)
-    return load_into(model, state, str(path), fmt, user_rules, allow_missing, allow_unexpected)
+    return load_into(model, state, str(path), fmt, user_rules, allow_missing, allow_unexpected, strict_hint)
 
 
 # ------------------------------------------------------------ run directories
@@ -332,6 +349,6 @@ def resolve_saved_model(value: str, saved_root: Path = Path("saved_model")) -> P
 
 
 if __name__ == "__main__":
-    from .inspect_cli import main
+    from .checkpoint_cli import main
 
     raise SystemExit(main())

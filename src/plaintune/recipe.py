@@ -283,8 +283,10 @@ def load_model_for_inference(cfg: Box, source: Path, trust: bool = False):
     if source.is_dir() and (source / "config.json").is_file():
         spec["name"] = str(source)
     model = factory.build_model(spec, pretrained=False)
-    report = checkpoint.load_weights(model, source, cfg.model.key_rules, allow_missing=(),
-                                     allow_unexpected=cfg.model.allow_unexpected, trust=trust)
+    report = checkpoint.load_weights(
+        model, source, cfg.model.key_rules, allow_missing=(), allow_unexpected=cfg.model.allow_unexpected,
+        trust=trust, strict_hint="inference needs every tensor of the model; is it a checkpoint of another "
+        f"model or task? (this config: model.name={cfg.model.name}, model.num_labels={cfg.model.num_labels})")
     tokenizer = factory.build_tokenizer({"name": str(source)} if _has_tokenizer(source) else cfg.model)
     return model.eval(), tokenizer, report
 
