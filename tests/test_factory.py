@@ -13,6 +13,7 @@ from plaintune.errors import UserError
     ("MSELoss", nn.MSELoss), ("mse", nn.MSELoss), ("L1Loss", nn.L1Loss), ("l1", nn.L1Loss),
     ("HuberLoss", nn.HuberLoss), ("huber", nn.HuberLoss), ("SmoothL1Loss", nn.SmoothL1Loss),
     ("smooth_l1", nn.SmoothL1Loss), ("CrossEntropyLoss", nn.CrossEntropyLoss), ("cross_entropy", nn.CrossEntropyLoss),
+    ("BCEWithLogitsLoss", nn.BCEWithLogitsLoss), ("bce", nn.BCEWithLogitsLoss),
 ])
 def test_losses(name, cls):
     assert isinstance(factory.build_loss(name), cls)
@@ -38,6 +39,22 @@ def test_optimizers_pass_keyword_arguments(spec, cls):
     assert group["lr"] == 1e-3
     if "eps" in spec:
         assert group["eps"] == 1e-7 and group["betas"] == (0.9, 0.98)
+
+
+def test_head_lr_multiplier_and_layer_decay(tiny_model_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)  # 2 layers
+    optimizer = factory.build_optimizer({"name": "AdamW", "weight_decay": 0.01}, model, 1e-3,
+                                        head_multiplier=10.0, layer_decay=0.5)
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    params = dict(model.named_parameters())
+    assert lr_of[id(params["classifier.weight"])] == pytest.approx(1e-2)
+    assert lr_of[id(params["bert.encoder.layer.1.output.dense.weight"])] == pytest.approx(5e-4)
+    assert lr_of[id(params["bert.encoder.layer.0.output.dense.weight"])] == pytest.approx(2.5e-4)
+    assert lr_of[id(params["bert.embeddings.word_embeddings.weight"])] == pytest.approx(1.25e-4)
+    assert lr_of[id(params["bert.pooler.dense.weight"])] == pytest.approx(1e-3)
+    assert len(lr_of) == len(params)
 
 
 def test_no_weight_decay_on_biases_and_layernorm():

@@ -11,6 +11,7 @@ from torch import nn
 import train
 from plaintune.config import load_config
 from plaintune.data import PairDataset, eval_loader, read_pairs
+from plaintune.objective import Objective
 from plaintune.predict import pearson, predict
 from plaintune.sampling import BucketBatchSampler
 from plaintune.tracking import Tracker
@@ -53,9 +54,9 @@ def test_validation_pearson_is_over_the_whole_set(project, tiny_model_dir):
     assert abs(whole - per_batch) > 0.1, "the fixture must tell the two apart"
 
     model.calls = 0
-    trainer = Trainer(model=model, tokenizer=None, loss_fn=nn.MSELoss(), optimizer=None, scheduler=None,
+    trainer = Trainer(model=model, tokenizer=None, objective=Objective(1, "mse"), optimizer=None, scheduler=None,
                       scheduler_when="step", train_loader=SimpleNamespace(batch_sampler=None), dev_loader=loader,
-                      dev_labels=table.labels, device=torch.device("cpu"), run_dir=project, epochs=1, num_labels=1,
+                      dev_labels=table.labels, device=torch.device("cpu"), run_dir=project, epochs=1,
                       config={}, tracker=Tracker(project, {}, "t", {}, "pearson", active=False))
     metric, loss = trainer.validate()
     assert metric == pytest.approx(whole, abs=1e-6)

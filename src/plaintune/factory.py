@@ -10,6 +10,7 @@ import importlib
 import inspect
 import logging
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Any, Optional
@@ -33,12 +34,20 @@ REGRESSION_LOSSES = {
     "l1": nn.L1Loss,
     "huber": nn.HuberLoss,
     "smoothl1": nn.SmoothL1Loss,
+    "bce": nn.BCEWithLogitsLoss,  # on labels scaled to 0-1; needs model.output_activation: sigmoid
 }
+LOSS_ALIASES = {"bcewithlogits": "bce", "binarycrossentropy": "bce"}
 CLASSIFICATION_LOSSES = {
     "crossentropy": nn.CrossEntropyLoss,
 }
 LOSSES = {**REGRESSION_LOSSES, **CLASSIFICATION_LOSSES}
-LOSS_NAMES = "MSELoss (mse), L1Loss (l1), HuberLoss (huber), SmoothL1Loss (smooth_l1), CrossEntropyLoss"
+LOSS_NAMES = ("MSELoss (mse), L1Loss (l1), HuberLoss (huber), SmoothL1Loss (smooth_l1), BCEWithLogitsLoss (bce), "
+              "CrossEntropyLoss")
+
+
+def canonical_loss(name: str) -> str:
+    key = _canonical(name)
+    return LOSS_ALIASES.get(key, key)
 
 # ----------------------------------------------------------------- optimizers
 OPTIMIZERS = {
@@ -87,7 +96,10 @@ def check_component_choices(cfg: dict) -> list[str]:
     training = cfg["training"]
     num_labels = cfg["model"]["num_labels"]
 
-    loss = _canonical(training["loss"])
+    loss = canonical_loss(training["loss"])
+    if loss == "bce" and cfg["model"].get("output_activation") != "sigmoid":
+        problems.append("training.loss: BCEWithLogitsLoss scores labels scaled to 0-1 and needs "
+                        "model.output_activation: sigmoid")
     if loss not in LOSSES:
         problems.append(f"training.loss: unknown loss '{training['loss']}'; valid: {LOSS_NAMES}")
     elif num_labels == 1 and loss in CLASSIFICATION_LOSSES:
@@ -138,24 +150,53 @@ def check_component_choices(cfg: dict) -> list[str]:
 
 
 def build_loss(name: str) -> nn.Module:
-    return LOSSES[_canonical(name)]()
+    return LOSSES[canonical_loss(name)]()
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Trainable parameters split so biases and norm weights (all 1-D tensors) get no weight decay."""
-    decay, no_decay = [], []
-    for _, param in model.named_parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim < 2 else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+LAYER_INDEX = re.compile(r"\.(?:layer|layers|block|blocks|h)\.(\d+)\.")
 
 
-def build_optimizer(spec: dict, model: nn.Module, learning_rate: float) -> torch.optim.Optimizer:
+def _lr_scale(name: str, base_prefix: str, num_layers: int, head_multiplier: float, layer_decay: float) -> float:
+    """Learning-rate factor of a parameter: the head gets `head_multiplier`; with layer decay,
+    layer i of L gets decay**(L - i) and the embeddings decay**(L + 1)."""
+    if base_prefix and not name.startswith(base_prefix + "."):
+        return head_multiplier
+    if layer_decay == 1.0:
+        return 1.0
+    match = LAYER_INDEX.search(name)
+    if match:
+        return layer_decay ** (num_layers - int(match.group(1)))
+    if "embed" in name:
+        return layer_decay ** (num_layers + 1)
+    return 1.0  # pooler and other top-of-encoder parts
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, learning_rate: float, head_multiplier: float = 1.0,
+                     layer_decay: float = 1.0) -> list[dict]:
+    """Trainable parameters grouped by (weight decay, lr). Biases and norm weights (all 1-D
+    tensors) get no weight decay; the head and the layers get their lr factors."""
+    base_prefix = getattr(model, "base_model_prefix", "") or ""
+    indices = [int(m.group(1)) for n, _ in model.named_parameters() if (m := LAYER_INDEX.search(n))]
+    num_layers = max(indices) + 1 if indices else 0
+    groups: dict[tuple, dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        decay = 0.0 if param.ndim < 2 else weight_decay
+        scale = _lr_scale(name, base_prefix, num_layers, head_multiplier, layer_decay)
+        group = groups.setdefault((decay, scale), {"params": [], "weight_decay": decay,
+                                                   "lr": learning_rate * scale})
+        group["params"].append(param)
+    return sorted(groups.values(), key=lambda g: (-g["weight_decay"], g["lr"]))
+
+
+def build_optimizer(spec: dict, model: nn.Module, learning_rate: float, head_multiplier: float = 1.0,
+                    layer_decay: float = 1.0) -> torch.optim.Optimizer:
     cls = OPTIMIZERS[_canonical(spec["name"])]
     options = _options(spec)
     weight_decay = float(options.pop("weight_decay", 0.0))
-    return cls(parameter_groups(model, weight_decay), lr=learning_rate, **options)
+    groups = parameter_groups(model, weight_decay, learning_rate, head_multiplier, layer_decay)
+    return cls(groups, lr=learning_rate, **options)
 
 
 def build_scheduler(spec: dict, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int):

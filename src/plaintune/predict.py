@@ -58,16 +58,11 @@ def metric_name(num_labels: int) -> str:
     return "pearson" if num_labels == 1 else "accuracy"
 
 
-def score(outputs: np.ndarray, labels: np.ndarray, num_labels: int) -> float:
-    """The validation metric: Pearson for regression, accuracy for classification."""
+def score(predictions: np.ndarray, labels: np.ndarray, num_labels: int) -> float:
+    """The validation metric on final predictions: Pearson (regression) or accuracy (class ids)."""
     if num_labels == 1:
-        return pearson(outputs, labels)
-    return float((outputs.argmax(axis=-1) == labels.astype(np.int64)).mean())
-
-
-def final_predictions(outputs: np.ndarray, num_labels: int) -> np.ndarray:
-    """What goes into the submission: the score, or the predicted class id."""
-    return outputs if num_labels == 1 else outputs.argmax(axis=-1)
+        return pearson(predictions, labels)
+    return float((np.asarray(predictions) == labels.astype(np.int64)).mean())
 
 
 def postprocess(values: np.ndarray, clip: Optional[Sequence[float]], decimals: Optional[int]) -> np.ndarray:

@@ -17,7 +17,8 @@ from box import Box
 
 from . import atomic, checkpoint, config as config_mod, data, distributed, factory
 from .errors import UserError
-from .predict import final_predictions, metric_name, postprocess, predict, score, write_submission
+from .objective import CONFIG_ATTRIBUTE, Objective
+from .predict import metric_name, postprocess, predict, score, write_submission
 from .sampling import BucketBatchSampler
 from .tracking import Tracker
 from .saver import LAST_FILE, CheckpointSaver, read_newest_bundle
@@ -28,6 +29,8 @@ AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Keys that define what a run *is*: changing them on resume makes it another run.
 IDENTITY_KEYS = ("seed", "model.name", "model.num_labels", "model.max_length", "model.from_scratch",
+                 "model.output_activation", "model.head_bias_init", "training.head_lr_multiplier",
+                 "training.layer_lr_decay",
                  "model.config_overrides", "model.kind", "data.train_path", "data.dev_path", "data.columns",
                  "training.batch_size", "training.learning_rate", "training.loss", "training.optimizer",
                  "training.scheduler", "training.bucket_batches", "training.bucket_pool", "training.precision",
@@ -136,6 +139,22 @@ def _read_tables(cfg: Box) -> dict:
     return tables
 
 
+def build_objective(cfg: Box) -> Objective:
+    return Objective(cfg.model.num_labels, cfg.training.loss, cfg.model.output_activation, cfg.data.label_range)
+
+
+def init_head_bias(model: torch.nn.Module, value: float) -> None:
+    """Set the bias of the head's output layer (the last 1-element bias outside the base model)."""
+    prefix = getattr(model, "base_model_prefix", "") + "."
+    biases = [p for n, p in model.named_parameters()
+              if not n.startswith(prefix) and n.endswith("bias") and p.shape == (1,)]
+    if not biases:
+        raise UserError("model.head_bias_init: this model has no 1-output head bias to initialise; "
+                        "use head_bias_init: default")
+    with torch.no_grad():
+        biases[-1].fill_(value)
+
+
 def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: Optional[str] = None,
                  force: bool = False, overwrite: bool = False, trust: bool = False) -> int:
     """Train per `cfg`. `resume`: None (fresh run), '' (this run's last.pt) or a bundle path."""
@@ -202,9 +221,13 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    # 5. Loss, optimizer, scheduler (the schedule needs the number of steps).
-    loss_fn = factory.build_loss(cfg.training.loss)
-    optimizer = factory.build_optimizer(cfg.training.optimizer, model, cfg.training.learning_rate)
+    # 5. Objective (loss + what logits mean), optimizer, scheduler (the schedule needs the number of steps).
+    objective = build_objective(cfg)
+    setattr(model.config, CONFIG_ATTRIBUTE, objective.describe())  # saved with best/ for inference
+    if bundle is None and cfg.model.head_bias_init == "label_mean" and objective.regression:
+        init_head_bias(model, objective.initial_bias(float(tables["train"].labels.mean())))
+    optimizer = factory.build_optimizer(cfg.training.optimizer, model, cfg.training.learning_rate,
+                                        cfg.training.head_lr_multiplier, cfg.training.layer_lr_decay)
     scheduler, scheduler_when = factory.build_scheduler(cfg.training.scheduler, optimizer, len(sampler),
                                                         cfg.training.epochs)
     autocast_dtype = AUTOCAST[cfg.training.precision]
@@ -217,10 +240,10 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
         if overwrite and resume is None:
             clear_run(run_dir)
         atomic.write_text(run_dir / "config.yaml", config_mod.dump_yaml(cfg))
-    trainer = Trainer(model=train_model, tokenizer=tokenizer, loss_fn=loss_fn, optimizer=optimizer,
+    trainer = Trainer(model=train_model, tokenizer=tokenizer, objective=objective, optimizer=optimizer,
                       scheduler=scheduler, scheduler_when=scheduler_when, train_loader=train_loader,
                       dev_loader=dev_loader, dev_labels=tables["dev"].labels, device=device, run_dir=run_dir,
-                      epochs=cfg.training.epochs, num_labels=num_labels, config=plain_cfg, tracker=None,
+                      epochs=cfg.training.epochs, config=plain_cfg, tracker=None,
                       dist_info=dist_info, max_grad_norm=cfg.training.max_grad_norm,
                       log_every_n_steps=cfg.training.log_every_n_steps,
                       every_n_steps=cfg.checkpoint.every_n_steps, save_best=cfg.checkpoint.save_best,
@@ -255,8 +278,8 @@ def _finish(cfg: Box, trainer: Trainer, datasets: dict, tables: dict, device: to
         model = distributed.unwrap_model(trainer.model)
         checkpoint.load_weights(model, best_dir)
         loader = data.eval_loader(datasets["test"], cfg.training.eval_batch_size, cfg.model.num_labels)
-        outputs = predict(model, loader, device, autocast_dtype)
-        test_metric = score(outputs, tables["test"].labels, cfg.model.num_labels)
+        predictions = trainer.objective.predictions(predict(model, loader, device, autocast_dtype))
+        test_metric = score(predictions, tables["test"].labels, cfg.model.num_labels)
         trainer.tracker.log("test", state.global_step, state.epoch, {name: test_metric})
         print(f"test {name} of the best model: {test_metric:.4f}  ({cfg.data.test_path})")
     trainer.tracker.summary(**{f"best_{name}": state.best_metric, "best_epoch": state.best_epoch})
@@ -291,6 +314,18 @@ def load_model_for_inference(cfg: Box, source: Path, trust: bool = False):
     return model.eval(), tokenizer, report
 
 
+def objective_for(model: torch.nn.Module, cfg: Box) -> Objective:
+    """How to read this model's logits: as saved with it by plaintune, else as the config says."""
+    saved = getattr(model.config, CONFIG_ATTRIBUTE, None)
+    if isinstance(saved, dict) and cfg.model.num_labels == 1:
+        objective = Objective.from_saved(saved, 1, "mse" if saved.get("activation") == "none" else "bce")
+        if saved.get("activation") != cfg.model.output_activation:
+            print(f"note: the checkpoint was trained with output_activation={saved.get('activation')}; "
+                  f"using that (config says {cfg.model.output_activation})")
+        return objective
+    return build_objective(cfg)
+
+
 def run_inference(cfg: Box, saved_model: str, trust: bool = False) -> int:
     columns = cfg.data.columns
     # Check the input CSVs first: a mistake there should not cost a model load.
@@ -309,8 +344,8 @@ def run_inference(cfg: Box, saved_model: str, trust: bool = False) -> int:
 
     loader = data.eval_loader(data.PairDataset(table, tokenizer, cfg.model.max_length),
                               cfg.training.eval_batch_size, num_labels)
-    outputs = predict(model, loader, device, autocast_dtype)
-    values = final_predictions(outputs, num_labels)
+    objective = objective_for(model, cfg)
+    values = objective.predictions(predict(model, loader, device, autocast_dtype))
     if num_labels == 1:
         values = postprocess(values, cfg.inference.clip, cfg.inference.round)
     write_submission(cfg.data.submission_template, table.ids, values, cfg.inference.output_path,
@@ -322,8 +357,8 @@ def run_inference(cfg: Box, saved_model: str, trust: bool = False) -> int:
                                label_range=cfg.data.label_range if num_labels == 1 else None)
         test_loader = data.eval_loader(data.PairDataset(test, tokenizer, cfg.model.max_length),
                                        cfg.training.eval_batch_size, num_labels)
-        test_outputs = predict(model, test_loader, device, autocast_dtype)
-        print(f"test {metric_name(num_labels)}: {score(test_outputs, test.labels, num_labels):.4f}  "
+        test_predictions = objective.predictions(predict(model, test_loader, device, autocast_dtype))
+        print(f"test {metric_name(num_labels)}: {score(test_predictions, test.labels, num_labels):.4f}  "
               f"({cfg.data.test_path}, {len(test)} pairs)")
     return 0
 

@@ -82,6 +82,11 @@ SCHEMA: dict = {
                                   "With pretrained weights only dropout-like keys make sense."),
         "dropout": Field(float, None, "If set, overrides hidden and attention dropout of the model.",
                          nullable=True, check=between(0.0, 0.9)),
+        "output_activation": Field(str, "none", "Regression head output: none (raw score) or sigmoid (labels "
+                                   "scaled to 0-1 by data.label_range, predictions mapped back).",
+                                   choices=("none", "sigmoid")),
+        "head_bias_init": Field(str, "default", "default, or label_mean: start the fresh head at the mean "
+                                "training label.", choices=("default", "label_mean")),
         "init_from": Field(str, None, "Warm start: load these weights (any checkpoint format) over the model "
                            "before training.", nullable=True),
         "allow_missing": Field(list, [], "Globs of model tensors that init_from may lack or hold in another "
@@ -124,7 +129,8 @@ SCHEMA: dict = {
         "learning_rate": Field(float, 2.0e-5, "Peak learning rate (2e-5 and 2.0e-5 both accepted).",
                                check=above(0.0)),
         "loss": Field(str, "MSELoss", "Loss between predictions and labels: MSELoss/mse, L1Loss/l1, "
-                      "HuberLoss/huber, SmoothL1Loss/smooth_l1; CrossEntropyLoss for num_labels > 1."),
+                      "HuberLoss/huber, SmoothL1Loss/smooth_l1, BCEWithLogitsLoss/bce (with "
+                      "model.output_activation: sigmoid); CrossEntropyLoss for num_labels > 1."),
         "optimizer": Field(dict, {"name": "AdamW", "weight_decay": 0.01}, "{name: AdamW|Adam|SGD, ...keyword "
                            "arguments of the torch optimizer}. Biases and LayerNorm weights get no weight decay.",
                            open_keys=True),
@@ -132,6 +138,10 @@ SCHEMA: dict = {
                            "plateau, warmup_ratio or warmup_steps, ...}. step takes step_size (epochs) and "
                            "gamma; plateau takes factor and patience and is stepped on the validation metric.",
                            open_keys=True),
+        "head_lr_multiplier": Field(float, 1.0, "The task head (parameters outside the base model) trains at "
+                                    "learning_rate times this.", check=above(0.0)),
+        "layer_lr_decay": Field(float, 1.0, "Layer-wise lr decay: layer i of L trains at learning_rate * "
+                                "decay^(L-i), embeddings one step lower; 1.0 disables.", check=between(0.01, 1.0)),
         "precision": Field(str, "fp32", "fp32, bf16 (autocast; fast on CPUs with AVX-512 BF16 and recent "
                            "GPUs) or fp16 (autocast with a gradient scaler).", choices=("fp32", "bf16", "fp16")),
         "max_grad_norm": Field(float, 1.0, "Gradients are clipped to this global norm; null disables.",

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .distributed import DistInfo
+from .objective import Objective
 from .predict import is_better, predict, score
 from .saver import LAST_FILE, CheckpointSaver
 from .tracking import Tracker
@@ -95,9 +96,9 @@ class Trainer:
     loop and the checkpoint files, nothing else.
     """
 
-    def __init__(self, *, model: nn.Module, tokenizer, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
+    def __init__(self, *, model: nn.Module, tokenizer, objective: Objective, optimizer: torch.optim.Optimizer,
                  scheduler, scheduler_when: str, train_loader, dev_loader, dev_labels: np.ndarray,
-                 device: torch.device, run_dir: Path, epochs: int, num_labels: int, config: dict,
+                 device: torch.device, run_dir: Path, epochs: int, config: dict,
                  tracker: Tracker, dist_info: DistInfo = DistInfo(), max_grad_norm: Optional[float] = None,
                  log_every_n_steps: int = 10, every_n_steps: int = 0, save_best: bool = True,
                  saver: Optional[CheckpointSaver] = None,
@@ -105,7 +106,7 @@ class Trainer:
                  metric_name: str = "pearson", resume_command: str = ""):
         self.model = model
         self.tokenizer = tokenizer
-        self.loss_fn = loss_fn
+        self.objective = objective
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.scheduler_when = scheduler_when
@@ -116,7 +117,6 @@ class Trainer:
         self.device = device
         self.run_dir = Path(run_dir)
         self.epochs = epochs
-        self.num_labels = num_labels
         self.config = config
         self.tracker = tracker
         self.dist = dist_info
@@ -168,10 +168,7 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
-        if self.num_labels == 1:
-            logits = logits.squeeze(-1)
-        return self.loss_fn(logits, labels)
+        return self.objective.loss(logits, labels)
 
     def train_one_epoch(self) -> None:
         state = self.state
@@ -267,12 +264,10 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> tuple[float, float]:
         """Metric and loss over the whole dev set, computed once over all predictions."""
-        outputs = distributed.merge_predictions(predict(self.model, self.dev_loader, self.device, self.autocast_dtype))
-        labels = torch.from_numpy(self.dev_labels)
-        if self.num_labels > 1:
-            labels = labels.long()
-        dev_loss = float(self.compute_loss(torch.from_numpy(outputs), labels))
-        return score(outputs, self.dev_labels, self.num_labels), dev_loss
+        logits = distributed.merge_predictions(predict(self.model, self.dev_loader, self.device, self.autocast_dtype))
+        dev_loss = float(self.objective.loss(torch.from_numpy(logits), torch.from_numpy(self.dev_labels)))
+        predictions = self.objective.predictions(logits)
+        return score(predictions, self.dev_labels, self.objective.num_labels), dev_loss
 
     # ----------------------------------------------------------- checkpoints
     def bundle(self) -> dict:
