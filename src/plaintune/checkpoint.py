@@ -18,7 +18,6 @@ import fnmatch
 import json
 import pickle
 import re
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -103,7 +102,7 @@ def _torch_load(path: Path, trust: bool) -> object:
             raise UserError(f"checkpoint '{path}': cannot unpickle ({type(load_err).__name__}: "
                             f"{str(load_err).splitlines()[0] if str(load_err) else ''}); save a state_dict "
                             "instead: torch.save(model.state_dict(), path)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, IndexError) as err:
+    except Exception as err:  # damaged bytes surface as almost any exception inside torch.load
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"checkpoint '{path}' is not a readable torch file (corrupt or truncated? {first})") from None
 

@@ -161,6 +161,8 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
     started = time.perf_counter()
     # 1. Processes and device.
     dist_info, device = distributed.setup(cfg.device)
+    # "{time}" in run_name gives each run (e.g. each sweep trial) its own directory; rank 0 decides.
+    cfg.run_name = distributed.broadcast_object(cfg.run_name.replace("{time}", time.strftime("%Y%m%d-%H%M%S")))
     run_dir = run_dir_for(cfg)
     plain_cfg = config_mod.to_plain(cfg)
     resume_cmd = " ".join(["python", "train.py", "--config", shlex.quote(config_name),
@@ -248,7 +250,9 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
                       log_every_n_steps=cfg.training.log_every_n_steps,
                       every_n_steps=cfg.checkpoint.every_n_steps, save_best=cfg.checkpoint.save_best,
                       saver=saver, autocast_dtype=autocast_dtype, scaler=scaler,
-                      metric_name=metric_name(num_labels), resume_command=resume_cmd)
+                      metric_name=metric_name(num_labels), resume_command=resume_cmd,
+                      patience=cfg.training.early_stopping.patience,
+                      min_delta=cfg.training.early_stopping.min_delta)
     if bundle is not None:
         trainer.restore(bundle)
     resumed = bundle is not None
@@ -285,11 +289,15 @@ def _finish(cfg: Box, trainer: Trainer, datasets: dict, tables: dict, device: to
     trainer.tracker.summary(**{f"best_{name}": state.best_metric, "best_epoch": state.best_epoch})
     minutes = (time.perf_counter() - started) / 60
     best = f"{state.best_metric:.4f}" if state.best_metric is not None else "n/a"
-    print(f"done in {minutes:.1f} min: best dev {name} {best} at epoch {state.best_epoch}\n"
-          f"  best model:  {best_dir or '(none saved)'}\n"
-          f"  resume file: {run_dir / LAST_FILE}\n"
-          f"  metrics:     {run_dir / 'metrics.jsonl'}\n"
-          f"next: python inference.py --config {config_name} --saved_model {cfg.run_name}")
+    stopped = f" (early stop after epoch {state.epoch})" if state.stopped_early else ""
+    lines = [f"done in {minutes:.1f} min: best dev {name} {best} at epoch {state.best_epoch}{stopped}",
+             f"  best model:  {best_dir or '(none saved)'}",
+             f"  resume file: {run_dir / LAST_FILE}",
+             f"  metrics:     {run_dir / 'metrics.jsonl'}, {run_dir / 'curves.png'}"]
+    if cfg.logging.tensorboard:
+        lines.append(f"  tensorboard: tensorboard --logdir {run_dir / 'tensorboard'}")
+    lines.append(f"next: python inference.py --config {config_name} --saved_model {cfg.run_name}")
+    print("\n".join(lines))
 
 
 # ------------------------------------------------------------------ inference

@@ -66,7 +66,8 @@ def _device(v: str) -> Optional[str]:
 
 
 SCHEMA: dict = {
-    "run_name": Field(str, "default", "Name of the run; output goes to saved_model/<run_name>/."),
+    "run_name": Field(str, "default", "Name of the run; output goes to saved_model/<run_name>/. A {time} "
+                      "placeholder becomes the start time (one directory per sweep trial)."),
     "seed": Field(int, 42, "Seed for python, numpy and torch RNGs and for batch order."),
     "device": Field(str, "auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:N or mps.", check=_device),
     "model": {
@@ -152,6 +153,12 @@ SCHEMA: dict = {
                              "padding, smaller ones more randomness.", check=at_least(1)),
         "log_every_n_steps": Field(int, 10, "Train loss and lr are logged every this many optimizer steps.",
                                    check=at_least(1)),
+        "early_stopping": {
+            "patience": Field(int, None, "Stop after this many validations without an improvement of more "
+                              "than min_delta; null disables.", nullable=True, check=at_least(1)),
+            "min_delta": Field(float, 0.0, "Smallest metric gain that counts as an improvement.",
+                               check=at_least(0.0)),
+        },
         "num_workers": Field(int, 0, "DataLoader worker processes (token ids are cached, so 0 suits small "
                              "CPUs).", check=at_least(0)),
     },
@@ -168,9 +175,11 @@ SCHEMA: dict = {
     "logging": {
         "tensorboard": Field(bool, True, "Write TensorBoard event files under saved_model/<run>/tensorboard/."),
         "wandb": {
-            "mode": Field(str, "disabled", "auto (online if logged in, else offline), online, offline, disabled.",
+            "mode": Field(str, "auto", "auto (online when a wandb API key is configured, else offline: files "
+                          "under the run directory, upload later with wandb sync), online, offline, disabled.",
                           choices=("auto", "online", "offline", "disabled")),
             "project": Field(str, "plaintune", "wandb project."),
+            "name": Field(str, None, "wandb run name; null uses run_name.", nullable=True),
             "entity": Field(str, None, "wandb entity (team or user).", nullable=True),
             "tags": Field(list, [], "wandb tags.", check=_list_of_str),
             "group": Field(str, None, "wandb group.", nullable=True),

@@ -105,7 +105,7 @@ class WandbSink:
             raise ImportError("wandb logging needs the wandb package: pip install wandb "
                               "(or set logging.wandb.mode: disabled)") from None
         self.mode = wandb_mode(spec["mode"])
-        self.run = wandb.init(project=spec["project"], entity=spec.get("entity"), name=run_name,
+        self.run = wandb.init(project=spec["project"], entity=spec.get("entity"), name=spec.get("name") or run_name,
                               group=spec.get("group"), tags=list(spec.get("tags") or []), config=config,
                               dir=str(run_dir), mode=self.mode, id=run_id, resume="allow" if run_id else None,
                               settings=wandb.Settings(console="off", quiet=True))

@@ -48,6 +48,7 @@ class TrainState:
     window_loss: float = 0.0       # train-loss sum since the last log line
     window_steps: int = 0
     bad_epochs: int = 0            # early stopping: evaluations without improvement
+    stopped_early: bool = False
     saved_step: Optional[int] = None   # global step of the bundle in last.pt
     top_k: list = field(default_factory=list)  # [[metric, epoch], ...] kept under top/
 
@@ -103,7 +104,8 @@ class Trainer:
                  log_every_n_steps: int = 10, every_n_steps: int = 0, save_best: bool = True,
                  saver: Optional[CheckpointSaver] = None,
                  autocast_dtype: Optional[torch.dtype] = None, scaler: Optional[torch.amp.GradScaler] = None,
-                 metric_name: str = "pearson", resume_command: str = ""):
+                 metric_name: str = "pearson", resume_command: str = "", patience: Optional[int] = None,
+                 min_delta: float = 0.0):
         self.model = model
         self.tokenizer = tokenizer
         self.objective = objective
@@ -129,6 +131,8 @@ class Trainer:
         self.scaler = scaler
         self.metric_name = metric_name
         self.resume_command = resume_command
+        self.patience = patience
+        self.min_delta = min_delta
         self.state = TrainState()
         self._stop_requested = False
 
@@ -139,7 +143,7 @@ class Trainer:
         in_main_thread = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGINT, self._request_stop) if in_main_thread else None
         try:
-            while self.state.epoch < self.epochs:
+            while self.state.epoch < self.epochs and not self.state.stopped_early:
                 self.train_one_epoch()
                 if self._stop_requested:
                     break
@@ -212,7 +216,8 @@ class Trainer:
             if state.global_step % self.log_every_n_steps == 0:
                 elapsed = time.perf_counter() - window_start
                 self._log_train(samples_per_s=window_samples * self.dist.world_size / max(elapsed, 1e-9))
-                bar.set_postfix(loss=f"{state.loss:.4f}", lr=f"{self._lr():.2e}")
+                bar.set_postfix(loss=f"{state.loss:.4f}", lr=f"{self._lr():.2e}",
+                                samples_s=f"{window_samples * self.dist.world_size / max(elapsed, 1e-9):.1f}")
                 window_start, window_samples = time.perf_counter(), 0
             if self._stop_requested:
                 break
@@ -242,16 +247,18 @@ class Trainer:
         state.step_in_epoch = 0
         metric, dev_loss = self.validate()
         improved = is_better(metric, state.best_metric)
+        # Early stopping counts validations without a gain above min_delta over the best so far.
+        significant = improved and (state.best_metric is None or metric - state.best_metric > self.min_delta)
         record = {"epoch": state.epoch, "step": state.global_step, self.metric_name: metric, "loss": dev_loss}
         state.history.append(record)
         self.tracker.log("eval", state.global_step, state.epoch, {self.metric_name: metric, "loss": dev_loss})
         if improved:
             state.best_metric, state.best_epoch, state.best_step = metric, state.epoch, state.global_step
-            state.bad_epochs = 0
             if self.save_best_enabled:
                 self.save_best()
-        else:
-            state.bad_epochs += 1
+        state.bad_epochs = 0 if significant else state.bad_epochs + 1
+        if self.patience is not None and state.bad_epochs >= self.patience and state.epoch < self.epochs:
+            state.stopped_early = True
         self.update_top_k(metric)
         if self.scheduler_when == "metric":
             self.scheduler.step(metric if math.isfinite(metric) else -math.inf)
@@ -259,6 +266,9 @@ class Trainer:
             mark = "  (best)" if improved else ""
             tqdm.write(f"epoch {state.epoch}/{self.epochs}  step {state.global_step}  "
                        f"dev {self.metric_name} {metric:.4f}  dev loss {dev_loss:.4f}{mark}")
+            if state.stopped_early:
+                tqdm.write(f"early stopping: no gain above {self.min_delta:g} in {state.bad_epochs} validations "
+                           f"(patience {self.patience})")
         self.save_last()
 
     @torch.no_grad()

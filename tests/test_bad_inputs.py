@@ -1,0 +1,176 @@
+"""The bad-input corpus (tests/bad_inputs/cases.yaml) through the real CLIs, plus property tests:
+any config or CSV either loads or raises the project's own UserError, never anything else."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import inference
+import train
+from conftest import base_config, write_config
+from plaintune.config import validate
+from plaintune.data import read_pairs
+from plaintune.errors import UserError
+
+CASES = yaml.safe_load((Path(__file__).parent / "bad_inputs" / "cases.yaml").read_text(encoding="utf-8"))
+
+
+def test_the_corpus_is_large_enough():
+    assert len(CASES) >= 40 and len({c["name"] for c in CASES}) == len(CASES)
+
+
+def merge(base: dict, changes: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def fill(value, tiny: Path):
+    if isinstance(value, str):
+        return value.replace("{tiny}", str(tiny))
+    if isinstance(value, dict):
+        return {k: fill(v, tiny) for k, v in value.items()}
+    if isinstance(value, list):
+        return [fill(v, tiny) for v in value]
+    return value
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_model_dir):
+    """One trained tiny run, copied into projects that need a model for inference."""
+    root = tmp_path_factory.mktemp("trained")
+    from conftest import DEMO
+
+    (root / "data").mkdir()
+    for name, rows in (("train.csv", 48), ("dev.csv", 24)):
+        lines = (DEMO / name).read_text().splitlines()
+        (root / "data" / name).write_text("\n".join(lines[:rows + 1]) + "\n")
+    write_config(root, base_config(tiny_model_dir))
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        assert train.main(["--config", "t", "training.epochs=1"]) == 0
+    finally:
+        os.chdir(cwd)
+    return root / "saved_model" / "t"
+
+
+@pytest.fixture(scope="session")
+def bad_checkpoints(tmp_path_factory, tiny_model_dir):
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification, BertModel
+
+    root = tmp_path_factory.mktemp("bad_ckpts")
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+    torch.save(model.state_dict(), root / "good.pt")
+    data = (root / "good.pt").read_bytes()
+    (root / "truncated.pt").write_bytes(data[: len(data) // 3])
+    (root / "random.bin").write_bytes(os.urandom(2048))
+    (root / "empty.pt").write_bytes(b"")
+    torch.save(model, root / "whole_model.pt")
+    two = BertForSequenceClassification(BertConfig(**{**model.config.to_dict(), "num_labels": 2}))
+    torch.save(two.state_dict(), root / "classification_head.pt")
+    base = BertModel(model.config)
+    torch.save(base.state_dict(), root / "no_head.pt")
+    return root
+
+
+def tree_digest(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_bad_input(case, project, tiny_model_dir, trained_run, bad_checkpoints, capsys):
+    cfg = merge(base_config(tiny_model_dir), fill(case.get("config", {}), tiny_model_dir))
+    write_config(project, cfg)
+    if "config_text" in case:
+        (project / "configs" / "t.yaml").write_text(case["config_text"], encoding="utf-8")
+    for rel, text in (case.get("files") or {}).items():
+        path = project / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text.encode(case.get("encoding", "utf-8")))
+    if "template_rows" in case:
+        template = project / "data" / "sample_submission.csv"
+        template.write_text("\n".join(template.read_text().splitlines()[:case["template_rows"] + 1]) + "\n")
+    config_name = case.get("args_replace_config", "t")
+
+    if case["cmd"] == "inference":
+        shutil.copytree(trained_run, project / "saved_model" / "t")
+        saved = case.get("args_saved_model", "t")
+        if "checkpoint" in case:
+            saved = str(bad_checkpoints / case["checkpoint"])
+        argv = ["--config", config_name, "--saved_model", saved, *case.get("args", [])]
+    else:
+        argv = ["--config", config_name, *case.get("args", [])]
+
+    before = {"saved_model": tree_digest(project / "saved_model"), "data": tree_digest(project / "data")}
+    capsys.readouterr()
+    code = (inference.main if case["cmd"] == "inference" else train.main)(argv)
+    captured = capsys.readouterr()
+    err_lines = [line for line in captured.err.splitlines() if line.strip()]
+
+    assert code == 2, f"exit {code}; stderr: {captured.err[-1500:]}"
+    assert len(err_lines) == 1 and err_lines[0].startswith("error: "), captured.err
+    assert "Traceback" not in captured.err + captured.out
+    for fragment in case["expect"]:
+        assert fragment in err_lines[0], f"{fragment!r} not in {err_lines[0]!r}"
+    # nothing written, nothing damaged
+    assert not (project / "output").exists()
+    assert tree_digest(project / "saved_model") == before["saved_model"]
+    assert tree_digest(project / "data") == before["data"]
+
+
+# ------------------------------------------------------------- property tests
+
+yaml_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10, 10**6) | st.floats(allow_nan=True) | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=10), children, max_size=3),
+    max_leaves=8)
+config_keys = st.sampled_from(["seed", "run_name", "device", "model", "data", "training", "inference", "logging",
+                               "checkpoint", "bogus"])
+section_keys = st.sampled_from(["name", "num_labels", "epochs", "batch_size", "learning_rate", "loss", "optimizer",
+                                "scheduler", "clip", "round", "columns", "label_range", "mode", "wandb", "x"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=st.dictionaries(config_keys, yaml_values | st.dictionaries(section_keys, yaml_values, max_size=4),
+                               max_size=4))
+def test_config_loader_never_crashes(changes, tiny_model_dir):
+    data = merge(base_config(tiny_model_dir), changes)
+    try:
+        validate(data)
+    except UserError:
+        pass
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=300), raw=st.binary(max_size=200))
+def test_csv_reader_never_crashes(text, raw, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("csv")
+    columns = {"id": "id", "sentence_1": "sentence_1", "sentence_2": "sentence_2", "label": "label"}
+    for name, content in (("a.csv", ("id,sentence_1,sentence_2,label\n" + text).encode("utf-8", "surrogatepass")
+                           if "\ud800" not in text else b""),
+                          ("b.csv", raw), ("c.csv", b"id,sentence_1,sentence_2,label\n" + raw)):
+        path = folder / name
+        path.write_bytes(content)
+        for labelled in (True, False):
+            try:
+                read_pairs(str(path), "data.train_path", columns, labelled=labelled, label_range=[0, 5],
+                           unique_ids=True)
+            except UserError:
+                pass

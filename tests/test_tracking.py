@@ -1,0 +1,108 @@
+"""Watching a run: wandb (offline, real library), TensorBoard, metrics.jsonl, the plot, early stopping."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import train
+from wandb_records import logged
+
+
+def evals(project, run="t") -> list[dict]:
+    lines = (project / "saved_model" / run / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == "eval"]
+
+
+def test_wandb_offline_logs_config_and_metrics_and_resumes_the_same_run(project, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc login: auto must mean offline
+    args = ["--config", "t", "logging.wandb.mode=auto", "logging.wandb.tags=[demo]"]
+    assert train.main([*args, "training.epochs=1"]) == 0
+    out = capsys.readouterr().out
+    assert "wandb sync saved_model/t/wandb/offline-run-" in out
+    run_files = sorted((project / "saved_model" / "t" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(run_files) == 1
+    record = logged(run_files[0])
+    assert json.loads(record["config"]["training"])["batch_size"] == 8
+    assert json.loads(record["config"]["model"])["max_length"] == 48
+    pearsons = [float(h["eval/pearson"]) for h in record["history"] if "eval/pearson" in h]
+    assert pearsons == pytest.approx([evals(project)[0]["pearson"]])
+    assert "train/loss" in {k for h in record["history"] for k in h}
+    assert float(record["summary"]["best_pearson"]) == pytest.approx(pearsons[0])
+
+    run_id = torch.load(project / "saved_model" / "t" / "last.pt", weights_only=True)["run_ids"]["wandb"]
+    assert run_id in run_files[0].name
+    assert train.main([*args, "training.epochs=2", "--resume"]) == 0
+    resumed = sorted((project / "saved_model" / "t" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert all(run_id in p.name for p in resumed), "a resumed run must continue the same wandb run id"
+
+
+def test_tensorboard_events_hold_the_metric_each_epoch(project):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert train.main(["--config", "t", "logging.tensorboard=true", "training.epochs=3"]) == 0
+    accumulator = EventAccumulator(str(project / "saved_model" / "t" / "tensorboard"))
+    accumulator.Reload()
+    scalars = accumulator.Scalars("eval/pearson")
+    expected = evals(project)
+    assert [s.step for s in scalars] == [r["step"] for r in expected] == [6, 12, 18]
+    assert [s.value for s in scalars] == pytest.approx([r["pearson"] for r in expected], abs=1e-6)
+    assert {"train/loss", "train/lr", "train/samples_per_s", "eval/loss"} <= set(accumulator.Tags()["scalars"])
+
+
+def test_curves_png_is_a_valid_image(project):
+    assert train.main(["--config", "t", "training.epochs=2"]) == 0
+    data = (project / "saved_model" / "t" / "curves.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    from matplotlib.image import imread
+
+    image = imread(project / "saved_model" / "t" / "curves.png")
+    assert image.shape[0] > 100 and image.shape[1] > 300
+
+
+def test_metrics_jsonl_has_train_and_eval_lines(project):
+    assert train.main(["--config", "t", "training.epochs=2"]) == 0
+    lines = [json.loads(x) for x in (project / "saved_model" / "t" / "metrics.jsonl").read_text().splitlines()]
+    train_lines = [r for r in lines if r["kind"] == "train"]
+    assert [r["step"] for r in train_lines] == [2, 4, 6, 8, 10, 12]  # log_every_n_steps=2
+    assert all({"loss", "lr", "samples_per_s"} <= set(r) for r in train_lines)
+    assert [r["epoch"] for r in evals(project)] == [1, 2]
+
+
+def test_early_stopping_stops_at_the_expected_epoch(project, capsys):
+    # A min_delta no real gain can reach: only the first validation counts as progress.
+    assert train.main(["--config", "t", "training.epochs=5", "training.early_stopping.patience=2",
+                       "training.early_stopping.min_delta=10"]) == 0
+    assert [r["epoch"] for r in evals(project)] == [1, 2, 3]
+    assert "early stopping" in capsys.readouterr().out
+    state = torch.load(project / "saved_model" / "t" / "last.pt", weights_only=True)["train_state"]
+    assert state["stopped_early"] and state["bad_epochs"] == 2
+
+
+def test_early_stopping_counter_survives_resume(project):
+    stop = ["training.early_stopping.patience=3", "training.early_stopping.min_delta=10"]
+    assert train.main(["--config", "t", "training.epochs=2", *stop]) == 0  # bad_epochs = 1
+    assert train.main(["--config", "t", "training.epochs=6", *stop, "--resume"]) == 0
+    # with the counter restored: bad 2 after epoch 3, 3 after epoch 4 -> stop (a reset counter would reach 5)
+    assert [r["epoch"] for r in evals(project)] == [1, 2, 3, 4]
+
+
+def test_sweep_style_arguments(project):
+    assert train.main(["--config", "t", "--training.epochs=1", "--training.learning_rate=5e-4"]) == 0
+    saved = (project / "saved_model" / "t" / "config.yaml").read_text()
+    assert "epochs: 1" in saved and "learning_rate: 0.0005" in saved
+
+
+def test_sweep_spec_runs_train_py_with_unique_run_names(project):
+    import yaml
+    from conftest import REPO
+
+    spec = yaml.safe_load((REPO / "configs" / "sweep.yaml").read_text())
+    assert spec["program"] == "train.py" and "${args}" in spec["command"]
+    assert train.main(["--config", "t", "training.epochs=1", "run_name=sweep-{time}"]) == 0
+    runs = [p.name for p in (project / "saved_model").iterdir()]
+    assert len(runs) == 1 and runs[0].startswith("sweep-2") and "{" not in runs[0]
