@@ -25,7 +25,6 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device,
     was_training = model.training
     model.eval()
     outputs: Optional[np.ndarray] = None
-    seen = np.zeros(len(loader.dataset), dtype=bool)
     for batch in loader:
         index = batch.pop("index").numpy()
         batch.pop("labels", None)
@@ -36,10 +35,10 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device,
         if outputs is None:
             outputs = np.full((len(loader.dataset), logits.shape[-1]), np.nan, dtype=np.float32)
         outputs[index] = logits
-        seen[index] = True
     model.train(was_training)
-    if outputs is None:
-        raise ValueError("predict() got an empty loader")
+    if outputs is None:  # no batches on this rank (tiny set under DDP): nothing predicted here
+        width = getattr(getattr(model, "config", None), "num_labels", 1)
+        outputs = np.full((len(loader.dataset), width), np.nan, dtype=np.float32)
     return outputs[:, 0] if outputs.shape[1] == 1 else outputs
 
 

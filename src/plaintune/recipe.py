@@ -155,6 +155,24 @@ def init_head_bias(model: torch.nn.Module, value: float) -> None:
         biases[-1].fill_(value)
 
 
+def adapt_world_size(trainer: Trainer, saved: int, current: int) -> None:
+    """Resume under another number of processes: keep the epoch position in batches consumed.
+
+    Rank r takes batches r, r+W, ... of the epoch's order, so after k steps per
+    rank under W_old the first k*W_old batches are done; under W_new that is
+    k*W_old/W_new steps per rank (exact when it divides).
+    """
+    if saved == current:
+        return
+    state = trainer.state
+    done = state.step_in_epoch * saved
+    state.step_in_epoch = done // current
+    if trainer.dist.is_main:
+        exact = "" if done % current == 0 else f" ({done % current} batches of this epoch will be seen twice)"
+        print(f"note: resuming a {saved}-process run with {current} process(es); the effective batch size "
+              f"changes accordingly{exact}")
+
+
 def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: Optional[str] = None,
                  force: bool = False, overwrite: bool = False, trust: bool = False) -> int:
     """Train per `cfg`. `resume`: None (fresh run), '' (this run's last.pt) or a bundle path."""
@@ -219,9 +237,15 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
         print(f"model: {trainable:,} trainable parameters, {frozen:,} frozen")
     model.to(device)
     train_model = model
+    if cfg.training.compile:
+        train_model = torch.compile(train_model)
     if dist_info.enabled:
         train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            train_model, device_ids=[device.index] if device.type == "cuda" else None)
+    if dist_info.is_main:
+        effective = cfg.training.batch_size * cfg.training.grad_accum_steps * dist_info.world_size
+        print(f"effective batch size {effective} = batch_size {cfg.training.batch_size} x grad_accum_steps "
+              f"{cfg.training.grad_accum_steps} x {dist_info.world_size} process(es) on {device}")
 
     # 5. Objective (loss + what logits mean), optimizer, scheduler (the schedule needs the number of steps).
     objective = build_objective(cfg)
@@ -230,7 +254,9 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
         init_head_bias(model, objective.initial_bias(float(tables["train"].labels.mean())))
     optimizer = factory.build_optimizer(cfg.training.optimizer, model, cfg.training.learning_rate,
                                         cfg.training.head_lr_multiplier, cfg.training.layer_lr_decay)
-    scheduler, scheduler_when = factory.build_scheduler(cfg.training.scheduler, optimizer, len(sampler),
+    accum = cfg.training.grad_accum_steps
+    steps_per_epoch = -(-len(sampler) // accum)
+    scheduler, scheduler_when = factory.build_scheduler(cfg.training.scheduler, optimizer, steps_per_epoch,
                                                         cfg.training.epochs)
     autocast_dtype = AUTOCAST[cfg.training.precision]
     scaler = torch.amp.GradScaler(device.type) if cfg.training.precision == "fp16" else None
@@ -252,9 +278,10 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
                       saver=saver, autocast_dtype=autocast_dtype, scaler=scaler,
                       metric_name=metric_name(num_labels), resume_command=resume_cmd,
                       patience=cfg.training.early_stopping.patience,
-                      min_delta=cfg.training.early_stopping.min_delta)
+                      min_delta=cfg.training.early_stopping.min_delta, grad_accum_steps=accum)
     if bundle is not None:
         trainer.restore(bundle)
+        adapt_world_size(trainer, bundle.get("world_size", 1), dist_info.world_size)
     resumed = bundle is not None
     tracker = Tracker(run_dir, cfg.logging, cfg.run_name, plain_cfg, metric_name(num_labels),
                       resume_step=trainer.state.global_step if resumed else None,

@@ -139,6 +139,10 @@ SCHEMA: dict = {
                            "plateau, warmup_ratio or warmup_steps, ...}. step takes step_size (epochs) and "
                            "gamma; plateau takes factor and patience and is stepped on the validation metric.",
                            open_keys=True),
+        "grad_accum_steps": Field(int, 1, "Batches whose gradients are summed into one optimizer step "
+                                  "(effective batch = batch_size x grad_accum_steps x processes).",
+                                  check=at_least(1)),
+        "compile": Field(bool, False, "torch.compile the model (checkpoints stay loadable anywhere)."),
         "head_lr_multiplier": Field(float, 1.0, "The task head (parameters outside the base model) trains at "
                                     "learning_rate times this.", check=above(0.0)),
         "layer_lr_decay": Field(float, 1.0, "Layer-wise lr decay: layer i of L trains at learning_rate * "

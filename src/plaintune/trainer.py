@@ -105,7 +105,7 @@ class Trainer:
                  saver: Optional[CheckpointSaver] = None,
                  autocast_dtype: Optional[torch.dtype] = None, scaler: Optional[torch.amp.GradScaler] = None,
                  metric_name: str = "pearson", resume_command: str = "", patience: Optional[int] = None,
-                 min_delta: float = 0.0):
+                 min_delta: float = 0.0, grad_accum_steps: int = 1):
         self.model = model
         self.tokenizer = tokenizer
         self.objective = objective
@@ -132,6 +132,8 @@ class Trainer:
         self.metric_name = metric_name
         self.resume_command = resume_command
         self.patience = patience
+        self.grad_accum_steps = grad_accum_steps
+        self._window_loss: Optional[torch.Tensor] = None
         self.min_delta = min_delta
         self.state = TrainState()
         self._stop_requested = False
@@ -175,26 +177,44 @@ class Trainer:
         return self.objective.loss(logits, labels)
 
     def train_one_epoch(self) -> None:
+        """One pass over this rank's batches, resuming at `state.step_in_epoch` (always an
+        optimizer-step boundary). With gradient accumulation every `grad_accum_steps` batches
+        make one optimizer step; the epoch's last, shorter group still steps."""
         state = self.state
         self.sampler.set_epoch(state.epoch, start=state.step_in_epoch)
-        steps_per_epoch = len(self.sampler)
+        batches = len(self.sampler)
+        accum = self.grad_accum_steps
         self.model.train()
-        bar = tqdm(total=steps_per_epoch, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}/{self.epochs}",
+        bar = tqdm(total=batches, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}/{self.epochs}",
                    disable=not self.dist.is_main, dynamic_ncols=True, leave=False)
+        # The window's loss sum stays on the device (float64, so a resumed run adds exactly as an
+        # uninterrupted one); reading it is a host sync, done only when logging or saving.
+        self._window_loss = torch.tensor(state.window_loss, dtype=torch.float64, device=self.device)
         window_start, window_samples = time.perf_counter(), 0
         for batch in self.train_loader:
+            group_start = state.step_in_epoch - state.step_in_epoch % accum
+            group_size = min(accum, batches - group_start)
+            steps_now = state.step_in_epoch + 1 == group_start + group_size
             labels = batch.pop("labels").to(self.device, non_blocking=True)
             batch.pop("index")
             inputs = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            with self._autocast():
-                logits = self.model(**inputs).logits
-            loss = self.compute_loss(logits, labels)
+            # DDP: skip the gradient all-reduce on micro-steps that do not end in an optimizer step.
+            sync = nullcontext() if steps_now or not self.dist.enabled else self.model.no_sync()
+            with sync:
+                with self._autocast():
+                    logits = self.model(**inputs).logits
+                loss = self.compute_loss(logits, labels)
+                scaled = loss / group_size  # the group's gradient is the mean over its batches
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            state.step_in_epoch += 1
+            self._window_loss += loss.detach().to(torch.float64) / group_size
+            window_samples += labels.shape[0]
+            bar.update(1)
+            if not steps_now:
+                continue
 
             if self.scaler is not None:
-                self.scaler.scale(loss).backward()
                 self.scaler.unscale_(self.optimizer)
-            else:
-                loss.backward()
             if self.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
             if self.scaler is not None:
@@ -205,26 +225,26 @@ class Trainer:
             if self.scheduler_when == "step":
                 self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-
             state.global_step += 1
-            state.step_in_epoch += 1
-            # .item() is a host sync; it is one per step on CPU anyway, and needed for the window mean.
-            state.window_loss += float(loss.detach())
             state.window_steps += 1
-            window_samples += labels.shape[0]
-            bar.update(1)
+
             if state.global_step % self.log_every_n_steps == 0:
-                elapsed = time.perf_counter() - window_start
-                self._log_train(samples_per_s=window_samples * self.dist.world_size / max(elapsed, 1e-9))
-                bar.set_postfix(loss=f"{state.loss:.4f}", lr=f"{self._lr():.2e}",
-                                samples_s=f"{window_samples * self.dist.world_size / max(elapsed, 1e-9):.1f}")
+                samples_per_s = window_samples * self.dist.world_size / max(time.perf_counter() - window_start, 1e-9)
+                self._log_train(samples_per_s=samples_per_s)
+                bar.set_postfix(loss=f"{state.loss:.4f}", lr=f"{self._lr():.2e}", samples_s=f"{samples_per_s:.1f}")
                 window_start, window_samples = time.perf_counter(), 0
             if self._stop_requested:
                 break
-            last_batch = state.step_in_epoch >= steps_per_epoch
-            if self.every_n_steps and state.global_step % self.every_n_steps == 0 and not last_batch:
-                self.save_last()  # the epoch-end save follows anyway on the last batch
+            last_group = state.step_in_epoch >= batches
+            if self.every_n_steps and state.global_step % self.every_n_steps == 0 and not last_group:
+                self.save_last()  # the epoch-end save follows anyway after the last group
+        self._fold_window()
         bar.close()
+
+    def _fold_window(self) -> None:
+        """Move the on-device window loss sum into the (plain-data) train state."""
+        if self._window_loss is not None:
+            self.state.window_loss = float(self._window_loss)
 
     def _lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
@@ -233,7 +253,8 @@ class Trainer:
         state = self.state
         if state.window_steps == 0:
             return
-        state.loss = state.window_loss / state.window_steps
+        state.loss = float(self._window_loss) / state.window_steps
+        self._window_loss.zero_()
         metrics = {"loss": state.loss, "lr": self._lr()}
         if samples_per_s is not None:
             metrics["samples_per_s"] = samples_per_s
@@ -300,6 +321,7 @@ class Trainer:
 
     def save_last(self) -> None:
         """Write last.pt atomically (rank 0); every rank waits until it is on disk."""
+        self._fold_window()
         if self.dist.is_main:
             previous = self.state.saved_step
             self.state.saved_step = self.state.global_step
