@@ -380,7 +380,10 @@ def run_inference(cfg: Box, saved_model: str, trust: bool = False) -> int:
     loader = data.eval_loader(data.PairDataset(table, tokenizer, cfg.model.max_length),
                               cfg.training.eval_batch_size, num_labels)
     objective = objective_for(model, cfg)
+    started = time.perf_counter()
     values = objective.predictions(predict(model, loader, device, autocast_dtype))
+    seconds = time.perf_counter() - started
+    print(f"predicted {len(values)} pairs in {seconds:.1f} s ({len(values) / max(seconds, 1e-9):.1f} pairs/s)")
     if num_labels == 1:
         values = postprocess(values, cfg.inference.clip, cfg.inference.round)
     write_submission(cfg.data.submission_template, table.ids, values, cfg.inference.output_path,

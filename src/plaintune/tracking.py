@@ -112,7 +112,7 @@ class WandbSink:
         self.run_id = self.run.id
 
     def log(self, kind: str, step: int, epoch: int, metrics: dict) -> None:
-        data = {f"{kind}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+        data = {f"{kind}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         data["epoch"] = epoch
         self.run.log(data, step=step)
 

@@ -191,6 +191,7 @@ class Trainer:
         # uninterrupted one); reading it is a host sync, done only when logging or saving.
         self._window_loss = torch.tensor(state.window_loss, dtype=torch.float64, device=self.device)
         window_start, window_samples = time.perf_counter(), 0
+        epoch_start, epoch_samples = time.perf_counter(), 0
         for batch in self.train_loader:
             group_start = state.step_in_epoch - state.step_in_epoch % accum
             group_size = min(accum, batches - group_start)
@@ -209,6 +210,7 @@ class Trainer:
             state.step_in_epoch += 1
             self._window_loss += loss.detach().to(torch.float64) / group_size
             window_samples += labels.shape[0]
+            epoch_samples += labels.shape[0]
             bar.update(1)
             if not steps_now:
                 continue
@@ -240,6 +242,7 @@ class Trainer:
                 self.save_last()  # the epoch-end save follows anyway after the last group
         self._fold_window()
         bar.close()
+        self._epoch_speed = epoch_samples * self.dist.world_size / max(time.perf_counter() - epoch_start, 1e-9)
 
     def _fold_window(self) -> None:
         """Move the on-device window loss sum into the (plain-data) train state."""
@@ -266,13 +269,17 @@ class Trainer:
         state = self.state
         state.epoch += 1
         state.step_in_epoch = 0
+        eval_start = time.perf_counter()
         metric, dev_loss = self.validate()
+        eval_seconds = time.perf_counter() - eval_start
         improved = is_better(metric, state.best_metric)
         # Early stopping counts validations without a gain above min_delta over the best so far.
         significant = improved and (state.best_metric is None or metric - state.best_metric > self.min_delta)
         record = {"epoch": state.epoch, "step": state.global_step, self.metric_name: metric, "loss": dev_loss}
         state.history.append(record)
-        self.tracker.log("eval", state.global_step, state.epoch, {self.metric_name: metric, "loss": dev_loss})
+        self.tracker.log("eval", state.global_step, state.epoch,
+                         {self.metric_name: metric, "loss": dev_loss, "eval_s": eval_seconds,
+                          "train_samples_per_s": getattr(self, "_epoch_speed", None)})
         if improved:
             state.best_metric, state.best_epoch, state.best_step = metric, state.epoch, state.global_step
             if self.save_best_enabled:
