@@ -4,6 +4,7 @@
 
 Y: a checkpoint path (HF directory, .safetensors, .pt/.pth/.bin/.ckpt), a run
 name under saved_model/ (its best model), or a file name under saved_model/.
+Several Y form an ensemble (predictions averaged, optionally --weights).
 """
 from __future__ import annotations
 
@@ -20,13 +21,27 @@ from plaintune.errors import run_cli  # noqa: E402
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="configs/NAME.yaml or a path to a YAML file")
-    parser.add_argument("--saved_model", "--saved-model", required=True, dest="saved_model",
-                        help="checkpoint path, run name, or file name under saved_model/")
+    parser.add_argument("--saved_model", "--saved-model", required=True, dest="saved_model", nargs="+",
+                        help="checkpoint path, run name, or file name under saved_model/; several = an ensemble")
+    parser.add_argument("--weights", nargs="+", help="ensemble weights, one per --saved_model")
     parser.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. inference.round=null")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow unpickling a whole-model checkpoint (runs code from the file)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
-    return parser.parse_intermixed_args(argv)
+    args = parser.parse_args(argv)
+    # `--saved_model A B key=value`: the greedy list also took the overrides; give them back.
+    models = [m for m in args.saved_model if "=" not in m or Path(m).exists()]
+    args.overrides = [m for m in args.saved_model if m not in models] + args.overrides
+    if not models:
+        parser.error("--saved_model needs at least one checkpoint, run name or path")
+    args.saved_model = models
+    if args.weights is not None:
+        args.overrides += [w for w in args.weights if "=" in w]
+        try:
+            args.weights = [float(w) for w in args.weights if "=" not in w]
+        except ValueError:
+            parser.error(f"--weights must be numbers, got {args.weights}")
+    return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -37,7 +52,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from plaintune.recipe import run_inference
 
         cfg = load_config(args.config, args.overrides, purpose="inference")
-        return run_inference(cfg, args.saved_model, trust=args.trust_checkpoint)
+        return run_inference(cfg, args.saved_model, args.weights, trust=args.trust_checkpoint)
 
     return run_cli(body, debug=args.debug)
 

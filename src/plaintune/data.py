@@ -160,6 +160,13 @@ def check_class_labels(table: PairTable, key: str, num_labels: int, column: str)
                         f"(model.num_labels={num_labels})")
 
 
+def with_swapped_pairs(table: PairTable) -> PairTable:
+    """The table followed by every pair reversed (similarity is symmetric, the encoder input is not)."""
+    return PairTable(path=table.path, ids=table.ids + [f"{i}~swapped" for i in table.ids],
+                     sentence_1=table.sentence_1 + table.sentence_2, sentence_2=table.sentence_2 + table.sentence_1,
+                     labels=None if table.labels is None else np.concatenate([table.labels, table.labels]))
+
+
 class PairDataset(Dataset):
     """Sentence pairs tokenized once; items are unpadded token id lists."""
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 from box import Box
 
@@ -209,6 +210,8 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
     seed_everything(cfg.seed)
     tables = _read_tables(cfg)
     tokenizer = factory.build_tokenizer(cfg.model)
+    if cfg.data.augment.swap:
+        tables["train"] = data.with_swapped_pairs(tables["train"])
     datasets = {role: data.PairDataset(t, tokenizer, cfg.model.max_length) for role, t in tables.items()}
     num_labels = cfg.model.num_labels
     pin = device.type == "cuda"
@@ -361,42 +364,86 @@ def objective_for(model: torch.nn.Module, cfg: Box) -> Objective:
     return build_objective(cfg)
 
 
-def run_inference(cfg: Box, saved_model: str, trust: bool = False) -> int:
-    columns = cfg.data.columns
-    # Check the input CSVs first: a mistake there should not cost a model load.
+def member_outputs(model, tokenizer, objective: Objective, table: data.PairTable, cfg: Box, device: torch.device,
+                   symmetric: bool) -> np.ndarray:
+    """One model's outputs in a form that averages: scores (regression) or class probabilities.
+
+    With `symmetric`, also predicts every pair as (sentence_2, sentence_1) and averages the two.
+    """
+    autocast_dtype = AUTOCAST[cfg.training.precision]
+    runs = []
+    for swap in ((False, True) if symmetric else (False,)):
+        dataset = data.PairDataset(table, tokenizer, cfg.model.max_length, swap=swap)
+        logits = predict(model, data.eval_loader(dataset, cfg.training.eval_batch_size, objective.num_labels),
+                         device, autocast_dtype)
+        runs.append(objective.predictions(logits) if objective.regression else softmax(logits))
+    return np.mean(runs, axis=0)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def run_inference(cfg: Box, saved_models: Sequence[str], weights: Optional[Sequence[float]] = None,
+                  trust: bool = False) -> int:
+    """Predict data.predict_path with one model or a (weighted) ensemble and write the submission.
+
+    Every input is checked before any model loads; each member goes through the
+    common load path. With labels in data.test_path, each member's and the
+    ensemble's metric are printed.
+    """
+    columns, num_labels = cfg.data.columns, cfg.model.num_labels
+    if weights is not None and len(weights) != len(saved_models):
+        raise UserError(f"--weights: {len(weights)} weights for {len(saved_models)} models; give one per model")
+    if weights is not None and (any(w < 0 for w in weights) or sum(weights) <= 0):
+        raise UserError("--weights: weights must be >= 0 and not all zero")
     table = data.read_pairs(cfg.data.predict_path, "data.predict_path", columns, cfg.data.encoding,
                             labelled=False, unique_ids=True)
     template = data.read_csv_checked(cfg.data.submission_template, "data.submission_template", cfg.data.encoding)
     data.require_columns(template, f"data.submission_template: '{cfg.data.submission_template}'",
                          {"id": columns.id})
-    source = checkpoint.resolve_saved_model(saved_model, SAVED_ROOT)
+    test = None
+    if cfg.data.test_path:
+        test = data.read_pairs(cfg.data.test_path, "data.test_path", columns, cfg.data.encoding, labelled=True,
+                               label_range=cfg.data.label_range if num_labels == 1 else None)
+    sources = [checkpoint.resolve_saved_model(name, SAVED_ROOT) for name in saved_models]
     _, device = distributed.setup(cfg.device)
-    model, tokenizer, report = load_model_for_inference(cfg, source, trust)
-    print(f"checkpoint: {report.summary()}")
-    model.to(device)
-    autocast_dtype = AUTOCAST[cfg.training.precision]
-    num_labels = cfg.model.num_labels
+    symmetric = cfg.inference.symmetric
+    name = metric_name(num_labels)
 
-    loader = data.eval_loader(data.PairDataset(table, tokenizer, cfg.model.max_length),
-                              cfg.training.eval_batch_size, num_labels)
-    objective = objective_for(model, cfg)
+    predicted, tested = [], []
     started = time.perf_counter()
-    values = objective.predictions(predict(model, loader, device, autocast_dtype))
+    for source in sources:
+        model, tokenizer, report = load_model_for_inference(cfg, source, trust)
+        print(f"checkpoint: {report.summary()}")
+        model.to(device)
+        objective = objective_for(model, cfg)
+        predicted.append(member_outputs(model, tokenizer, objective, table, cfg, device, symmetric))
+        if test is not None:
+            tested.append(member_outputs(model, tokenizer, objective, test, cfg, device, symmetric))
+        del model
     seconds = time.perf_counter() - started
-    print(f"predicted {len(values)} pairs in {seconds:.1f} s ({len(values) / max(seconds, 1e-9):.1f} pairs/s)")
+
+    def combine(outputs: list[np.ndarray]) -> np.ndarray:
+        mixed = np.average(np.stack(outputs), axis=0, weights=weights)
+        return mixed if num_labels == 1 else mixed.argmax(axis=-1)
+
+    values = combine(predicted)
+    print(f"predicted {len(values)} pairs with {len(sources)} model(s){' (symmetric)' if symmetric else ''} "
+          f"in {seconds:.1f} s ({len(values) * len(sources) / max(seconds, 1e-9):.1f} pairs/s per model)")
     if num_labels == 1:
         values = postprocess(values, cfg.inference.clip, cfg.inference.round)
     write_submission(cfg.data.submission_template, table.ids, values, cfg.inference.output_path,
                      columns.id, columns.target, cfg.data.encoding, integer=num_labels > 1)
     print(f"wrote {len(values)} predictions to {cfg.inference.output_path}")
 
-    if cfg.data.test_path:
-        test = data.read_pairs(cfg.data.test_path, "data.test_path", columns, cfg.data.encoding, labelled=True,
-                               label_range=cfg.data.label_range if num_labels == 1 else None)
-        test_loader = data.eval_loader(data.PairDataset(test, tokenizer, cfg.model.max_length),
-                                       cfg.training.eval_batch_size, num_labels)
-        test_predictions = objective.predictions(predict(model, test_loader, device, autocast_dtype))
-        print(f"test {metric_name(num_labels)}: {score(test_predictions, test.labels, num_labels):.4f}  "
+    if test is not None:
+        if len(sources) > 1:
+            for source, outputs in zip(saved_models, tested):
+                member = outputs if num_labels == 1 else outputs.argmax(axis=-1)
+                print(f"  member {source}: test {name} {score(member, test.labels, num_labels):.4f}")
+        label = "ensemble " if len(sources) > 1 else ""
+        print(f"{label}test {name}: {score(combine(tested), test.labels, num_labels):.4f}  "
               f"({cfg.data.test_path}, {len(test)} pairs)")
     return 0
-

@@ -114,6 +114,9 @@ SCHEMA: dict = {
                           "A UTF-8 BOM is always accepted."),
         "label_range": Field(list, [0.0, 5.0], "Allowed [low, high] of regression labels; null disables the "
                              "check.", nullable=True, check=_pair_of_numbers),
+        "augment": {
+            "swap": Field(bool, False, "Also train on every pair swapped (s2, s1): twice the pairs per epoch."),
+        },
         "columns": {
             "id": Field(str, "id", "Column with the row id."),
             "sentence_1": Field(str, "sentence_1", "Column with the first sentence."),
@@ -191,6 +194,7 @@ SCHEMA: dict = {
     },
     "inference": {
         "output_path": Field(str, "output/output.csv", "Where inference writes the submission CSV."),
+        "symmetric": Field(bool, False, "Average the predictions for (s1, s2) and (s2, s1)."),
         "round": Field(int, 1, "Decimals of the written target; null keeps full precision.", nullable=True,
                        check=at_least(0)),
         "clip": Field(list, [0.0, 5.0], "[low, high] the predictions are clipped to; null disables.",

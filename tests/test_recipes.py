@@ -1,0 +1,105 @@
+"""Score-improving options: label scaling with a sigmoid head, head bias, ensembles, symmetric averaging."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import inference
+import train
+from plaintune.objective import Objective
+
+
+def test_label_scaling_round_trip():
+    objective = Objective(1, "bce", "sigmoid", (0.0, 5.0))
+    labels = torch.tensor([0.2, 1.0, 2.5, 4.9])
+    unit = objective.to_unit(labels)
+    assert torch.allclose(unit, labels / 5)
+    logits = torch.logit(unit)
+    np.testing.assert_allclose(objective.predictions(logits.numpy()), labels.numpy(), rtol=1e-5)
+    # BCE on scaled labels is minimal at the exact logits
+    assert objective.loss(logits[:, None], labels) < objective.loss(logits[:, None] + 0.5, labels)
+    assert objective.initial_bias(2.5) == pytest.approx(0.0, abs=1e-9)
+    other = Objective(1, "mse", "sigmoid", (1.0, 3.0))
+    assert other.predictions(np.array([0.0]))[0] == pytest.approx(2.0)
+
+
+def test_sigmoid_head_trains_predicts_in_range_and_is_remembered(project, capsys):
+    args = ["model.output_activation=sigmoid", "training.loss=bce", "model.head_bias_init=label_mean",
+            "training.head_lr_multiplier=5", "training.epochs=1"]
+    assert train.main(["--config", "t", *args]) == 0
+    # the head bias started at logit(mean label / 5)
+    import json
+
+    config = json.loads((project / "saved_model" / "t" / "best" / "config.json").read_text())
+    assert config["plaintune_output"] == {"activation": "sigmoid", "low": 0.0, "high": 5.0}
+    # inference reads the activation from the checkpoint even if the config forgot it
+    assert inference.main(["--config", "t", "--saved_model", "t", "inference.clip=null", "inference.round=null"]) == 0
+    assert "using that" in capsys.readouterr().out
+    target = pd.read_csv(project / "output" / "sub.csv")["target"]
+    assert ((target > 0) & (target < 5)).all()
+
+
+def test_head_bias_starts_at_the_label_mean(project, tiny_model_dir):
+    from plaintune.config import load_config
+    from plaintune.factory import build_model
+    from plaintune.recipe import init_head_bias
+
+    model = build_model(load_config("t").model)
+    objective = Objective(1, "bce", "sigmoid")
+    init_head_bias(model, objective.initial_bias(1.0))
+    assert float(model.classifier.bias.detach()) == pytest.approx(np.log(0.2 / 0.8))
+
+
+def predictions(project, *args) -> np.ndarray:
+    assert inference.main(["--config", "t", "inference.round=null", "inference.clip=null", *args]) == 0
+    return pd.read_csv(project / "output" / "sub.csv")["target"].to_numpy()
+
+
+@pytest.fixture
+def two_runs(project):
+    assert train.main(["--config", "t", "run_name=a", "training.epochs=1", "seed=1"]) == 0
+    assert train.main(["--config", "t", "run_name=b", "training.epochs=1", "seed=2", "training.learning_rate=3e-3"]) == 0
+    return project
+
+
+def test_ensemble_is_the_weighted_average(two_runs, capsys):
+    project = two_runs
+    a = predictions(project, "--saved_model", "a")
+    b = predictions(project, "--saved_model", "b")
+    assert not np.allclose(a, b)
+    mean = predictions(project, "--saved_model", "a", "b")
+    np.testing.assert_allclose(mean, (a + b) / 2, rtol=0, atol=1e-6)
+    weighted = predictions(project, "--saved_model", "a", "b", "--weights", "1", "3",
+                           "data.test_path=data/dev.csv")
+    np.testing.assert_allclose(weighted, 0.25 * a + 0.75 * b, rtol=0, atol=1e-6)
+    out = capsys.readouterr().out
+    assert "member a: test pearson" in out and "member b: test pearson" in out and "ensemble test pearson" in out
+    assert inference.main(["--config", "t", "--saved_model", "a", "b", "--weights", "1"]) == 2
+
+
+def test_symmetric_averaging_is_the_mean_of_both_orders(two_runs):
+    project = two_runs
+    straight = predictions(project, "--saved_model", "a")
+    frame = pd.read_csv(project / "data" / "test.csv")
+    frame[["sentence_1", "sentence_2"]] = frame[["sentence_2", "sentence_1"]].to_numpy()
+    frame.to_csv(project / "data" / "test_swapped.csv", index=False)
+    swapped = predictions(project, "--saved_model", "a", "data.predict_path=data/test_swapped.csv")
+    assert not np.allclose(straight, swapped)  # a cross-encoder is not symmetric by itself
+    symmetric = predictions(project, "--saved_model", "a", "inference.symmetric=true")
+    np.testing.assert_allclose(symmetric, (straight + swapped) / 2, rtol=0, atol=1e-6)
+
+
+def test_swap_augmentation_doubles_the_training_pairs(project):
+    assert train.main(["--config", "t", "training.epochs=1", "data.augment.swap=true"]) == 0
+    state = torch.load(project / "saved_model" / "t" / "last.pt", weights_only=True)["train_state"]
+    assert state["global_step"] == 12  # 2 x 48 pairs / batch 8
+
+
+def test_swapped_table():
+    from plaintune.data import PairTable, with_swapped_pairs
+
+    table = PairTable("p", ["x"], ["A."], ["B."], np.array([3.0], dtype=np.float32))
+    both = with_swapped_pairs(table)
+    assert both.sentence_1 == ["A.", "B."] and both.sentence_2 == ["B.", "A."] and both.labels.tolist() == [3.0, 3.0]
