@@ -39,6 +39,12 @@ VARIANTS = {
     "sigmoid_mean_head10_bucketed": ["training.loss=bce", "model.output_activation=sigmoid",
                                      "model.head_bias_init=label_mean", "training.head_lr_multiplier=10",
                                      "training.bucket_batches=true"],
+    "sigmoid_mse_mean_head10_bucketed": ["training.loss=mse", "model.output_activation=sigmoid",
+                                         "model.head_bias_init=label_mean", "training.head_lr_multiplier=10",
+                                         "training.bucket_batches=true"],
+    # SBERT-style: shared encoder, mean pooling, cosine regressed onto label/5.
+    "bi_encoder": ["model.kind=bi_encoder", "training.loss=mse", "model.output_activation=none",
+                   "model.head_bias_init=default", "training.bucket_batches=true"],
     "defaults": [],  # whatever configs/default.yaml and the schema say now
 }
 

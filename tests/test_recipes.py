@@ -33,7 +33,7 @@ def test_sigmoid_head_trains_predicts_in_range_and_is_remembered(project, capsys
     import json
 
     config = json.loads((project / "saved_model" / "t" / "best" / "config.json").read_text())
-    assert config["plaintune_output"] == {"activation": "sigmoid", "low": 0.0, "high": 5.0}
+    assert config["plaintune_output"] == {"activation": "sigmoid", "low": 0.0, "high": 5.0, "kind": "cross_encoder"}
     # inference reads the activation from the checkpoint even if the config forgot it
     assert inference.main(["--config", "t", "--saved_model", "t", "inference.clip=null", "inference.round=null"]) == 0
     assert "using that" in capsys.readouterr().out
@@ -103,3 +103,31 @@ def test_swapped_table():
     table = PairTable("p", ["x"], ["A."], ["B."], np.array([3.0], dtype=np.float32))
     both = with_swapped_pairs(table)
     assert both.sentence_1 == ["A.", "B."] and both.sentence_2 == ["B.", "A."] and both.labels.tolist() == [3.0, 3.0]
+
+
+def test_bi_encoder_train_save_load_predict(project, capsys):
+    """SBERT-style bi-encoder through the same trainer, checkpoints and inference."""
+    args = ["model.kind=bi_encoder", "training.epochs=2", "training.learning_rate=1e-3"]
+    assert train.main(["--config", "t", *args]) == 0
+    best = project / "saved_model" / "t" / "best"
+    from transformers import AutoModel
+
+    encoder = AutoModel.from_pretrained(best)  # best/ is the plain encoder
+    assert not hasattr(encoder, "classifier")
+    # inference knows the kind from the checkpoint, even with a cross-encoder config
+    scores = predictions(project, "--saved_model", "t", "data.test_path=data/dev.csv")
+    out = capsys.readouterr().out
+    assert "test pearson" in out
+    assert np.isfinite(scores).all() and (scores >= -5.0).all() and (scores <= 5.0).all()
+    # a bi-encoder is symmetric by construction
+    symmetric = predictions(project, "--saved_model", "t", "inference.symmetric=true")
+    np.testing.assert_allclose(symmetric, scores, atol=1e-5)
+    # its resume bundle resumes
+    assert train.main(["--config", "t", *args[:-2], "training.epochs=3", "training.learning_rate=1e-3",
+                       "--resume"]) == 0
+
+
+def test_bi_encoder_rejects_cross_encoder_options(project, capsys):
+    assert train.main(["--config", "t", "model.kind=bi_encoder", "training.loss=bce",
+                       "model.output_activation=sigmoid"]) == 2
+    assert "bi-encoder regresses the cosine" in capsys.readouterr().err

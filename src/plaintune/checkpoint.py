@@ -188,7 +188,9 @@ def _prefix_rules(model: torch.nn.Module) -> list[tuple[str, str, str]]:
     if not prefix:
         return []
     p = re.escape(prefix)
-    return [(f"add base prefix '{prefix}.'", rf"^(?!{p}\.)", f"{prefix}."),
+    # Added to every key that does not match yet (matching keys are never renamed); not only to
+    # keys lacking the prefix, since a base model may have a submodule of the same name.
+    return [(f"add base prefix '{prefix}.'", r"^", f"{prefix}."),
             (f"strip base prefix '{prefix}.'", rf"^{p}\.", "")]
 
 

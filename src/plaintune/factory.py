@@ -109,6 +109,14 @@ def check_component_choices(cfg: dict) -> list[str]:
         problems.append(f"training.loss: {training['loss']} is for regression but model.num_labels is "
                         f"{num_labels}; use CrossEntropyLoss or set model.num_labels: 1")
 
+    if cfg["model"].get("kind") == "bi_encoder":
+        if num_labels != 1:
+            problems.append("model.kind: bi_encoder scores similarity; it needs model.num_labels: 1")
+        if loss in ("bce", "crossentropy"):
+            problems.append(f"training.loss: the bi-encoder regresses the cosine; use MSELoss (not {training['loss']})")
+        if cfg["model"].get("head_bias_init") != "default":
+            problems.append("model.head_bias_init: the bi-encoder has no head; use default")
+
     opt = training["optimizer"]
     name = opt.get("name")
     if not isinstance(name, str) or _canonical(name) not in OPTIMIZERS:
@@ -322,17 +330,33 @@ def build_model_config(model_spec: dict):
     return config, source, offline
 
 
+def _takes_pooling_flag(config) -> bool:
+    """BERT-like encoders build a pooler the bi-encoder never uses; they accept add_pooling_layer."""
+    return config.model_type in ("bert", "roberta", "xlm-roberta", "camembert")
+
+
 def build_model(model_spec: dict, pretrained: Optional[bool] = None) -> nn.Module:
     """The sequence-classification model named by `model.name`.
 
     With pretrained weights, tensors the checkpoint lacks (a fresh head) are
     initialised randomly and reported on stdout.
     """
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModel, AutoModelForSequenceClassification
 
     config, source, offline = build_model_config(model_spec)
     if pretrained is None:
         pretrained = not model_spec.get("from_scratch", False)
+    if model_spec.get("kind") == "bi_encoder":
+        from .biencoder import BiEncoder
+
+        if not pretrained:
+            return BiEncoder(AutoModel.from_config(config, add_pooling_layer=False)
+                             if _takes_pooling_flag(config) else AutoModel.from_config(config))
+        try:
+            extra = {"add_pooling_layer": False} if _takes_pooling_flag(config) else {}
+            return BiEncoder(AutoModel.from_pretrained(source, config=config, local_files_only=offline, **extra))
+        except (OSError, ValueError) as err:
+            raise _load_error(model_spec["name"], offline, err) from None
     if not pretrained:
         return AutoModelForSequenceClassification.from_config(config)
     try:

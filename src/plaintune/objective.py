@@ -15,13 +15,14 @@ import torch.nn.functional as F
 
 from .factory import build_loss, canonical_loss
 
-ACTIVATIONS = ("none", "sigmoid")
+ACTIVATIONS = ("none", "sigmoid", "cosine")  # cosine: the bi-encoder's similarity in [-1, 1]
 CONFIG_ATTRIBUTE = "plaintune_output"  # stored in the HF config.json of saved models
 
 
 class Objective:
     def __init__(self, num_labels: int, loss: str, activation: str = "none",
-                 label_range: Optional[Sequence[float]] = (0.0, 5.0)):
+                 label_range: Optional[Sequence[float]] = (0.0, 5.0), kind: str = "cross_encoder"):
+        self.kind = kind
         self.num_labels = num_labels
         self.loss_name = canonical_loss(loss)
         self.activation = activation if num_labels == 1 else "none"
@@ -35,11 +36,12 @@ class Objective:
 
     def describe(self) -> dict:
         """What inference needs to turn logits into scores (saved with the model)."""
-        return {"activation": self.activation, "low": self.low, "high": self.low + self.span}
+        return {"activation": self.activation, "low": self.low, "high": self.low + self.span, "kind": self.kind}
 
     @classmethod
     def from_saved(cls, saved: dict, num_labels: int, loss: str) -> "Objective":
-        return cls(num_labels, loss, saved.get("activation", "none"), (saved["low"], saved["high"]))
+        return cls(num_labels, loss, saved.get("activation", "none"), (saved["low"], saved["high"]),
+                   saved.get("kind", "cross_encoder"))
 
     def to_unit(self, labels: torch.Tensor) -> torch.Tensor:
         return (labels - self.low) / self.span
@@ -54,6 +56,8 @@ class Objective:
             if self.loss_name == "bce":
                 return F.binary_cross_entropy_with_logits(logits, target)
             return self.loss_fn(torch.sigmoid(logits), target)
+        if self.activation == "cosine":  # SBERT's CosineSimilarityLoss: the cosine regresses the unit label
+            return self.loss_fn(logits, self.to_unit(labels))
         return self.loss_fn(logits, labels)
 
     def predictions(self, logits: np.ndarray) -> np.ndarray:
@@ -62,6 +66,8 @@ class Objective:
             return logits.argmax(axis=-1)
         if self.activation == "sigmoid":
             return self.low + self.span / (1.0 + np.exp(-logits.astype(np.float64)))
+        if self.activation == "cosine":
+            return self.low + self.span * logits.astype(np.float64)
         return logits
 
     def initial_bias(self, mean_label: float) -> float:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import fnmatch
+import json
 import shlex
 import shutil
 import time
@@ -29,10 +30,10 @@ SAVED_ROOT = Path("saved_model")
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Keys that define what a run *is*: changing them on resume makes it another run.
-IDENTITY_KEYS = ("seed", "model.name", "model.num_labels", "model.max_length", "model.from_scratch",
+IDENTITY_KEYS = ("seed", "model.name", "model.kind", "model.num_labels", "model.max_length", "model.from_scratch",
                  "model.output_activation", "model.head_bias_init", "training.head_lr_multiplier",
                  "training.layer_lr_decay",
-                 "model.config_overrides", "model.kind", "data.train_path", "data.dev_path", "data.columns",
+                 "model.config_overrides", "data.train_path", "data.dev_path", "data.columns",
                  "training.batch_size", "training.learning_rate", "training.loss", "training.optimizer",
                  "training.scheduler", "training.bucket_batches", "training.bucket_pool", "training.precision",
                  "training.grad_accum_steps")
@@ -141,6 +142,8 @@ def _read_tables(cfg: Box) -> dict:
 
 
 def build_objective(cfg: Box) -> Objective:
+    if cfg.model.kind == "bi_encoder":
+        return Objective(1, cfg.training.loss, "cosine", cfg.data.label_range, kind="bi_encoder")
     return Objective(cfg.model.num_labels, cfg.training.loss, cfg.model.output_activation, cfg.data.label_range)
 
 
@@ -212,7 +215,8 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
     tokenizer = factory.build_tokenizer(cfg.model)
     if cfg.data.augment.swap:
         tables["train"] = data.with_swapped_pairs(tables["train"])
-    datasets = {role: data.PairDataset(t, tokenizer, cfg.model.max_length) for role, t in tables.items()}
+    datasets = {role: data.make_dataset(t, tokenizer, cfg.model.max_length, cfg.model.kind)
+                for role, t in tables.items()}
     num_labels = cfg.model.num_labels
     pin = device.type == "cuda"
     sampler = BucketBatchSampler(datasets["train"].lengths, cfg.training.batch_size, cfg.seed,
@@ -343,6 +347,8 @@ def load_model_for_inference(cfg: Box, source: Path, trust: bool = False):
     spec = dict(cfg.model)
     if source.is_dir() and (source / "config.json").is_file():
         spec["name"] = str(source)
+        saved = json.loads((source / "config.json").read_text(encoding="utf-8")).get(CONFIG_ATTRIBUTE) or {}
+        spec["kind"] = saved.get("kind", spec["kind"])  # the checkpoint knows what it is
     model = factory.build_model(spec, pretrained=False)
     report = checkpoint.load_weights(
         model, source, cfg.model.key_rules, allow_missing=(), allow_unexpected=cfg.model.allow_unexpected,
@@ -356,7 +362,9 @@ def objective_for(model: torch.nn.Module, cfg: Box) -> Objective:
     """How to read this model's logits: as saved with it by plaintune, else as the config says."""
     saved = getattr(model.config, CONFIG_ATTRIBUTE, None)
     if isinstance(saved, dict) and cfg.model.num_labels == 1:
-        objective = Objective.from_saved(saved, 1, "mse" if saved.get("activation") == "none" else "bce")
+        objective = Objective.from_saved(saved, 1, "bce" if saved.get("activation") == "sigmoid" else "mse")
+        if saved.get("activation") == "cosine":
+            return objective
         if saved.get("activation") != cfg.model.output_activation:
             print(f"note: the checkpoint was trained with output_activation={saved.get('activation')}; "
                   f"using that (config says {cfg.model.output_activation})")
@@ -373,7 +381,7 @@ def member_outputs(model, tokenizer, objective: Objective, table: data.PairTable
     autocast_dtype = AUTOCAST[cfg.training.precision]
     runs = []
     for swap in ((False, True) if symmetric else (False,)):
-        dataset = data.PairDataset(table, tokenizer, cfg.model.max_length, swap=swap)
+        dataset = data.make_dataset(table, tokenizer, cfg.model.max_length, objective.kind, swap=swap)
         logits = predict(model, data.eval_loader(dataset, cfg.training.eval_batch_size, objective.num_labels),
                          device, autocast_dtype)
         runs.append(objective.predictions(logits) if objective.regression else softmax(logits))

