@@ -114,8 +114,8 @@ def check_component_choices(cfg: dict) -> list[str]:
             problems.append("model.kind: bi_encoder scores similarity; it needs model.num_labels: 1")
         if loss in ("bce", "crossentropy"):
             problems.append(f"training.loss: the bi-encoder regresses the cosine; use MSELoss (not {training['loss']})")
-        if cfg["model"].get("head_bias_init") != "default":
-            problems.append("model.head_bias_init: the bi-encoder has no head; use default")
+        # head_bias_init and head_lr_multiplier have no head to act on; they are ignored.
+
 
     opt = training["optimizer"]
     name = opt.get("name")
@@ -379,4 +379,5 @@ def build_model(model_spec: dict, pretrained: Optional[bool] = None) -> nn.Modul
                         f"model.allow_missing (e.g. [\"classifier.*\"])")
     if mismatched:
         print(f"model: {len(mismatched)} tensors of another shape, initialised fresh: {', '.join(mismatched)}")
+    model.plaintune_fresh_keys = set(fresh) | set(mismatched)  # what did not come from the checkpoint
     return model

@@ -147,16 +147,18 @@ def build_objective(cfg: Box) -> Objective:
     return Objective(cfg.model.num_labels, cfg.training.loss, cfg.model.output_activation, cfg.data.label_range)
 
 
-def init_head_bias(model: torch.nn.Module, value: float) -> None:
-    """Set the bias of the head's output layer (the last 1-element bias outside the base model)."""
+def init_head_bias(model: torch.nn.Module, value: float) -> bool:
+    """Set the bias of a freshly initialised head's output layer (the last 1-element bias outside
+    the base model). A head that came trained with the weights is left alone. Returns whether set."""
     prefix = getattr(model, "base_model_prefix", "") + "."
-    biases = [p for n, p in model.named_parameters()
+    biases = [(n, p) for n, p in model.named_parameters()
               if not n.startswith(prefix) and n.endswith("bias") and p.shape == (1,)]
-    if not biases:
-        raise UserError("model.head_bias_init: this model has no 1-output head bias to initialise; "
-                        "use head_bias_init: default")
+    fresh = getattr(model, "plaintune_fresh_keys", None)  # None: built from scratch, all fresh
+    if not biases or (fresh is not None and biases[-1][0] not in fresh):
+        return False
     with torch.no_grad():
-        biases[-1].fill_(value)
+        biases[-1][1].fill_(value)
+    return True
 
 
 def adapt_world_size(trainer: Trainer, saved: int, current: int) -> None:
@@ -257,7 +259,8 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
     # 5. Objective (loss + what logits mean), optimizer, scheduler (the schedule needs the number of steps).
     objective = build_objective(cfg)
     setattr(model.config, CONFIG_ATTRIBUTE, objective.describe())  # saved with best/ for inference
-    if bundle is None and cfg.model.head_bias_init == "label_mean" and objective.regression:
+    if bundle is None and cfg.model.head_bias_init == "label_mean" and objective.regression \
+            and cfg.model.kind == "cross_encoder" and not cfg.model.init_from:
         init_head_bias(model, objective.initial_bias(float(tables["train"].labels.mean())))
     optimizer = factory.build_optimizer(cfg.training.optimizer, model, cfg.training.learning_rate,
                                         cfg.training.head_lr_multiplier, cfg.training.layer_lr_decay)

@@ -86,11 +86,12 @@ SCHEMA: dict = {
                                   "With pretrained weights only dropout-like keys make sense."),
         "dropout": Field(float, None, "If set, overrides hidden and attention dropout of the model.",
                          nullable=True, check=between(0.0, 0.9)),
-        "output_activation": Field(str, "none", "Regression head output: none (raw score) or sigmoid (labels "
-                                   "scaled to 0-1 by data.label_range, predictions mapped back).",
+        "output_activation": Field(str, "sigmoid", "Regression head output: sigmoid (labels scaled to 0-1 by "
+                                   "data.label_range, predictions mapped back; learns far faster) or none (raw "
+                                   "score, the tutorial recipe).",
                                    choices=("none", "sigmoid")),
-        "head_bias_init": Field(str, "default", "default, or label_mean: start the fresh head at the mean "
-                                "training label.", choices=("default", "label_mean")),
+        "head_bias_init": Field(str, "label_mean", "label_mean: start the fresh head at the mean training "
+                                "label; default: the model's own init.", choices=("default", "label_mean")),
         "init_from": Field(str, None, "Warm start: load these weights (any checkpoint format) over the model "
                            "before training.", nullable=True),
         "allow_missing": Field(list, [], "Globs of model tensors that init_from may lack or hold in another "
@@ -135,7 +136,7 @@ SCHEMA: dict = {
                                  check=at_least(1)),
         "learning_rate": Field(float, 2.0e-5, "Peak learning rate (2e-5 and 2.0e-5 both accepted).",
                                check=above(0.0)),
-        "loss": Field(str, "MSELoss", "Loss between predictions and labels: MSELoss/mse, L1Loss/l1, "
+        "loss": Field(str, "bce", "Loss between predictions and labels: MSELoss/mse, L1Loss/l1, "
                       "HuberLoss/huber, SmoothL1Loss/smooth_l1, BCEWithLogitsLoss/bce (with "
                       "model.output_activation: sigmoid); CrossEntropyLoss for num_labels > 1."),
         "optimizer": Field(dict, {"name": "AdamW", "weight_decay": 0.01}, "{name: AdamW|Adam|SGD, ...keyword "
@@ -149,7 +150,7 @@ SCHEMA: dict = {
                                   "(effective batch = batch_size x grad_accum_steps x processes).",
                                   check=at_least(1)),
         "compile": Field(bool, False, "torch.compile the model (checkpoints stay loadable anywhere)."),
-        "head_lr_multiplier": Field(float, 1.0, "The task head (parameters outside the base model) trains at "
+        "head_lr_multiplier": Field(float, 10.0, "The task head (parameters outside the base model) trains at "
                                     "learning_rate times this.", check=above(0.0)),
         "layer_lr_decay": Field(float, 1.0, "Layer-wise lr decay: layer i of L trains at learning_rate * "
                                 "decay^(L-i), embeddings one step lower; 1.0 disables.", check=between(0.01, 1.0)),
