@@ -45,7 +45,8 @@ VARIANTS = {
     # SBERT-style: shared encoder, mean pooling, cosine regressed onto label/5.
     "bi_encoder": ["model.kind=bi_encoder", "training.loss=mse", "model.output_activation=none",
                    "model.head_bias_init=default", "training.bucket_batches=true"],
-    "defaults": [],  # whatever configs/default.yaml and the schema say now
+    # configs/default.yaml's recipe as it stands (its own learning rate, not the peers' 2e-5).
+    "defaults": ["training.learning_rate=1e-4"],
 }
 
 
