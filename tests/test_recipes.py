@@ -35,7 +35,8 @@ def test_sigmoid_head_trains_predicts_in_range_and_is_remembered(project, capsys
     config = json.loads((project / "saved_model" / "t" / "best" / "config.json").read_text())
     assert config["plaintune_output"] == {"activation": "sigmoid", "low": 0.0, "high": 5.0, "kind": "cross_encoder"}
     # inference reads the activation from the checkpoint even if the config forgot it
-    assert inference.main(["--config", "t", "--saved_model", "t", "inference.clip=null", "inference.round=null"]) == 0
+    assert inference.main(["--config", "t", "--saved_model", "t", "inference.clip=null", "inference.round=null",
+                           "model.output_activation=none", "training.loss=mse"]) == 0
     assert "using that" in capsys.readouterr().out
     target = pd.read_csv(project / "output" / "sub.csv")["target"]
     assert ((target > 0) & (target < 5)).all()
@@ -46,10 +47,16 @@ def test_head_bias_starts_at_the_label_mean(project, tiny_model_dir):
     from plaintune.factory import build_model
     from plaintune.recipe import init_head_bias
 
-    model = build_model(load_config("t").model)
     objective = Objective(1, "bce", "sigmoid")
-    init_head_bias(model, objective.initial_bias(1.0))
-    assert float(model.classifier.bias.detach()) == pytest.approx(np.log(0.2 / 0.8))
+    spec = load_config("t").model
+    fresh = build_model({**spec, "from_scratch": True})
+    assert init_head_bias(fresh, objective.initial_bias(1.0))
+    assert float(fresh.classifier.bias.detach()) == pytest.approx(np.log(0.2 / 0.8))
+    # a head that came trained with the checkpoint (tiny_model_dir has one) is left alone
+    loaded = build_model(spec)
+    before = loaded.classifier.bias.detach().clone()
+    assert not init_head_bias(loaded, objective.initial_bias(1.0))
+    assert torch.equal(loaded.classifier.bias.detach(), before)
 
 
 def predictions(project, *args) -> np.ndarray:
