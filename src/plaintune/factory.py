@@ -6,6 +6,7 @@ take the config section they need and nothing else.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import importlib
 import inspect
 import logging
@@ -236,13 +237,20 @@ def build_scheduler(spec: dict, optimizer: torch.optim.Optimizer, steps_per_epoc
 
 # ---------------------------------------------------------- model & tokenizer
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick TCP probe, so an offline machine fails in seconds, not after minutes of retries."""
+def _hub_reachable() -> bool:
+    """Whether the Hugging Face hub answers; offline mode (HF_HUB_OFFLINE) says no without asking."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         return False
     endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    return _probe(endpoint.hostname, endpoint.port or 443)
+
+
+@functools.lru_cache(maxsize=None)
+def _probe(host: str, port: int, timeout: float = 3.0) -> bool:
+    """A quick TCP connect, once per process, so an offline machine fails in seconds rather
+    than after minutes of download retries."""
     try:
-        with socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout):
+        with socket.create_connection((host, port), timeout=timeout):
             return True
     except OSError:
         return False
