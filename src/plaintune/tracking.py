@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import atomic
+from .errors import UserError
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "curves.png"
@@ -69,8 +70,8 @@ class TensorBoardSink:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise ImportError("TensorBoard logging needs the tensorboard package: pip install tensorboard "
-                              "(or set logging.tensorboard: false)") from None
+            raise UserError("logging.tensorboard: the tensorboard package is not installed; pip install "
+                            "tensorboard, or set logging.tensorboard=false") from None
         self.logdir = run_dir / "tensorboard"
         # purge_step drops events past the resume point, so a resumed curve has no doubled segment.
         self.writer = SummaryWriter(str(self.logdir), purge_step=resume_step)
@@ -102,8 +103,8 @@ class WandbSink:
         try:
             import wandb
         except ImportError:
-            raise ImportError("wandb logging needs the wandb package: pip install wandb "
-                              "(or set logging.wandb.mode: disabled)") from None
+            raise UserError("logging.wandb.mode: the wandb package is not installed; pip install wandb, or set "
+                            "logging.wandb.mode=disabled") from None
         self.mode = wandb_mode(spec["mode"])
         self.run = wandb.init(project=spec["project"], entity=spec.get("entity"), name=spec.get("name") or run_name,
                               group=spec.get("group"), tags=list(spec.get("tags") or []), config=config,
