@@ -15,7 +15,8 @@ from plaintune.objective import Objective
 from plaintune.predict import pearson, predict
 from plaintune.sampling import BucketBatchSampler
 from plaintune.tracking import Tracker
-from plaintune.trainer import Trainer
+from plaintune.saver import CheckpointSaver
+from plaintune.trainer import LoopOptions, Trainer
 
 
 class BatchShiftedModel(nn.Module):
@@ -56,8 +57,9 @@ def test_validation_pearson_is_over_the_whole_set(project, tiny_model_dir):
     model.calls = 0
     trainer = Trainer(model=model, tokenizer=None, objective=Objective(1, "mse"), optimizer=None, scheduler=None,
                       scheduler_when="step", train_loader=SimpleNamespace(batch_sampler=None), dev_loader=loader,
-                      dev_labels=table.labels, device=torch.device("cpu"), run_dir=project, epochs=1,
-                      config={}, tracker=Tracker(project, {}, "t", {}, "pearson", active=False))
+                      dev_labels=table.labels, device=torch.device("cpu"), saver=CheckpointSaver(project),
+                      tracker=Tracker(project, {}, "t", {}, "pearson", active=False), config={},
+                      options=LoopOptions(epochs=1))
     metric, loss = trainer.validate()
     assert metric == pytest.approx(whole, abs=1e-6)
     assert loss == pytest.approx(float(np.mean((outputs - table.labels) ** 2)), rel=1e-5)

@@ -24,7 +24,7 @@ from .predict import metric_name, postprocess, predict, score, write_submission
 from .sampling import BucketBatchSampler
 from .tracking import Tracker
 from .saver import LAST_FILE, CheckpointSaver, read_newest_bundle
-from .trainer import Trainer, seed_everything
+from .trainer import LoopOptions, Trainer, seed_everything
 
 SAVED_ROOT = Path("saved_model")
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -278,17 +278,17 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
         if overwrite and resume is None:
             clear_run(run_dir)
         atomic.write_text(run_dir / "config.yaml", config_mod.dump_yaml(cfg))
+    options = LoopOptions(epochs=cfg.training.epochs, grad_accum_steps=accum,
+                          max_grad_norm=cfg.training.max_grad_norm,
+                          log_every_n_steps=cfg.training.log_every_n_steps,
+                          every_n_steps=cfg.checkpoint.every_n_steps, save_best=cfg.checkpoint.save_best,
+                          autocast_dtype=autocast_dtype, patience=cfg.training.early_stopping.patience,
+                          min_delta=cfg.training.early_stopping.min_delta, metric_name=metric_name(num_labels),
+                          resume_command=resume_cmd)
     trainer = Trainer(model=train_model, tokenizer=tokenizer, objective=objective, optimizer=optimizer,
                       scheduler=scheduler, scheduler_when=scheduler_when, train_loader=train_loader,
-                      dev_loader=dev_loader, dev_labels=tables["dev"].labels, device=device, run_dir=run_dir,
-                      epochs=cfg.training.epochs, config=plain_cfg, tracker=None,
-                      dist_info=dist_info, max_grad_norm=cfg.training.max_grad_norm,
-                      log_every_n_steps=cfg.training.log_every_n_steps,
-                      every_n_steps=cfg.checkpoint.every_n_steps, save_best=cfg.checkpoint.save_best,
-                      saver=saver, autocast_dtype=autocast_dtype, scaler=scaler,
-                      metric_name=metric_name(num_labels), resume_command=resume_cmd,
-                      patience=cfg.training.early_stopping.patience,
-                      min_delta=cfg.training.early_stopping.min_delta, grad_accum_steps=accum)
+                      dev_loader=dev_loader, dev_labels=tables["dev"].labels, device=device, saver=saver,
+                      tracker=None, config=plain_cfg, options=options, scaler=scaler, dist_info=dist_info)
     if bundle is not None:
         trainer.restore(bundle)
         adapt_world_size(trainer, bundle.get("world_size", 1), dist_info.world_size)

@@ -90,53 +90,64 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass(frozen=True)
+class LoopOptions:
+    """How the loop runs: flat values the recipe reads from the config."""
+
+    epochs: int
+    grad_accum_steps: int = 1
+    max_grad_norm: Optional[float] = 1.0
+    log_every_n_steps: int = 10
+    every_n_steps: int = 0            # mid-epoch last.pt every this many optimizer steps (0: off)
+    save_best: bool = True
+    autocast_dtype: Optional[torch.dtype] = None
+    patience: Optional[int] = None    # early stopping
+    min_delta: float = 0.0
+    metric_name: str = "pearson"
+    resume_command: str = ""          # printed after Ctrl-C
+
+
 class Trainer:
     """Trains `model` on `train_loader`, validates on all of `dev_loader`, keeps best and last.
 
-    Components arrive built (see `recipe.build_training`); the trainer owns the
+    Components arrive built (see `recipe.run_training`); the trainer owns the
     loop and the checkpoint files, nothing else.
     """
 
     def __init__(self, *, model: nn.Module, tokenizer, objective: Objective, optimizer: torch.optim.Optimizer,
                  scheduler, scheduler_when: str, train_loader, dev_loader, dev_labels: np.ndarray,
-                 device: torch.device, run_dir: Path, epochs: int, config: dict,
-                 tracker: Tracker, dist_info: DistInfo = DistInfo(), max_grad_norm: Optional[float] = None,
-                 log_every_n_steps: int = 10, every_n_steps: int = 0, save_best: bool = True,
-                 saver: Optional[CheckpointSaver] = None,
-                 autocast_dtype: Optional[torch.dtype] = None, scaler: Optional[torch.amp.GradScaler] = None,
-                 metric_name: str = "pearson", resume_command: str = "", patience: Optional[int] = None,
-                 min_delta: float = 0.0, grad_accum_steps: int = 1):
+                 device: torch.device, saver: CheckpointSaver, tracker: Optional[Tracker], config: dict,
+                 options: LoopOptions, scaler: Optional[torch.amp.GradScaler] = None,
+                 dist_info: DistInfo = DistInfo()):
         self.model = model
         self.tokenizer = tokenizer
         self.objective = objective
         self.optimizer = optimizer
         self.scheduler = scheduler
-        self.scheduler_when = scheduler_when
+        self.scheduler_when = scheduler_when  # "step" or "metric"
+        self.scaler = scaler
         self.train_loader = train_loader
         self.sampler = train_loader.batch_sampler
         self.dev_loader = dev_loader
         self.dev_labels = dev_labels
         self.device = device
-        self.run_dir = Path(run_dir)
-        self.epochs = epochs
-        self.config = config
+        self.saver = saver
+        self.run_dir = saver.run_dir
         self.tracker = tracker
+        self.config = config
         self.dist = dist_info
-        self.max_grad_norm = max_grad_norm
-        self.log_every_n_steps = log_every_n_steps
-        self.every_n_steps = every_n_steps
-        self.save_best_enabled = save_best
-        self.saver = saver or CheckpointSaver(run_dir)
-        self.autocast_dtype = autocast_dtype
-        self.scaler = scaler
-        self.metric_name = metric_name
-        self.resume_command = resume_command
-        self.patience = patience
-        self.grad_accum_steps = grad_accum_steps
-        self._window_loss: Optional[torch.Tensor] = None
-        self.min_delta = min_delta
+        self.options = options
+        # the loop reads these often; short names keep it readable
+        self.epochs = options.epochs
+        self.grad_accum_steps = options.grad_accum_steps
+        self.max_grad_norm = options.max_grad_norm
+        self.log_every_n_steps = options.log_every_n_steps
+        self.every_n_steps = options.every_n_steps
+        self.autocast_dtype = options.autocast_dtype
+        self.metric_name = options.metric_name
         self.state = TrainState()
         self._stop_requested = False
+        self._window_loss: Optional[torch.Tensor] = None
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> TrainState:
@@ -157,7 +168,7 @@ class Trainer:
             self.save_last()
             if self.dist.is_main:
                 print(f"\ninterrupted: resumable checkpoint saved to {self.run_dir / LAST_FILE}\n"
-                      f"resume with: {self.resume_command}", file=sys.stderr)
+                      f"resume with: {self.options.resume_command}", file=sys.stderr)
             raise KeyboardInterrupt
         return self.state
 
@@ -274,7 +285,7 @@ class Trainer:
         eval_seconds = time.perf_counter() - eval_start
         improved = is_better(metric, state.best_metric)
         # Early stopping counts validations without a gain above min_delta over the best so far.
-        significant = improved and (state.best_metric is None or metric - state.best_metric > self.min_delta)
+        significant = improved and (state.best_metric is None or metric - state.best_metric > self.options.min_delta)
         record = {"epoch": state.epoch, "step": state.global_step, self.metric_name: metric, "loss": dev_loss}
         state.history.append(record)
         self.tracker.log("eval", state.global_step, state.epoch,
@@ -282,10 +293,10 @@ class Trainer:
                           "train_samples_per_s": getattr(self, "_epoch_speed", None)})
         if improved:
             state.best_metric, state.best_epoch, state.best_step = metric, state.epoch, state.global_step
-            if self.save_best_enabled:
+            if self.options.save_best:
                 self.save_best()
         state.bad_epochs = 0 if significant else state.bad_epochs + 1
-        if self.patience is not None and state.bad_epochs >= self.patience and state.epoch < self.epochs:
+        if self.options.patience is not None and state.bad_epochs >= self.options.patience and state.epoch < self.epochs:
             state.stopped_early = True
         self.update_top_k(metric)
         if self.scheduler_when == "metric":
@@ -295,8 +306,8 @@ class Trainer:
             tqdm.write(f"epoch {state.epoch}/{self.epochs}  step {state.global_step}  "
                        f"dev {self.metric_name} {metric:.4f}  dev loss {dev_loss:.4f}{mark}")
             if state.stopped_early:
-                tqdm.write(f"early stopping: no gain above {self.min_delta:g} in {state.bad_epochs} validations "
-                           f"(patience {self.patience})")
+                tqdm.write(f"early stopping: no gain above {self.options.min_delta:g} in {state.bad_epochs} validations "
+                           f"(patience {self.options.patience})")
         self.save_last()
 
     @torch.no_grad()
