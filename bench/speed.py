@@ -55,6 +55,7 @@ def run_plaintune(args, work: Path, extra: list[str]) -> dict:
               f"data.predict_path={args.data / 'dev.csv'}", f"data.submission_template={work / 'template.csv'}",
               "data.test_path=null", f"seed={args.seed}", "training.epochs=1", "training.batch_size=32",
               "training.learning_rate=2e-5", "training.loss=mse", "model.output_activation=none",
+              "model.kind=cross_encoder", "model.head_bias_init=default", "training.head_lr_multiplier=1",
               "model.max_length=128", "checkpoint.every_n_steps=0", "logging.wandb.mode=disabled",
               "logging.tensorboard=false", f"inference.output_path={work / 'out.csv'}", *extra]
     config = str(ROOT / "configs" / "default.yaml")
