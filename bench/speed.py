@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -67,8 +68,7 @@ def run_plaintune(args, work: Path, extra: list[str]) -> dict:
     last_eval = [m for m in metrics if m["kind"] == "eval"][-1]
     result = subprocess.run([sys.executable, str(ROOT / "inference.py"), "--config", config, "--saved_model",
                              "bench_speed", *common], cwd=work, check=True, capture_output=True, text=True)
-    infer_line = next(line for line in result.stdout.splitlines() if line.startswith("predicted"))
-    infer_speed = float(infer_line.split("(")[1].split()[0])
+    infer_speed = float(re.search(r"\(([\d.]+) pairs/s", result.stdout).group(1))
     return {"train_samples_per_s": last_eval["train_samples_per_s"], "dev_pearson": last_eval["pearson"],
             "infer_samples_per_s": infer_speed, "end_to_end_s": train_wall}
 
