@@ -159,9 +159,9 @@ def run_one(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if args.run == "plaintune":
-            return run_plaintune(args, work, [])
+            return run_plaintune(args, work, ["training.bucket_batches=true"])
         if args.run == "plaintune_bf16":
-            return run_plaintune(args, work, ["training.precision=bf16"])
+            return run_plaintune(args, work, ["training.bucket_batches=true", "training.precision=bf16"])
         if args.run == "plaintune_random":
             return run_plaintune(args, work, ["training.bucket_batches=false"])
         if args.run == "hf_random":
