@@ -52,7 +52,7 @@ def run_plaintune(args, work: Path, extra: list[str]) -> dict:
     load_split(args.data, "train", args.rows).to_csv(train_csv, index=False)
     dev = load_split(args.data, "dev", None)
     dev[["id"]].assign(target=0.0).to_csv(work / "template.csv", index=False)
-    common = [f"run_name=bench_speed", f"data.train_path={train_csv}", f"data.dev_path={args.data / 'dev.csv'}",
+    common = ["run_name=bench_speed", f"data.train_path={train_csv}", f"data.dev_path={args.data / 'dev.csv'}",
               f"data.predict_path={args.data / 'dev.csv'}", f"data.submission_template={work / 'template.csv'}",
               "data.test_path=null", f"seed={args.seed}", "training.epochs=1", "training.batch_size=32",
               "training.learning_rate=2e-5", "training.loss=mse", "model.output_activation=none",
@@ -90,8 +90,6 @@ class Pairs:
 
 
 def run_hf(args, work: Path, grouped: bool) -> dict:
-    import numpy as np
-    import torch
     from scipy.stats import pearsonr
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
                               TrainingArguments)
@@ -122,7 +120,6 @@ def run_hf(args, work: Path, grouped: bool) -> dict:
     t0 = time.perf_counter()
     trainer.predict(dev)
     infer = len(dev) / (time.perf_counter() - t0)
-    del torch, np
     return {"train_samples_per_s": output.metrics["train_samples_per_second"],
             "dev_pearson": evaluation["eval_pearson"], "infer_samples_per_s": infer, "end_to_end_s": end_to_end}
 

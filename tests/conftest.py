@@ -76,3 +76,32 @@ def write_config(root: Path, cfg: dict, name: str = "t") -> Path:
 
 def copy_demo(dst: Path) -> None:
     shutil.copytree(DEMO, dst, dirs_exist_ok=True)
+
+
+@pytest.fixture(scope="session")
+def bad_checkpoints(tmp_path_factory, tiny_model_dir) -> Path:
+    """Broken or mismatched checkpoints of the tiny model, one file per way a checkpoint goes wrong."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification, BertModel
+
+    root = tmp_path_factory.mktemp("bad_checkpoints")
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+    torch.save(model.state_dict(), root / "good.pt")
+    data = (root / "good.pt").read_bytes()
+    (root / "truncated.pt").write_bytes(data[: len(data) // 2])
+    (root / "random.pt").write_bytes(os.urandom(4096))
+    (root / "random.bin").write_bytes(os.urandom(2048))
+    (root / "empty.pt").write_bytes(b"")
+    (root / "random.safetensors").write_bytes(os.urandom(4096))
+    other = BertForSequenceClassification(BertConfig(vocab_size=30522, hidden_size=48, num_hidden_layers=2,
+                                                     num_attention_heads=2, intermediate_size=64, num_labels=1))
+    torch.save(other.state_dict(), root / "other_architecture.pt")
+    base_only = BertModel(model.config, add_pooling_layer=True)
+    base_only.load_state_dict(model.bert.state_dict())
+    torch.save(base_only.state_dict(), root / "no_head.pt")
+    for labels, name in ((2, "classification_head.pt"), (3, "three_labels.pt")):
+        head = BertForSequenceClassification(BertConfig(**{**model.config.to_dict(), "num_labels": labels}))
+        torch.save(head.state_dict(), root / name)
+    torch.save(model, root / "whole_model.pt")
+    torch.save({"epoch": 3, "notes": "no weights"}, root / "no_weights.pt")
+    return root

@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -66,25 +65,6 @@ def trained_run(tmp_path_factory, tiny_model_dir):
     finally:
         os.chdir(cwd)
     return root / "saved_model" / "t"
-
-
-@pytest.fixture(scope="session")
-def bad_checkpoints(tmp_path_factory, tiny_model_dir):
-    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification, BertModel
-
-    root = tmp_path_factory.mktemp("bad_ckpts")
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
-    torch.save(model.state_dict(), root / "good.pt")
-    data = (root / "good.pt").read_bytes()
-    (root / "truncated.pt").write_bytes(data[: len(data) // 3])
-    (root / "random.bin").write_bytes(os.urandom(2048))
-    (root / "empty.pt").write_bytes(b"")
-    torch.save(model, root / "whole_model.pt")
-    two = BertForSequenceClassification(BertConfig(**{**model.config.to_dict(), "num_labels": 2}))
-    torch.save(two.state_dict(), root / "classification_head.pt")
-    base = BertModel(model.config)
-    torch.save(base.state_dict(), root / "no_head.pt")
-    return root
 
 
 def tree_digest(path: Path) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from conftest import REPO, base_config, write_config
+from conftest import REPO, base_config
 from plaintune import config as config_mod
 from plaintune.config import load_config, validate
 from plaintune.errors import UserError

@@ -2,7 +2,6 @@
 every bad checkpoint is one clear error."""
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pandas as pd
@@ -110,31 +109,6 @@ def test_half_precision_weights_load(project, formats, tiny_model_dir):
     np.testing.assert_allclose(predictions(project, str(formats["fp16_safetensors"])), reference, atol=1e-2)
 
 
-@pytest.fixture(scope="module")
-def bad_files(tmp_path_factory, tiny_model_dir):
-    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification, BertModel
-
-    root = tmp_path_factory.mktemp("bad")
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
-    torch.save(model.state_dict(), root / "good.pt")
-    data = (root / "good.pt").read_bytes()
-    (root / "truncated.pt").write_bytes(data[: len(data) // 2])
-    (root / "random.pt").write_bytes(os.urandom(4096))
-    (root / "empty.pt").write_bytes(b"")
-    (root / "random.safetensors").write_bytes(os.urandom(4096))
-    other = BertForSequenceClassification(BertConfig(vocab_size=30522, hidden_size=48, num_hidden_layers=2,
-                                                     num_attention_heads=2, intermediate_size=64, num_labels=1))
-    torch.save(other.state_dict(), root / "other_architecture.pt")
-    base_only = BertModel(model.config, add_pooling_layer=True)
-    base_only.load_state_dict(model.bert.state_dict())
-    torch.save(base_only.state_dict(), root / "no_head.pt")
-    three = BertForSequenceClassification(BertConfig(**{**model.config.to_dict(), "num_labels": 3}))
-    torch.save(three.state_dict(), root / "three_labels.pt")
-    torch.save(model, root / "whole_model.pt")
-    torch.save({"epoch": 3, "notes": "no weights"}, root / "no_weights.pt")
-    return root
-
-
 @pytest.mark.parametrize("name,fragment", [
     ("truncated.pt", "corrupt or truncated"),
     ("random.pt", "not a readable torch file"),
@@ -147,17 +121,17 @@ def bad_files(tmp_path_factory, tiny_model_dir):
     ("no_weights.pt", "without model weights"),
     ("missing.pt", "no such file"),
 ])
-def test_bad_checkpoints_are_one_error_line(project, bad_files, capsys, name, fragment):
-    code = inference.main(["--config", "t", "--saved_model", str(bad_files / name)])
+def test_bad_checkpoints_are_one_error_line(project, bad_checkpoints, capsys, name, fragment):
+    code = inference.main(["--config", "t", "--saved_model", str(bad_checkpoints / name)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0], err
     assert not (project / "output" / "sub.csv").exists()
 
 
-def test_trusted_pickle_loads(project, bad_files, tiny_model_dir):
+def test_trusted_pickle_loads(project, bad_checkpoints, tiny_model_dir):
     reference = predictions(project, str(tiny_model_dir))
-    got = predictions(project, str(bad_files / "whole_model.pt"), "--trust-checkpoint")
+    got = predictions(project, str(bad_checkpoints / "whole_model.pt"), "--trust-checkpoint")
     np.testing.assert_array_equal(got, reference)
 
 

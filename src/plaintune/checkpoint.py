@@ -85,7 +85,7 @@ def _is_tensor_dict(obj: object) -> bool:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
 
-def _torch_load(path: Path, trust: bool) -> object:
+def load_torch_file(path: Path, trust: bool) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -133,7 +133,7 @@ def _read_dir(path: Path, trust: bool) -> tuple[dict, str]:
     raise UserError(f"checkpoint directory '{path}' holds no model.safetensors or pytorch_model.bin")
 
 
-def _unwrap(obj: object, path: Path) -> tuple[dict, str]:
+def find_state_dict(obj: object, path: Path) -> tuple[dict, str]:
     """Find the model's state dict inside whatever torch.load returned."""
     if isinstance(obj, torch.nn.Module):
         return obj.state_dict(), "pickled whole model"
@@ -160,7 +160,7 @@ def _read_file(path: Path, trust: bool) -> tuple[dict, str]:
         raise UserError(f"checkpoint '{path}' is empty (0 bytes); the save was interrupted? use another file")
     if path.suffix == ".safetensors":
         return _safetensors_load(path), "safetensors"
-    return _unwrap(_torch_load(path, trust), path)
+    return find_state_dict(load_torch_file(path, trust), path)
 
 
 def read_state_dict(path: Path | str, trust: bool = False) -> tuple[dict, str]:

@@ -100,11 +100,11 @@ def clear_run(run_dir: Path) -> None:
 
 def read_bundle(path: Path) -> dict:
     """A resume bundle (or a plain state dict) read with weights_only=True."""
-    obj = checkpoint._torch_load(path, trust=False)  # noqa: SLF001 - shared reader, one error vocabulary
+    obj = checkpoint.load_torch_file(path, trust=False)
     if not isinstance(obj, dict):
         raise UserError(f"--resume: '{path}' holds a {type(obj).__name__}, not a training bundle")
     if "model_state_dict" not in obj:
-        state, fmt = checkpoint._unwrap(obj, path)  # noqa: SLF001
+        state, fmt = checkpoint.find_state_dict(obj, path)
         obj = {"model_state_dict": state, "_format": fmt}
     return obj
 

@@ -15,7 +15,6 @@ import time
 import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
