@@ -1,11 +1,13 @@
 """Where an epoch's time goes: tokenization, collate, forward, backward, optimizer step, evaluation, save.
 
 Runs plaintune's own pieces (the packaged MiniLM, STS Benchmark, batch 32,
-length-bucketed batches) with a timer around each phase, on --rows training
-pairs, and prints a table of seconds and shares.
+random batches run as length-sorted micro-batches of <= 1024 tokens, as the
+defaults do) with a timer around each phase, on --rows training pairs, and
+prints a table of seconds and shares.
 
     python bench/profile_epoch.py --rows 1600
     python bench/profile_epoch.py --rows 1600 --precision bf16
+    python bench/profile_epoch.py --rows 1600 --bucketed --micro-batch-tokens 0
 """
 from __future__ import annotations
 
@@ -35,6 +37,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1600)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--bucketed", action="store_true", help="length-bucketed batches instead of random")
+    parser.add_argument("--micro-batch-tokens", type=int, default=1024, help="0: one pass per batch")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     times: dict[str, float] = defaultdict(float)
@@ -59,29 +63,32 @@ def main() -> None:
     with timed("tokenize (once)"):
         train_set = data.PairDataset(train, tokenizer, 128)
         dev_set = data.PairDataset(dev, tokenizer, 128)
-    sampler = BucketBatchSampler(train_set.lengths, 32, seed=42)
+    sampler = BucketBatchSampler(train_set.lengths, 32, seed=42, bucket=args.bucketed)
     collate = data.PadCollator(train_set.pad_id)
+    if args.micro_batch_tokens:
+        collate = data.MicroBatchCollator(collate, args.micro_batch_tokens, data.PASS_OVERHEAD_TOKENS_CPU)
     objective = Objective(1, "bce", "sigmoid")
     optimizer = factory.build_optimizer({"name": "AdamW", "weight_decay": 0.01}, model, 5e-5, 10.0)
     dtype = torch.bfloat16 if args.precision == "bf16" else None
     model.train()
     for batch_indices in sampler:
         with timed("collate (pad)"):
-            batch = collate([train_set[i] for i in batch_indices])
-        labels = batch.pop("labels")
-        batch.pop("index")
-        with timed("forward + loss"):
-            with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-                logits = model(**batch).logits
-            loss = objective.loss(logits, labels)
-        with timed("backward"):
-            loss.backward()
+            parts = collate([train_set[i] for i in batch_indices])
+        for batch in parts if isinstance(parts, list) else [parts]:
+            labels = batch.pop("labels")
+            batch.pop("index")
+            with timed("forward + loss"):
+                with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+                    logits = model(**batch).logits
+                loss = objective.loss(logits, labels) * (len(labels) / len(batch_indices))
+            with timed("backward"):
+                loss.backward()
         with timed("clip + optimizer step"):
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     with timed("evaluate dev (1500 pairs)"):
-        predict(model, data.eval_loader(dev_set, 128, 1), torch.device("cpu"), dtype)
+        predict(model, data.eval_loader(dev_set, 64, 1), torch.device("cpu"), dtype)
     with tempfile.TemporaryDirectory() as tmp:
         with timed("save best/ (safetensors)"):
             model.save_pretrained(tmp)
@@ -93,7 +100,7 @@ def main() -> None:
             torch.load(Path(tmp) / "last.pt", weights_only=True)
     total = sum(times.values())
     print(f"rows {args.rows}, batch 32, precision {args.precision}, threads {args.threads}, "
-          f"padding {data.padding_fraction(train_set.lengths, sampler.epoch_batches(0)):.1%}, "
+          f"{'bucketed' if args.bucketed else 'random'} batches, micro-batch tokens {args.micro_batch_tokens}, "
           f"last.pt {size / 2**20:.0f} MiB")
     print("| phase | seconds | share |\n|---|---|---|")
     for phase, seconds in times.items():

@@ -28,7 +28,18 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TOOLS = ("plaintune", "plaintune_bf16", "plaintune_random", "hf_random", "hf_grouped", "cross_encoder")
+# plaintune's variants: overrides on top of the shared recipe in run_plaintune.
+PLAINTUNE = {
+    # the defaults: random batches, each run as length-sorted micro-batches
+    "plaintune": ["training.bucket_batches=false"],
+    "plaintune_bf16": ["training.bucket_batches=false", "training.precision=bf16", "inference.precision=bf16"],
+    # length-bucketed batches (training.bucket_batches)
+    "plaintune_bucketed": ["training.bucket_batches=true"],
+    "plaintune_bucketed_bf16": ["training.bucket_batches=true", "training.precision=bf16", "inference.precision=bf16"],
+    # one pass per random batch, as before micro-batches (and as the peers run)
+    "plaintune_whole": ["training.bucket_batches=false", "training.micro_batch_tokens=null"],
+}
+TOOLS = (*PLAINTUNE, "hf_random", "hf_grouped", "cross_encoder")
 
 
 # ------------------------------------------------------------------ runners (in the subprocess)
@@ -155,12 +166,8 @@ def run_one(args) -> dict:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        if args.run == "plaintune":
-            return run_plaintune(args, work, ["training.bucket_batches=true"])
-        if args.run == "plaintune_bf16":
-            return run_plaintune(args, work, ["training.bucket_batches=true", "training.precision=bf16"])
-        if args.run == "plaintune_random":
-            return run_plaintune(args, work, ["training.bucket_batches=false"])
+        if args.run in PLAINTUNE:
+            return run_plaintune(args, work, PLAINTUNE[args.run])
         if args.run == "hf_random":
             return run_hf(args, work, grouped=False)
         if args.run == "hf_grouped":
@@ -192,7 +199,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "stsb")
     parser.add_argument("--rows", type=int, default=None, help="use only the first N training rows")
-    parser.add_argument("--tools", default="plaintune,plaintune_bf16,hf_random,hf_grouped,cross_encoder")
+    parser.add_argument("--tools", default="plaintune,plaintune_bf16,plaintune_bucketed,hf_random,hf_grouped,"
+                                           "cross_encoder", help=f"comma-separated, from: {', '.join(TOOLS)}")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42])
     parser.add_argument("--seed", type=int, default=42, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=2)
@@ -215,12 +223,12 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             with open(args.out, "a") as handle:
                 handle.write(json.dumps(row) + "\n")
-        ours = next((r for r in rows if r["tool"] == "plaintune" and "error" not in r), None)
-        for row in rows:
-            if ours and row is not ours and "error" not in row:
-                print(f"plaintune / {row['tool']}: end-to-end {row['wall_s'] / ours['wall_s']:.2f}x faster, "
-                      f"train {ours['train_samples_per_s'] / row['train_samples_per_s']:.2f}x, "
-                      f"inference {ours['infer_samples_per_s'] / row['infer_samples_per_s']:.2f}x")
+        done = [r for r in rows if "error" not in r]
+        for ours in (r for r in done if r["tool"] in PLAINTUNE):
+            for peer in (r for r in done if r["tool"] not in PLAINTUNE):
+                print(f"{ours['tool']} / {peer['tool']}: end-to-end {peer['wall_s'] / ours['wall_s']:.2f}x faster, "
+                      f"train {ours['train_samples_per_s'] / peer['train_samples_per_s']:.2f}x, "
+                      f"inference {ours['infer_samples_per_s'] / peer['infer_samples_per_s']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -91,6 +91,23 @@ def test_gradient_accumulation_equals_the_big_batch(project, tiny_model_dir):
         torch.testing.assert_close(accum[key], big[key], rtol=1e-5, atol=1e-6)
 
 
+def test_micro_batches_equal_one_pass_over_the_batch(project):
+    """A batch cut into length-sorted micro-batches takes the same optimizer step as one pass."""
+    sixteen_rows(project)
+    from plaintune.data import MicroBatchCollator, PadCollator
+
+    items = [{"index": i, "input_ids": [1] * n, "label": 0.0} for i, n in enumerate([9, 30, 4, 17])]
+    parts = MicroBatchCollator(PadCollator(0), max_tokens=40, pass_overhead=0)(items)
+    assert [p["index"].tolist() for p in parts] == [[1], [3], [0], [2]]  # longest first, each within 40 tokens
+    assert train.main(["--config", "t", "run_name=cut", "training.batch_size=16", "training.micro_batch_tokens=64",
+                       *NO_DROPOUT]) == 0
+    assert train.main(["--config", "t", "run_name=whole", "training.batch_size=16",
+                       "training.micro_batch_tokens=null", *NO_DROPOUT]) == 0
+    cut, whole = weights(project, "cut"), weights(project, "whole")
+    for key in whole:
+        torch.testing.assert_close(cut[key], whole[key], rtol=1e-5, atol=1e-6)
+
+
 def test_accumulation_resume_mid_epoch_is_exact(project):
     """Killed mid-epoch with grad_accum_steps=2, resumed: the same weights as an uninterrupted run."""
     from test_resume import run_helper

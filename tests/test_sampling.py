@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from plaintune.data import padding_fraction
+from plaintune.data import padding_fraction, split_by_length
 from plaintune.sampling import BucketBatchSampler, SortedBatchSampler
 
 
@@ -67,3 +67,49 @@ def test_sorted_eval_batches_cover_all_without_repeats(lengths):
     assert sorted(flat) == list(range(len(lengths)))
     first = batches[0][0]
     assert lengths[first].min() >= lengths.max() - 5  # longest first
+
+
+# ------------------------------------------------------------------ micro-batches
+
+def padded_cost(lengths, runs, overhead):
+    return sum(len(r) * max(lengths[i] for i in r) + overhead for r in runs)
+
+
+def brute_force_best(lengths, max_tokens, overhead):
+    """Cheapest cut of the length-sorted batch into contiguous runs, by trying every cut."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    best = None
+    for mask in range(2 ** (len(order) - 1)):
+        runs, run = [], [order[0]]
+        for k, i in enumerate(order[1:]):
+            if mask >> k & 1:
+                runs.append(run)
+                run = []
+            run.append(i)
+        runs.append(run)
+        if all(len(r) == 1 or len(r) * max(lengths[i] for i in r) <= max_tokens for r in runs):
+            cost = padded_cost(lengths, runs, overhead)
+            best = cost if best is None else min(best, cost)
+    return best
+
+
+@pytest.mark.parametrize("case", range(40))
+def test_micro_batch_cut_is_complete_within_budget_and_optimal(case):
+    rng = np.random.default_rng(case)
+    lengths = rng.integers(3, 60, size=int(rng.integers(1, 11))).tolist()
+    max_tokens, overhead = int(rng.integers(40, 300)), int(rng.choice([0, 8, 64, 1000]))
+    runs = split_by_length(lengths, max_tokens, overhead)
+    assert sorted(i for r in runs for i in r) == list(range(len(lengths)))
+    for run in runs:
+        assert len(run) == 1 or len(run) * max(lengths[i] for i in run) <= max_tokens
+        assert [lengths[i] for i in run] == sorted((lengths[i] for i in run), reverse=True)
+    assert padded_cost(lengths, runs, overhead) == brute_force_best(lengths, max_tokens, overhead)
+
+
+def test_micro_batches_cut_padding_of_random_batches(lengths):
+    random_batches = BucketBatchSampler(lengths, 32, seed=0, bucket=False).epoch_batches(0)
+    cut = [[batch[i] for i in run] for batch in random_batches
+           for run in split_by_length(lengths[batch].tolist(), 2048, 64)]
+    assert padding_fraction(lengths, cut) < padding_fraction(lengths, random_batches) / 2
+    # an overhead larger than any saving keeps a batch whole when it fits the budget
+    assert split_by_length([5, 50, 7], 10_000, 10_000) == [[1, 2, 0]]

@@ -6,6 +6,7 @@ fix the CSV without reading code. Line numbers count the header as line 1.
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -257,6 +258,63 @@ class PadCollator:
         return batch
 
 
+# On CPU a forward+backward pass has a fixed cost about equal to this many more padded tokens
+# (MiniLM, 2 threads: ~40 ms per pass against ~0.6 ms per token; bench/RESULTS.md), so cutting a
+# batch pays only where it removes more padding than that.
+PASS_OVERHEAD_TOKENS_CPU = 64
+
+
+def split_by_length(lengths: Sequence[int], max_tokens: int, pass_overhead: int = 0) -> list[list[int]]:
+    """Positions of one batch cut into micro-batches for separate forward passes.
+
+    Positions are sorted longest first and cut into contiguous runs; a run costs
+    (its size x its longest length) padded tokens plus `pass_overhead`. The cut
+    minimises the total cost (exact dynamic programme, O(n^2) for a batch of n)
+    subject to each run holding at most `max_tokens` padded tokens; an item longer
+    than that forms a run alone.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    sizes = [int(lengths[i]) for i in order]
+    n = len(sizes)
+    best = [0.0] + [math.inf] * n      # best[j]: cheapest cut of the first j items
+    start = [0] * (n + 1)              # start[j]: where the last run of that cut begins
+    for j in range(1, n + 1):
+        for i in range(j - 1, -1, -1):  # run = sorted items i..j-1, its longest is sizes[i]
+            tokens = (j - i) * sizes[i]
+            if tokens > max_tokens and i < j - 1:
+                break                   # growing the run only adds tokens
+            cost = best[i] + tokens + pass_overhead
+            if cost < best[j]:
+                best[j], start[j] = cost, i
+    runs, j = [], n
+    while j > 0:
+        runs.append(order[start[j]:j])
+        j = start[j]
+    return runs[::-1]
+
+
+class MicroBatchCollator:
+    """Collates a training batch as a list of padded micro-batches (see `split_by_length`).
+
+    The batch, and so the optimizer step, is unchanged: the trainer weights each
+    micro-batch's mean loss by its share of the batch. What changes is padding
+    (each micro-batch pads to its own longest pair, so a random batch costs
+    nearly what a length-sorted one does) and peak memory (activations of at most
+    `max_tokens` tokens at a time).
+    """
+
+    def __init__(self, collate: PadCollator, max_tokens: int, pass_overhead: int = 0):
+        self.collate = collate
+        self.max_tokens = max_tokens
+        self.pass_overhead = pass_overhead
+
+    def __call__(self, items: list[dict]) -> list[dict]:
+        # A pair costs its joint length (cross-encoder) or both sides' lengths (bi-encoder).
+        lengths = [len(item["input_ids"]) + len(item.get("input_ids_b", ())) for item in items]
+        return [self.collate([items[i] for i in run])
+                for run in split_by_length(lengths, self.max_tokens, self.pass_overhead)]
+
+
 def label_dtype(num_labels: int) -> torch.dtype:
     return torch.float32 if num_labels == 1 else torch.long
 
@@ -268,8 +326,13 @@ def _private_generator(seed: int) -> torch.Generator:
 
 
 def train_loader(dataset: PairDataset, sampler: BucketBatchSampler, num_labels: int,
-                 num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=PadCollator(dataset.pad_id, label_dtype(num_labels)),
+                 num_workers: int = 0, pin_memory: bool = False, micro_batch_tokens: Optional[int] = None,
+                 pass_overhead: int = 0) -> DataLoader:
+    """Batches from `sampler`; with `micro_batch_tokens` each batch arrives as a list of micro-batches."""
+    collate = PadCollator(dataset.pad_id, label_dtype(num_labels))
+    if micro_batch_tokens is not None:
+        collate = MicroBatchCollator(collate, micro_batch_tokens, pass_overhead)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                       num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
                       generator=_private_generator(sampler.seed))
 
@@ -292,5 +355,6 @@ def padding_fraction(lengths: np.ndarray, batches: Sequence[Sequence[int]]) -> f
     return 1.0 - real / padded if padded else 0.0
 
 
-__all__ = ["PairTable", "PairDataset", "SeparatePairDataset", "make_dataset", "PadCollator", "read_pairs", "read_csv_checked", "require_columns",
+__all__ = ["PairTable", "PairDataset", "SeparatePairDataset", "make_dataset", "PadCollator", "MicroBatchCollator",
+           "split_by_length", "read_pairs", "read_csv_checked", "require_columns",
            "check_class_labels", "train_loader", "eval_loader", "padding_fraction"]

@@ -224,7 +224,12 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
     sampler = BucketBatchSampler(datasets["train"].lengths, cfg.training.batch_size, cfg.seed,
                                  bucket=cfg.training.bucket_batches, pool=cfg.training.bucket_pool,
                                  rank=dist_info.rank, world_size=dist_info.world_size)
-    train_loader = data.train_loader(datasets["train"], sampler, num_labels, cfg.training.num_workers, pin)
+    # Cutting batches to save padding pays on CPU; a GPU pass has a large fixed cost relative to
+    # its tokens' work, so there a pass is priced at a full budget: batches are cut only to fit it.
+    budget = cfg.training.micro_batch_tokens
+    overhead = data.PASS_OVERHEAD_TOKENS_CPU if device.type == "cpu" else (budget or 0)
+    train_loader = data.train_loader(datasets["train"], sampler, num_labels, cfg.training.num_workers, pin,
+                                     budget, overhead)
     dev_loader = data.eval_loader(datasets["dev"], cfg.training.eval_batch_size, num_labels,
                                   cfg.training.num_workers, pin, dist_info.rank, dist_info.world_size)
 
@@ -381,7 +386,7 @@ def member_outputs(model, tokenizer, objective: Objective, table: data.PairTable
 
     With `symmetric`, also predicts every pair as (sentence_2, sentence_1) and averages the two.
     """
-    autocast_dtype = AUTOCAST[cfg.training.precision]
+    autocast_dtype = AUTOCAST[cfg.inference.precision or cfg.training.precision]
     runs = []
     for swap in ((False, True) if symmetric else (False,)):
         dataset = data.make_dataset(table, tokenizer, cfg.model.max_length, objective.kind, swap=swap)
@@ -424,25 +429,30 @@ def run_inference(cfg: Box, saved_models: Sequence[str], weights: Optional[Seque
     name = metric_name(num_labels)
 
     predicted, tested = [], []
-    started = time.perf_counter()
+    loading = predicting = 0.0
     for source in sources:
+        started = time.perf_counter()
         model, tokenizer, report = load_model_for_inference(cfg, source, trust)
         print(f"checkpoint: {report.summary()}")
         model.to(device)
         objective = objective_for(model, cfg)
+        loading += time.perf_counter() - started
+        started = time.perf_counter()
         predicted.append(member_outputs(model, tokenizer, objective, table, cfg, device, symmetric))
+        predicting += time.perf_counter() - started  # tokenizing and predicting, not loading
         if test is not None:
             tested.append(member_outputs(model, tokenizer, objective, test, cfg, device, symmetric))
         del model
-    seconds = time.perf_counter() - started
 
     def combine(outputs: list[np.ndarray]) -> np.ndarray:
         mixed = np.average(np.stack(outputs), axis=0, weights=weights)
         return mixed if num_labels == 1 else mixed.argmax(axis=-1)
 
     values = combine(predicted)
+    precision = cfg.inference.precision or cfg.training.precision
     print(f"predicted {len(values)} pairs with {len(sources)} model(s){' (symmetric)' if symmetric else ''} "
-          f"in {seconds:.1f} s ({len(values) * len(sources) / max(seconds, 1e-9):.1f} pairs/s per model)")
+          f"in {predicting:.1f} s ({len(values) * len(sources) / max(predicting, 1e-9):.1f} pairs/s per model, "
+          f"{precision}; loading took {loading:.1f} s)")
     if num_labels == 1:
         values = postprocess(values, cfg.inference.clip, cfg.inference.round)
     write_submission(cfg.data.submission_template, table.ids, values, cfg.inference.output_path,

@@ -206,21 +206,10 @@ class Trainer:
             group_start = state.step_in_epoch - state.step_in_epoch % accum
             group_size = min(accum, batches - group_start)
             steps_now = state.step_in_epoch + 1 == group_start + group_size
-            labels = batch.pop("labels").to(self.device, non_blocking=True)
-            batch.pop("index")
-            inputs = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            # DDP: skip the gradient all-reduce on micro-steps that do not end in an optimizer step.
-            sync = nullcontext() if steps_now or not self.dist.enabled else self.model.no_sync()
-            with sync:
-                with self._autocast():
-                    logits = self.model(**inputs).logits
-                loss = self.compute_loss(logits, labels)
-                scaled = loss / group_size  # the group's gradient is the mean over its batches
-                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            samples = self._accumulate(batch if isinstance(batch, list) else [batch], group_size, steps_now)
             state.step_in_epoch += 1
-            self._window_loss += loss.detach().to(torch.float64) / group_size
-            window_samples += labels.shape[0]
-            epoch_samples += labels.shape[0]
+            window_samples += samples
+            epoch_samples += samples
             bar.update(1)
             if not steps_now:
                 continue
@@ -253,6 +242,30 @@ class Trainer:
         self._fold_window()
         bar.close()
         self._epoch_speed = epoch_samples * self.dist.world_size / max(time.perf_counter() - epoch_start, 1e-9)
+
+    def _accumulate(self, parts: list[dict], group_size: int, steps_now: bool) -> int:
+        """Forward and backward one batch, given as one or more micro-batches; returns its size.
+
+        Each part's mean loss is weighted by its share of the batch, so the summed
+        gradient is the batch mean's (the losses offered are per-pair means), and by
+        1/group_size, so an accumulation group's gradient is the mean over its batches.
+        """
+        total = sum(part["labels"].shape[0] for part in parts)
+        for n, part in enumerate(parts):
+            labels = part.pop("labels").to(self.device, non_blocking=True)
+            part.pop("index")
+            inputs = {k: v.to(self.device, non_blocking=True) for k, v in part.items()}
+            weight = labels.shape[0] / total / group_size
+            # DDP: all-reduce gradients only in the backward that ends in an optimizer step.
+            last = steps_now and n == len(parts) - 1
+            with nullcontext() if last or not self.dist.enabled else self.model.no_sync():
+                with self._autocast():
+                    logits = self.model(**inputs).logits
+                loss = self.compute_loss(logits, labels)
+                scaled = loss * weight
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            self._window_loss += loss.detach().to(torch.float64) * weight
+        return total
 
     def _fold_window(self) -> None:
         """Move the on-device window loss sum into the (plain-data) train state."""
