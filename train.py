@@ -1,6 +1,7 @@
 """Train a model from a YAML config.
 
     python train.py --config NAME [key.path=value ...] [--resume [PATH]] [--force] [--overwrite]
+    python train.py --config NAME --folds K [--resume]      # K-fold over train+dev, then an ensemble
     torchrun --nproc_per_node N train.py --config NAME
 """
 from __future__ import annotations
@@ -25,6 +26,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true", help="start over even if the run has checkpoints")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow unpickling whole-model checkpoints for model.init_from (runs code)")
+    parser.add_argument("--folds", type=int, default=None, metavar="K",
+                        help="k-fold: pool train and dev, train K runs <run_name>-fold1..K, report the "
+                             "out-of-fold metric and the ensemble's inference command")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     args, unknown = parser.parse_known_intermixed_args(argv)
     # Sweep agents pass overrides as --key=value; accept those as key=value.
@@ -48,6 +52,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from plaintune.recipe import run_training
 
         cfg = load_config(args.config, args.overrides, purpose="train")
+        if args.folds is not None:
+            from plaintune.folds import run_folds
+
+            return run_folds(cfg, args.config, args.overrides, args.folds, resume=args.resume, force=args.force,
+                             overwrite=args.overwrite, trust=args.trust_checkpoint)
         return run_training(cfg, args.config, args.overrides, resume=args.resume, force=args.force,
                             overwrite=args.overwrite, trust=args.trust_checkpoint)
 

@@ -138,3 +138,40 @@ def test_bi_encoder_rejects_cross_encoder_options(project, capsys):
     assert train.main(["--config", "t", "model.kind=bi_encoder", "training.loss=bce",
                        "model.output_activation=sigmoid"]) == 2
     assert "bi-encoder regresses the cosine" in capsys.readouterr().err
+
+
+def test_k_fold_partitions_trains_scores_out_of_fold_and_resumes(project, capsys):
+    import json
+
+    args = ["--config", "t", "run_name=kf", "training.epochs=1", "--folds", "3"]
+    assert train.main(args) == 0
+    out = capsys.readouterr().out
+    folder = project / "saved_model" / "kf-folds"
+    pooled = pd.concat([pd.read_csv(project / "data" / n) for n in ("train.csv", "dev.csv")])
+    held_out = [pd.read_csv(folder / f"fold{k}_dev.csv") for k in (1, 2, 3)]
+    # the held-out parts partition train+dev; each fold trains on exactly the rest
+    assert sorted(pd.concat(held_out)["id"]) == sorted(pooled["id"])
+    for k, part in enumerate(held_out, start=1):
+        trained = pd.read_csv(folder / f"fold{k}_train.csv")
+        assert not set(trained["id"]) & set(part["id"]) and len(trained) + len(part) == len(pooled)
+        assert (project / "saved_model" / f"kf-fold{k}" / "best").is_dir()
+    summary = json.loads((folder / "summary.json").read_text())
+    assert len(summary["folds"]) == 3 and np.isfinite(summary["out_of_fold_pearson"])
+    assert "--saved_model kf-fold1 kf-fold2 kf-fold3" in out
+
+    # a fold's out-of-fold predictions are its best model's, as inference.py gives them
+    fold1 = json.loads((folder / "fold1_predictions.json").read_text())["predictions"]
+    part = held_out[0].rename(columns={"label": "score"})
+    part.to_csv(project / "data" / "fold1_in.csv", index=False)
+    part[["id"]].assign(target=0.0).to_csv(project / "data" / "fold1_template.csv", index=False)
+    direct = predictions(project, "--saved_model", "kf-fold1", "data.predict_path=data/fold1_in.csv",
+                         "data.submission_template=data/fold1_template.csv", "data.test_path=null")
+    np.testing.assert_allclose(direct, fold1, rtol=0, atol=1e-5)
+
+    # again without --resume: refused with the way out; with --resume: nothing retrained, same score
+    assert train.main(args) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert train.main([*args, "--resume"]) == 0
+    assert "done earlier" in capsys.readouterr().out
+    assert json.loads((folder / "summary.json").read_text()) == summary
+    assert train.main(["--config", "t", "--folds", "1"]) == 2

@@ -1,0 +1,152 @@
+"""K-fold training: `python train.py --config X --folds K`.
+
+Train and dev are pooled and cut into K parts from the seed; fold i trains on
+the other parts and validates on part i. Every fold is an ordinary run named
+`<run_name>-fold<i>` (its own checkpoints, logs and best/), reading CSVs that
+are written once under `saved_model/<run_name>-folds/`, so a fold resumes like
+any run. When a fold ends, its best model predicts its held-out part; the
+out-of-fold Pearson over all pooled pairs is the honest score of the recipe,
+and the K best models together are an ensemble for inference.py.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import shlex
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from box import Box
+
+from . import atomic, checkpoint, data, distributed
+from .errors import UserError
+from .predict import metric_name, score
+from .saver import CheckpointSaver
+
+FOLDS_SUFFIX = "-folds"
+
+
+def fold_run_name(run_name: str, fold: int) -> str:
+    return f"{run_name}-fold{fold}"
+
+
+def split_folds(n: int, folds: int, seed: int) -> list[np.ndarray]:
+    """Positions 0..n-1 shuffled by the seed and cut into `folds` near-equal parts."""
+    order = np.random.default_rng([seed, 7919]).permutation(n)
+    return [np.sort(part) for part in np.array_split(order, folds)]
+
+
+def _pool(cfg: Box) -> data.PairTable:
+    """Train and dev read with the usual checks, then pooled."""
+    from .recipe import _read_tables
+
+    if not cfg.data.dev_path:
+        raise UserError("--folds: data.dev_path is null; k-fold pools train and dev, so give both")
+    tables = _read_tables(cfg)
+    train, dev = tables["train"], tables["dev"]
+    return data.PairTable(path=f"{train.path} + {dev.path}", ids=train.ids + dev.ids,
+                          sentence_1=train.sentence_1 + dev.sentence_1, sentence_2=train.sentence_2 + dev.sentence_2,
+                          labels=np.concatenate([train.labels, dev.labels]))
+
+
+def _write_part(table: data.PairTable, positions: np.ndarray, path: Path, columns: Box) -> None:
+    frame = pd.DataFrame({columns.id: [table.ids[i] for i in positions],
+                          columns.sentence_1: [table.sentence_1[i] for i in positions],
+                          columns.sentence_2: [table.sentence_2[i] for i in positions],
+                          columns.label: table.labels[positions]})
+    atomic.write_with(path, lambda tmp: frame.to_csv(tmp, index=False, encoding="utf-8"))
+
+
+def _subset(table: data.PairTable, positions: np.ndarray) -> data.PairTable:
+    return data.PairTable(path=table.path, ids=[table.ids[i] for i in positions],
+                          sentence_1=[table.sentence_1[i] for i in positions],
+                          sentence_2=[table.sentence_2[i] for i in positions], labels=table.labels[positions])
+
+
+def _fold_config(cfg: Box, fold: int, folder: Path) -> tuple[Box, list[str]]:
+    """The fold's config and the overrides that make it (so each fold's saved config says what it is)."""
+    overrides = [f"run_name={fold_run_name(cfg.run_name, fold)}",
+                 f"data.train_path={folder / f'fold{fold}_train.csv'}",
+                 f"data.dev_path={folder / f'fold{fold}_dev.csv'}", "data.encoding=utf-8"]
+    fold_cfg = copy.deepcopy(cfg)
+    fold_cfg.run_name = fold_run_name(cfg.run_name, fold)
+    fold_cfg.data.train_path = str(folder / f"fold{fold}_train.csv")
+    fold_cfg.data.dev_path = str(folder / f"fold{fold}_dev.csv")
+    fold_cfg.data.encoding = "utf-8"
+    return fold_cfg, overrides
+
+
+def _out_of_fold(fold_cfg: Box, table: data.PairTable, device: torch.device) -> np.ndarray:
+    """The fold's best model on its held-out pairs (regression scores or class ids)."""
+    from .recipe import SAVED_ROOT, load_model_for_inference, member_outputs, objective_for
+
+    source = checkpoint.resolve_saved_model(fold_cfg.run_name, SAVED_ROOT)
+    model, tokenizer, _ = load_model_for_inference(fold_cfg, source)
+    model.to(device)
+    outputs = member_outputs(model, tokenizer, objective_for(model, fold_cfg), table, fold_cfg, device, False)
+    return outputs if outputs.ndim == 1 else outputs.argmax(axis=-1)
+
+
+def run_folds(cfg: Box, config_name: str, overrides: Sequence[str], folds: int, resume: Optional[str] = None,
+              force: bool = False, overwrite: bool = False, trust: bool = False) -> int:
+    """Train `folds` runs and report the out-of-fold metric; see the module docstring."""
+    from .recipe import SAVED_ROOT, run_training
+
+    if folds < 2:
+        raise UserError(f"--folds: {folds} folds; k-fold needs at least 2 (e.g. --folds 5)")
+    if resume:
+        raise UserError("--folds: --resume takes no path with --folds; each fold resumes from its own run")
+    dist_info, device = distributed.setup(cfg.device)
+    if dist_info.enabled:
+        raise UserError("--folds: run k-fold in one process (python train.py ...), not under torchrun")
+    if not cfg.checkpoint.save_best:
+        raise UserError("--folds: checkpoint.save_best is false; each fold's best model is needed for its "
+                        "out-of-fold predictions and the ensemble")
+    if "{time}" in cfg.run_name:
+        raise UserError("--folds: run_name contains {time}; give the folds a fixed run_name so they can resume")
+    pooled = _pool(cfg)
+    if len(pooled) < 2 * folds:
+        raise UserError(f"--folds: {len(pooled)} pooled pairs are too few for {folds} folds")
+    folder = SAVED_ROOT / f"{cfg.run_name}{FOLDS_SUFFIX}"
+    parts = split_folds(len(pooled), folds, cfg.seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for fold, held_out in enumerate(parts, start=1):
+        trained_on = np.sort(np.concatenate([p for k, p in enumerate(parts, start=1) if k != fold]))
+        _write_part(pooled, trained_on, folder / f"fold{fold}_train.csv", cfg.data.columns)
+        _write_part(pooled, held_out, folder / f"fold{fold}_dev.csv", cfg.data.columns)
+
+    name = metric_name(cfg.model.num_labels)
+    out_of_fold = np.full(len(pooled), np.nan)
+    summary = []
+    for fold, held_out in enumerate(parts, start=1):
+        fold_cfg, fold_overrides = _fold_config(cfg, fold, folder)
+        done_file = folder / f"fold{fold}_predictions.json"
+        if resume is not None and done_file.is_file() and not overwrite:
+            predictions = np.asarray(json.loads(done_file.read_text())["predictions"], dtype=np.float64)
+            print(f"fold {fold}/{folds}: done earlier ({fold_cfg.run_name})")
+        else:
+            started = bool(CheckpointSaver(SAVED_ROOT / fold_cfg.run_name).resume_candidates())
+            print(f"fold {fold}/{folds}: {fold_cfg.run_name}, {len(pooled) - len(held_out)} pairs to train on, "
+                  f"{len(held_out)} held out")
+            run_training(fold_cfg, config_name, [*overrides, *fold_overrides],
+                         resume="" if resume is not None and started and not overwrite else None,
+                         force=force, overwrite=overwrite, trust=trust)
+            predictions = _out_of_fold(fold_cfg, _subset(pooled, held_out), device)
+            atomic.write_text(done_file, json.dumps({"run": fold_cfg.run_name,
+                                                     "predictions": predictions.tolist()}))
+        out_of_fold[held_out] = predictions
+        fold_metric = score(predictions, pooled.labels[held_out], cfg.model.num_labels)
+        summary.append({"fold": fold, "run": fold_cfg.run_name, "pairs": int(len(held_out)), name: fold_metric})
+        print(f"fold {fold}/{folds}: held-out {name} {fold_metric:.4f}")
+
+    overall = score(out_of_fold, pooled.labels, cfg.model.num_labels)
+    runs = [fold_run_name(cfg.run_name, k) for k in range(1, folds + 1)]
+    atomic.write_text(folder / "summary.json", json.dumps({"folds": summary, f"out_of_fold_{name}": overall},
+                                                          indent=2))
+    print(f"k-fold done: out-of-fold {name} {overall:.4f} over {len(pooled)} pairs "
+          f"(per fold: {', '.join(f'{s[name]:.4f}' for s in summary)}); summary in {folder / 'summary.json'}")
+    print(f"next: python inference.py --config {shlex.quote(config_name)} --saved_model {' '.join(runs)}")
+    return 0
