@@ -43,8 +43,6 @@ def _pool(cfg: Box) -> data.PairTable:
     """Train and dev read with the usual checks, then pooled."""
     from .recipe import _read_tables
 
-    if not cfg.data.dev_path:
-        raise UserError("--folds: data.dev_path is null; k-fold pools train and dev, so give both")
     tables = _read_tables(cfg)
     train, dev = tables["train"], tables["dev"]
     return data.PairTable(path=f"{train.path} + {dev.path}", ids=train.ids + dev.ids,
