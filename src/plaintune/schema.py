@@ -57,6 +57,12 @@ def _key_rules(v: list) -> Optional[str]:
     return None
 
 
+def _token_budget(v: Any) -> Optional[str]:
+    if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 16):
+        return None
+    return f"must be auto, null or a whole number >= 16 (got {v!r})"
+
+
 def _device(v: str) -> Optional[str]:
     import re
 
@@ -163,11 +169,12 @@ SCHEMA: dict = {
                                 "faster on CPU (3% padding instead of 60%), but batches then lean towards one "
                                 "genre and dev Pearson can drop at equal epochs (bench/RESULTS.md); measure "
                                 "before relying on it. false: plain random batches."),
-        "micro_batch_tokens": Field(int, 1024, "Each batch is sorted by length and run as micro-batches of at "
-                                    "most this many padded tokens (pairs x longest pair), cut where that saves "
+        "micro_batch_tokens": Field(object, "auto", "Each batch is sorted by length and run as micro-batches of "
+                                    "at most this many padded tokens (pairs x longest pair), cut where that saves "
                                     "padding: the optimizer step is the same as one pass over the batch, with "
-                                    "near-sorted padding and bounded activation memory. null: one pass per batch.",
-                                    nullable=True, check=at_least(16)),
+                                    "near-sorted padding and bounded activation memory. auto: 1024 on CPU, one "
+                                    "pass per batch on a GPU; null: always one pass per batch.",
+                                    nullable=True, check=_token_budget),
         "bucket_pool": Field(int, 64, "Batches per shuffle pool when bucketing: larger pools mean less "
                              "padding, smaller ones more randomness.", check=at_least(1)),
         "log_every_n_steps": Field(int, 10, "Train loss and lr are logged every this many optimizer steps.",
