@@ -64,9 +64,8 @@ def main() -> None:
         train_set = data.PairDataset(train, tokenizer, 128)
         dev_set = data.PairDataset(dev, tokenizer, 128)
     sampler = BucketBatchSampler(train_set.lengths, 32, seed=42, bucket=args.bucketed)
-    collate = data.PadCollator(train_set.pad_id)
-    if args.micro_batch_tokens:
-        collate = data.MicroBatchCollator(collate, args.micro_batch_tokens, data.PASS_OVERHEAD_TOKENS_CPU)
+    collate = data.MicroBatchCollator(data.PadCollator(train_set.pad_id), args.micro_batch_tokens or None,
+                                      data.PASS_OVERHEAD_TOKENS_CPU)
     objective = Objective(1, "bce", "sigmoid")
     optimizer = factory.build_optimizer({"name": "AdamW", "weight_decay": 0.01}, model, 5e-5, 10.0)
     dtype = torch.bfloat16 if args.precision == "bf16" else None
@@ -74,7 +73,7 @@ def main() -> None:
     for batch_indices in sampler:
         with timed("collate (pad)"):
             parts = collate([train_set[i] for i in batch_indices])
-        for batch in parts if isinstance(parts, list) else [parts]:
+        for batch in parts:
             labels = batch.pop("labels")
             batch.pop("index")
             with timed("forward + loss"):

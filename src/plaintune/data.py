@@ -303,12 +303,14 @@ class MicroBatchCollator:
     `max_tokens` tokens at a time).
     """
 
-    def __init__(self, collate: PadCollator, max_tokens: int, pass_overhead: int = 0):
+    def __init__(self, collate: PadCollator, max_tokens: Optional[int], pass_overhead: int = 0):
         self.collate = collate
         self.max_tokens = max_tokens
         self.pass_overhead = pass_overhead
 
     def __call__(self, items: list[dict]) -> list[dict]:
+        if self.max_tokens is None:  # one pass per batch
+            return [self.collate(items)]
         # A pair costs its joint length (cross-encoder) or both sides' lengths (bi-encoder).
         lengths = [len(item["input_ids"]) + len(item.get("input_ids_b", ())) for item in items]
         return [self.collate([items[i] for i in run])
@@ -328,10 +330,9 @@ def _private_generator(seed: int) -> torch.Generator:
 def train_loader(dataset: PairDataset, sampler: BucketBatchSampler, num_labels: int,
                  num_workers: int = 0, pin_memory: bool = False, micro_batch_tokens: Optional[int] = None,
                  pass_overhead: int = 0) -> DataLoader:
-    """Batches from `sampler`; with `micro_batch_tokens` each batch arrives as a list of micro-batches."""
-    collate = PadCollator(dataset.pad_id, label_dtype(num_labels))
-    if micro_batch_tokens is not None:
-        collate = MicroBatchCollator(collate, micro_batch_tokens, pass_overhead)
+    """Batches from `sampler`, each as a list of micro-batches (one, when `micro_batch_tokens` is None)."""
+    collate = MicroBatchCollator(PadCollator(dataset.pad_id, label_dtype(num_labels)), micro_batch_tokens,
+                                 pass_overhead)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                       num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
                       generator=_private_generator(sampler.seed))

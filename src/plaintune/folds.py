@@ -51,10 +51,9 @@ def _pool(cfg: Box) -> data.PairTable:
 
 
 def _write_part(table: data.PairTable, positions: np.ndarray, path: Path, columns: Box) -> None:
-    frame = pd.DataFrame({columns.id: [table.ids[i] for i in positions],
-                          columns.sentence_1: [table.sentence_1[i] for i in positions],
-                          columns.sentence_2: [table.sentence_2[i] for i in positions],
-                          columns.label: table.labels[positions]})
+    part = _subset(table, positions)
+    frame = pd.DataFrame({columns.id: part.ids, columns.sentence_1: part.sentence_1,
+                          columns.sentence_2: part.sentence_2, columns.label: part.labels})
     atomic.write_with(path, lambda tmp: frame.to_csv(tmp, index=False, encoding="utf-8"))
 
 
@@ -66,15 +65,16 @@ def _subset(table: data.PairTable, positions: np.ndarray) -> data.PairTable:
 
 def _fold_config(cfg: Box, fold: int, folder: Path) -> tuple[Box, list[str]]:
     """The fold's config and the overrides that make it (so each fold's saved config says what it is)."""
-    overrides = [f"run_name={fold_run_name(cfg.run_name, fold)}",
-                 f"data.train_path={folder / f'fold{fold}_train.csv'}",
-                 f"data.dev_path={folder / f'fold{fold}_dev.csv'}", "data.encoding=utf-8"]
+    values = {"run_name": fold_run_name(cfg.run_name, fold), "data.train_path": str(folder / f"fold{fold}_train.csv"),
+              "data.dev_path": str(folder / f"fold{fold}_dev.csv"), "data.encoding": "utf-8"}
     fold_cfg = copy.deepcopy(cfg)
-    fold_cfg.run_name = fold_run_name(cfg.run_name, fold)
-    fold_cfg.data.train_path = str(folder / f"fold{fold}_train.csv")
-    fold_cfg.data.dev_path = str(folder / f"fold{fold}_dev.csv")
-    fold_cfg.data.encoding = "utf-8"
-    return fold_cfg, overrides
+    for dotted, value in values.items():
+        *sections, key = dotted.split(".")
+        target = fold_cfg
+        for section in sections:
+            target = target[section]
+        target[key] = value
+    return fold_cfg, [f"{dotted}={value}" for dotted, value in values.items()]
 
 
 def _out_of_fold(fold_cfg: Box, table: data.PairTable, device: torch.device) -> np.ndarray:

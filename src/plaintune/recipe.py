@@ -391,7 +391,7 @@ def member_outputs(model, tokenizer, objective: Objective, table: data.PairTable
 
     With `symmetric`, also predicts every pair as (sentence_2, sentence_1) and averages the two.
     """
-    autocast_dtype = AUTOCAST[cfg.inference.precision or cfg.training.precision]
+    autocast_dtype = AUTOCAST[inference_precision(cfg)]
     runs = []
     for swap in ((False, True) if symmetric else (False,)):
         dataset = data.make_dataset(table, tokenizer, cfg.model.max_length, objective.kind, swap=swap)
@@ -399,6 +399,11 @@ def member_outputs(model, tokenizer, objective: Objective, table: data.PairTable
                          device, autocast_dtype)
         runs.append(objective.predictions(logits) if objective.regression else softmax(logits))
     return np.mean(runs, axis=0)
+
+
+def inference_precision(cfg: Box) -> str:
+    """inference.precision, or training.precision when it is null."""
+    return cfg.inference.precision or cfg.training.precision
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -454,10 +459,9 @@ def run_inference(cfg: Box, saved_models: Sequence[str], weights: Optional[Seque
         return mixed if num_labels == 1 else mixed.argmax(axis=-1)
 
     values = combine(predicted)
-    precision = cfg.inference.precision or cfg.training.precision
     print(f"predicted {len(values)} pairs with {len(sources)} model(s){' (symmetric)' if symmetric else ''} "
           f"in {predicting:.1f} s ({len(values) * len(sources) / max(predicting, 1e-9):.1f} pairs/s per model, "
-          f"{precision}; loading took {loading:.1f} s)")
+          f"{inference_precision(cfg)}; loading took {loading:.1f} s)")
     if num_labels == 1:
         values = postprocess(values, cfg.inference.clip, cfg.inference.round)
     write_submission(cfg.data.submission_template, table.ids, values, cfg.inference.output_path,

@@ -206,7 +206,7 @@ class Trainer:
             group_start = state.step_in_epoch - state.step_in_epoch % accum
             group_size = min(accum, batches - group_start)
             steps_now = state.step_in_epoch + 1 == group_start + group_size
-            samples = self._accumulate(batch if isinstance(batch, list) else [batch], group_size, steps_now)
+            samples = self._accumulate(batch, group_size, steps_now)
             state.step_in_epoch += 1
             window_samples += samples
             epoch_samples += samples
