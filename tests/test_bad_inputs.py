@@ -20,7 +20,9 @@ from plaintune.config import validate
 from plaintune.data import read_pairs
 from plaintune.errors import UserError
 
-CASES = yaml.safe_load((Path(__file__).parent / "bad_inputs" / "cases.yaml").read_text(encoding="utf-8"))
+# Every YAML file under tests/bad_inputs/ holds cases (one file per theme).
+CASES = [case for path in sorted((Path(__file__).parent / "bad_inputs").glob("*.yaml"))
+         for case in yaml.safe_load(path.read_text(encoding="utf-8")) or []]
 
 
 def test_the_corpus_is_large_enough():

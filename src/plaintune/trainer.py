@@ -145,6 +145,7 @@ class Trainer:
         self.autocast_dtype = options.autocast_dtype
         self.metric_name = options.metric_name
         self.state = TrainState()
+        self.bundle_extra: dict = {}  # more plain data for last.pt (e.g. data fingerprints), set by the recipe
         self._stop_requested = False
         self._window_loss: Optional[torch.Tensor] = None
 
@@ -347,6 +348,7 @@ class Trainer:
             "world_size": self.dist.world_size,
             "run_ids": self.tracker.run_ids,
             "config": self.config,
+            **self.bundle_extra,
         }
 
     def save_last(self) -> None:
