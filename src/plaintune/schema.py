@@ -104,6 +104,9 @@ SCHEMA: dict = {
                                "shape; they start fresh (e.g. [\"classifier.*\"]).", check=_list_of_str),
         "allow_unexpected": Field(list, [], "Globs of checkpoint tensors the model may lack (ignored).",
                                   check=_list_of_str),
+        "allow_nonfinite": Field(list, [], "Globs of checkpoint tensors that may hold NaN or inf (otherwise "
+                                 "loading such a checkpoint is an error: a diverged model predicts garbage).",
+                                 check=_list_of_str),
         "key_rules": Field(list, [], "Extra [regex, replacement] renames applied to checkpoint keys before "
                            "the built-in rules.", check=_key_rules),
         "freeze": Field(list, [], "Globs of parameters kept fixed, e.g. [\"bert.embeddings.*\"].",
@@ -186,6 +189,9 @@ SCHEMA: dict = {
             "min_delta": Field(float, 0.0, "Smallest metric gain that counts as an improvement.",
                                check=at_least(0.0)),
         },
+        "ddp_timeout_s": Field(int, 1800, "Under torchrun: seconds a process waits for the others in a "
+                               "collective (gradient sync, gathering predictions, barriers) before the run stops "
+                               "with an error instead of hanging.", check=at_least(10)),
         "num_workers": Field(int, 0, "DataLoader worker processes (token ids are cached, so 0 suits small "
                              "CPUs).", check=at_least(0)),
     },
