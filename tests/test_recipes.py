@@ -37,7 +37,7 @@ def test_sigmoid_head_trains_predicts_in_range_and_is_remembered(project, capsys
     # inference reads the activation from the checkpoint even if the config forgot it
     assert inference.main(["--config", "t", "--saved_model", "t", "inference.clip=null", "inference.round=null",
                            "model.output_activation=none", "training.loss=mse"]) == 0
-    assert "using that" in capsys.readouterr().out
+    assert "output mapping: sigmoid (recorded by plaintune with the checkpoint; the config's model.output_activation=none is ignored" in capsys.readouterr().out
     target = pd.read_csv(project / "output" / "sub.csv")["target"]
     assert ((target > 0) & (target < 5)).all()
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -40,6 +42,29 @@ def resolve_config_path(name: str) -> Path:
     raise UserError(f"config '{name}' not found (looked for {CONFIG_DIR / (name + '.yaml')} and {name}){hint}")
 
 
+MAX_CONFIG_NODES = 100_000  # a real config has a few hundred; aliases can make billions ("billion laughs")
+
+
+def _too_large(data: Any) -> bool:
+    """Whether `data`, with every alias expanded, holds more than MAX_CONFIG_NODES values.
+
+    PyYAML shares aliased objects, so loading is cheap, but anything that walks
+    or copies the config would expand them; count with a budget instead."""
+    budget = MAX_CONFIG_NODES
+    stack = [data]
+    while stack:
+        node = stack.pop()
+        budget -= 1
+        if budget < 0:
+            return True
+        if isinstance(node, dict):
+            stack.extend(node.values())
+            stack.extend(node.keys())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
+
+
 def read_yaml(path: Path) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
@@ -54,6 +79,9 @@ def read_yaml(path: Path) -> dict:
         line = f" line {where.line + 1}" if where is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise UserError(f"{path}:{line}: invalid YAML ({problem}); check indentation and quoting") from None
+    if _too_large(data):
+        raise UserError(f"{path}: the config expands to more than {MAX_CONFIG_NODES:,} values (YAML anchors and "
+                        "aliases nested into each other?); write the values out")
     if data is None:
         raise UserError(f"{path}: the config is empty; start from configs/default.yaml")
     if not isinstance(data, dict):
@@ -74,10 +102,33 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def _schema_node(path: list[str]) -> Any:
+    node: Any = SCHEMA
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
 def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
+    """Apply `key.path=value` overrides. An override naming a whole section merges a mapping
+    into it (`training={epochs: 1}` keeps the other training keys); emptying a section is an error."""
     data = copy.deepcopy(data)
     for text in overrides:
         path, value = parse_override(text)
+        if isinstance(_schema_node(path), dict):
+            if not isinstance(value, dict):
+                raise UserError(f"override '{text}': {'.'.join(path)} is a section of keys; set one key "
+                                f"({'.'.join(path)}.KEY=value) or give a mapping ({'.'.join(path)}={{KEY: value}})")
+            node = data
+            for part in path:
+                child = node.get(part)
+                if not isinstance(child, dict):
+                    child = node[part] = {}
+                node = child
+            node.update(value)
+            continue
         node = data
         for i, part in enumerate(path[:-1]):
             child = node.get(part)
@@ -129,6 +180,9 @@ def _coerce(field: Field, value: Any, where: str, problems: list[str]) -> Any:
             problems.append(f"{where}: expected a number, got {value!r}")
             return value
         value = float(value)
+        if not math.isfinite(value):
+            problems.append(f"{where}: must be a finite number (got {value})")
+            return value
     elif kind is int:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
@@ -144,6 +198,9 @@ def _coerce(field: Field, value: Any, where: str, problems: list[str]) -> Any:
             value = str(value)
         if not isinstance(value, str):
             problems.append(f"{where}: expected a string, got {value!r}")
+            return value
+        if not value.strip():
+            problems.append(f"{where}: must not be an empty string")
             return value
     elif not isinstance(value, kind):
         problems.append(f"{where}: expected a {kind.__name__}, got {value!r}")
@@ -182,6 +239,49 @@ def _validate_section(data: Any, schema: dict, prefix: str, problems: list[str])
     return out
 
 
+RUN_NAME = re.compile(r"[^/\\\x00-\x1f]+")
+
+
+def _nonfinite_leaves(node: Any, where: str) -> list[str]:
+    """Paths of NaN/inf numbers anywhere below `node` (open dicts such as optimizer options included)."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return [where]
+    if isinstance(node, dict):
+        return [p for key, value in node.items() for p in _nonfinite_leaves(value, f"{where}.{key}")]
+    if isinstance(node, list):
+        return [p for i, value in enumerate(node) for p in _nonfinite_leaves(value, f"{where}[{i}]")]
+    return []
+
+
+def _check_values(cfg: dict, problems: list[str]) -> None:
+    """Values that pass their type but cannot be: checks that span keys or need more than a type."""
+    for section in ("model", "data", "training", "inference", "checkpoint"):
+        for where in _nonfinite_leaves(cfg[section], section):
+            problems.append(f"{where}: must be a finite number, not NaN or infinity")
+    if not 0 <= cfg["seed"] < 2**32:
+        problems.append(f"seed: must be between 0 and 2**32 - 1 (got {cfg['seed']})")
+    name = cfg["run_name"]
+    if not RUN_NAME.fullmatch(name) or name.strip(".") == "" or name != name.strip() or len(name) > 200:
+        problems.append(f"run_name: {name!r} is not a plain name (no '/', '\\', '..' or control characters, at "
+                        "most 200 characters); runs always go under saved_model/, so give just a name, e.g. "
+                        "run_name=roberta_lr3")
+    label_range = cfg["data"]["label_range"]
+    if isinstance(label_range, list) and len(label_range) == 2 and label_range[0] == label_range[1]:
+        problems.append(f"data.label_range: low and high are equal ({label_range}); labels need a range, e.g. "
+                        "[0.0, 5.0]")
+    columns = cfg["data"]["columns"]
+    read = {key: columns[key] for key in ("id", "sentence_1", "sentence_2", "label")}
+    seen: dict = {}
+    for key, column in read.items():
+        if column in seen:
+            problems.append(f"data.columns.{key}: '{column}' is also data.columns.{seen[column]}; each role needs "
+                            "its own column")
+        seen.setdefault(column, key)
+    if columns["target"] == columns["id"]:
+        problems.append(f"data.columns.target: '{columns['target']}' is the id column; predictions would overwrite "
+                        "the ids: name the template's score column (e.g. target)")
+
+
 def _check_files(cfg: dict, purpose: Optional[str], base: Path, problems: list[str]) -> None:
     data = cfg["data"]
     keys = list(REQUIRED_FILES.get(purpose, ()))
@@ -204,9 +304,13 @@ def validate(data: dict, source: str = "config", purpose: Optional[str] = None,
     problems: list[str] = []
     cfg = _validate_section(data, SCHEMA, "", problems)
     if not problems:
+        _check_values(cfg, problems)
+    if not problems:
         from .factory import check_component_choices  # torch-level names, light to import
 
-        problems += check_component_choices(cfg)
+        # Keys only training reads (loss, optimizer, scheduler) never block inference.
+        if purpose != "inference":
+            problems += check_component_choices(cfg)
         _check_files(cfg, purpose, base, problems)
     if problems:
         count = f"{len(problems)} problems: " if len(problems) > 1 else ""

@@ -98,17 +98,23 @@ def check_component_choices(cfg: dict) -> list[str]:
     num_labels = cfg["model"]["num_labels"]
 
     loss = canonical_loss(training["loss"])
-    if loss == "bce" and cfg["model"].get("output_activation") != "sigmoid":
+    activation = cfg["model"].get("output_activation")
+    if loss == "bce" and activation == "none":
         problems.append("training.loss: BCEWithLogitsLoss scores labels scaled to 0-1 and needs "
-                        "model.output_activation: sigmoid")
-    if loss not in LOSSES:
-        problems.append(f"training.loss: unknown loss '{training['loss']}'; valid: {LOSS_NAMES}")
+                        "model.output_activation: sigmoid (or auto)")
+    if loss == "auto":
+        pass  # resolved with the output mapping once the model is built (see recipe.resolve_objective)
+    elif loss not in LOSSES:
+        problems.append(f"training.loss: unknown loss '{training['loss']}'; valid: auto, {LOSS_NAMES}")
     elif num_labels == 1 and loss in CLASSIFICATION_LOSSES:
         problems.append(f"training.loss: {training['loss']} is for classification but model.num_labels is 1 "
                         "(regression); use MSELoss or set model.num_labels")
     elif num_labels > 1 and loss in REGRESSION_LOSSES:
         problems.append(f"training.loss: {training['loss']} is for regression but model.num_labels is "
                         f"{num_labels}; use CrossEntropyLoss or set model.num_labels: 1")
+    if activation == "sigmoid" and num_labels == 1 and cfg["data"].get("label_range") is None:
+        problems.append("model.output_activation: sigmoid maps the head to data.label_range, which is null; "
+                        "set data.label_range (e.g. [0.0, 5.0]) or model.output_activation: none")
 
     if cfg["model"].get("kind") == "bi_encoder":
         if num_labels != 1:
@@ -116,7 +122,6 @@ def check_component_choices(cfg: dict) -> list[str]:
         if loss in ("bce", "crossentropy"):
             problems.append(f"training.loss: the bi-encoder regresses the cosine; use MSELoss (not {training['loss']})")
         # head_bias_init and head_lr_multiplier have no head to act on; they are ignored.
-
 
     opt = training["optimizer"]
     name = opt.get("name")
@@ -133,6 +138,8 @@ def check_component_choices(cfg: dict) -> list[str]:
                                 f"valid: {', '.join(sorted(accepted))}")
             elif isinstance(value, str):
                 problems.append(f"training.optimizer.{key}: expected a number, got {value!r}")
+        if not problems:
+            problems += _try_optimizer(cls, opt, training["learning_rate"])
 
     sched = training["scheduler"]
     name = sched.get("name")
@@ -155,7 +162,39 @@ def check_component_choices(cfg: dict) -> list[str]:
         ratio = options.get("warmup_ratio")
         if isinstance(ratio, (int, float)) and ratio > 1:
             problems.append(f"training.scheduler.warmup_ratio: must be between 0 and 1 (got {ratio})")
+        if not problems:
+            problems += _try_scheduler(sched, training["epochs"])
     return problems
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _try_optimizer(cls: type, spec: dict, learning_rate: float) -> list[str]:
+    """Build the optimizer over one dummy parameter, so values torch rejects (betas, eps, ...) are
+    reported against the config before any model loads."""
+    options = _options(spec)
+    options.pop("weight_decay", None)
+    try:
+        cls([nn.Parameter(torch.zeros(1))], lr=learning_rate, weight_decay=float(spec.get("weight_decay", 0.0) or 0.0),
+            **options)
+    except (ValueError, TypeError, RuntimeError) as err:
+        keys = ", ".join(f"training.optimizer.{k}" for k in spec if k != "name") or "training.optimizer"
+        return [f"{keys}: {cls.__name__} rejects these values ({_first_line(err)})"]
+    return []
+
+
+def _try_scheduler(spec: dict, epochs: int) -> list[str]:
+    """Build the scheduler over a dummy optimizer, for the same reason."""
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    try:
+        build_scheduler(spec, optimizer, steps_per_epoch=10, epochs=epochs)
+    except (ValueError, TypeError, RuntimeError, OverflowError) as err:
+        keys = ", ".join(f"training.scheduler.{k}" for k in spec if k != "name") or "training.scheduler"
+        return [f"{keys}: the {spec.get('name')} scheduler rejects these values ({_first_line(err)})"]
+    return []
 
 
 def build_loss(name: str) -> nn.Module:

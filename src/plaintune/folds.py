@@ -84,7 +84,7 @@ def _out_of_fold(fold_cfg: Box, table: data.PairTable, device: torch.device) -> 
     source = checkpoint.resolve_saved_model(fold_cfg.run_name, SAVED_ROOT)
     model, tokenizer, _ = load_model_for_inference(fold_cfg, source)
     model.to(device)
-    outputs = member_outputs(model, tokenizer, objective_for(model, fold_cfg), table, fold_cfg, device, False)
+    outputs = member_outputs(model, tokenizer, objective_for(model, fold_cfg, source), table, fold_cfg, device, False)
     return outputs if outputs.ndim == 1 else outputs.argmax(axis=-1)
 
 

@@ -76,3 +76,65 @@ class Objective:
             unit = min(max((mean_label - self.low) / self.span, 1e-3), 1 - 1e-3)
             return float(np.log(unit / (1 - unit)))
         return float(mean_label)
+
+
+# ------------------------------------------------------------- output mapping
+# A checkpoint's head was trained with some mapping from its output to a score. plaintune
+# records it (CONFIG_ATTRIBUTE in config.json, the config in a resume bundle); a model from
+# anywhere else has no record, and its output is taken raw, as transformers gives it. The
+# config's `auto` never reinterprets someone else's head.
+
+def parse_record(record: object, where: str) -> Optional[dict]:
+    """A plaintune output record, checked; None when there is none."""
+    from .errors import UserError
+
+    if record is None:
+        return None
+    ok = isinstance(record, dict) and record.get("activation") in ACTIVATIONS
+    if ok:
+        low, high = record.get("low", 0.0), record.get("high", 1.0)
+        ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in (low, high)) \
+            and low < high and record.get("kind", "cross_encoder") in ("cross_encoder", "bi_encoder")
+    if not ok:
+        raise UserError(f"{where}: '{CONFIG_ATTRIBUTE}' is malformed ({record!r}); expected {{activation: "
+                        f"none|sigmoid|cosine, low: number, high: larger number, kind: cross_encoder|bi_encoder}}: "
+                        "fix or remove it")
+    return record
+
+
+def choose_activation(requested: str, record: Optional[dict], head_fresh: bool, has_range: bool,
+                      record_wins: bool) -> tuple[str, str]:
+    """(activation, why) for a regression head.
+
+    `requested` is model.output_activation (auto, none or sigmoid); `record` the checkpoint's
+    plaintune record (None for a foreign head); `head_fresh` whether the head starts untrained.
+    `record_wins`: at inference a plaintune checkpoint's own mapping beats the config.
+    """
+    if record is not None and not head_fresh and (record_wins or requested == "auto"):
+        why = "recorded by plaintune with the checkpoint"
+        if requested not in ("auto", record["activation"]) and record["activation"] != "cosine":
+            why += f"; the config's model.output_activation={requested} is ignored for it"
+        return record["activation"], why
+    if requested != "auto":
+        return requested, f"model.output_activation={requested} in the config"
+    if head_fresh:
+        if has_range:
+            return "sigmoid", "a fresh head: sigmoid scaled to data.label_range"
+        return "none", "a fresh head, and data.label_range is null"
+    return "none", ("the checkpoint has no plaintune record of its output mapping, so its raw output is used as "
+                    "transformers gives it; set model.output_activation=sigmoid if it was trained that way")
+
+
+def choose_loss(requested: str, activation: str, num_labels: int) -> str:
+    """training.loss, with auto resolved for the chosen head mapping."""
+    from .errors import UserError
+
+    if num_labels > 1:
+        return "CrossEntropyLoss" if requested == "auto" else requested
+    if requested == "auto":
+        return "bce" if activation == "sigmoid" else "mse"
+    if canonical_loss(requested) == "bce" and activation != "sigmoid":
+        raise UserError(f"training.loss: {requested} needs a sigmoid head, but the output mapping is {activation} "
+                        "(see the 'output mapping' line above); use training.loss=auto or mse, or set "
+                        "model.output_activation=sigmoid")
+    return requested

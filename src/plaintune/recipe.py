@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import copy
 import fnmatch
 import json
 import shlex
@@ -19,7 +20,7 @@ from box import Box
 
 from . import atomic, checkpoint, config as config_mod, data, distributed, factory
 from .errors import UserError
-from .objective import CONFIG_ATTRIBUTE, Objective
+from .objective import CONFIG_ATTRIBUTE, Objective, choose_activation, choose_loss, parse_record
 from .predict import metric_name, postprocess, predict, score, write_submission
 from .sampling import BucketBatchSampler
 from .tracking import Tracker
@@ -144,10 +145,75 @@ def _read_tables(cfg: Box) -> dict:
     return tables
 
 
-def build_objective(cfg: Box) -> Objective:
-    if cfg.model.kind == "bi_encoder":
-        return Objective(1, cfg.training.loss, "cosine", cfg.data.label_range, kind="bi_encoder")
-    return Objective(cfg.model.num_labels, cfg.training.loss, cfg.model.output_activation, cfg.data.label_range)
+def record_from_bundle(bundle: object) -> Optional[dict]:
+    """The output record of a plaintune resume bundle (from the run config inside it); None otherwise."""
+    config = bundle.get("config") if isinstance(bundle, dict) else None
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        return None
+    model = config["model"]
+    kind = model.get("kind", "cross_encoder")
+    activation = "cosine" if kind == "bi_encoder" else model.get("output_activation")
+    if activation not in ("none", "sigmoid", "cosine"):
+        return None
+    label_range = (config.get("data") or {}).get("label_range") or [0.0, 1.0]
+    return {"activation": activation, "low": float(label_range[0]), "high": float(label_range[1]), "kind": kind}
+
+
+def checkpoint_record(source: Path) -> Optional[dict]:
+    """How plaintune mapped this checkpoint's output, if plaintune wrote it: config.json's record for a
+    directory, the run config for a resume bundle; None for a checkpoint made anywhere else."""
+    source = Path(source)
+    if source.is_dir():
+        config_file = source / "config.json"
+        try:
+            meta = json.loads(config_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None  # reading the weights reports a damaged or missing config.json
+        return parse_record(meta.get(CONFIG_ATTRIBUTE), str(config_file)) if isinstance(meta, dict) else None
+    if source.suffix == ".safetensors" or not source.is_file():
+        return None
+    try:  # memory-mapped: only the small config entry is read
+        bundle = torch.load(source, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - unreadable or pickled files are reported by the weight loader
+        return None
+    return record_from_bundle(bundle)
+
+
+def head_is_fresh(model: torch.nn.Module, fresh_keys: Optional[set]) -> bool:
+    """Whether any tensor outside the base model (the task head) starts untrained.
+    `fresh_keys` None means every tensor is fresh (a model built from scratch)."""
+    if fresh_keys is None:
+        return True
+    prefix = (getattr(model, "base_model_prefix", "") or "") + "."
+    return any(name in fresh_keys for name in model.state_dict() if not name.startswith(prefix))
+
+
+def resolve_objective(cfg: Box, record: Optional[dict], head_fresh: bool, record_wins: bool,
+                      announce: bool = True) -> Objective:
+    """The Objective for this run or checkpoint; writes the resolved mapping and loss back into `cfg`
+    (so config.yaml and the resume bundle say what was used) and prints one line saying why."""
+    num_labels = cfg.model.num_labels
+    if cfg.model.kind == "bi_encoder" or (record or {}).get("kind") == "bi_encoder":
+        activation, why, kind = "cosine", "the bi-encoder's cosine, scaled to the label range", "bi_encoder"
+    elif num_labels > 1:
+        activation, why, kind = "none", "classification: the class with the highest logit", "cross_encoder"
+    else:
+        activation, why = choose_activation(cfg.model.output_activation, record, head_fresh,
+                                            cfg.data.label_range is not None, record_wins)
+        kind = "cross_encoder"
+        if activation == "sigmoid" and cfg.data.label_range is None and record is None:
+            raise UserError("model.output_activation: sigmoid maps the head to data.label_range, which is null; "
+                            "set data.label_range (e.g. [0.0, 5.0])")
+        cfg.model.output_activation = activation
+    from_record = record is not None and activation == record.get("activation") and not head_fresh
+    label_range = (record["low"], record["high"]) if from_record else cfg.data.label_range
+    if record_wins:  # inference: the loss is never used
+        loss = "crossentropy" if num_labels > 1 else "mse"
+    else:
+        loss = cfg.training.loss = choose_loss(cfg.training.loss, activation, num_labels)
+    if announce and num_labels == 1:
+        print(f"output mapping: {activation} ({why})")
+    return Objective(num_labels, loss, activation, label_range, kind=kind)
 
 
 def init_head_bias(model: torch.nn.Module, value: float) -> bool:
@@ -200,6 +266,10 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
     bundle = None
     if resume is not None:
         bundle_path, bundle = find_resume_bundle(resume, saver)
+        # The head continues as it was trained: plaintune's recorded mapping, raw for a foreign bundle.
+        objective = resolve_objective(cfg, record_from_bundle(bundle), head_fresh=False, record_wins=False,
+                                      announce=dist_info.is_main)
+        plain_cfg = config_mod.to_plain(cfg)
         identity, other = check_drift(bundle.get("config"), plain_cfg)
         if identity and not force:
             raise UserError(f"--resume: the config differs from the checkpoint's in {', '.join(identity)}, which "
@@ -240,9 +310,14 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
 
     # 4. Model: pretrained (or from scratch), then an optional warm start, then freezing.
     model = factory.build_model(cfg.model, pretrained=(not cfg.model.from_scratch) and bundle is None)
+    # What the head's output means follows where the head came from (see resolve_objective).
+    record = parse_record(getattr(model.config, CONFIG_ATTRIBUTE, None), f"model.name '{cfg.model.name}'")
+    fresh_keys = None if cfg.model.from_scratch else getattr(model, "plaintune_fresh_keys", set())
     if cfg.model.init_from and bundle is None:
         report = checkpoint.load_weights(model, cfg.model.init_from, cfg.model.key_rules, cfg.model.allow_missing,
                                          cfg.model.allow_unexpected, trust)
+        record = checkpoint_record(Path(cfg.model.init_from))
+        fresh_keys = set(report.missing) | set(report.reshaped)
         if dist_info.is_main:
             print(f"init_from: {report.summary()}")
             atomic.write_text(run_dir / "load_report.txt", report.full_text())
@@ -267,7 +342,10 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
               f"{cfg.training.grad_accum_steps} x {dist_info.world_size} process(es) on {device}")
 
     # 5. Objective (loss + what logits mean), optimizer, scheduler (the schedule needs the number of steps).
-    objective = build_objective(cfg)
+    if bundle is None:
+        objective = resolve_objective(cfg, record, head_is_fresh(model, fresh_keys), record_wins=False,
+                                      announce=dist_info.is_main)
+        plain_cfg = config_mod.to_plain(cfg)
     setattr(model.config, CONFIG_ATTRIBUTE, objective.describe())  # saved with best/ for inference
     if bundle is None and cfg.model.head_bias_init == "label_mean" and objective.regression \
             and cfg.model.kind == "cross_encoder" and not cfg.model.init_from:
@@ -371,18 +449,14 @@ def load_model_for_inference(cfg: Box, source: Path, trust: bool = False):
     return model.eval(), tokenizer, report
 
 
-def objective_for(model: torch.nn.Module, cfg: Box) -> Objective:
-    """How to read this model's logits: as saved with it by plaintune, else as the config says."""
-    saved = getattr(model.config, CONFIG_ATTRIBUTE, None)
-    if isinstance(saved, dict) and cfg.model.num_labels == 1:
-        objective = Objective.from_saved(saved, 1, "bce" if saved.get("activation") == "sigmoid" else "mse")
-        if saved.get("activation") == "cosine":
-            return objective
-        if saved.get("activation") != cfg.model.output_activation:
-            print(f"note: the checkpoint was trained with output_activation={saved.get('activation')}; "
-                  f"using that (config says {cfg.model.output_activation})")
-        return objective
-    return build_objective(cfg)
+def objective_for(model: torch.nn.Module, cfg: Box, source: Optional[Path] = None) -> Objective:
+    """How to read this checkpoint's outputs: as plaintune recorded them, whatever the config says;
+    for a checkpoint plaintune did not write, raw unless the config sets model.output_activation."""
+    record = checkpoint_record(source) if source is not None and not source.is_dir() else None
+    if record is None:
+        where = f"{source / 'config.json'}" if source is not None else "the checkpoint's config.json"
+        record = parse_record(getattr(model.config, CONFIG_ATTRIBUTE, None), where)
+    return resolve_objective(copy.deepcopy(cfg), record, head_fresh=False, record_wins=True)
 
 
 def member_outputs(model, tokenizer, objective: Objective, table: data.PairTable, cfg: Box, device: torch.device,
@@ -445,7 +519,7 @@ def run_inference(cfg: Box, saved_models: Sequence[str], weights: Optional[Seque
         model, tokenizer, report = load_model_for_inference(cfg, source, trust)
         print(f"checkpoint: {report.summary()}")
         model.to(device)
-        objective = objective_for(model, cfg)
+        objective = objective_for(model, cfg, source)
         loading += time.perf_counter() - started
         started = time.perf_counter()
         predicted.append(member_outputs(model, tokenizer, objective, table, cfg, device, symmetric))

@@ -92,10 +92,13 @@ SCHEMA: dict = {
                                   "With pretrained weights only dropout-like keys make sense."),
         "dropout": Field(float, None, "If set, overrides hidden and attention dropout of the model.",
                          nullable=True, check=between(0.0, 0.9)),
-        "output_activation": Field(str, "sigmoid", "Regression head output: sigmoid (labels scaled to 0-1 by "
-                                   "data.label_range, predictions mapped back; learns far faster) or none (raw "
-                                   "score, the tutorial recipe).",
-                                   choices=("none", "sigmoid")),
+        "output_activation": Field(str, "auto", "How a regression head's output becomes a score. sigmoid: "
+                                   "labels scaled to 0-1 by data.label_range, predictions mapped back (learns far "
+                                   "faster); none: the raw output (the tutorial recipe); auto: sigmoid for a head "
+                                   "plaintune starts fresh, the recorded mapping of a plaintune checkpoint, and the "
+                                   "raw output for any head trained elsewhere (a default never reinterprets "
+                                   "someone else's model). A plaintune checkpoint's own mapping always wins at "
+                                   "inference.", choices=("auto", "none", "sigmoid")),
         "head_bias_init": Field(str, "label_mean", "label_mean: start the fresh head at the mean training "
                                 "label; default: the model's own init.", choices=("default", "label_mean")),
         "init_from": Field(str, None, "Warm start: load these weights (any checkpoint format) over the model "
@@ -146,9 +149,10 @@ SCHEMA: dict = {
                                  check=at_least(1)),
         "learning_rate": Field(float, 2.0e-5, "Peak learning rate (2e-5 and 2.0e-5 both accepted).",
                                check=above(0.0)),
-        "loss": Field(str, "bce", "Loss between predictions and labels: MSELoss/mse, L1Loss/l1, "
+        "loss": Field(str, "auto", "Loss between predictions and labels: MSELoss/mse, L1Loss/l1, "
                       "HuberLoss/huber, SmoothL1Loss/smooth_l1, BCEWithLogitsLoss/bce (with "
-                      "model.output_activation: sigmoid); CrossEntropyLoss for num_labels > 1."),
+                      "model.output_activation: sigmoid); CrossEntropyLoss for num_labels > 1. auto: bce for a "
+                      "sigmoid head, mse for a raw head or a bi-encoder, CrossEntropyLoss for classification."),
         "optimizer": Field(dict, {"name": "AdamW", "weight_decay": 0.01}, "{name: AdamW|Adam|SGD, ...keyword "
                            "arguments of the torch optimizer}. Biases and LayerNorm weights get no weight decay.",
                            open_keys=True),
