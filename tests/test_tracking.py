@@ -16,7 +16,7 @@ def evals(project, run="t") -> list[dict]:
 
 
 def test_wandb_offline_logs_config_and_metrics_and_resumes_the_same_run(project, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
+    monkeypatch.delenv("WANDB_DIR", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc login: auto must mean offline
@@ -39,6 +39,70 @@ def test_wandb_offline_logs_config_and_metrics_and_resumes_the_same_run(project,
     assert train.main([*args, "training.epochs=2", "--resume"]) == 0
     resumed = sorted((project / "saved_model" / "t" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert all(run_id in p.name for p in resumed), "a resumed run must continue the same wandb run id"
+
+
+def run_record(path):
+    from wandb_records import read_records
+
+    return next(r.run for r in read_records(path) if r.WhichOneof("record_type") == "run")
+
+
+def test_wandb_follows_its_environment_variables(project, tmp_path, monkeypatch, capsys):
+    """auto means WANDB_MODE; WANDB_PROJECT, WANDB_RUN_GROUP and WANDB_DIR apply unless the config sets them."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)  # a key alone would mean online: WANDB_MODE wins
+    monkeypatch.setenv("WANDB_PROJECT", "from-env")
+    monkeypatch.setenv("WANDB_RUN_GROUP", "group-env")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "elsewhere"))
+    assert train.main(["--config", "t", "logging.wandb.mode=auto", "training.epochs=1"]) == 0
+    assert not (project / "saved_model" / "t" / "wandb").exists()
+    files = sorted((tmp_path / "elsewhere" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1
+    run = run_record(files[0])
+    assert (run.project, run.run_group) == ("from-env", "group-env")
+
+    # the config's own values win over the environment
+    assert train.main(["--config", "t", "run_name=u", "logging.wandb.mode=auto", "training.epochs=1",
+                       "logging.wandb.project=from-config", "logging.wandb.group=group-config"]) == 0
+    files = sorted((tmp_path / "elsewhere" / "wandb").glob("offline-run-*/run-*.wandb"))
+    projects = {(run_record(f).project, run_record(f).run_group) for f in files}
+    assert projects == {("from-env", "group-env"), ("from-config", "group-config")}
+
+
+def test_wandb_mode_disabled_in_the_environment_writes_nothing(project, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "elsewhere"))
+    assert train.main(["--config", "t", "logging.wandb.mode=auto", "training.epochs=1"]) == 0
+    assert not (tmp_path / "elsewhere").exists() and not (project / "saved_model" / "t" / "wandb").exists()
+    assert "run_ids" in torch.load(project / "saved_model" / "t" / "last.pt", weights_only=True)
+
+
+def test_invalid_wandb_mode_is_one_error_line(project, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "bogus")
+    assert train.main(["--config", "t", "logging.wandb.mode=offline", "training.epochs=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: WANDB_MODE='bogus' is not a wandb mode")
+    assert not (project / "saved_model").exists()
+
+
+def test_a_backend_that_cannot_start_stops_the_run_before_anything_is_lost(project, monkeypatch, capsys):
+    import wandb
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert train.main(["--config", "t", "training.epochs=1"]) == 0
+    before = {p: p.read_bytes() for p in (project / "saved_model" / "t").rglob("*") if p.is_file()}
+
+    def refuse(**kwargs):
+        raise RuntimeError("api.wandb.ai: connection refused\nretrying")
+
+    monkeypatch.setattr(wandb, "init", refuse)
+    capsys.readouterr()
+    assert train.main(["--config", "t", "training.epochs=1", "logging.wandb.mode=online", "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "logging.wandb: wandb could not start in online mode (api.wandb.ai: connection " \
+        "refused)" in err[0] and "logging.wandb.mode=offline" in err[0]
+    after = {p: p.read_bytes() for p in (project / "saved_model" / "t").rglob("*") if p.is_file()}
+    assert after == before  # --overwrite did not get to clear the previous run
 
 
 def test_tensorboard_events_hold_the_metric_each_epoch(project):

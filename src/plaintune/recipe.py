@@ -23,7 +23,7 @@ from .errors import UserError
 from .objective import CONFIG_ATTRIBUTE, Objective, choose_activation, choose_loss, parse_record
 from .predict import metric_name, postprocess, predict, score, write_submission
 from .sampling import BucketBatchSampler
-from .tracking import Tracker
+from .tracking import Tracker, start_wandb
 from .saver import LAST_FILE, CheckpointSaver, read_newest_bundle
 from .trainer import LoopOptions, Trainer, seed_everything
 
@@ -361,7 +361,11 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
 
     # 6. Everything loaded: now the run directory gets written. The trainer, its
     #    resume state, then the metric sinks (rank 0 only) from that state.
+    #    wandb starts first: a backend that cannot start stops the run before anything is touched.
+    wandb_sink = None
     if dist_info.is_main:
+        wandb_sink = start_wandb(run_dir, cfg.logging, cfg.run_name, plain_cfg,
+                                 (bundle.get("run_ids") or {}).get("wandb") if bundle is not None else None)
         saver.remove_stale_temporaries()
         if overwrite and resume is None:
             clear_run(run_dir)
@@ -383,8 +387,7 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
     resumed = bundle is not None
     tracker = Tracker(run_dir, cfg.logging, cfg.run_name, plain_cfg, metric_name(num_labels),
                       resume_step=trainer.state.global_step if resumed else None,
-                      epochs_done=trainer.state.epoch, run_ids=bundle.get("run_ids") if resumed else None,
-                      active=dist_info.is_main)
+                      epochs_done=trainer.state.epoch, wandb=wandb_sink, active=dist_info.is_main)
     trainer.tracker = tracker
 
     try:

@@ -212,14 +212,17 @@ SCHEMA: dict = {
     "logging": {
         "tensorboard": Field(bool, True, "Write TensorBoard event files under saved_model/<run>/tensorboard/."),
         "wandb": {
-            "mode": Field(str, "auto", "auto (online when a wandb API key is configured, else offline: files "
-                          "under the run directory, upload later with wandb sync), online, offline, disabled.",
+            "mode": Field(str, "auto", "auto: WANDB_MODE when set, else online when a wandb API key is "
+                          "configured, else offline (files under the run directory, upload later with wandb sync); "
+                          "or online, offline, disabled (this key, when not auto, wins over WANDB_MODE).",
                           choices=("auto", "online", "offline", "disabled")),
-            "project": Field(str, "plaintune", "wandb project."),
-            "name": Field(str, None, "wandb run name; null uses run_name.", nullable=True),
-            "entity": Field(str, None, "wandb entity (team or user).", nullable=True),
+            "project": Field(str, None, "wandb project; null: WANDB_PROJECT, else plaintune.", nullable=True),
+            "name": Field(str, None, "wandb run name; null: WANDB_NAME, else run_name.", nullable=True),
+            "entity": Field(str, None, "wandb entity (team or user); null: WANDB_ENTITY, else your default.",
+                            nullable=True),
             "tags": Field(list, [], "wandb tags.", check=_list_of_str),
-            "group": Field(str, None, "wandb group.", nullable=True),
+            "group": Field(str, None, "wandb group; null: WANDB_RUN_GROUP. Run files go to WANDB_DIR when set, "
+                           "else the run directory.", nullable=True),
         },
     },
     "inference": {

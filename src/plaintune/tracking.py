@@ -86,30 +86,64 @@ class TensorBoardSink:
         self.writer.close()
 
 
+WANDB_ENV_MODES = {"online": "online", "run": "online", "offline": "offline", "dryrun": "offline",
+                   "disabled": "disabled", "shared": "shared"}
+
+
 def wandb_mode(requested: str) -> str:
-    """auto -> online when an API key is configured, else offline (no network needed)."""
+    """The mode wandb runs in. auto follows the ecosystem's conventions: WANDB_MODE when set, else
+    online when an API key is configured, else offline (files only, no network needed)."""
+    env = os.environ.get("WANDB_MODE", "").strip()
+    if env and env.lower() not in WANDB_ENV_MODES:
+        # wandb itself would fail on it later with a validation traceback, whatever the config says.
+        raise UserError(f"WANDB_MODE={env!r} is not a wandb mode; set it to online, offline or disabled, or unset it "
+                        "(logging.wandb.mode in the config also chooses)")
     if requested != "auto":
         return requested
+    if env:
+        return WANDB_ENV_MODES[env.lower()]
     if os.environ.get("WANDB_API_KEY"):
         return "online"
     netrc = Path.home() / ".netrc"
-    if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
-        return "online"
+    try:
+        if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
+            return "online"
+    except OSError:
+        pass
     return "offline"
 
 
+def wandb_settings(spec: dict, run_name: str, run_dir: Path) -> dict:
+    """wandb.init arguments: the config's values, else wandb's environment variables, else defaults."""
+    env = os.environ.get
+    return {"project": spec.get("project") or env("WANDB_PROJECT") or "plaintune",
+            "entity": spec.get("entity") or env("WANDB_ENTITY") or None,
+            "name": spec.get("name") or env("WANDB_NAME") or run_name,
+            "group": spec.get("group") or env("WANDB_RUN_GROUP") or None,
+            "tags": list(spec.get("tags") or []),
+            "dir": env("WANDB_DIR") or str(run_dir)}
+
+
 class WandbSink:
-    def __init__(self, run_dir: Path, spec: dict, run_name: str, config: dict, run_id: Optional[str]):
+    def __init__(self, run_dir: Path, spec: dict, run_name: str, config: dict, run_id: Optional[str],
+                 mode: Optional[str] = None):
         try:
             import wandb
         except ImportError:
             raise UserError("logging.wandb.mode: the wandb package is not installed; pip install wandb, or set "
                             "logging.wandb.mode=disabled") from None
-        self.mode = wandb_mode(spec["mode"])
-        self.run = wandb.init(project=spec["project"], entity=spec.get("entity"), name=spec.get("name") or run_name,
-                              group=spec.get("group"), tags=list(spec.get("tags") or []), config=config,
-                              dir=str(run_dir), mode=self.mode, id=run_id, resume="allow" if run_id else None,
-                              settings=wandb.Settings(console="off", quiet=True))
+        self.mode = mode or wandb_mode(spec["mode"])
+        settings = wandb_settings(spec, run_name, run_dir)
+        try:
+            Path(settings["dir"]).mkdir(parents=True, exist_ok=True)
+            self.run = wandb.init(**settings, config=config, mode=self.mode, id=run_id,
+                                  resume="allow" if run_id else None,
+                                  settings=wandb.Settings(console="off", quiet=True))
+        except Exception as err:  # noqa: BLE001 - wandb raises many kinds (network, auth, validation)
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UserError(f"logging.wandb: wandb could not start in {self.mode} mode ({first}); check your wandb "
+                            "login, network and WANDB_* variables, or set logging.wandb.mode=offline (upload later "
+                            "with wandb sync) or disabled") from None
         self.run_id = self.run.id
 
     def log(self, kind: str, step: int, epoch: int, metrics: dict) -> None:
@@ -126,6 +160,16 @@ class WandbSink:
         self.run.finish()
         if self.mode == "offline" and run_dir:
             print(f"wandb: offline run saved; upload it with: wandb sync {Path(run_dir).parent}")
+
+
+def start_wandb(run_dir: Path, logging_spec: dict, run_name: str, config: dict,
+                run_id: Optional[str]) -> Optional[WandbSink]:
+    """The wandb sink, or None when wandb is disabled (by the config or WANDB_MODE). Started before a
+    run touches its directory, so a backend that cannot start costs nothing."""
+    mode = wandb_mode(logging_spec["wandb"]["mode"])
+    if mode == "disabled":
+        return None
+    return WandbSink(run_dir, logging_spec["wandb"], run_name, config, run_id, mode)
 
 
 def plot_curves(records: list[dict], path: Path, metric: str) -> None:
@@ -163,12 +207,12 @@ class Tracker:
     """Fans metrics out to the enabled sinks; a no-op on non-zero ranks."""
 
     def __init__(self, run_dir: Path, logging_spec: dict, run_name: str, config: dict, metric: str,
-                 resume_step: Optional[int] = None, epochs_done: int = 0, run_ids: Optional[dict] = None,
+                 resume_step: Optional[int] = None, epochs_done: int = 0, wandb: Optional[WandbSink] = None,
                  active: bool = True):
         self.metric = metric
         self.sinks: list = []
         self.jsonl: Optional[JsonlSink] = None
-        self.wandb: Optional[WandbSink] = None
+        self.wandb: Optional[WandbSink] = wandb  # started by the caller (start_wandb) before anything is written
         self.run_dir = run_dir
         if not active:
             return
@@ -180,8 +224,7 @@ class Tracker:
         self.sinks.append(self.jsonl)
         if logging_spec["tensorboard"]:
             self.sinks.append(TensorBoardSink(run_dir, resume_step))
-        if logging_spec["wandb"]["mode"] != "disabled":
-            self.wandb = WandbSink(run_dir, logging_spec["wandb"], run_name, config, (run_ids or {}).get("wandb"))
+        if self.wandb is not None:
             self.sinks.append(self.wandb)
 
     @property
