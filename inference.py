@@ -48,11 +48,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
 
     def body() -> int:
-        from plaintune.config import load_config
+        from plaintune.config import load_config, resolve_config_path
         from plaintune.recipe import run_inference
 
         cfg = load_config(args.config, args.overrides, purpose="inference")
-        return run_inference(cfg, args.saved_model, args.weights, trust=args.trust_checkpoint)
+        return run_inference(cfg, args.saved_model, args.weights, trust=args.trust_checkpoint,
+                             config_path=resolve_config_path(args.config))
 
     return run_cli(body, debug=args.debug)
 

@@ -77,7 +77,9 @@ def tree_digest(path: Path) -> dict:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
-def test_bad_input(case, project, tiny_model_dir, trained_run, bad_checkpoints, capsys):
+def test_bad_input(case, project, tiny_model_dir, trained_run, bad_checkpoints, capsys, monkeypatch):
+    for name, value in (case.get("env") or {}).items():
+        monkeypatch.setenv(name, value)
     cfg = merge(base_config(tiny_model_dir), fill(case.get("config", {}), tiny_model_dir))
     write_config(project, cfg)
     if "config_text" in case:
@@ -115,6 +117,7 @@ def test_bad_input(case, project, tiny_model_dir, trained_run, bad_checkpoints, 
     assert not (project / "output").exists()
     assert tree_digest(project / "saved_model") == before["saved_model"]
     assert tree_digest(project / "data") == before["data"]
+    assert not (project.parent / "outside").exists(), "wrote outside the project"
 
 
 # ------------------------------------------------------------- property tests

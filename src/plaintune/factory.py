@@ -105,7 +105,7 @@ def check_component_choices(cfg: dict) -> list[str]:
     if loss == "auto":
         pass  # resolved with the output mapping once the model is built (see recipe.resolve_objective)
     elif loss not in LOSSES:
-        problems.append(f"training.loss: unknown loss '{training['loss']}'; valid: auto, {LOSS_NAMES}")
+        problems.append(f"training.loss: unknown loss '{training['loss']}'; valid: {LOSS_NAMES}, auto")
     elif num_labels == 1 and loss in CLASSIFICATION_LOSSES:
         problems.append(f"training.loss: {training['loss']} is for classification but model.num_labels is 1 "
                         "(regression); use MSELoss or set model.num_labels")

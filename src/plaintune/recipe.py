@@ -18,12 +18,14 @@ import numpy as np
 import torch
 from box import Box
 
-from . import atomic, checkpoint, config as config_mod, data, distributed, factory
+from . import atomic, checkpoint, config as config_mod, data, datacheck, distributed, factory
+from .guard import check_outputs
+from .runlock import RunLock
 from .errors import UserError
 from .objective import CONFIG_ATTRIBUTE, Objective, choose_activation, choose_loss, parse_record
 from .predict import metric_name, postprocess, predict, score, write_submission
 from .sampling import BucketBatchSampler
-from .tracking import Tracker, start_wandb
+from .tracking import Tracker, start_wandb, wandb_mode
 from .saver import LAST_FILE, CheckpointSaver, read_newest_bundle
 from .trainer import LoopOptions, Trainer, seed_everything
 
@@ -75,6 +77,34 @@ def check_drift(saved: Optional[dict], current: dict) -> tuple[list[str], list[s
     other = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k not in identity
              and not any(k.startswith(i + ".") for i in identity)]
     return identity, other
+
+
+def run_outputs(run_dir: Path) -> list[tuple[str, Path, bool]]:
+    """What a training run writes in its directory: (chosen by, path, whole tree)."""
+    trees = [("run_name", run_dir / name, True) for name in ("best", "best.old", "checkpoints", "top", "tensorboard")]
+    files = [("run_name", run_dir / name, False)
+             for name in (LAST_FILE, "metrics.jsonl", "curves.png", "load_report.txt", "config.yaml")]
+    return trees + files
+
+
+def run_inputs(cfg: Box, fresh: bool) -> dict:
+    """What a training run reads. A resumed run takes its weights from the bundle, not model.name/init_from."""
+    inputs = {f"data.{role}_path": cfg.data.get(f"{role}_path") for role in ("train", "dev", "test")}
+    if fresh:
+        inputs["model.init_from"] = cfg.model.init_from
+        local = Path(cfg.model.name).expanduser()
+        inputs["model.name"] = str(local) if not cfg.model.name.startswith("pkg:") and local.exists() else None
+    return inputs
+
+
+def check_same_data(bundle: dict, fingerprints: dict, force: bool, announce: bool) -> None:
+    """--resume on data that changed since the checkpoint is another run: refused unless --force."""
+    changes = datacheck.changed_files(bundle.get("data_fingerprints"), fingerprints)
+    if changes and not force:
+        raise UserError(f"--resume: the data changed since the checkpoint: {'; '.join(changes)}; restore it, or pass "
+                        "--force to continue on the new data (batch order and epoch length then differ)")
+    if changes and announce:
+        print(f"warning: resuming on changed data (--force): {'; '.join(changes)}")
 
 
 def apply_freeze(model: torch.nn.Module, freeze: Sequence[str], unfreeze: Sequence[str]) -> tuple[int, int]:
@@ -252,8 +282,9 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
                  force: bool = False, overwrite: bool = False, trust: bool = False) -> int:
     """Train per `cfg`. `resume`: None (fresh run), '' (this run's last.pt) or a bundle path."""
     started = time.perf_counter()
-    # 1. Processes and device.
+    # 1. Processes and device; the environment's settings are checked before anything loads.
     dist_info, device = distributed.setup(cfg.device)
+    wandb_mode(cfg.logging.wandb.mode)
     # "{time}" in run_name gives each run (e.g. each sweep trial) its own directory; rank 0 decides.
     cfg.run_name = distributed.broadcast_object(cfg.run_name.replace("{time}", time.strftime("%Y%m%d-%H%M%S")))
     run_dir = run_dir_for(cfg)
@@ -283,10 +314,16 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
     elif saver.resume_candidates() and not overwrite:
         raise UserError(f"run_name: '{cfg.run_name}' already has a checkpoint in {run_dir}/; continue it with "
                         f"--resume, start over with --overwrite, or choose another run_name=...")
+    check_outputs(run_outputs(run_dir), run_inputs(cfg, fresh=bundle is None))
 
     # 3. Data: check every CSV before the model loads, then tokenize once.
     seed_everything(cfg.seed)
     tables = _read_tables(cfg)
+    datacheck.check_dev_scores(tables["dev"], "data.dev_path", cfg.model.num_labels)
+    datacheck.check_overlap(tables["train"], tables["dev"], cfg.data.max_overlap, announce=dist_info.is_main)
+    fingerprints = datacheck.data_fingerprints(tables)
+    if bundle is not None:
+        check_same_data(bundle, fingerprints, force, dist_info.is_main)
     tokenizer = factory.build_tokenizer(cfg.model)
     if cfg.data.augment.swap:
         tables["train"] = data.with_swapped_pairs(tables["train"])
@@ -359,43 +396,50 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
     autocast_dtype = AUTOCAST[cfg.training.precision]
     scaler = torch.amp.GradScaler(device.type) if cfg.training.precision == "fp16" else None
 
-    # 6. Everything loaded: now the run directory gets written. The trainer, its
-    #    resume state, then the metric sinks (rank 0 only) from that state.
+    # 6. Everything loaded: now the run directory gets written, by this process alone (the lock).
     #    wandb starts first: a backend that cannot start stops the run before anything is touched.
-    wandb_sink = None
-    if dist_info.is_main:
-        wandb_sink = start_wandb(run_dir, cfg.logging, cfg.run_name, plain_cfg,
-                                 (bundle.get("run_ids") or {}).get("wandb") if bundle is not None else None)
-        saver.remove_stale_temporaries()
-        if overwrite and resume is None:
-            clear_run(run_dir)
-        atomic.write_text(run_dir / "config.yaml", config_mod.dump_yaml(cfg))
-    options = LoopOptions(epochs=cfg.training.epochs, grad_accum_steps=accum,
-                          max_grad_norm=cfg.training.max_grad_norm,
-                          log_every_n_steps=cfg.training.log_every_n_steps,
-                          every_n_steps=cfg.checkpoint.every_n_steps, save_best=cfg.checkpoint.save_best,
-                          autocast_dtype=autocast_dtype, patience=cfg.training.early_stopping.patience,
-                          min_delta=cfg.training.early_stopping.min_delta, metric_name=metric_name(num_labels),
-                          resume_command=resume_cmd)
-    trainer = Trainer(model=train_model, tokenizer=tokenizer, objective=objective, optimizer=optimizer,
-                      scheduler=scheduler, scheduler_when=scheduler_when, train_loader=train_loader,
-                      dev_loader=dev_loader, dev_labels=tables["dev"].labels, device=device, saver=saver,
-                      tracker=None, config=plain_cfg, options=options, scaler=scaler, dist_info=dist_info)
-    if bundle is not None:
-        trainer.restore(bundle)
-        adapt_world_size(trainer, bundle.get("world_size", 1), dist_info.world_size)
-    resumed = bundle is not None
-    tracker = Tracker(run_dir, cfg.logging, cfg.run_name, plain_cfg, metric_name(num_labels),
-                      resume_step=trainer.state.global_step if resumed else None,
-                      epochs_done=trainer.state.epoch, wandb=wandb_sink, active=dist_info.is_main)
-    trainer.tracker = tracker
-
+    #    Then the trainer, its resume state, then the metric sinks (rank 0 only) from that state.
+    lock = RunLock(run_dir, cfg.run_name).acquire() if dist_info.is_main else None
+    wandb_sink = tracker = None
     try:
+        if dist_info.is_main:
+            wandb_sink = start_wandb(run_dir, cfg.logging, cfg.run_name, plain_cfg,
+                                     (bundle.get("run_ids") or {}).get("wandb") if bundle is not None else None)
+            saver.remove_stale_temporaries()
+            if overwrite and resume is None:
+                clear_run(run_dir)
+            atomic.write_text(run_dir / "config.yaml", config_mod.dump_yaml(cfg))
+        options = LoopOptions(epochs=cfg.training.epochs, grad_accum_steps=accum,
+                              max_grad_norm=cfg.training.max_grad_norm,
+                              log_every_n_steps=cfg.training.log_every_n_steps,
+                              every_n_steps=cfg.checkpoint.every_n_steps, save_best=cfg.checkpoint.save_best,
+                              autocast_dtype=autocast_dtype, patience=cfg.training.early_stopping.patience,
+                              min_delta=cfg.training.early_stopping.min_delta, metric_name=metric_name(num_labels),
+                              resume_command=resume_cmd)
+        trainer = Trainer(model=train_model, tokenizer=tokenizer, objective=objective, optimizer=optimizer,
+                          scheduler=scheduler, scheduler_when=scheduler_when, train_loader=train_loader,
+                          dev_loader=dev_loader, dev_labels=tables["dev"].labels, device=device, saver=saver,
+                          tracker=None, config=plain_cfg, options=options, scaler=scaler, dist_info=dist_info)
+        trainer.bundle_extra = {"data_fingerprints": fingerprints}
+        if bundle is not None:
+            trainer.restore(bundle)
+            adapt_world_size(trainer, bundle.get("world_size", 1), dist_info.world_size)
+        resumed = bundle is not None
+        tracker = Tracker(run_dir, cfg.logging, cfg.run_name, plain_cfg, metric_name(num_labels),
+                          resume_step=trainer.state.global_step if resumed else None,
+                          epochs_done=trainer.state.epoch, wandb=wandb_sink, active=dist_info.is_main)
+        trainer.tracker = tracker
+
         trainer.fit()
         if dist_info.is_main:
             _finish(cfg, trainer, datasets, tables, device, autocast_dtype, run_dir, config_name, started)
     finally:
-        tracker.close()
+        if tracker is not None:
+            tracker.close()
+        elif wandb_sink is not None:
+            wandb_sink.close()
+        if lock is not None:
+            lock.release()
         distributed.cleanup()
     return 0
 
@@ -489,7 +533,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def run_inference(cfg: Box, saved_models: Sequence[str], weights: Optional[Sequence[float]] = None,
-                  trust: bool = False) -> int:
+                  trust: bool = False, config_path: Optional[Path] = None) -> int:
     """Predict data.predict_path with one model or a (weighted) ensemble and write the submission.
 
     Every input is checked before any model loads; each member goes through the
@@ -511,6 +555,10 @@ def run_inference(cfg: Box, saved_models: Sequence[str], weights: Optional[Seque
         test = data.read_pairs(cfg.data.test_path, "data.test_path", columns, cfg.data.encoding, labelled=True,
                                label_range=cfg.data.label_range if num_labels == 1 else None)
     sources = [checkpoint.resolve_saved_model(name, SAVED_ROOT) for name in saved_models]
+    inputs = {"data.predict_path": cfg.data.predict_path, "data.submission_template": cfg.data.submission_template,
+              "data.test_path": cfg.data.test_path, "--config": config_path}
+    inputs.update({f"--saved_model {name}": source for name, source in zip(saved_models, sources)})
+    check_outputs([("inference.output_path", Path(cfg.inference.output_path), False)], inputs)
     _, device = distributed.setup(cfg.device)
     symmetric = cfg.inference.symmetric
     name = metric_name(num_labels)

@@ -130,6 +130,9 @@ SCHEMA: dict = {
                           "A UTF-8 BOM is always accepted."),
         "label_range": Field(list, [0.0, 5.0], "Allowed [low, high] of regression labels; null disables the "
                              "check.", nullable=True, check=_pair_of_numbers),
+        "max_overlap": Field(float, 0.01, "Largest share of dev pairs that may also be training pairs (same two "
+                             "sentences, either order); above it the run stops, since dev scores would measure "
+                             "memorised pairs. Any overlap is reported.", check=between(0.0, 1.0)),
         "augment": {
             "swap": Field(bool, False, "Also train on every pair swapped (s2, s1): twice the pairs per epoch."),
         },

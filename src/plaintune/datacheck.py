@@ -1,0 +1,83 @@
+"""Checks on the data as a whole: a dev set that can score, train/dev overlap, fingerprints for resume.
+
+These need all rows of a file (or of two files) at once, unlike the per-row checks
+of `data.read_pairs`.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .data import PairTable
+from .errors import UserError
+
+
+def check_dev_scores(table: PairTable, key: str, num_labels: int) -> None:
+    """The validation metric must be defined on the dev set, or no checkpoint could ever be 'best'."""
+    if num_labels > 1:
+        return
+    if len(table) < 2:
+        raise UserError(f"{key}: '{table.path}' has {len(table)} row; Pearson needs at least 2 rows with different "
+                        "labels: use a larger dev set")
+    if np.ptp(table.labels) == 0:
+        raise UserError(f"{key}: '{table.path}': every label is {table.labels[0]:g}; Pearson is undefined on "
+                        "constant labels: use a dev set with different scores")
+
+
+def _pair_key(first: str, second: str) -> tuple[str, str]:
+    """A pair as a set of two whitespace- and case-normalised sentences (order does not matter)."""
+    a, b = (" ".join(s.split()).lower() for s in (first, second))
+    return (a, b) if a <= b else (b, a)
+
+
+def overlap(train: PairTable, dev: PairTable) -> tuple[int, int]:
+    """(dev rows whose sentence pair is also in train, dev ids also in train)."""
+    seen = {_pair_key(a, b) for a, b in zip(train.sentence_1, train.sentence_2)}
+    pairs = sum(_pair_key(a, b) in seen for a, b in zip(dev.sentence_1, dev.sentence_2))
+    ids = len(set(dev.ids) & set(train.ids))
+    return pairs, ids
+
+
+def check_overlap(train: PairTable, dev: PairTable, max_share: float, announce: bool = True) -> None:
+    """Report train/dev overlap; above `max_share` of the dev rows it is an error (dev Pearson would
+    then measure memory, not the model)."""
+    pairs, ids = overlap(train, dev)
+    if not pairs and not ids:
+        return
+    share = pairs / len(dev)
+    if share > max_share:
+        raise UserError(f"data.dev_path: {pairs} of {len(dev)} dev pairs ({share:.1%}) also appear in data.train_path "
+                        f"('{train.path}'), above data.max_overlap={max_share:g}; dev scores would measure memorised "
+                        "pairs: remove them from one file, or raise data.max_overlap if intended")
+    if announce:
+        print(f"note: {pairs} of {len(dev)} dev pairs ({share:.1%}) also appear in the training data"
+              + (f"; {ids} dev ids are also train ids" if ids else ""))
+
+
+def fingerprint(path: str, rows: int) -> dict:
+    """What identifies a data file's contents: its SHA-256 and its row count."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"path": str(path), "sha256": digest.hexdigest(), "rows": int(rows)}
+
+
+def changed_files(saved: Optional[dict], current: dict) -> list[str]:
+    """Descriptions of the data files that differ from a checkpoint's fingerprints."""
+    changes = []
+    for key, now in current.items():
+        then = (saved or {}).get(key)
+        if not then or then.get("sha256") == now["sha256"]:
+            continue  # older bundles carry no fingerprint: nothing to compare
+        rows = f", {then.get('rows')} -> {now['rows']} rows" if then.get("rows") != now["rows"] else ""
+        changes.append(f"{key} '{now['path']}' (contents changed{rows})")
+    return changes
+
+
+def data_fingerprints(tables: dict[str, PairTable]) -> dict:
+    return {f"data.{role}_path": fingerprint(table.path, len(table)) for role, table in tables.items()
+            if Path(table.path).is_file()}

@@ -1,0 +1,42 @@
+"""Outputs never land on inputs: every writer states what it will write and what the command reads.
+
+A command names its inputs (config file, data files, checkpoints) as `{key: path}`
+and its outputs as paths (a file, or a directory whose tree it replaces); any
+input that is an output, or lies inside a replaced tree, stops the command with
+one line before anything is written.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Mapping, Optional, Union
+
+from .errors import UserError
+
+PathLike = Union[str, Path]
+
+
+def _resolved(path: PathLike) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_outputs(outputs: Iterable[tuple[str, PathLike, bool]], inputs: Mapping[str, Optional[PathLike]]) -> None:
+    """Refuse outputs that are inputs. `outputs` holds (key that chose it, path, is_tree): a file, or
+    a directory whose contents get replaced (is_tree). `inputs` maps a key to a path (None: unused)."""
+    read = {key: _resolved(path) for key, path in inputs.items() if path}
+    for out_key, out_path, is_tree in outputs:
+        target = _resolved(out_path)
+        for in_key, source in read.items():
+            if source == target or (is_tree and _inside(source, target)):
+                what = "is" if source == target else "holds"
+            elif not is_tree and _inside(target, source):
+                what = "lies inside"
+            else:
+                continue
+            raise UserError(f"{out_key}: '{out_path}' {what} the input {in_key} ('{inputs[in_key]}'); writing there "
+                            f"would destroy it: choose another {out_key}")
+        if not is_tree and target.is_dir():
+            raise UserError(f"{out_key}: '{out_path}' is a directory; give a file path (e.g. output/submission.csv)")
