@@ -1,0 +1,108 @@
+"""A run never destroys what it was not asked to change: one process per run, data that changed
+under a resume, inputs inside the run's own outputs, train/dev overlap."""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import train
+from conftest import REPO
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def error_line(capsys) -> str:
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def test_a_second_process_on_the_same_run_is_locked_out(project, capsys):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    holder = subprocess.Popen([sys.executable, str(REPO / "train.py"), "--config", "t", "training.epochs=400",
+                               "checkpoint.every_n_steps=0"], cwd=project, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        lock = project / "saved_model" / "t" / ".lock"
+        deadline = time.monotonic() + 120
+        while not (lock.is_file() and lock.read_text().strip()) and holder.poll() is None:
+            assert time.monotonic() < deadline, "the first run never took its lock"
+            time.sleep(0.2)
+        assert holder.poll() is None, holder.stderr.read()
+        for args in (["--overwrite"], []):
+            assert train.main(["--config", "t", "training.epochs=1", *args]) == 2
+            line = error_line(capsys)
+            assert f"is being trained right now by pid {holder.pid}" in line or "already has a checkpoint" in line
+        assert train.main(["--config", "t", "training.epochs=1", "--overwrite"]) == 2
+        assert f"pid {holder.pid}" in error_line(capsys)
+        # a different run name is not affected by the lock
+        assert train.main(["--config", "t", "training.epochs=1", "run_name=other"]) == 0
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=60)
+    # The holder died without releasing anything: its lock dies with it.
+    assert train.main(["--config", "t", "training.epochs=1", "--overwrite"]) == 0
+    assert not (project / "saved_model" / "t" / ".lock").exists()
+
+
+def test_resume_on_changed_data_is_refused_unless_forced(project, capsys):
+    assert train.main(["--config", "t", "training.epochs=1"]) == 0
+    train_csv = project / "data" / "train.csv"
+    lines = train_csv.read_text().splitlines()
+    train_csv.write_text("\n".join(lines[:41]) + "\n")  # 40 rows instead of 48
+    last = project / "saved_model" / "t" / "last.pt"
+    before = digest(last)
+    capsys.readouterr()
+    assert train.main(["--config", "t", "training.epochs=2", "--resume"]) == 2
+    line = error_line(capsys)
+    assert "--resume: the data changed since the checkpoint: data.train_path 'data/train.csv' (contents changed, " \
+           "48 -> 40 rows)" in line and "--force" in line
+    assert digest(last) == before
+    assert train.main(["--config", "t", "training.epochs=2", "--resume", "--force"]) == 0
+    assert "warning: resuming on changed data (--force)" in capsys.readouterr().out
+
+
+def test_an_edited_row_counts_as_changed_data(project, capsys):
+    assert train.main(["--config", "t", "training.epochs=1"]) == 0
+    dev_csv = project / "data" / "dev.csv"
+    dev_csv.write_text(dev_csv.read_text().replace(",5.0,", ",4.0,", 1))
+    capsys.readouterr()
+    assert train.main(["--config", "t", "training.epochs=2", "--resume"]) == 2
+    assert "data.dev_path 'data/dev.csv' (contents changed)" in error_line(capsys)
+
+
+def test_warm_start_source_inside_the_run_it_would_overwrite(project, capsys):
+    assert train.main(["--config", "t", "training.epochs=1"]) == 0
+    best = project / "saved_model" / "t" / "best"
+    before = {p.name: digest(p) for p in best.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert train.main(["--config", "t", "training.epochs=1", "--overwrite", "model.init_from=saved_model/t/best"]) == 2
+    line = error_line(capsys)
+    assert "run_name: 'saved_model/t/best' is the input model.init_from" in line
+    assert {p.name: digest(p) for p in best.iterdir() if p.is_file()} == before
+    # from another run name it is an ordinary warm start
+    assert train.main(["--config", "t", "training.epochs=1", "run_name=warm", "model.init_from=saved_model/t/best"]) == 0
+
+
+@pytest.mark.parametrize("copied", [1, 20])
+def test_train_dev_overlap_is_reported_and_refused_above_the_threshold(project, capsys, copied):
+    dev_rows = (project / "data" / "dev.csv").read_text().splitlines()[1:]
+    with open(project / "data" / "train.csv", "a") as handle:
+        handle.write("\n".join(dev_rows[:copied]) + "\n")  # dev rows copied into train, ids and all
+    code = train.main(["--config", "t", "training.epochs=1", "data.max_overlap=0.05"])
+    if copied == 1:  # 1 of 24 = 4.2%: under 5%, reported
+        assert code == 0
+        assert f"note: 1 of 24 dev pairs (4.2%) also appear in the training data; 1 dev ids are also train ids" \
+            in capsys.readouterr().out
+    else:
+        assert code == 2
+        assert "data.dev_path: 20 of 24 dev pairs (83.3%) also appear in data.train_path" in error_line(capsys)
+        assert not (project / "saved_model").exists()
