@@ -104,4 +104,48 @@ def bad_checkpoints(tmp_path_factory, tiny_model_dir) -> Path:
         torch.save(head.state_dict(), root / name)
     torch.save(model, root / "whole_model.pt")
     torch.save({"epoch": 3, "notes": "no weights"}, root / "no_weights.pt")
+
+    # Weights that read fine but cannot be right.
+    state = model.state_dict()
+    torch.save({k: v.to(torch.int8) for k, v in state.items()}, root / "int8.pt")
+    nan = {k: v.clone() for k, v in state.items()}
+    nan["classifier.weight"][0, 0] = float("nan")
+    torch.save(nan, root / "nan.pt")
+    from safetensors.torch import save_file
+
+    inf = {k: v.clone().contiguous() for k, v in state.items()}
+    inf["bert.encoder.layer.1.output.dense.bias"][3] = float("inf")
+    save_file(inf, root / "inf.safetensors")
+
+    # Hugging Face directories of the tiny model with one small file damaged (the big files are
+    # hard links: a damaged file is unlinked before it is written, so the originals stay intact).
+    import json
+
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    shard = "model-00001-of-00002.safetensors"
+    damaged = {
+        "hf_config_brace": {"config.json": "{"},
+        "hf_config_array": {"config.json": "[]"},
+        "hf_config_no_model_type": {"config.json": json.dumps({k: v for k, v in config.items() if k != "model_type"})},
+        "hf_output_string": {"config.json": json.dumps({**config, "plaintune_output": "sigmoid"})},
+        "hf_output_low_above_high": {"config.json": json.dumps(
+            {**config, "plaintune_output": {"activation": "sigmoid", "low": 5.0, "high": 0.0}})},
+        "hf_output_not_numbers": {"config.json": json.dumps(
+            {**config, "plaintune_output": {"activation": "sigmoid", "low": "0", "high": "5"}})},
+        "hf_output_unknown_activation": {"config.json": json.dumps(
+            {**config, "plaintune_output": {"activation": "tanh", "low": 0.0, "high": 5.0}})},
+        "hf_index_empty": {"model.safetensors.index.json": "{}"},
+        "hf_index_empty_weight_map": {"model.safetensors.index.json": json.dumps({"metadata": {}, "weight_map": {}})},
+        "hf_index_missing_shard": {"model.safetensors.index.json": json.dumps(
+            {"weight_map": {"classifier.weight": shard, "classifier.bias": "model.safetensors"}})},
+        "hf_tokenizer_truncated": {"tokenizer.json": (tiny_model_dir / "tokenizer.json").read_text()[:5000]},
+        "hf_tokenizer_empty_object": {"tokenizer.json": "{}"},
+        "hf_tokenizer_unknown_model": {"tokenizer.json": json.dumps(
+            {**json.loads((tiny_model_dir / "tokenizer.json").read_text()), "model": {"type": "NoSuchModel"}})},
+    }
+    for name, files in damaged.items():
+        shutil.copytree(tiny_model_dir, root / name, copy_function=os.link)
+        for file, text in files.items():
+            (root / name / file).unlink(missing_ok=True)
+            (root / name / file).write_text(text)
     return root

@@ -4,6 +4,8 @@
     KILL_PLAN=validate:N  SIGKILL inside the N-th validation (between the last step and the epoch-end save)
     KILL_PLAN=save:N      the N-th torch.save writes half its bytes, then SIGKILL (a crash mid-save)
     KILL_PLAN=sigint:N    send ourselves SIGINT (Ctrl-C) after the N-th optimizer step
+    KILL_PLAN=sigterm:N   send ourselves SIGTERM (what Colab/SLURM/Kubernetes send) after the N-th optimizer step
+    KILL_RANK=R           under torchrun, carry out the plan in rank R only (default: every process)
 """
 import os
 import signal
@@ -21,6 +23,9 @@ from plaintune.trainer import Trainer  # noqa: E402
 
 mode, _, count = os.environ.get("KILL_PLAN", "").partition(":")
 target = int(count or 0)
+if os.environ.get("KILL_RANK", os.environ.get("RANK", "0")) != os.environ.get("RANK", "0"):
+    mode = ""  # another rank carries out the plan
+AFTER_STEP = {"step": signal.SIGKILL, "sigint": signal.SIGINT, "sigterm": signal.SIGTERM}
 calls = {"n": 0}
 
 
@@ -29,10 +34,10 @@ def tick() -> bool:
     return calls["n"] == target
 
 
-if mode in ("step", "sigint"):
+if mode in AFTER_STEP:
     def after_step(optimizer, args, kwargs):
         if tick():
-            os.kill(os.getpid(), signal.SIGKILL if mode == "step" else signal.SIGINT)
+            os.kill(os.getpid(), AFTER_STEP[mode])
 
     register_optimizer_step_post_hook(after_step)
 elif mode == "validate":

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 import shutil
 
 import numpy as np
@@ -169,6 +168,6 @@ def test_classification_head(project, tiny_model_dir):
 def test_nan_metric_never_counts_as_best():
     from plaintune.predict import is_better
 
-    assert is_better(0.1, None) and is_better(float("nan"), None)
-    assert not is_better(float("nan"), 0.2) and is_better(0.3, float("nan"))
-    assert not math.isnan(0.0)
+    assert is_better(0.1, None) and not is_better(float("nan"), None)
+    assert not is_better(float("nan"), 0.2) and not is_better(float("inf"), 0.2)
+    assert not is_better(float("-inf"), None) and is_better(0.3, 0.2) and not is_better(0.2, 0.2)

@@ -15,10 +15,34 @@ from conftest import REPO
 
 
 def torchrun(project, *args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    """train.py under torchrun; a desync fails within ddp_timeout_s instead of hanging."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                           str(REPO / "train.py"), "--config", "t", *args],
+                           str(REPO / "train.py"), "--config", "t", "training.ddp_timeout_s=60", *args],
                           cwd=project, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_process_group_gets_the_configured_timeout(project, monkeypatch):
+    from datetime import timedelta
+
+    from plaintune import distributed
+    from plaintune.errors import UserError
+
+    made = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kwargs: made.update(kwargs))
+    info, _ = distributed.setup("cpu", timeout_s=45)
+    assert info.world_size == 2 and made == {"backend": "gloo", "timeout": timedelta(seconds=45)}
+
+    # train.py passes training.ddp_timeout_s on
+    def setup_then_stop(device_spec, timeout_s=None):
+        made["timeout_s"] = timeout_s
+        raise UserError("stop here")
+
+    monkeypatch.setattr(distributed, "setup", setup_then_stop)
+    assert train.main(["--config", "t", "training.ddp_timeout_s=77"]) == 2
+    assert made["timeout_s"] == 77
 
 
 def weights(project, run: str) -> dict:

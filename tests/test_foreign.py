@@ -141,3 +141,18 @@ def test_resuming_a_tutorial_bundle_keeps_its_raw_head(foreign, project, capsys)
                        "--resume", str(foreign / "tutorial_bundle.pt")]) == 0
     assert "output mapping: none (the checkpoint has no plaintune record" in capsys.readouterr().out
     assert resolved(project)["model"]["output_activation"] == "none"
+
+
+def test_converting_a_plaintune_bundle_keeps_its_mapping(project):
+    """convert writes a Hugging Face directory; a sigmoid run's last.pt must not become a 'foreign' raw model."""
+    from plaintune.checkpoint_cli import main as checkpoint_main
+
+    assert train.main(["--config", "t", "training.epochs=1", "model.output_activation=sigmoid"]) == 0
+    last = project / "saved_model" / "t" / "last.pt"
+    assert inference.main(["--config", "t", "--saved_model", str(last), *RAW]) == 0
+    reference = submission(project)
+    assert checkpoint_main(["convert", str(last), str(project / "converted"), "--config", "t"]) == 0
+    config = json.loads((project / "converted" / "config.json").read_text())
+    assert config["plaintune_output"]["activation"] == "sigmoid"
+    assert inference.main(["--config", "t", "--saved_model", str(project / "converted"), *RAW]) == 0
+    np.testing.assert_allclose(submission(project), reference, atol=1e-5)

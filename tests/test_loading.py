@@ -2,6 +2,9 @@
 every bad checkpoint is one clear error."""
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -13,7 +16,9 @@ import inference
 import train
 from conftest import base_config, write_config
 from plaintune import checkpoint_cli
-from plaintune.checkpoint import map_keys
+from plaintune.checkpoint import load_into, load_weights, map_keys, read_state_dict, resolve_saved_model
+from plaintune.errors import UserError
+from plaintune.factory import build_model, build_model_config, build_tokenizer
 
 
 def _mangle(state: dict, kind: str) -> dict:
@@ -236,3 +241,240 @@ def test_convert_cli_writes_a_clean_hf_dir(project, formats, tiny_model_dir, tmp
 
     assert AutoConfig.from_pretrained(out_dir).num_labels == 1
     np.testing.assert_array_equal(predictions(project, str(out_dir)), predictions(project, str(tiny_model_dir)))
+
+
+# ------------------------------------------------------------ damaged metadata, unreadable files
+
+@pytest.mark.parametrize("name,fragment", [
+    ("hf_config_brace", "config.json' is not valid JSON (Expecting property name"),
+    ("hf_config_array", "config.json' is not valid JSON (it holds an array, not a JSON object)"),
+    ("hf_config_no_model_type", "config.json' has no model_type"),
+    ("hf_output_string", "'plaintune_output' is malformed ('sigmoid')"),
+    ("hf_output_low_above_high", "'plaintune_output' is malformed"),
+    ("hf_index_empty", "model.safetensors.index.json' is empty or malformed"),
+    ("hf_index_empty_weight_map", "model.safetensors.index.json' is empty or malformed"),
+    ("hf_index_missing_shard", "shard(s) that do not exist: model-00001-of-00002.safetensors"),
+    ("hf_tokenizer_truncated", "tokenizer.json' is not a valid tokenizer file (invalid JSON"),
+])
+def test_damaged_directory_metadata_is_named_on_every_load_path(bad_checkpoints, name, fragment):
+    """read_state_dict serves init_from, inspect and convert: the same checks as --saved_model."""
+    with pytest.raises(UserError) as caught:
+        read_state_dict(bad_checkpoints / name)
+    assert fragment in str(caught.value) and name in str(caught.value)
+
+
+def test_damaged_model_name_directory_is_not_a_hub_problem(bad_checkpoints, tiny_model_dir, tmp_path):
+    """A local directory's failure names its file; "cannot fetch from the hub" is for hub ids."""
+    for name, fragment in (("hf_config_brace", "config.json' is not valid JSON"),
+                           ("hf_tokenizer_truncated", "tokenizer.json' is not a valid tokenizer file"),
+                           ("hf_tokenizer_unknown_model", "tokenizer.json' is not a valid tokenizer file")):
+        with pytest.raises(UserError) as caught:
+            build_tokenizer({"name": str(bad_checkpoints / name)})
+        assert fragment in str(caught.value) and "hub" not in str(caught.value), caught.value
+    # Weights missing altogether: transformers' reason, for the directory, not a download hint.
+    shutil.copy(tiny_model_dir / "config.json", tmp_path / "config.json")
+    with pytest.raises(UserError) as caught:
+        build_model({"name": str(tmp_path), "num_labels": 1, "max_length": 48}, pretrained=True)
+    assert f"cannot load the model in '{tmp_path}'" in str(caught.value) and "hub" not in str(caught.value)
+
+
+def _permission_denied(target: str):
+    def fail(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", target)
+    return fail
+
+
+def test_unreadable_files_say_permission_denied(project, bad_checkpoints, tiny_model_dir, monkeypatch):
+    """As root nothing is unreadable, so the failing reads are simulated where they happen."""
+    import builtins
+    from pathlib import Path
+
+    from plaintune import checkpoint, data
+
+    real_open, real_read_text = builtins.open, Path.read_text
+    weights = bad_checkpoints / "good.pt"
+    monkeypatch.setattr(checkpoint, "open", lambda file, *a, **k: _permission_denied(str(file))()
+                        if str(file) == str(weights) else real_open(file, *a, **k), raising=False)
+    with pytest.raises(UserError, match=f"cannot read '{weights}': permission denied; make it readable"):
+        read_state_dict(weights)
+
+    config = tiny_model_dir / "config.json"
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: _permission_denied(str(self))()
+                        if self == config else real_read_text(self, *a, **k))
+    with pytest.raises(UserError, match="permission denied") as caught:
+        resolve_saved_model(str(tiny_model_dir))
+    assert f"'{config}'" in str(caught.value) and "no such file" not in str(caught.value)
+    monkeypatch.undo()
+
+    from transformers import AutoTokenizer
+
+    tokenizer_file = str(tiny_model_dir / "tokenizer.json")
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", _permission_denied(tokenizer_file))
+    with pytest.raises(UserError, match=f"cannot read '{tokenizer_file}': permission denied"):
+        build_tokenizer({"name": str(tiny_model_dir)})
+
+    csv_file = str(project / "data" / "train.csv")
+    monkeypatch.setattr(data, "open", lambda file, *a, **k: _permission_denied(str(file))()
+                        if str(file) == csv_file else real_open(file, *a, **k), raising=False)
+    with pytest.raises(UserError, match=f"data.train_path: '{csv_file}': permission denied"):
+        data.read_csv_checked(csv_file, "data.train_path")
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads any file")
+def test_real_permission_bits(project, bad_checkpoints, tmp_path, capsys):
+    locked = tmp_path / "locked.pt"
+    locked.write_bytes((bad_checkpoints / "good.pt").read_bytes())
+    locked.chmod(0)
+    folder = tmp_path / "closed"
+    folder.mkdir()
+    (folder / "w.pt").write_bytes(b"x")
+    folder.chmod(0)
+    try:
+        for path in (locked, folder / "w.pt"):
+            assert inference.main(["--config", "t", "--saved_model", str(path)]) == 2
+            err = capsys.readouterr().err
+            assert "permission denied" in err and "no such file" not in err, err
+    finally:
+        folder.chmod(0o755)
+
+
+# ------------------------------------------------------------ values that cannot be right
+
+def _tiny_model(tiny_model_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+
+
+def test_integer_weights_into_a_float_model_are_refused(tiny_model_dir):
+    model = _tiny_model(tiny_model_dir)
+    state = {k: v.to(torch.int8) if k == "classifier.weight" else v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(UserError, match=r"1 non-floating-point tensors .*classifier.weight \(int8 vs model float32\)"):
+        load_into(model, state, "cast.pt", "state dict")
+
+
+def test_half_precision_weights_are_cast_up(tiny_model_dir):
+    model = _tiny_model(tiny_model_dir)
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    for dtype in (torch.float16, torch.bfloat16):
+        half = {k: v.to(dtype) for k, v in original.items()}
+        load_into(model, half, "half.pt", "state dict")
+        for key, tensor in model.state_dict().items():
+            assert tensor.dtype == torch.float32 and torch.equal(tensor, half[key].float()), key
+
+
+def test_nonfinite_weights_refused_unless_allowed(tiny_model_dir, bad_checkpoints):
+    model = _tiny_model(tiny_model_dir)
+    before = model.classifier.weight.detach().clone()
+    with pytest.raises(UserError, match=r"NaN or inf values in 1 tensors: classifier.weight; .*model.allow_nonfinite"):
+        load_weights(model, bad_checkpoints / "nan.pt")
+    assert torch.equal(model.classifier.weight, before)  # refused before anything was copied
+    with pytest.raises(UserError, match="NaN or inf"):
+        load_weights(model, bad_checkpoints / "nan.pt", allow_nonfinite=["bert.*"])  # a glob that does not cover it
+    report = load_weights(model, bad_checkpoints / "nan.pt", allow_nonfinite=["classifier.*"])
+    assert "classifier.weight" in report.loaded and torch.isnan(model.classifier.weight[0, 0])
+
+
+# ------------------------------------------------------------ model config values the library rejects
+
+def _spec(model_dir, **changes) -> dict:
+    return {"name": str(model_dir), "num_labels": 1, "max_length": 48, **changes}
+
+
+@pytest.mark.parametrize("overrides,fragment", [
+    ({"hidden_size": 33}, "model.config_overrides: transformers cannot build a bert model with {hidden_size: 33} "
+                          "(ValueError: The hidden size (33) is not a multiple of the number of attention heads (2))"),
+    ({"num_hidden_layers": 0}, "model.config_overrides.num_hidden_layers: must be >= 1 (got 0)"),
+    ({"intermediate_size": -5}, "model.config_overrides.intermediate_size: must be >= 1 (got -5)"),
+    ({"hidden_size": 32.0}, "model.config_overrides.hidden_size: expected a whole number (like the model's 32)"),
+    ({"num_attention_heads": True}, "model.config_overrides.num_attention_heads: expected a whole number"),
+    ({"hidden_dropout_prob": 1.5}, "model.config_overrides: transformers cannot build a bert model with "
+                                   "{hidden_dropout_prob: 1.5}"),
+])
+def test_impossible_config_overrides_name_the_key(tiny_model_dir, overrides, fragment):
+    with pytest.raises(UserError) as caught:
+        build_model_config(_spec(tiny_model_dir, config_overrides=overrides))
+    assert fragment in str(caught.value), caught.value
+
+
+def test_possible_config_overrides_apply(tiny_model_dir):
+    config, _, _ = build_model_config(_spec(tiny_model_dir, config_overrides={
+        "num_hidden_layers": 3, "layer_norm_eps": "1e-7", "hidden_dropout_prob": 0}))
+    assert config.num_hidden_layers == 3 and config.layer_norm_eps == 1e-7 and config.hidden_dropout_prob == 0.0
+
+
+def test_max_length_within_position_embeddings(tiny_model_dir, tmp_path):
+    assert build_model_config(_spec(tiny_model_dir, max_length=128))[0].max_position_embeddings == 128
+    with pytest.raises(UserError, match=r"^model.max_length: 129 exceeds the model's 128 positions; "
+                                        r"set model.max_length <= 128$"):
+        build_model_config(_spec(tiny_model_dir, max_length=129))
+    # RoBERTa-like models number positions after the padding index: 130 - pad 1 - 1 = 128 usable.
+    from transformers import RobertaConfig
+
+    RobertaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                  max_position_embeddings=130, pad_token_id=1).save_pretrained(tmp_path)
+    assert build_model_config(_spec(tmp_path, max_length=128))[0].model_type == "roberta"
+    with pytest.raises(UserError, match="model.max_length: 129 exceeds the model's 128 positions"):
+        build_model_config(_spec(tmp_path, max_length=129))
+    with pytest.raises(UserError, match="model.max_length: 64 exceeds the model's 62 positions"):
+        build_model_config(_spec(tmp_path, max_length=64, config_overrides={"max_position_embeddings": 64}))
+
+
+# ------------------------------------------------------------ convert never clobbers
+
+def _digest(path) -> dict:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_convert_refuses_to_clobber(project, formats, tiny_model_dir, tmp_path, capsys):
+    src = str(formats["state_dict_pt"])
+    data_before = _digest(project / "data")
+    assert checkpoint_cli.main(["convert", src, "data", "--config", "t"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "convert: OUT_DIR 'data' exists and is not empty" in err[0] and "--overwrite" in err[0]
+    assert _digest(project / "data") == data_before
+
+    for extra in ([], ["--overwrite"]):  # a file is never replaced by a directory
+        assert checkpoint_cli.main(["convert", src, "data/train.csv", "--config", "t", *extra]) == 2
+        assert "'data/train.csv' is a file" in capsys.readouterr().err
+    assert _digest(project / "data") == data_before
+
+    copy = tmp_path / "hf"
+    shutil.copytree(tiny_model_dir, copy)
+    copy_before = _digest(copy)
+    for out, fragment in ((copy, "is the checkpoint itself"), (copy / "sub", "is inside the checkpoint")):
+        assert checkpoint_cli.main(["convert", str(copy), str(out), "--config", "t"]) == 2
+        assert fragment in capsys.readouterr().err
+    assert _digest(copy) == copy_before
+
+
+def test_convert_overwrite_replaces_only_the_model_files(project, formats, tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    (out / "config.json").write_text("{}")
+    (out / "model.safetensors.index.json").write_text('{"weight_map": {"a": "model-00001-of-00002.safetensors"}}')
+    (out / "model-00001-of-00002.safetensors").write_bytes(b"old shard")
+    assert checkpoint_cli.main(["convert", str(formats["lightning_ckpt"]), str(out), "--config", "t"]) == 2
+    assert checkpoint_cli.main(["convert", str(formats["lightning_ckpt"]), str(out), "--config", "t",
+                                "--overwrite"]) == 0
+    assert (out / "notes.txt").read_text() == "keep me"
+    # The stale index would have shadowed the new model.safetensors: it and its shard are gone.
+    assert not (out / "model.safetensors.index.json").exists()
+    assert not (out / "model-00001-of-00002.safetensors").exists()
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    np.testing.assert_array_equal(predictions(project, str(out)), predictions(project, str(tiny_model_dir)))
+
+
+def test_convert_into_the_current_directory_leaves_no_temporary(project, formats, monkeypatch):
+    work = project / "conv"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    args = ["convert", str(formats["state_dict_pt"]), ".", "--config", str(project / "configs" / "t.yaml")]
+    assert checkpoint_cli.main(args) == 0
+    names = sorted(p.name for p in work.iterdir())
+    assert "config.json" in names and "model.safetensors" in names and not [n for n in names if n.startswith(".")]
+    assert checkpoint_cli.main(args) == 2  # now it is not empty
+    (work / "mine.txt").write_text("x")
+    assert checkpoint_cli.main(args + ["--overwrite"]) == 0
+    assert sorted(p.name for p in work.iterdir()) == sorted(names + ["mine.txt"])

@@ -73,15 +73,44 @@ def test_sigkill_anywhere_then_resume_is_bit_identical(project):
     assert_same_run(project, "ref", "crash")
 
 
-def test_ctrl_c_saves_and_resume_finishes_the_same_run(project):
+def test_ctrl_c_or_sigterm_saves_and_resume_finishes_the_same_run(project):
+    """Ctrl-C (SIGINT) and SIGTERM (what Colab, SLURM and Kubernetes send before a kill) alike:
+    finish the step, write last.pt, print the resume command, exit 128 + the signal number."""
     assert run_helper(project, ["run_name=ref"]).returncode == 0
-    result = run_helper(project, ["run_name=int"], "sigint:9")
-    assert result.returncode == 130, result.stderr[-2000:]
-    assert "resume with: python train.py --config t" in result.stderr and "--resume" in result.stderr
-    saved = bundle(project, "int")["train_state"]
-    assert saved["global_step"] == 9 and saved["step_in_epoch"] == 3  # mid-epoch, exactly where it stopped
-    assert run_helper(project, ["run_name=int", "--resume"]).returncode == 0
-    assert_same_run(project, "ref", "int")
+    for plan, run, status, name in (("sigint:9", "int", 130, "SIGINT"), ("sigterm:9", "term", 143, "SIGTERM")):
+        result = run_helper(project, [f"run_name={run}"], plan)
+        assert result.returncode == status, result.stderr[-2000:]
+        assert f"interrupted ({name})" in result.stderr
+        assert "resume with: python train.py --config t" in result.stderr and "--resume" in result.stderr
+        saved = bundle(project, run)["train_state"]
+        assert saved["global_step"] == 9 and saved["step_in_epoch"] == 3  # mid-epoch, exactly where it stopped
+        assert run_helper(project, [f"run_name={run}", "--resume"]).returncode == 0
+        assert_same_run(project, "ref", run)
+
+
+def test_second_signal_aborts_without_saving_and_handlers_are_restored(project, capsys):
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    steps = {"n": 0}
+
+    def two_signals_after_step_7(optimizer, args, kwargs):
+        steps["n"] += 1
+        if steps["n"] == 7:
+            signal.raise_signal(signal.SIGTERM)  # finish the step and save, says the first...
+            signal.raise_signal(signal.SIGTERM)  # ...the second: stop now, save nothing
+
+    handle = register_optimizer_step_post_hook(two_signals_after_step_7)
+    try:
+        assert train.main(["--config", "t"]) == 143
+    finally:
+        handle.remove()
+    assert {s: signal.getsignal(s) for s in before} == before
+    assert bundle(project, "t")["train_state"]["global_step"] == 6  # the epoch-1 save; none at step 7
+    assert "interrupted (SIGTERM): resumable checkpoint saved" not in capsys.readouterr().err
+    # The same process trains again, and resumes from the last save.
+    assert train.main(["--config", "t", "--resume"]) == 0
+    assert bundle(project, "t")["train_state"]["global_step"] == 12
 
 
 def test_corrupt_newest_checkpoint_is_skipped(project, capsys):

@@ -106,3 +106,26 @@ def test_train_dev_overlap_is_reported_and_refused_above_the_threshold(project, 
         assert code == 2
         assert "data.dev_path: 20 of 24 dev pairs (83.3%) also appear in data.train_path" in error_line(capsys)
         assert not (project / "saved_model").exists()
+
+
+def test_runs_live_under_output_dir_from_any_working_directory(project, tmp_path_factory, monkeypatch, capsys):
+    """output_dir elsewhere (a Drive folder): train, resume and predict by run name from another directory."""
+    import yaml
+
+    drive = tmp_path_factory.mktemp("drive") / "runs"
+    cfg = yaml.safe_load((project / "configs" / "t.yaml").read_text())
+    cfg["output_dir"] = str(drive)
+    for key in ("train_path", "dev_path", "predict_path", "submission_template"):
+        cfg["data"][key] = str(project / cfg["data"][key])
+    cfg["inference"]["output_path"] = str(project / "output" / "sub.csv")
+    config = project / "configs" / "drive.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    assert train.main(["--config", str(config), "training.epochs=1"]) == 0
+    assert (drive / "t" / "best" / "config.json").is_file() and not (project / "saved_model").exists()
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    monkeypatch.chdir(elsewhere)
+    assert train.main(["--config", str(config), "training.epochs=2", "--resume"]) == 0
+    import inference
+
+    assert inference.main(["--config", str(config), "--saved_model", "t"]) == 0
+    assert (project / "output" / "sub.csv").is_file() and not (elsewhere / "saved_model").exists()

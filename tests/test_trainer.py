@@ -1,6 +1,7 @@
 """Trainer behaviour: validation over the whole dev set, best selection, resume equivalence."""
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -97,3 +98,63 @@ def test_training_is_reproducible_from_the_seed(project):
 def test_bucket_sampler_len_matches_steps(project):
     sampler = BucketBatchSampler(np.arange(48) % 7 + 5, 8, seed=0)
     assert len(sampler) == 6
+
+
+def nan_loss_from(monkeypatch, step: int) -> None:
+    """The training loss is NaN from optimizer step `step` on (a diverging run, made deterministic)."""
+    real = Trainer.compute_loss
+
+    def compute_loss(self, logits, labels):
+        loss = real(self, logits, labels)
+        return loss * float("nan") if self.state.global_step + 1 >= step else loss  # this batch's step
+
+    monkeypatch.setattr(Trainer, "compute_loss", compute_loss)
+
+
+@pytest.mark.parametrize("precision, nan_from, log_every, when", [
+    ("fp32", 8, 1, "at optimizer step 8"),  # seen at the step-8 log
+    ("fp16", 9, 4, "between optimizer steps 8 (last seen finite) and 10"),  # seen before the step-10 save
+])
+def test_non_finite_loss_stops_at_once_and_keeps_the_last_finite_state(project, monkeypatch, capsys, precision,
+                                                                       nan_from, log_every, when):
+    from safetensors.torch import load_file
+
+    nan_loss_from(monkeypatch, nan_from)
+    # 6 steps per epoch; last.pt at steps 5 (every_n_steps) and 6 (epoch end), then at 10 and 12
+    code = train.main(["--config", "t", f"training.precision={precision}", f"training.log_every_n_steps={log_every}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: the training loss became non-finite"), err
+    assert "Traceback" not in err
+    assert when in err and "training.learning_rate" in err and "last.pt keeps step 6" in err
+    assert ("training.precision fp16" in err) == (precision == "fp16")
+    saved = torch.load(project / "saved_model" / "t" / "last.pt", weights_only=True)
+    assert saved["train_state"]["global_step"] == 6
+    assert all(torch.isfinite(t).all() for t in saved["model_state_dict"].values() if t.is_floating_point())
+    best = project / "saved_model" / "t" / "best"
+    assert json.loads((best / "trainer_state.json").read_text())["global_step"] == 6
+    assert all(torch.isfinite(t).all() for t in load_file(best / "model.safetensors").values())
+
+
+def test_non_finite_metric_is_never_best_nor_top_k_and_is_no_improvement(project, monkeypatch):
+    metrics = iter([float("nan"), 0.3, float("nan"), float("inf")])
+    monkeypatch.setattr(Trainer, "validate", lambda self: (next(metrics), 1.0))
+    assert train.main(["--config", "t", "training.epochs=5", "training.early_stopping.patience=2",
+                       "checkpoint.keep_top_k=3"]) == 0
+    run = project / "saved_model" / "t"
+    state = torch.load(run / "last.pt", weights_only=True)["train_state"]
+    assert (state["best_epoch"], state["best_metric"]) == (2, 0.3)
+    assert state["stopped_early"] and state["epoch"] == 4  # epochs 3 (NaN) and 4 (inf) did not improve
+    assert sorted(p.name for p in (run / "top").iterdir()) == ["epoch-002"]
+    assert json.loads((run / "best" / "trainer_state.json").read_text())["epoch"] == 2
+
+
+def test_is_better_only_for_finite_metrics():
+    from plaintune.predict import is_better
+
+    nan, inf = float("nan"), float("inf")
+    assert not is_better(nan, None) and not is_better(inf, None) and not is_better(-inf, None)
+    assert not is_better(nan, 0.2) and not is_better(inf, 0.2)
+    assert is_better(0.1, None) and is_better(0.3, 0.2) and not is_better(0.2, 0.2)
+    assert is_better(-0.5, nan)  # a best from an older bundle that kept a NaN

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import pickle
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -80,12 +82,119 @@ def _short_list(names: Sequence[str], limit: int = 6) -> str:
 
 # ------------------------------------------------------------------ reading
 
+def _at(where: str) -> str:
+    return f"{where}: " if where else ""
+
+
+def unreadable_error(path: Path, err: OSError, where: str = "") -> UserError:
+    """A file that exists but cannot be opened: say why (not "no such file")."""
+    if isinstance(err, PermissionError):
+        return UserError(f"{_at(where)}cannot read '{path}': permission denied; make it readable "
+                         f"(chmod u+r '{path}') or copy it somewhere readable")
+    return UserError(f"{_at(where)}cannot read '{path}': {err.strerror or err}")
+
+
+def _stat(path: Path, where: str = "") -> tuple[bool, bool]:
+    """(is_dir, is_file); a folder on the way that cannot be searched is "permission denied",
+    not "does not exist" (os.stat, since newer Pythons' Path.is_file answers False for it)."""
+    try:
+        mode = os.stat(path).st_mode
+    except PermissionError as err:
+        raise unreadable_error(path, err, where) from None
+    except (OSError, ValueError):
+        return False, False
+    return stat.S_ISDIR(mode), stat.S_ISREG(mode)
+
+
+JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean",
+              type(None): "null"}
+RESTORE = "restore it from a good copy (e.g. save_pretrained again)"
+
+
+def read_json_object(path: Path, where: str = "", what: str = "valid JSON") -> dict:
+    """A JSON file that must hold an object (config.json, a shard index, tokenizer files).
+    `what` says what a damaged one is not (e.g. "a valid tokenizer file")."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{_at(where)}'{path}' is not {what} (not UTF-8 text at byte {err.start}); "
+                        f"{RESTORE}") from None
+    except OSError as err:
+        raise unreadable_error(path, err, where) from None
+    try:
+        obj = json.loads(text)
+    except ValueError as err:
+        detail = err if what == "valid JSON" else f"invalid JSON: {err}"
+        raise UserError(f"{_at(where)}'{path}' is not {what} ({detail}); {RESTORE}") from None
+    if not isinstance(obj, dict):
+        kind = JSON_TYPES.get(type(obj), type(obj).__name__)
+        raise UserError(f"{_at(where)}'{path}' is not {what} (it holds {kind}, not a JSON object); {RESTORE}")
+    return obj
+
+
+def check_model_config(path: Path, where: str = "") -> dict:
+    """config.json of a model directory: an object naming its architecture, with a well-formed
+    plaintune output record if it has one (inference maps the head's output by it)."""
+    from .objective import CONFIG_ATTRIBUTE, parse_record  # objective imports factory, which may import us
+
+    config = read_json_object(path, where)
+    if not isinstance(config.get("model_type"), str) or not config["model_type"]:
+        raise UserError(f"{_at(where)}'{path}' has no model_type (e.g. \"bert\"), so the architecture is "
+                        f"unknown; {RESTORE}")
+    parse_record(config.get(CONFIG_ATTRIBUTE), f"{_at(where)}'{path}'")
+    return config
+
+
+def shard_files(index: Path, where: str = "") -> list[str]:
+    """The shard files a `*.index.json` names, each checked to exist next to it."""
+    weight_map = read_json_object(index, where).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map or \
+            not all(isinstance(v, str) and v for v in weight_map.values()):
+        raise UserError(f"{_at(where)}shard index '{index}' is empty or malformed: it needs a weight_map of "
+                        "tensor name -> shard file; restore it, or delete it if the directory holds a single "
+                        "model.safetensors")
+    shards = sorted(set(weight_map.values()))
+    absent = [shard for shard in shards if not (index.parent / shard).is_file()]
+    if absent:
+        raise UserError(f"{_at(where)}shard index '{index}' names {len(absent)} shard(s) that do not exist: "
+                        f"{_short_list(absent)}; copy them into '{index.parent}'")
+    return shards
+
+
+TOKENIZER_JSON = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def check_checkpoint_dir(path: Path, where: str = "") -> None:
+    """The small files of a checkpoint directory, read before any model is built: a damaged one
+    is one error naming it, not a traceback from deep inside transformers."""
+    if (path / "config.json").is_file():
+        check_model_config(path / "config.json", where)
+    for index_name in SHARD_INDEXES:
+        if (path / index_name).is_file():
+            shard_files(path / index_name, where)
+    for name in TOKENIZER_JSON:
+        if (path / name).is_file():
+            content = read_json_object(path / name, where, "a valid tokenizer file")
+            if name == "tokenizer.json" and not isinstance(content.get("model"), dict):
+                raise UserError(f"{_at(where)}'{path / name}' is not a valid tokenizer file (no tokenizer model "
+                                "in it); replace it with a good copy (tokenizer.save_pretrained)")
+
+
 def _is_tensor_dict(obj: object) -> bool:
     return isinstance(obj, dict) and len(obj) > 0 and all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
 
+def _check_readable(path: Path) -> None:
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as err:
+        raise unreadable_error(path, err) from None
+
+
 def load_torch_file(path: Path, trust: bool) -> object:
+    _check_readable(path)  # a file that cannot be opened is not "corrupt"
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -111,6 +220,7 @@ def _safetensors_load(path: Path) -> dict:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    _check_readable(path)
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
@@ -119,10 +229,11 @@ def _safetensors_load(path: Path) -> dict:
 
 
 def _read_dir(path: Path, trust: bool) -> tuple[dict, str]:
+    check_checkpoint_dir(path)
     for index_name in SHARD_INDEXES:
         index = path / index_name
         if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            shards = shard_files(index)
             state: dict = {}
             for shard in shards:
                 state.update(_read_file(path / shard, trust)[0])
@@ -156,7 +267,11 @@ def find_state_dict(obj: object, path: Path) -> tuple[dict, str]:
 
 
 def _read_file(path: Path, trust: bool) -> tuple[dict, str]:
-    if path.stat().st_size == 0:
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise unreadable_error(path, err) from None
+    if size == 0:
         raise UserError(f"checkpoint '{path}' is empty (0 bytes); the save was interrupted? use another file")
     if path.suffix == ".safetensors":
         return _safetensors_load(path), "safetensors"
@@ -166,9 +281,10 @@ def _read_file(path: Path, trust: bool) -> tuple[dict, str]:
 def read_state_dict(path: Path | str, trust: bool = False) -> tuple[dict, str]:
     """Weights from a HF directory, .safetensors, or a torch file (state dict, bundle, Lightning)."""
     path = Path(path)
-    if path.is_dir():
+    is_dir, is_file = _stat(path)
+    if is_dir:
         return _read_dir(path, trust)
-    if not path.is_file():
+    if not is_file:
         raise UserError(f"checkpoint '{path}' does not exist")
     return _read_file(path, trust)
 
@@ -252,14 +368,40 @@ def _any_match(name: str, globs: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, g) for g in globs)
 
 
+def _dtype(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).replace("torch.", "")
+
+
+def check_values(state: dict, target: dict, source: str, allow_nonfinite: Sequence[str] = ()) -> None:
+    """Tensors that would load but cannot be right: integers into floating-point weights (a cast or
+    quantized state dict: copying would truncate every weight to a whole number) and NaN/inf
+    values (a diverged run) unless their model name matches an `allow_nonfinite` glob.
+    Half-precision floats into a float32 model are fine: they are cast up exactly."""
+    cast = [f"{k} ({_dtype(v)} vs model {_dtype(target[k])})" for k, v in state.items()
+            if target[k].is_floating_point() and not v.is_floating_point()]
+    if cast:
+        raise UserError(f"checkpoint '{source}' holds {len(cast)} non-floating-point tensors where the model's are "
+                        f"floating point: {_short_list(cast, 3)}; it was cast or quantized (e.g. .to(torch.int8)); "
+                        "load the floating-point checkpoint it was made from")
+    nonfinite = [k for k, v in state.items()
+                 if v.is_floating_point() and not _any_match(k, allow_nonfinite) and not bool(torch.isfinite(v).all())]
+    if nonfinite:
+        raise UserError(f"checkpoint '{source}' holds NaN or inf values in {len(nonfinite)} tensors: "
+                        f"{_short_list(sorted(nonfinite))}; a diverged run's weights predict garbage: use an earlier "
+                        "checkpoint, or, if those tensors are meant to hold them, list them in model.allow_nonfinite "
+                        f"(e.g. [\"{sorted(nonfinite)[0]}\"])")
+
+
 def load_into(model: torch.nn.Module, state: dict, source: str, fmt: str,
               user_rules: Sequence[Sequence[str]] = (), allow_missing: Sequence[str] = (),
-              allow_unexpected: Sequence[str] = (), strict_hint: Optional[str] = None) -> LoadReport:
+              allow_unexpected: Sequence[str] = (), strict_hint: Optional[str] = None,
+              allow_nonfinite: Sequence[str] = ()) -> LoadReport:
     """Load `state` into `model` strictly, after key rules; return what happened.
 
     Missing or shape-mismatched tensors not matched by an `allow_missing` glob,
     and unexpected ones not matched by `allow_unexpected`, are a `UserError`
-    that lists them and says how to allow them.
+    that lists them and says how to allow them; so are tensors whose values
+    cannot be right (see `check_values`; `allow_nonfinite` globs match model names).
     """
     target = model.state_dict()
     state, rules = map_keys(state, set(target), user_rules, model)
@@ -293,6 +435,7 @@ def load_into(model: torch.nn.Module, state: dict, source: str, fmt: str,
         raise UserError(f"checkpoint '{source}' does not fit the model: {'; '.join(problems)}; {hint}")
 
     loadable = {k: v for k, v in state.items() if k in target and k not in mismatched}
+    check_values(loadable, target, source, allow_nonfinite)
     model.load_state_dict(loadable, strict=False)
     report.loaded = sorted(loadable)
     report.missing = missing
@@ -303,10 +446,12 @@ def load_into(model: torch.nn.Module, state: dict, source: str, fmt: str,
 
 def load_weights(model: torch.nn.Module, path: Path | str, user_rules: Sequence[Sequence[str]] = (),
                  allow_missing: Sequence[str] = (), allow_unexpected: Sequence[str] = (),
-                 trust: bool = False, strict_hint: Optional[str] = None) -> LoadReport:
+                 trust: bool = False, strict_hint: Optional[str] = None,
+                 allow_nonfinite: Sequence[str] = ()) -> LoadReport:
     """`read_state_dict` + `load_into`: the one way weights get into a model."""
     state, fmt = read_state_dict(path, trust)
-    return load_into(model, state, str(path), fmt, user_rules, allow_missing, allow_unexpected, strict_hint)
+    return load_into(model, state, str(path), fmt, user_rules, allow_missing, allow_unexpected, strict_hint,
+                     allow_nonfinite)
 
 
 # ------------------------------------------------------------ run directories
@@ -329,15 +474,21 @@ def find_best_dir(run_dir: Path) -> Optional[Path]:
 
 def resolve_saved_model(value: str, saved_root: Path = Path("saved_model")) -> Path:
     """`--saved_model Y`: a path; else a run name under saved_model/ (its best); else a file there."""
+    where = f"--saved_model '{value}'"
     candidates = [Path(value).expanduser(), saved_root / value, saved_root / f"{value}.pt"]
     for candidate in candidates:
-        if candidate.is_file():
+        is_dir, is_file = _stat(candidate, where)
+        if is_file:
             return candidate
-        if candidate.is_dir():
-            if (candidate / "config.json").is_file() or any((candidate / n).is_file() for n in WEIGHT_FILES):
+        if is_dir:
+            # Its small files are checked now, before any model is built from its config.json.
+            if (candidate / "config.json").is_file() or any((candidate / n).is_file()
+                                                            for n in WEIGHT_FILES + SHARD_INDEXES):
+                check_checkpoint_dir(candidate, where)
                 return candidate
             best = find_best_dir(candidate)
             if best is not None:
+                check_checkpoint_dir(best, where)
                 return best
             if (candidate / "last.pt").is_file():
                 print(f"note: {candidate} has no complete best/ yet; using its last.pt")

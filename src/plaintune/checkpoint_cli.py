@@ -2,7 +2,10 @@
 
     inspect PATH [--config NAME]      format, tensors, dtypes, size, key prefixes; with a
                                       config, how the keys map onto that model (the load report)
-    convert PATH OUT_DIR --config NAME  load through the common path, write a clean HF directory
+    convert PATH OUT_DIR --config NAME [--overwrite]
+                                      load through the common path, write a clean HF directory;
+                                      an existing non-empty OUT_DIR needs --overwrite, and then only
+                                      the model's files in it (config, weights, tokenizer) are replaced
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .errors import run_cli
+from .errors import UserError, run_cli
 
 
 def _size(num_bytes: int) -> str:
@@ -54,7 +57,7 @@ def inspect(path: str, config: Optional[str], overrides: Sequence[str], trust: b
         cfg, model = _model_from_config(config, overrides)
         try:
             report = load_into(model, dict(state), path, fmt, cfg.model.key_rules, cfg.model.allow_missing,
-                               cfg.model.allow_unexpected)
+                               cfg.model.allow_unexpected, allow_nonfinite=cfg.model.allow_nonfinite)
         except UserError as err:
             print(f"\nmapping onto {cfg.model.name}: does not load\n  {err}")
             return 2
@@ -62,23 +65,79 @@ def inspect(path: str, config: Optional[str], overrides: Sequence[str], trust: b
     return 0
 
 
-def convert(path: str, out_dir: str, config: str, overrides: Sequence[str], trust: bool) -> int:
+def _weight_files(folder: Path) -> set[str]:
+    """The weight files of a HF directory: single files, shard indexes and the shards they name.
+    A leftover from an earlier model would shadow the new weights (an index wins over
+    model.safetensors), so --overwrite replaces all of them."""
+    from .checkpoint import SHARD_INDEXES, WEIGHT_FILES, read_json_object
+
+    names = set(WEIGHT_FILES) | set(SHARD_INDEXES)
+    for index in SHARD_INDEXES:
+        if (folder / index).is_file():
+            try:
+                weight_map = read_json_object(folder / index).get("weight_map")
+            except UserError:
+                continue  # a damaged index names nothing; it is removed itself
+            if isinstance(weight_map, dict):
+                names |= {v for v in weight_map.values() if isinstance(v, str) and "/" not in v and v not in ("", "..")}
+    return names
+
+
+def check_out_dir(src: str, out: Path, overwrite: bool) -> None:
+    """Refuse an OUT_DIR where writing would clobber something: a file (always), the checkpoint
+    itself or a folder inside it, or a non-empty folder (a data folder, a run directory ...)
+    unless --overwrite. Checked before any model loads."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"convert: OUT_DIR '{out}' is a file; give a directory (new or empty) to write the "
+                        "Hugging Face model into")
+    source, target = Path(src).resolve(), out.resolve()
+    if (target == source or source in target.parents) and not overwrite:
+        where = "is the checkpoint itself" if target == source else "is inside the checkpoint"
+        raise UserError(f"convert: OUT_DIR '{out}' {where} '{src}'; choose another directory, or pass --overwrite "
+                        "to write the model's files into it")
+    if out.is_dir() and not overwrite:
+        entries = sorted(p.name for p in out.iterdir())
+        if entries:
+            shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
+            raise UserError(f"convert: OUT_DIR '{out}' exists and is not empty ({shown}); choose a new directory, "
+                            "or pass --overwrite to replace only the model's files in it (config.json, weights, "
+                            "tokenizer files)")
+
+
+def convert(path: str, out_dir: str, config: str, overrides: Sequence[str], trust: bool,
+            overwrite: bool = False) -> int:
     from . import atomic
     from .checkpoint import load_weights
     from .factory import build_tokenizer
 
+    out = Path(out_dir)
+    check_out_dir(path, out, overwrite)
     cfg, model = _model_from_config(config, overrides)
     report = load_weights(model, path, cfg.model.key_rules, cfg.model.allow_missing, cfg.model.allow_unexpected,
-                          trust)
+                          trust, allow_nonfinite=cfg.model.allow_nonfinite)
     print(report.summary())
+    # A plaintune checkpoint keeps its output mapping in the converted directory; without it the
+    # result would read as a foreign model and predict raw logits.
+    from .objective import CONFIG_ATTRIBUTE
+    from .recipe import checkpoint_record
+
+    record = checkpoint_record(Path(path))
+    if record is not None:
+        setattr(model.config, CONFIG_ATTRIBUTE, record)
+        print(f"output mapping kept: {record['activation']} (recorded by plaintune)")
     tokenizer = build_tokenizer(cfg.model)
 
     def fill(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
-    atomic.replace_dir(out_dir, fill)
-    print(f"wrote a Hugging Face directory to {out_dir}")
+    # Written file by file into OUT_DIR (each one atomically): other files there stay as they are.
+    stale = {name for name in _weight_files(out) if (out / name).is_file()} if out.is_dir() else set()
+    written = atomic.write_into_dir(out, fill, remove=stale)
+    print(f"wrote a Hugging Face directory to {out_dir} ({', '.join(written)})")
+    removed = sorted(stale - set(written))
+    if removed:
+        print(f"removed the earlier weight files it replaces: {', '.join(removed)}")
     return 0
 
 
@@ -93,6 +152,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_convert.add_argument("path")
     p_convert.add_argument("out_dir")
     p_convert.add_argument("--config", required=True)
+    p_convert.add_argument("--overwrite", action="store_true",
+                           help="write into an existing non-empty OUT_DIR, replacing only the model's files")
     for p in (p_inspect, p_convert):
         p.add_argument("overrides", nargs="*", help="key.path=value config overrides")
         p.add_argument("--trust-checkpoint", action="store_true", help="allow unpickling a whole model")
@@ -100,8 +161,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "inspect":
         return run_cli(lambda: inspect(args.path, args.config, args.overrides, args.trust_checkpoint), args.debug)
-    return run_cli(lambda: convert(args.path, args.out_dir, args.config, args.overrides, args.trust_checkpoint),
-                   args.debug)
+    return run_cli(lambda: convert(args.path, args.out_dir, args.config, args.overrides, args.trust_checkpoint,
+                                   args.overwrite), args.debug)
 
 
 if __name__ == "__main__":

@@ -263,7 +263,7 @@ def _check_values(cfg: dict, problems: list[str]) -> None:
     name = cfg["run_name"]
     if not RUN_NAME.fullmatch(name) or name.strip(".") == "" or name != name.strip() or len(name) > 200:
         problems.append(f"run_name: {name!r} is not a plain name (no '/', '\\', '..' or control characters, at "
-                        "most 200 characters); runs always go under saved_model/, so give just a name, e.g. "
+                        "most 200 characters); runs go under output_dir, so give just a name, e.g. "
                         "run_name=roberta_lr3")
     label_range = cfg["data"]["label_range"]
     if isinstance(label_range, list) and len(label_range) == 2 and label_range[0] == label_range[1]:

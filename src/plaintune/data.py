@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -50,7 +52,14 @@ def read_csv_checked(path: str, key: str, encoding: str = "utf-8") -> pd.DataFra
     fields is reported with its line instead of being silently re-aligned.
     """
     where = f"{key}: '{path}'"
-    if not Path(path).is_file():
+    try:  # os.stat, not Path.is_file: newer Pythons answer False for "permission denied"
+        exists = stat.S_ISREG(os.stat(path).st_mode)
+    except PermissionError:  # a folder on the way cannot be searched: the file may well exist
+        raise UserError(f"{where}: permission denied; make it and its folders readable, or copy it "
+                        "somewhere readable") from None
+    except (OSError, ValueError):
+        exists = False
+    if not exists:
         raise UserError(f"{where} does not exist; fix the path or override it ({key}=path/to/file.csv)")
     # utf-8-sig reads plain UTF-8 too, and drops the BOM that Excel puts in front.
     codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
@@ -69,6 +78,11 @@ def read_csv_checked(path: str, key: str, encoding: str = "utf-8") -> pd.DataFra
                         f"at offset {err.start}){hint}") from None
     except LookupError:
         raise UserError(f"data.encoding: unknown encoding '{encoding}'; use e.g. utf-8 or cp949") from None
+    except PermissionError:
+        raise UserError(f"{where}: permission denied; make it readable (chmod u+r '{path}') or copy it "
+                        "somewhere readable") from None
+    except OSError as err:  # e.g. an I/O error on a failing disk or a dropped network mount
+        raise UserError(f"{where} cannot be read ({err.strerror or err})") from None
     except csv.Error as err:
         raise UserError(f"{where} is not a well-formed CSV (line {lines[-1] + 1 if lines else 1}: {err}); "
                         "quote fields that contain commas or quotes") from None

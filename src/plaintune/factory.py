@@ -334,7 +334,36 @@ def resolve_model_source(name: str) -> tuple[str, bool]:
     return name, not _hub_reachable()
 
 
-def _load_error(name: str, offline: bool, err: Exception) -> UserError:
+def _local_load_error(source: Path, err: Exception) -> UserError:
+    """Why a model or tokenizer in a local directory did not load: the damaged file when one is,
+    else transformers' own reason. (Never "cannot fetch from the hub": nothing was fetched.)"""
+    from . import checkpoint
+
+    cause = err
+    while cause is not None and not isinstance(cause, PermissionError):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, PermissionError):
+        return checkpoint.unreadable_error(Path(cause.filename or source), cause)
+    try:
+        checkpoint.check_checkpoint_dir(source)  # config.json, shard index, tokenizer JSON files
+        tokenizer_file = source / "tokenizer.json"
+        if tokenizer_file.is_file():
+            from tokenizers import Tokenizer
+
+            try:
+                Tokenizer.from_file(str(tokenizer_file))
+            except Exception as bad:  # noqa: BLE001 - the tokenizers library raises plain Exception
+                return UserError(f"'{tokenizer_file}' is not a valid tokenizer file ({_first_line(bad)}); replace it "
+                                 "with a good copy (tokenizer.save_pretrained)")
+    except UserError as damaged:
+        return damaged
+    return UserError(f"cannot load the model in '{source}' ({type(err).__name__}: {_first_line(err)}); check its "
+                     "files, or write the directory again with save_pretrained")
+
+
+def _load_error(name: str, offline: bool, err: Exception, source: Optional[str] = None) -> UserError:
+    if source is not None and Path(source).is_dir():
+        return _local_load_error(Path(source), err)
     if offline:
         return UserError(
             f"model.name: cannot fetch '{name}' from the Hugging Face hub (offline, and not in the local "
@@ -359,8 +388,13 @@ def build_tokenizer(model_spec: dict):
     source, offline = resolve_model_source(model_spec["name"])
     try:
         return AutoTokenizer.from_pretrained(source, local_files_only=offline)
-    except (OSError, ValueError) as err:
-        raise _load_error(model_spec["name"], offline, err) from None
+    except Exception as err:
+        # From a local directory any failure comes from its files (a damaged tokenizer.json surfaces as
+        # JSONDecodeError, KeyError or the tokenizers library's plain Exception); from the hub only
+        # OSError/ValueError mean "cannot get it", anything else is a bug worth a traceback.
+        if not (Path(source).is_dir() or isinstance(err, (OSError, ValueError))):
+            raise
+        raise _load_error(model_spec["name"], offline, err, source) from None
 
 
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
@@ -369,16 +403,25 @@ DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout"
 def build_model_config(model_spec: dict):
     from transformers import AutoConfig
 
+    from . import checkpoint
+
     _quiet_transformers()
     source, offline = resolve_model_source(model_spec["name"])
+    if Path(source).is_dir():  # a damaged config.json is named as such, before transformers guesses
+        checkpoint.check_model_config(Path(source) / "config.json")
     try:
         config = AutoConfig.from_pretrained(source, local_files_only=offline)
     except (OSError, ValueError) as err:
-        raise _load_error(model_spec["name"], offline, err) from None
-    for key, value in model_spec.get("config_overrides", {}).items():
+        raise _load_error(model_spec["name"], offline, err, source) from None
+    overrides = model_spec.get("config_overrides") or {}
+    for key, value in overrides.items():
         if not hasattr(config, key):
             raise UserError(f"model.config_overrides.{key}: not a field of {type(config).__name__}")
-        setattr(config, key, value)
+        value = _override_value(key, getattr(config, key), value)
+        try:
+            setattr(config, key, value)
+        except Exception as err:  # noqa: BLE001 - configs validate fields (transformers 5: strict dataclasses)
+            raise UserError(f"model.config_overrides.{key}: {_first_line(err.__cause__ or err)}") from None
     if model_spec.get("dropout") is not None:
         for key in DROPOUT_KEYS:
             if hasattr(config, key):
@@ -386,7 +429,80 @@ def build_model_config(model_spec: dict):
     num_labels = model_spec["num_labels"]
     config.num_labels = num_labels
     config.problem_type = "regression" if num_labels == 1 else "single_label_classification"
+    if overrides:
+        _check_buildable(config, overrides, model_spec.get("kind"))
+    _check_max_length(config, model_spec.get("max_length"))
     return config, source, offline
+
+
+# Integer config fields that count or size something: 0 or less builds a model without layers
+# (transformers accepts num_hidden_layers: -1 silently) or fails deep inside torch.
+COUNT_FIELD = re.compile(r"^(num_|n_)|_size$|_layers$|_heads$|^max_position_embeddings$")
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int):
+        return "a whole number"
+    if isinstance(value, float):
+        return "a number"
+    return {str: "a string", list: "a list", tuple: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+
+
+def _override_value(key: str, current: Any, value: Any) -> Any:
+    """`value` checked against the type of the model's own `current` value of config field `key`
+    (a config stores anything it is given; the model then fails to build, or builds wrong)."""
+    if current is None:  # unset fields (e.g. classifier_dropout) take what they are given
+        return value
+    expected = _kind(current)
+    if expected == "a number":
+        value = _numeric(value)  # YAML reads 1e-12 as a string
+        if _kind(value) == "a whole number":
+            value = float(value)
+    if _kind(value) != expected:
+        raise UserError(f"model.config_overrides.{key}: expected {expected} (like the model's {current!r}), "
+                        f"got {value!r}")
+    if expected == "a whole number" and COUNT_FIELD.search(key) and current >= 1 and value < 1:
+        raise UserError(f"model.config_overrides.{key}: must be >= 1 (got {value})")
+    return value
+
+
+def _check_buildable(config, overrides: dict, kind: Optional[str]) -> None:
+    """transformers checks an architecture only while building it (hidden_size divisible by
+    num_attention_heads, a known hidden_act ...): build it on the meta device, which allocates
+    nothing, so a bad combination is reported by its config key before anything loads."""
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    cls = AutoModel if kind == "bi_encoder" else AutoModelForSequenceClassification
+    try:
+        with torch.device("meta"):
+            cls.from_config(config)
+    except Exception as err:  # noqa: BLE001 - the same config builds without the overrides
+        values = ", ".join(f"{k}: {v!r}" for k, v in overrides.items())
+        raise UserError(f"model.config_overrides: transformers cannot build a {config.model_type} model with "
+                        f"{{{values}}} ({type(err).__name__}: {_first_line(err)}); change these values") from None
+
+
+# Models whose position ids start after the padding index (fairseq's layout): they have
+# max_position_embeddings - pad_token_id - 1 usable positions (514 -> 512 for RoBERTa).
+PADDING_OFFSET_MODELS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm")
+
+
+def _check_max_length(config, max_length: Optional[int]) -> None:
+    """model.max_length beyond the learned position embeddings fails mid-training on the first long
+    pair (an index error on the embedding table); say so before anything runs."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if max_length is None or not isinstance(positions, int) or isinstance(positions, bool):
+        return
+    if getattr(config, "position_embedding_type", "absolute") not in ("absolute", None) \
+            or getattr(config, "position_biased_input", True) is False:
+        return  # relative positions: no table to run past
+    if config.model_type in PADDING_OFFSET_MODELS:
+        positions -= (config.pad_token_id or 0) + 1
+    if max_length > positions:
+        raise UserError(f"model.max_length: {max_length} exceeds the model's {positions} positions; "
+                        f"set model.max_length <= {positions}")
 
 
 def _takes_pooling_flag(config) -> bool:
@@ -414,8 +530,10 @@ def build_model(model_spec: dict, pretrained: Optional[bool] = None) -> nn.Modul
         try:
             extra = {"add_pooling_layer": False} if _takes_pooling_flag(config) else {}
             return BiEncoder(AutoModel.from_pretrained(source, config=config, local_files_only=offline, **extra))
-        except (OSError, ValueError) as err:
-            raise _load_error(model_spec["name"], offline, err) from None
+        except Exception as err:
+            if not (Path(source).is_dir() or isinstance(err, (OSError, ValueError))):
+                raise  # see build_tokenizer: from a local directory, any failure is its files'
+            raise _load_error(model_spec["name"], offline, err, source) from None
     if not pretrained:
         return AutoModelForSequenceClassification.from_config(config)
     try:
@@ -423,8 +541,10 @@ def build_model(model_spec: dict, pretrained: Optional[bool] = None) -> nn.Modul
         model, info = AutoModelForSequenceClassification.from_pretrained(
             source, config=config, local_files_only=offline, output_loading_info=True,
             ignore_mismatched_sizes=True)
-    except (OSError, ValueError) as err:
-        raise _load_error(model_spec["name"], offline, err) from None
+    except Exception as err:
+        if not (Path(source).is_dir() or isinstance(err, (OSError, ValueError))):
+            raise  # see build_tokenizer: from a local directory, any failure is its files'
+        raise _load_error(model_spec["name"], offline, err, source) from None
     fresh = sorted(info.get("missing_keys", []))
     if fresh:
         print(f"model: {len(fresh)} tensors not in the pretrained weights, initialised fresh: "

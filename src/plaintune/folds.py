@@ -3,7 +3,7 @@
 Train and dev are pooled and cut into K parts from the seed; fold i trains on
 the other parts and validates on part i. Every fold is an ordinary run named
 `<run_name>-fold<i>` (its own checkpoints, logs and best/), reading CSVs that
-are written once under `saved_model/<run_name>-folds/`, so a fold resumes like
+are written once under `<output_dir>/<run_name>-folds/`, so a fold resumes like
 any run. When a fold ends, its best model predicts its held-out part; the
 out-of-fold Pearson over all pooled pairs is the honest score of the recipe,
 and the K best models together are an ensemble for inference.py.
@@ -79,9 +79,9 @@ def _fold_config(cfg: Box, fold: int, folder: Path) -> tuple[Box, list[str]]:
 
 def _out_of_fold(fold_cfg: Box, table: data.PairTable, device: torch.device) -> np.ndarray:
     """The fold's best model on its held-out pairs (regression scores or class ids)."""
-    from .recipe import SAVED_ROOT, load_model_for_inference, member_outputs, objective_for
+    from .recipe import load_model_for_inference, member_outputs, objective_for, runs_root
 
-    source = checkpoint.resolve_saved_model(fold_cfg.run_name, SAVED_ROOT)
+    source = checkpoint.resolve_saved_model(fold_cfg.run_name, runs_root(fold_cfg))
     model, tokenizer, _ = load_model_for_inference(fold_cfg, source)
     model.to(device)
     outputs = member_outputs(model, tokenizer, objective_for(model, fold_cfg, source), table, fold_cfg, device, False)
@@ -91,7 +91,7 @@ def _out_of_fold(fold_cfg: Box, table: data.PairTable, device: torch.device) -> 
 def run_folds(cfg: Box, config_name: str, overrides: Sequence[str], folds: int, resume: Optional[str] = None,
               force: bool = False, overwrite: bool = False, trust: bool = False) -> int:
     """Train `folds` runs and report the out-of-fold metric; see the module docstring."""
-    from .recipe import SAVED_ROOT, run_training
+    from .recipe import run_dir_for, run_training
 
     if folds < 2:
         raise UserError(f"--folds: {folds} folds; k-fold needs at least 2 (e.g. --folds 5)")
@@ -108,7 +108,7 @@ def run_folds(cfg: Box, config_name: str, overrides: Sequence[str], folds: int, 
     pooled = _pool(cfg)
     if len(pooled) < 2 * folds:
         raise UserError(f"--folds: {len(pooled)} pooled pairs are too few for {folds} folds")
-    folder = SAVED_ROOT / f"{cfg.run_name}{FOLDS_SUFFIX}"
+    folder = run_dir_for(cfg).with_name(f"{cfg.run_name}{FOLDS_SUFFIX}")
     parts = split_folds(len(pooled), folds, cfg.seed)
     folder.mkdir(parents=True, exist_ok=True)
     for fold, held_out in enumerate(parts, start=1):
@@ -126,7 +126,7 @@ def run_folds(cfg: Box, config_name: str, overrides: Sequence[str], folds: int, 
             predictions = np.asarray(json.loads(done_file.read_text())["predictions"], dtype=np.float64)
             print(f"fold {fold}/{folds}: done earlier ({fold_cfg.run_name})")
         else:
-            started = bool(CheckpointSaver(SAVED_ROOT / fold_cfg.run_name).resume_candidates())
+            started = bool(CheckpointSaver(run_dir_for(fold_cfg)).resume_candidates())
             print(f"fold {fold}/{folds}: {fold_cfg.run_name}, {len(pooled) - len(held_out)} pairs to train on, "
                   f"{len(held_out)} held out")
             run_training(fold_cfg, config_name, [*overrides, *fold_overrides],

@@ -110,9 +110,9 @@ def write_submission(template_path: str, ids: Sequence[str], values: np.ndarray,
 
 
 def is_better(metric: float, best: Optional[float]) -> bool:
-    """Higher is better; a nan metric never beats a real one."""
-    if best is None:
-        return True
-    if math.isnan(metric):
+    """Higher is better, and only a finite metric can be best: a NaN or inf one (a diverged
+    model, constant predictions) never is, not even the first; a finite one beats any
+    non-finite best (e.g. from a bundle written before this rule)."""
+    if not math.isfinite(metric):
         return False
-    return math.isnan(best) or metric > best
+    return best is None or not math.isfinite(best) or metric > best

@@ -29,7 +29,6 @@ from .tracking import Tracker, start_wandb, wandb_mode
 from .saver import LAST_FILE, CheckpointSaver, read_newest_bundle
 from .trainer import LoopOptions, Trainer, seed_everything
 
-SAVED_ROOT = Path("saved_model")
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # micro_batch_tokens: auto on CPU. Cuts random batches' padding as well as any larger budget
 # (bench/RESULTS.md) while keeping MiniLM's activations to about 0.3 GB.
@@ -45,8 +44,13 @@ IDENTITY_KEYS = ("seed", "model.name", "model.kind", "model.num_labels", "model.
                  "training.grad_accum_steps")
 
 
+def runs_root(cfg: Box) -> Path:
+    """output_dir: where runs live (relative to the working directory; a Drive folder on Colab)."""
+    return Path(cfg.output_dir).expanduser()
+
+
 def run_dir_for(cfg: Box) -> Path:
-    return SAVED_ROOT / cfg.run_name
+    return runs_root(cfg) / cfg.run_name
 
 
 def _lookup(tree: dict, dotted: str):
@@ -283,7 +287,7 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
     """Train per `cfg`. `resume`: None (fresh run), '' (this run's last.pt) or a bundle path."""
     started = time.perf_counter()
     # 1. Processes and device; the environment's settings are checked before anything loads.
-    dist_info, device = distributed.setup(cfg.device)
+    dist_info, device = distributed.setup(cfg.device, timeout_s=cfg.training.ddp_timeout_s)
     wandb_mode(cfg.logging.wandb.mode)
     # "{time}" in run_name gives each run (e.g. each sweep trial) its own directory; rank 0 decides.
     cfg.run_name = distributed.broadcast_object(cfg.run_name.replace("{time}", time.strftime("%Y%m%d-%H%M%S")))
@@ -352,7 +356,8 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
     fresh_keys = None if cfg.model.from_scratch else getattr(model, "plaintune_fresh_keys", set())
     if cfg.model.init_from and bundle is None:
         report = checkpoint.load_weights(model, cfg.model.init_from, cfg.model.key_rules, cfg.model.allow_missing,
-                                         cfg.model.allow_unexpected, trust)
+                                         cfg.model.allow_unexpected, trust,
+                                         allow_nonfinite=cfg.model.allow_nonfinite)
         record = checkpoint_record(Path(cfg.model.init_from))
         fresh_keys = set(report.missing) | set(report.reshaped)
         if dist_info.is_main:
@@ -360,7 +365,8 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
             atomic.write_text(run_dir / "load_report.txt", report.full_text())
     if bundle is not None:
         report = checkpoint.load_into(model, bundle["model_state_dict"], str(bundle_path),
-                                      bundle.get("_format", "bundle"), cfg.model.key_rules)
+                                      bundle.get("_format", "bundle"), cfg.model.key_rules,
+                                      allow_nonfinite=cfg.model.allow_nonfinite)
         if report.rules and dist_info.is_main:
             print(f"resume: {report.summary()}")
     trainable, frozen = apply_freeze(model, cfg.model.freeze, cfg.model.unfreeze)
@@ -490,7 +496,7 @@ def load_model_for_inference(cfg: Box, source: Path, trust: bool = False):
     model = factory.build_model(spec, pretrained=False)
     report = checkpoint.load_weights(
         model, source, cfg.model.key_rules, allow_missing=(), allow_unexpected=cfg.model.allow_unexpected,
-        trust=trust, strict_hint="inference needs every tensor of the model; is it a checkpoint of another "
+        trust=trust, allow_nonfinite=cfg.model.allow_nonfinite, strict_hint="inference needs every tensor of the model; is it a checkpoint of another "
         f"model or task? (this config: model.name={cfg.model.name}, model.num_labels={cfg.model.num_labels})")
     tokenizer = factory.build_tokenizer({"name": str(source)} if _has_tokenizer(source) else cfg.model)
     return model.eval(), tokenizer, report
@@ -554,7 +560,7 @@ def run_inference(cfg: Box, saved_models: Sequence[str], weights: Optional[Seque
     if cfg.data.test_path:
         test = data.read_pairs(cfg.data.test_path, "data.test_path", columns, cfg.data.encoding, labelled=True,
                                label_range=cfg.data.label_range if num_labels == 1 else None)
-    sources = [checkpoint.resolve_saved_model(name, SAVED_ROOT) for name in saved_models]
+    sources = [checkpoint.resolve_saved_model(name, runs_root(cfg)) for name in saved_models]
     inputs = {"data.predict_path": cfg.data.predict_path, "data.submission_template": cfg.data.submission_template,
               "data.test_path": cfg.data.test_path, "--config": config_path}
     inputs.update({f"--saved_model {name}": source for name, source in zip(saved_models, sources)})

@@ -88,8 +88,8 @@ class RunLock:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
         except OSError as err:
-            raise UserError(f"cannot lock the run directory '{self.path.parent}' ({err.strerror or err}); check "
-                            "that it is writable") from None
+            raise UserError(f"cannot write '{self.path}' (the run's lock file): {err.strerror or err}; choose a "
+                            "writable output_dir") from None
         self.fd = fd
         return self
 

@@ -53,9 +53,11 @@ class BucketBatchSampler:
             order = np.concatenate([p[np.argsort(self.lengths[p], kind="stable")] for p in pools])
         batches = [order[i:i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
         batches = [batches[i] for i in rng.permutation(len(batches))]
-        remainder = len(batches) % self.world_size
-        if remainder:
-            batches += batches[:self.world_size - remainder]
+        # Pad cyclically: with fewer batches than ranks (a tiny train set) a plain
+        # `batches[:missing]` is too short and a rank would get no batch at all, then
+        # wait forever in the others' gradient all-reduce.
+        missing = -len(batches) % self.world_size
+        batches += [batches[i % len(batches)] for i in range(missing)]
         return batches
 
     def rank_batches(self, epoch: int) -> list[list[int]]:

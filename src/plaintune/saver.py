@@ -49,12 +49,17 @@ class CheckpointSaver:
     def save_last(self, bundle: dict, previous_step: Optional[int]) -> None:
         """Write `bundle` as last.pt; the bundle it replaces becomes checkpoints/step-N.pt if kept."""
         step = bundle["train_state"]["global_step"]
-        if self.keep_last > 1 and previous_step is not None and previous_step != step and self.last_path.is_file():
-            folder = self.run_dir / STEP_DIR
-            folder.mkdir(exist_ok=True)
-            # A rename: no copy, and the old bundle stays complete at every instant.
-            os.replace(self.last_path, folder / f"step-{previous_step:08d}.pt")
-        atomic.write_with(self.last_path, lambda tmp: torch.save(bundle, tmp))
+        rotate = self.keep_last > 1 and previous_step is not None and previous_step != step
+
+        def keep_previous() -> None:
+            # Runs only once the new bundle is complete on disk: a write that fails (a full disk)
+            # leaves last.pt where it was. A rename: no copy, the old bundle complete at every instant.
+            if rotate and self.last_path.is_file():
+                folder = self.run_dir / STEP_DIR
+                folder.mkdir(exist_ok=True)
+                os.replace(self.last_path, folder / f"step-{previous_step:08d}.pt")
+
+        atomic.write_with(self.last_path, lambda tmp: torch.save(bundle, tmp), before_replace=keep_previous)
         for _, path in self.step_bundles()[max(0, self.keep_last - 1):]:
             path.unlink(missing_ok=True)
 
@@ -86,8 +91,9 @@ class CheckpointSaver:
         return ranked
 
     def remove_stale_temporaries(self) -> list[Path]:
-        """Temporary files a killed save left behind (never complete, safe to delete)."""
-        stale = [p for p in self.run_dir.glob(".*.tmp")] + [p for p in self.run_dir.glob(f"{STEP_DIR}/.*.tmp")]
+        """Temporary files and directories a killed save left anywhere in the run directory
+        (last.pt's, best/'s, top/epoch-N's, checkpoints/'s ...): never complete, safe to delete."""
+        stale = atomic.stale_temporaries(self.run_dir) if self.run_dir.is_dir() else []
         for path in stale:
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
         return stale

@@ -72,7 +72,10 @@ def _device(v: str) -> Optional[str]:
 
 
 SCHEMA: dict = {
-    "run_name": Field(str, "default", "Name of the run; output goes to saved_model/<run_name>/. A {time} "
+    "output_dir": Field(str, "saved_model", "Where runs live: each run is <output_dir>/<run_name>/ (a relative "
+                        "path is relative to the working directory; on Colab a Drive folder, so a runtime reset "
+                        "keeps the runs). --resume, --saved_model RUN_NAME and k-fold look for runs here."),
+    "run_name": Field(str, "default", "Name of the run (a plain name); output goes to <output_dir>/<run_name>/. A {time} "
                       "placeholder becomes the start time (one directory per sweep trial)."),
     "seed": Field(int, 42, "Seed for python, numpy and torch RNGs and for batch order."),
     "device": Field(str, "auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:N or mps.", check=_device),

@@ -24,12 +24,15 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .distributed import DistInfo
+from .errors import Interrupted, UserError
 from .objective import Objective
 from .predict import is_better, predict, score
 from .saver import LAST_FILE, CheckpointSaver
 from .tracking import Tracker
 
 FORMAT_VERSION = 1
+# What Ctrl-C sends, and what Colab, SLURM and Kubernetes send before they kill a process.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass
@@ -103,7 +106,7 @@ class LoopOptions:
     patience: Optional[int] = None    # early stopping
     min_delta: float = 0.0
     metric_name: str = "pearson"
-    resume_command: str = ""          # printed after Ctrl-C
+    resume_command: str = ""          # printed after Ctrl-C / SIGTERM
 
 
 class Trainer:
@@ -146,38 +149,60 @@ class Trainer:
         self.metric_name = options.metric_name
         self.state = TrainState()
         self.bundle_extra: dict = {}  # more plain data for last.pt (e.g. data fingerprints), set by the recipe
-        self._stop_requested = False
+        self._received_signal = 0     # set by the signal handler, on this rank only
+        self._stop_signal = 0         # the signal every rank agreed to stop on (0: none)
+        self._finite_through = 0      # the last optimizer step at which the train loss was seen finite
         self._window_loss: Optional[torch.Tensor] = None
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> TrainState:
-        """Train the remaining epochs. Ctrl-C finishes the current step, saves last.pt, re-raises."""
-        # Signal handlers can only be installed from the main thread.
-        in_main_thread = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, self._request_stop) if in_main_thread else None
+        """Train the remaining epochs.
+
+        SIGINT (Ctrl-C) or SIGTERM finishes the current step, saves last.pt and raises
+        `Interrupted` (exit 130 / 143); a second signal aborts at once without saving.
+        """
+        self._finite_through = self.state.global_step  # a resumed run starts from a finite bundle
+        previous = self._install_signal_handlers()
         try:
             while self.state.epoch < self.epochs and not self.state.stopped_early:
                 self.train_one_epoch()
-                if self._stop_requested:
+                if self._stop_signal:
                     break
                 self.end_of_epoch()
+            # A signal that came during the last validation or save: agree on it here too.
+            self._stop_signal = self._agree_on_stop()
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
-        if self._stop_requested:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        if self._stop_signal:
             self.save_last()
             if self.dist.is_main:
-                print(f"\ninterrupted: resumable checkpoint saved to {self.run_dir / LAST_FILE}\n"
-                      f"resume with: {self.options.resume_command}", file=sys.stderr)
-            raise KeyboardInterrupt
+                print(f"\ninterrupted ({signal.Signals(self._stop_signal).name}): resumable checkpoint saved to "
+                      f"{self.run_dir / LAST_FILE}\nresume with: {self.options.resume_command}", file=sys.stderr)
+            raise Interrupted(self._stop_signal)
         return self.state
 
+    def _install_signal_handlers(self) -> dict:
+        """Route STOP_SIGNALS to `_request_stop`; return the handlers they replace (for fit to restore)."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}  # Python installs signal handlers from the main thread only
+        return {signum: signal.signal(signum, self._request_stop) for signum in STOP_SIGNALS}
+
     def _request_stop(self, signum, frame) -> None:
-        if self._stop_requested:  # a second Ctrl-C: stop now, last.pt stays as it was
-            raise KeyboardInterrupt
-        self._stop_requested = True
-        print("\ninterrupt: finishing this step and saving a resumable checkpoint "
-              "(Ctrl-C again to abort without saving)", file=sys.stderr)
+        if self._received_signal:  # a second signal: stop now, last.pt stays as it was
+            raise Interrupted(signum)
+        self._received_signal = signum
+        print(f"\n{signal.Signals(signum).name}: finishing this step and saving a resumable checkpoint "
+              "(interrupt again to abort without saving)", file=sys.stderr)
+
+    def _agree_on_stop(self) -> int:
+        """The stop signal of any rank, on every rank (0: none).
+
+        A signal may reach one process only (a Ctrl-C in one rank's terminal, a kill by
+        pid); if that rank alone stopped, the others would wait for it in the next
+        gradient all-reduce. One process: no communication, no host sync.
+        """
+        return distributed.max_over_ranks(self._received_signal)
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -203,46 +228,54 @@ class Trainer:
         self._window_loss = torch.tensor(state.window_loss, dtype=torch.float64, device=self.device)
         window_start, window_samples = time.perf_counter(), 0
         epoch_start, epoch_samples = time.perf_counter(), 0
-        for batch in self.train_loader:
-            group_start = state.step_in_epoch - state.step_in_epoch % accum
-            group_size = min(accum, batches - group_start)
-            steps_now = state.step_in_epoch + 1 == group_start + group_size
-            samples = self._accumulate(batch, group_size, steps_now)
-            state.step_in_epoch += 1
-            window_samples += samples
-            epoch_samples += samples
-            bar.update(1)
-            if not steps_now:
-                continue
+        try:
+            for batch in self.train_loader:
+                group_start = state.step_in_epoch - state.step_in_epoch % accum
+                group_size = min(accum, batches - group_start)
+                steps_now = state.step_in_epoch + 1 == group_start + group_size
+                samples = self._accumulate(batch, group_size, steps_now)
+                state.step_in_epoch += 1
+                window_samples += samples
+                epoch_samples += samples
+                bar.update(1)
+                if not steps_now:
+                    continue
 
-            if self.scaler is not None:
-                self.scaler.unscale_(self.optimizer)
-            if self.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
-            if self.scaler is not None:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
-            if self.scheduler_when == "step":
-                self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            state.global_step += 1
-            state.window_steps += 1
+                self._optimizer_step()
+                state.global_step += 1
+                state.window_steps += 1
 
-            if state.global_step % self.log_every_n_steps == 0:
-                samples_per_s = window_samples * self.dist.world_size / max(time.perf_counter() - window_start, 1e-9)
-                self._log_train(samples_per_s=samples_per_s)
-                bar.set_postfix(loss=f"{state.loss:.4f}", lr=f"{self._lr():.2e}", samples_s=f"{samples_per_s:.1f}")
-                window_start, window_samples = time.perf_counter(), 0
-            if self._stop_requested:
-                break
-            last_group = state.step_in_epoch >= batches
-            if self.every_n_steps and state.global_step % self.every_n_steps == 0 and not last_group:
-                self.save_last()  # the epoch-end save follows anyway after the last group
+                if state.global_step % self.log_every_n_steps == 0:
+                    elapsed = max(time.perf_counter() - window_start, 1e-9)
+                    samples_per_s = window_samples * self.dist.world_size / elapsed
+                    self._log_train(samples_per_s=samples_per_s)
+                    bar.set_postfix(loss=f"{state.loss:.4f}", lr=f"{self._lr():.2e}", samples_s=f"{samples_per_s:.1f}")
+                    window_start, window_samples = time.perf_counter(), 0
+                self._stop_signal = self._agree_on_stop()
+                if self._stop_signal:
+                    break
+                last_group = state.step_in_epoch >= batches
+                if self.every_n_steps and state.global_step % self.every_n_steps == 0 and not last_group:
+                    self.save_last()  # the epoch-end save follows anyway after the last group
+        finally:
+            bar.close()  # also when stopping on an error: its message then starts a clean line
         self._fold_window()
-        bar.close()
         self._epoch_speed = epoch_samples * self.dist.world_size / max(time.perf_counter() - epoch_start, 1e-9)
+
+    def _optimizer_step(self) -> None:
+        """Clip, step (through the fp16 scaler, which skips steps with inf gradients), schedule, zero."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if self.scheduler_when == "step":
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
     def _accumulate(self, parts: list[dict], group_size: int, steps_now: bool) -> int:
         """Forward and backward one batch, given as one or more micro-batches; returns its size.
@@ -280,6 +313,7 @@ class Trainer:
         state = self.state
         if state.window_steps == 0:
             return
+        self.ensure_finite()
         state.loss = float(self._window_loss) / state.window_steps
         self._window_loss.zero_()
         metrics = {"loss": state.loss, "lr": self._lr()}
@@ -288,9 +322,47 @@ class Trainer:
         self.tracker.log("train", state.global_step, state.epoch, metrics)
         state.window_loss, state.window_steps = 0.0, 0
 
+    def ensure_finite(self, check_weights: bool = False) -> None:
+        """Stop the run with a UserError once training diverged, before anything more is saved.
+
+        Called at log steps and before every save, not after each step: reading a device
+        value is a host sync. The window loss sums every loss since the last check, so a
+        NaN or inf anywhere in it shows. `check_weights` (before saves) also catches an
+        inf gradient that made the weights NaN in the step just taken. Under fp16 a
+        GradScaler skips inf-gradient steps by design; only the loss (and weights) count.
+        Every rank learns whether any rank diverged, so all stop at the same point.
+        """
+        loss_bad = self._window_loss is not None and not bool(torch.isfinite(self._window_loss))
+        weights_bad = check_weights and not self._weights_finite()
+        code = distributed.max_over_ranks(2 if loss_bad else 1 if weights_bad else 0)
+        if code:
+            raise UserError(self._divergence_message("training loss" if code == 2 else "model weights"))
+        self._finite_through = self.state.global_step
+
+    def _weights_finite(self) -> bool:
+        flags = [torch.isfinite(p).all() for p in self.model.parameters()]
+        return bool(torch.stack(flags).all()) if flags else True
+
+    def _divergence_message(self, what: str) -> str:
+        step, since = self.state.global_step, self._finite_through
+        when = f"at optimizer step {step}" if step - since <= 1 else \
+            f"between optimizer steps {since} (last seen finite) and {step}"
+        kept = f"{LAST_FILE} keeps step {self.state.saved_step}" if self.state.saved_step is not None \
+            else f"no {LAST_FILE} was written"
+        if self.state.best_step is not None:
+            kept += f", best/ step {self.state.best_step}"
+        causes = [f"training.learning_rate too high (the rate at this step: {self._lr():.2e}; try 10x lower)"]
+        if self.scaler is not None or self.autocast_dtype == torch.float16:
+            causes.append("training.precision fp16 overflowing (use bf16 or fp32)")
+        if self.max_grad_norm is None:
+            causes.append("no gradient clipping (set training.max_grad_norm, e.g. 1.0)")
+        return (f"the {what} became non-finite (NaN/inf) {when}; training stopped and saved nothing after "
+                f"that ({kept}). Likely causes: {'; '.join(causes)}")
+
     def end_of_epoch(self) -> None:
         """Validate, update best, save last, step a metric-driven scheduler."""
         state = self.state
+        self.ensure_finite(check_weights=True)  # a diverged model must not become best/
         state.epoch += 1
         state.step_in_epoch = 0
         eval_start = time.perf_counter()
@@ -325,15 +397,28 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> tuple[float, float]:
-        """Metric and loss over the whole dev set, computed once over all predictions."""
-        logits = distributed.merge_predictions(predict(self.model, self.dev_loader, self.device, self.autocast_dtype))
+        """Metric and loss over the whole dev set, computed once over all predictions.
+
+        Under DDP each rank predicts its share of the dev batches (maybe none) through the
+        model inside the DDP wrapper, whose forwards need no other rank; the shares are
+        then gathered, row indices with values, into the whole set on every rank.
+        """
+        outputs = predict(distributed.without_ddp(self.model), self.dev_loader, self.device, self.autocast_dtype)
+        rows = np.fromiter((i for batch in self.dev_loader.batch_sampler for i in batch), dtype=np.int64)
+        logits = distributed.gather_rows(rows, outputs[rows], len(self.dev_labels))
         dev_loss = float(self.objective.loss(torch.from_numpy(logits), torch.from_numpy(self.dev_labels)))
         predictions = self.objective.predictions(logits)
-        return score(predictions, self.dev_labels, self.objective.num_labels), dev_loss
+        metric = score(predictions, self.dev_labels, self.objective.num_labels)
+        # Best and early stopping are decided from these on every rank: take rank 0's, so the
+        # ranks cannot decide differently (and then wait for each other in different places).
+        return distributed.broadcast_object((metric, dev_loss))
 
     # ----------------------------------------------------------- checkpoints
-    def bundle(self) -> dict:
-        """The resume bundle: seed-layout keys first, then everything else a resume needs."""
+    def bundle(self, rank_rng_states: Optional[list] = None) -> dict:
+        """The resume bundle: seed-layout keys first, then everything else a resume needs.
+
+        `rank_rng_states`: every rank's RNG states (under DDP; see save_last).
+        """
         state = self.state
         return {
             "model_state_dict": distributed.unwrap_model(self.model).state_dict(),
@@ -345,6 +430,7 @@ class Trainer:
             "scaler_state_dict": self.scaler.state_dict() if self.scaler is not None else None,
             "train_state": asdict(state),
             "rng_states": rng_states(),
+            "rank_rng_states": rank_rng_states,
             "world_size": self.dist.world_size,
             "run_ids": self.tracker.run_ids,
             "config": self.config,
@@ -353,11 +439,15 @@ class Trainer:
 
     def save_last(self) -> None:
         """Write last.pt atomically (rank 0); every rank waits until it is on disk."""
+        self.ensure_finite(check_weights=True)
         self._fold_window()
+        # Under DDP each rank's RNG stream is its own (dropout over other batches); all go
+        # into the bundle, so a resume with as many processes continues each of them.
+        rank_rngs = distributed.all_gather_objects(rng_states()) if self.dist.enabled else None
         if self.dist.is_main:
             previous = self.state.saved_step
             self.state.saved_step = self.state.global_step
-            self.saver.save_last(self.bundle(), previous)
+            self.saver.save_last(self.bundle(rank_rngs), previous)
         distributed.barrier()
 
     def _model_meta(self) -> dict:
@@ -371,7 +461,8 @@ class Trainer:
         distributed.barrier()
 
     def update_top_k(self, metric: float) -> None:
-        if self.dist.is_main and self.saver.keep_top_k > 0:
+        """Keep the k best epochs under top/ (rank 0); a NaN or inf metric never enters."""
+        if self.dist.is_main and self.saver.keep_top_k > 0 and math.isfinite(metric):
             self.state.top_k = self.saver.update_top_k(self.state.top_k, metric, self.state.epoch,
                                                        distributed.unwrap_model(self.model), self.tokenizer,
                                                        self._model_meta())
@@ -438,7 +529,10 @@ class Trainer:
                 self.scaler.load_state_dict(bundle["scaler_state_dict"])
             else:
                 rebuilt.append("gradient scaler (fresh)")
-        if bundle.get("rng_states") is not None:
+        per_rank = bundle.get("rank_rng_states")
+        if per_rank is not None and len(per_rank) == self.dist.world_size:
+            set_rng_states(per_rank[self.dist.rank])
+        elif bundle.get("rng_states") is not None:  # one process, or another number of them: rank 0's
             set_rng_states(bundle["rng_states"])
         else:
             rebuilt.append("RNG states (reseeded)")
