@@ -590,6 +590,12 @@ def run_inference(cfg: Box, saved_models: Sequence[str], weights: Optional[Seque
         return mixed if num_labels == 1 else mixed.argmax(axis=-1)
 
     values = combine(predicted)
+    bad = ~np.isfinite(values) if num_labels == 1 else np.zeros(len(values), dtype=bool)
+    if bad.any():  # checked before clipping, which would turn inf into a plausible score
+        first = table.ids[int(np.flatnonzero(bad)[0])]
+        raise UserError(f"--saved_model {' '.join(saved_models)}: {int(bad.sum())} of {len(values)} predictions are not "
+                        f"finite (first id '{first}'); the model's outputs overflow or it diverged: try "
+                        f"inference.precision=fp32, or check the checkpoint with python -m plaintune.checkpoint inspect")
     print(f"predicted {len(values)} pairs with {len(sources)} model(s){' (symmetric)' if symmetric else ''} "
           f"in {predicting:.1f} s ({len(values) * len(sources) / max(predicting, 1e-9):.1f} pairs/s per model, "
           f"{inference_precision(cfg)}; loading took {loading:.1f} s)")
