@@ -156,3 +156,17 @@ def test_converting_a_plaintune_bundle_keeps_its_mapping(project):
     assert config["plaintune_output"]["activation"] == "sigmoid"
     assert inference.main(["--config", "t", "--saved_model", str(project / "converted"), *RAW]) == 0
     np.testing.assert_allclose(submission(project), reference, atol=1e-5)
+
+
+def test_overflowing_predictions_are_an_error_not_a_clipped_score(foreign, project, capsys):
+    """Finite weights whose outputs overflow: clipping would have turned inf into 5.0 silently."""
+    state = torch.load(foreign / "state_dict.pt", weights_only=True)
+    state["bert.pooler.dense.weight"].zero_()
+    state["bert.pooler.dense.bias"].fill_(10.0)  # pooled features all tanh(10) ~ 1
+    state["classifier.weight"] = torch.full_like(state["classifier.weight"], 3e38)  # 32 x 3e38 overflows
+    torch.save(state, foreign / "overflow.pt")
+    capsys.readouterr()
+    assert inference.main(["--config", "t", "--saved_model", str(foreign / "overflow.pt")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "predictions are not finite" in err[0]
+    assert not (project / "output").exists()
