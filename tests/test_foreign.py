@@ -170,3 +170,19 @@ def test_overflowing_predictions_are_an_error_not_a_clipped_score(foreign, proje
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and "predictions are not finite" in err[0]
     assert not (project / "output").exists()
+
+
+def test_the_weight_file_of_a_plaintune_directory_keeps_its_mapping(project, foreign, capsys):
+    """best/model.safetensors given alone is still plaintune's; a foreign file stays foreign even when
+    model.name is a plaintune directory (model.name's record says nothing about other weights)."""
+    assert train.main(["--config", "t", "training.epochs=1", "model.output_activation=sigmoid"]) == 0
+    best = project / "saved_model" / "t" / "best"
+    assert inference.main(["--config", "t", "--saved_model", str(best), *RAW]) == 0
+    reference = submission(project)
+    assert inference.main(["--config", "t", "--saved_model", str(best / "model.safetensors"), *RAW]) == 0
+    np.testing.assert_allclose(submission(project), reference, atol=1e-6)
+    capsys.readouterr()
+    assert inference.main(["--config", "t", "--saved_model", str(foreign / "state_dict.pt"), *RAW,
+                           f"model.name={best}"]) == 0
+    assert "output mapping: none (the checkpoint has no plaintune record" in capsys.readouterr().out
+    np.testing.assert_allclose(submission(project), raw_outputs(foreign / "hf"), atol=1e-5)

@@ -129,3 +129,37 @@ def test_runs_live_under_output_dir_from_any_working_directory(project, tmp_path
 
     assert inference.main(["--config", str(config), "--saved_model", "t"]) == 0
     assert (project / "output" / "sub.csv").is_file() and not (elsewhere / "saved_model").exists()
+
+
+def test_a_config_inside_the_run_directory_is_never_rewritten(project, capsys):
+    assert train.main(["--config", "t", "training.epochs=1"]) == 0
+    saved = project / "saved_model" / "t" / "config.yaml"
+    before = digest(saved)
+    capsys.readouterr()
+    assert train.main(["--config", str(saved), "training.epochs=2", "--resume"]) == 2
+    assert "is the input --config" in error_line(capsys)
+    assert digest(saved) == before
+
+
+def test_k_fold_resume_with_another_split_changes_nothing(project, capsys):
+    args = ["--config", "t", "training.epochs=1", "run_name=kf", "--folds", "2"]
+    assert train.main(args) == 0
+    folder = project / "saved_model" / "kf-folds"
+    before = {p.name: digest(p) for p in folder.iterdir()}
+    capsys.readouterr()
+    for extra, expected in ((["--resume", "seed=43"], "differs in seed 7 -> 43"),
+                            (["--resume", "--folds", "3"], "differs in folds 2 -> 3"),
+                            ([], "holds a k-fold already")):
+        assert train.main([*args, *extra]) == 2
+        assert expected in error_line(capsys)
+        assert {p.name: digest(p) for p in folder.iterdir()} == before
+    assert train.main([*args, "--resume"]) == 0  # the same k-fold resumes: nothing retrained
+    assert "fold 2/2: done earlier" in capsys.readouterr().out
+
+
+def test_empty_or_upper_case_wandb_mode_is_understood(project, monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "w"))
+    for value in ("", "OFFLINE"):
+        monkeypatch.setenv("WANDB_MODE", value)
+        assert train.main(["--config", "t", "training.epochs=1", f"run_name=wb{len(value)}",
+                           "logging.wandb.mode=offline"]) == 0

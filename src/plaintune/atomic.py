@@ -163,8 +163,12 @@ def _make_temp_dir(target: Path, where: Path) -> Path:
 
 
 def _fsync_tree(folder: Path) -> None:
+    """fsync every file, giving each the usual permissions (some writers, e.g. safetensors, make 0600)."""
+    mode = 0o666 & ~_umask()
     for file in folder.rglob("*"):
         if file.is_file():
+            with contextlib.suppress(OSError):
+                os.chmod(file, mode)
             _fsync_file(file)
 
 

@@ -98,7 +98,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
-        raise UserError(f"override '{text}': cannot parse the value '{raw}' as YAML; quote it") from None
+        raise UserError(f"override '{text[:200]}': cannot parse the value '{raw[:200]}' as YAML; quote it") from None
+    if _too_large(value):
+        raise UserError(f"override '{key}=...': the value expands to more than {MAX_CONFIG_NODES:,} values (YAML "
+                        "anchors and aliases nested into each other?); write the values out")
     return key.split("."), value
 
 

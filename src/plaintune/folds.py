@@ -11,6 +11,7 @@ and the K best models together are an ensemble for inference.py.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import shlex
 from pathlib import Path
@@ -88,6 +89,48 @@ def _out_of_fold(fold_cfg: Box, table: data.PairTable, device: torch.device) -> 
     return outputs if outputs.ndim == 1 else outputs.argmax(axis=-1)
 
 
+SPLIT_FILE = "split.json"
+
+
+def split_identity(cfg: Box, pooled: data.PairTable, folds: int) -> dict:
+    """What the folds' files and runs depend on: the cut (K, seed, pooled rows) and the recipe."""
+    from .config import to_plain
+
+    digest = hashlib.sha256(json.dumps([pooled.ids, pooled.sentence_1, pooled.sentence_2,
+                                        pooled.labels.tolist()]).encode()).hexdigest()
+    return {"folds": folds, "seed": cfg.seed, "pooled_rows": len(pooled), "pooled_sha256": digest,
+            "config": to_plain(cfg)}
+
+
+def check_same_split(folder: Path, identity: dict, resume: bool, force: bool, overwrite: bool) -> None:
+    """Before any fold file is written: a k-fold that exists is continued only as the same k-fold.
+    Its runs were trained on its files and its predictions scored on its held-out parts."""
+    from .recipe import check_drift
+
+    saved_file = folder / SPLIT_FILE
+    if overwrite or not saved_file.is_file():
+        if saved_file.parent.is_dir() and not overwrite and not resume and any(folder.glob("fold*_predictions.json")):
+            raise UserError(f"--folds: {folder}/ holds a k-fold already; continue it with --resume, start over "
+                            "with --overwrite, or choose another run_name")
+        return
+    try:
+        saved = json.loads(saved_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise UserError(f"--folds: '{saved_file}' is unreadable or damaged; start over with --overwrite") from None
+    if not resume:
+        raise UserError(f"--folds: {folder}/ holds a k-fold already; continue it with --resume, start over with "
+                        "--overwrite, or choose another run_name")
+    changed = [f"{key} {saved.get(key)} -> {identity[key]}" for key in ("folds", "seed", "pooled_rows")
+               if saved.get(key) != identity[key]]
+    if not changed and saved.get("pooled_sha256") != identity["pooled_sha256"]:
+        changed.append("the train/dev data")
+    identity_keys, _ = check_drift(saved.get("config"), identity["config"])
+    if changed or (identity_keys and not force):
+        what = ", ".join(changed + identity_keys)
+        raise UserError(f"--folds --resume: the saved k-fold differs in {what}; its runs and out-of-fold predictions "
+                        "belong to the old one: restore those values, or start over with --overwrite")
+
+
 def run_folds(cfg: Box, config_name: str, overrides: Sequence[str], folds: int, resume: Optional[str] = None,
               force: bool = False, overwrite: bool = False, trust: bool = False) -> int:
     """Train `folds` runs and report the out-of-fold metric; see the module docstring."""
@@ -110,7 +153,9 @@ def run_folds(cfg: Box, config_name: str, overrides: Sequence[str], folds: int, 
         raise UserError(f"--folds: {len(pooled)} pooled pairs are too few for {folds} folds")
     folder = run_dir_for(cfg).with_name(f"{cfg.run_name}{FOLDS_SUFFIX}")
     parts = split_folds(len(pooled), folds, cfg.seed)
+    check_same_split(folder, split_identity(cfg, pooled, folds), resume is not None, force, overwrite)
     folder.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(folder / SPLIT_FILE, json.dumps(split_identity(cfg, pooled, folds), indent=2))
     for fold, held_out in enumerate(parts, start=1):
         trained_on = np.sort(np.concatenate([p for k, p in enumerate(parts, start=1) if k != fold]))
         _write_part(pooled, trained_on, folder / f"fold{fold}_train.csv", cfg.data.columns)

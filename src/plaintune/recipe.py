@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import json
+import math
 import shlex
 import shutil
 import time
@@ -83,6 +84,15 @@ def check_drift(saved: Optional[dict], current: dict) -> tuple[list[str], list[s
     return identity, other
 
 
+def check_vocabulary(model: torch.nn.Module, tokenizer, cfg: Box) -> None:
+    """A tokenizer with more ids than the model's embedding rows crashes mid-epoch (index error)."""
+    rows = getattr(model.config, "vocab_size", None)
+    if isinstance(rows, int) and rows < len(tokenizer):
+        key = "model.config_overrides.vocab_size" if "vocab_size" in cfg.model.config_overrides else "model.name"
+        raise UserError(f"{key}: the model has {rows} token embeddings but its tokenizer has {len(tokenizer)} tokens; "
+                        "ids beyond the table would crash: use the model's own vocabulary size or tokenizer")
+
+
 def run_outputs(run_dir: Path) -> list[tuple[str, Path, bool]]:
     """What a training run writes in its directory: (chosen by, path, whole tree)."""
     trees = [("run_name", run_dir / name, True) for name in ("best", "best.old", "checkpoints", "top", "tensorboard")]
@@ -91,9 +101,18 @@ def run_outputs(run_dir: Path) -> list[tuple[str, Path, bool]]:
     return trees + files
 
 
-def run_inputs(cfg: Box, fresh: bool) -> dict:
+def check_not_in_a_run(target: Path, key: str) -> None:
+    """A file written into a run directory could replace its checkpoints or logs (last.pt, metrics.jsonl)."""
+    for folder in Path(target).expanduser().resolve().parents:
+        if (folder / LAST_FILE).is_file() or (folder / "best").is_dir() and (folder / "config.yaml").is_file():
+            raise UserError(f"{key}: '{target}' lies inside the run directory '{folder}', whose files are "
+                            f"checkpoints and logs: choose another {key} (e.g. output/submission.csv)")
+
+
+def run_inputs(cfg: Box, fresh: bool, config_path: Optional[Path] = None) -> dict:
     """What a training run reads. A resumed run takes its weights from the bundle, not model.name/init_from."""
     inputs = {f"data.{role}_path": cfg.data.get(f"{role}_path") for role in ("train", "dev", "test")}
+    inputs["--config"] = config_path
     if fresh:
         inputs["model.init_from"] = cfg.model.init_from
         local = Path(cfg.model.name).expanduser()
@@ -152,6 +171,9 @@ def find_resume_bundle(resume: str, saver: CheckpointSaver) -> tuple[Path, dict]
     if resume:
         path = Path(resume)
         if path.is_dir():
+            if not (path / LAST_FILE).is_file():
+                raise UserError(f"--resume: directory '{resume}' holds no {LAST_FILE}; give a resume bundle (a run "
+                                f"directory or its {LAST_FILE}); to start from a model's weights use model.init_from")
             path = path / LAST_FILE
         if not path.is_file():
             raise UserError(f"--resume: checkpoint '{resume}' does not exist")
@@ -204,7 +226,11 @@ def checkpoint_record(source: Path) -> Optional[dict]:
         except (OSError, ValueError):
             return None  # reading the weights reports a damaged or missing config.json
         return parse_record(meta.get(CONFIG_ATTRIBUTE), str(config_file)) if isinstance(meta, dict) else None
-    if source.suffix == ".safetensors" or not source.is_file():
+    if not source.is_file():
+        return None
+    if source.name in checkpoint.WEIGHT_FILES and (source.parent / "config.json").is_file():
+        return checkpoint_record(source.parent)  # best/model.safetensors: the directory's record
+    if source.suffix == ".safetensors":
         return None
     try:  # memory-mapped: only the small config entry is read
         bundle = torch.load(source, map_location="cpu", weights_only=True, mmap=True)
@@ -318,7 +344,8 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
     elif saver.resume_candidates() and not overwrite:
         raise UserError(f"run_name: '{cfg.run_name}' already has a checkpoint in {run_dir}/; continue it with "
                         f"--resume, start over with --overwrite, or choose another run_name=...")
-    check_outputs(run_outputs(run_dir), run_inputs(cfg, fresh=bundle is None))
+    check_outputs(run_outputs(run_dir),
+                  run_inputs(cfg, fresh=bundle is None, config_path=config_mod.resolve_config_path(config_name)))
 
     # 3. Data: check every CSV before the model loads, then tokenize once.
     seed_everything(cfg.seed)
@@ -369,6 +396,7 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
                                       allow_nonfinite=cfg.model.allow_nonfinite)
         if report.rules and dist_info.is_main:
             print(f"resume: {report.summary()}")
+    check_vocabulary(distributed.unwrap_model(model), tokenizer, cfg)
     trainable, frozen = apply_freeze(model, cfg.model.freeze, cfg.model.unfreeze)
     if dist_info.is_main:
         print(f"model: {trainable:,} trainable parameters, {frozen:,} frozen")
@@ -438,7 +466,9 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
 
         trainer.fit()
         if dist_info.is_main:
-            _finish(cfg, trainer, datasets, tables, device, autocast_dtype, run_dir, config_name, started)
+            inference_cmd = " ".join(["python", "inference.py", "--config", shlex.quote(config_name), "--saved_model",
+                                      shlex.quote(cfg.run_name), *map(shlex.quote, overrides)])
+            _finish(cfg, trainer, datasets, tables, device, autocast_dtype, run_dir, inference_cmd, started)
     finally:
         if tracker is not None:
             tracker.close()
@@ -451,7 +481,7 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
 
 
 def _finish(cfg: Box, trainer: Trainer, datasets: dict, tables: dict, device: torch.device,
-            autocast_dtype, run_dir: Path, config_name: str, started: float) -> None:
+            autocast_dtype, run_dir: Path, inference_cmd: str, started: float) -> None:
     """Score the best model on test_path (if any) and print where everything is."""
     state = trainer.state
     name = trainer.metric_name
@@ -474,7 +504,7 @@ def _finish(cfg: Box, trainer: Trainer, datasets: dict, tables: dict, device: to
              f"  metrics:     {run_dir / 'metrics.jsonl'}, {run_dir / 'curves.png'}"]
     if cfg.logging.tensorboard:
         lines.append(f"  tensorboard: tensorboard --logdir {run_dir / 'tensorboard'}")
-    lines.append(f"next: python inference.py --config {config_name} --saved_model {cfg.run_name}")
+    lines.append(f"next: {inference_cmd}")
     print("\n".join(lines))
 
 
@@ -493,12 +523,18 @@ def load_model_for_inference(cfg: Box, source: Path, trust: bool = False):
         spec["name"] = str(source)
         saved = json.loads((source / "config.json").read_text(encoding="utf-8")).get(CONFIG_ATTRIBUTE) or {}
         spec["kind"] = saved.get("kind", spec["kind"])  # the checkpoint knows what it is
+    else:
+        record = checkpoint_record(source)  # a plaintune resume bundle also knows its model kind
+        if record is not None:
+            spec["kind"] = record.get("kind", spec["kind"])
     model = factory.build_model(spec, pretrained=False)
+
     report = checkpoint.load_weights(
         model, source, cfg.model.key_rules, allow_missing=(), allow_unexpected=cfg.model.allow_unexpected,
         trust=trust, allow_nonfinite=cfg.model.allow_nonfinite, strict_hint="inference needs every tensor of the model; is it a checkpoint of another "
         f"model or task? (this config: model.name={cfg.model.name}, model.num_labels={cfg.model.num_labels})")
     tokenizer = factory.build_tokenizer({"name": str(source)} if _has_tokenizer(source) else cfg.model)
+    check_vocabulary(model, tokenizer, cfg)
     return model.eval(), tokenizer, report
 
 
@@ -506,7 +542,9 @@ def objective_for(model: torch.nn.Module, cfg: Box, source: Optional[Path] = Non
     """How to read this checkpoint's outputs: as plaintune recorded them, whatever the config says;
     for a checkpoint plaintune did not write, raw unless the config sets model.output_activation."""
     record = checkpoint_record(source) if source is not None and not source.is_dir() else None
-    if record is None:
+    # A file's record is its own (or its HF directory's); model.config came from model.name then,
+    # and model.name's record says nothing about someone else's weights.
+    if source is None or source.is_dir():
         where = f"{source / 'config.json'}" if source is not None else "the checkpoint's config.json"
         record = parse_record(getattr(model.config, CONFIG_ATTRIBUTE, None), where)
     return resolve_objective(copy.deepcopy(cfg), record, head_fresh=False, record_wins=True)
@@ -549,6 +587,8 @@ def run_inference(cfg: Box, saved_models: Sequence[str], weights: Optional[Seque
     columns, num_labels = cfg.data.columns, cfg.model.num_labels
     if weights is not None and len(weights) != len(saved_models):
         raise UserError(f"--weights: {len(weights)} weights for {len(saved_models)} models; give one per model")
+    if weights is not None and not all(math.isfinite(w) for w in [*weights, sum(weights)]):
+        raise UserError(f"--weights: {' '.join(map(str, weights))} are not all finite numbers; give weights such as 1 2")
     if weights is not None and (any(w < 0 for w in weights) or sum(weights) <= 0):
         raise UserError("--weights: weights must be >= 0 and not all zero")
     table = data.read_pairs(cfg.data.predict_path, "data.predict_path", columns, cfg.data.encoding,
@@ -562,9 +602,11 @@ def run_inference(cfg: Box, saved_models: Sequence[str], weights: Optional[Seque
                                label_range=cfg.data.label_range if num_labels == 1 else None)
     sources = [checkpoint.resolve_saved_model(name, runs_root(cfg)) for name in saved_models]
     inputs = {"data.predict_path": cfg.data.predict_path, "data.submission_template": cfg.data.submission_template,
-              "data.test_path": cfg.data.test_path, "--config": config_path}
+              "data.test_path": cfg.data.test_path, "data.train_path": cfg.data.train_path,
+              "data.dev_path": cfg.data.dev_path, "--config": config_path}
     inputs.update({f"--saved_model {name}": source for name, source in zip(saved_models, sources)})
     check_outputs([("inference.output_path", Path(cfg.inference.output_path), False)], inputs)
+    check_not_in_a_run(Path(cfg.inference.output_path), "inference.output_path")
     _, device = distributed.setup(cfg.device)
     symmetric = cfg.inference.symmetric
     name = metric_name(num_labels)

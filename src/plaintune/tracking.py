@@ -94,6 +94,12 @@ def wandb_mode(requested: str) -> str:
     """The mode wandb runs in. auto follows the ecosystem's conventions: WANDB_MODE when set, else
     online when an API key is configured, else offline (files only, no network needed)."""
     env = os.environ.get("WANDB_MODE", "").strip()
+    if "WANDB_MODE" in os.environ and os.environ["WANDB_MODE"] not in WANDB_ENV_MODES:
+        # wandb reads WANDB_MODE itself and rejects '' and 'OFFLINE'; what plaintune accepts, wandb must too.
+        if env.lower() in WANDB_ENV_MODES:
+            os.environ["WANDB_MODE"] = env.lower()
+        elif not env:
+            del os.environ["WANDB_MODE"]
     if env and env.lower() not in WANDB_ENV_MODES:
         # wandb itself would fail on it later with a validation traceback, whatever the config says.
         raise UserError(f"WANDB_MODE={env!r} is not a wandb mode; set it to online, offline or disabled, or unset it "
