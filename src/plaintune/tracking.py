@@ -162,8 +162,13 @@ class WandbSink:
             self.run.summary[key] = value
 
     def close(self) -> None:
+        import wandb
+
         run_dir = getattr(self.run, "dir", None)
         self.run.finish()
+        # wandb's background service keeps the settings (WANDB_DIR, ...) it started with; a later run
+        # in this process (a notebook, k-fold) must start from the environment as it is then.
+        wandb.teardown()
         if self.mode == "offline" and run_dir:
             print(f"wandb: offline run saved; upload it with: wandb sync {Path(run_dir).parent}")
 
