@@ -186,3 +186,10 @@ def test_the_weight_file_of_a_plaintune_directory_keeps_its_mapping(project, for
                            f"model.name={best}"]) == 0
     assert "output mapping: none (the checkpoint has no plaintune record" in capsys.readouterr().out
     np.testing.assert_allclose(submission(project), raw_outputs(foreign / "hf"), atol=1e-5)
+
+
+def test_nonsense_in_training_only_keys_does_not_block_inference(foreign, project):
+    assert inference.main(["--config", "t", "--saved_model", str(foreign / "hf"), "training.epochs=0",
+                           "training.learning_rate=-1", "checkpoint.keep_last=0"]) == 0
+    # a key inference reads still counts
+    assert inference.main(["--config", "t", "--saved_model", str(foreign / "hf"), "training.eval_batch_size=0"]) == 2

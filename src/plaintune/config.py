@@ -297,6 +297,17 @@ def _check_files(cfg: dict, purpose: Optional[str], base: Path, problems: list[s
                             f"(data.{key}=path/to/file.csv)")
 
 
+# Keys inference reads from the training and checkpoint sections; the rest there only training reads.
+INFERENCE_READS = ("training.eval_batch_size", "training.precision", "training.num_workers")
+
+
+def _training_only(problem: str) -> bool:
+    """Whether a problem is about the value of a key that only training reads (typos still count)."""
+    key = problem.split(":", 1)[0]
+    return (key.startswith(("training.", "checkpoint.", "logging.", "data.augment.", "data.max_overlap"))
+            and key not in INFERENCE_READS and "unknown key" not in problem)
+
+
 def validate(data: dict, source: str = "config", purpose: Optional[str] = None,
              base: Path = Path(".")) -> Box:
     """Check `data` against the schema and return it completed with defaults.
@@ -306,6 +317,8 @@ def validate(data: dict, source: str = "config", purpose: Optional[str] = None,
     """
     problems: list[str] = []
     cfg = _validate_section(data, SCHEMA, "", problems)
+    if purpose == "inference":  # a nonsense value in a key only training reads never blocks inference
+        problems = [p for p in problems if not _training_only(p)]
     if not problems:
         _check_values(cfg, problems)
     if not problems:

@@ -157,6 +157,10 @@ def check_component_choices(cfg: dict) -> list[str]:
                 problems.append(f"training.scheduler.{key}: expected a number, got {value!r}")
             elif value < 0:
                 problems.append(f"training.scheduler.{key}: must be >= 0 (got {value})")
+            elif key in ("step_size", "patience", "cooldown") and value != int(value):
+                problems.append(f"training.scheduler.{key}: expected a whole number (got {value})")
+            elif key == "step_size" and value < 1:
+                problems.append(f"training.scheduler.step_size: must be >= 1 epoch (got {value})")
         if "warmup_ratio" in options and "warmup_steps" in options:
             problems.append("training.scheduler: give warmup_ratio or warmup_steps, not both")
         ratio = options.get("warmup_ratio")
