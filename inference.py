@@ -52,8 +52,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from plaintune.recipe import run_inference
 
         cfg = load_config(args.config, args.overrides, purpose="inference")
-        return run_inference(cfg, args.saved_model, args.weights, trust=args.trust_checkpoint,
-                             config_path=resolve_config_path(args.config))
+        run_inference(cfg, args.saved_model, args.weights, trust=args.trust_checkpoint,
+                      config_path=resolve_config_path(args.config))
+        return 0
 
     return run_cli(body, debug=args.debug)
 

@@ -57,8 +57,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             return run_folds(cfg, args.config, args.overrides, args.folds, resume=args.resume, force=args.force,
                              overwrite=args.overwrite, trust=args.trust_checkpoint)
-        return run_training(cfg, args.config, args.overrides, resume=args.resume, force=args.force,
-                            overwrite=args.overwrite, trust=args.trust_checkpoint)
+        run_training(cfg, args.config, args.overrides, resume=args.resume, force=args.force,
+                     overwrite=args.overwrite, trust=args.trust_checkpoint)
+        return 0
 
     return run_cli(body, debug=args.debug)
 

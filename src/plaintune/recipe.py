@@ -12,10 +12,12 @@ import math
 import shlex
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from box import Box
 
@@ -99,6 +101,14 @@ def run_outputs(run_dir: Path) -> list[tuple[str, Path, bool]]:
     files = [("run_name", run_dir / name, False)
              for name in (LAST_FILE, "metrics.jsonl", "curves.png", "load_report.txt", "config.yaml")]
     return trees + files
+
+
+def _config_file(config_name: str) -> Optional[Path]:
+    """The YAML file behind --config, or None for a config given as a dict (the Python API)."""
+    try:
+        return config_mod.resolve_config_path(config_name)
+    except UserError:
+        return None
 
 
 def check_not_in_a_run(target: Path, key: str) -> None:
@@ -308,8 +318,20 @@ def adapt_world_size(trainer: Trainer, saved: int, current: int) -> None:
               f"changes accordingly{exact}")
 
 
+@dataclass
+class TrainResult:
+    """What a training run ended with (on every rank; the metrics are the gathered ones)."""
+
+    run_dir: Path
+    metric_name: str
+    best_metric: Optional[float]
+    best_epoch: Optional[int]
+    history: list  # one dict per validation: epoch, step, the metric, loss
+    stopped_early: bool = False
+
+
 def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: Optional[str] = None,
-                 force: bool = False, overwrite: bool = False, trust: bool = False) -> int:
+                 force: bool = False, overwrite: bool = False, trust: bool = False) -> TrainResult:
     """Train per `cfg`. `resume`: None (fresh run), '' (this run's last.pt) or a bundle path."""
     started = time.perf_counter()
     # 1. Processes and device; the environment's settings are checked before anything loads.
@@ -345,7 +367,7 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
         raise UserError(f"run_name: '{cfg.run_name}' already has a checkpoint in {run_dir}/; continue it with "
                         f"--resume, start over with --overwrite, or choose another run_name=...")
     check_outputs(run_outputs(run_dir),
-                  run_inputs(cfg, fresh=bundle is None, config_path=config_mod.resolve_config_path(config_name)))
+                  run_inputs(cfg, fresh=bundle is None, config_path=_config_file(config_name)))
 
     # 3. Data: check every CSV before the model loads, then tokenize once.
     seed_everything(cfg.seed)
@@ -477,7 +499,10 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
         if lock is not None:
             lock.release()
         distributed.cleanup()
-    return 0
+    state = trainer.state
+    return TrainResult(run_dir=run_dir, metric_name=trainer.metric_name, best_metric=state.best_metric,
+                       best_epoch=state.best_epoch, history=[dict(record) for record in state.history],
+                       stopped_early=state.stopped_early)
 
 
 def _finish(cfg: Box, trainer: Trainer, datasets: dict, tables: dict, device: torch.device,
@@ -577,8 +602,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def run_inference(cfg: Box, saved_models: Sequence[str], weights: Optional[Sequence[float]] = None,
-                  trust: bool = False, config_path: Optional[Path] = None) -> int:
-    """Predict data.predict_path with one model or a (weighted) ensemble and write the submission.
+                  trust: bool = False, config_path: Optional[Path] = None, write: bool = True) -> pd.DataFrame:
+    """Predict data.predict_path with one model or a (weighted) ensemble; with `write`, also write the
+    submission to inference.output_path. Returns the id column and `target`: the predictions before
+    rounding and clipping (class ids for classification).
 
     Every input is checked before any model loads; each member goes through the
     common load path. With labels in data.test_path, each member's and the
@@ -593,9 +620,11 @@ def run_inference(cfg: Box, saved_models: Sequence[str], weights: Optional[Seque
         raise UserError("--weights: weights must be >= 0 and not all zero")
     table = data.read_pairs(cfg.data.predict_path, "data.predict_path", columns, cfg.data.encoding,
                             labelled=False, unique_ids=True)
-    template = data.read_csv_checked(cfg.data.submission_template, "data.submission_template", cfg.data.encoding)
-    data.require_columns(template, f"data.submission_template: '{cfg.data.submission_template}'",
-                         {"id": columns.id})
+    if write:
+        template = data.read_csv_checked(cfg.data.submission_template, "data.submission_template",
+                                         cfg.data.encoding)
+        data.require_columns(template, f"data.submission_template: '{cfg.data.submission_template}'",
+                             {"id": columns.id})
     test = None
     if cfg.data.test_path:
         test = data.read_pairs(cfg.data.test_path, "data.test_path", columns, cfg.data.encoding, labelled=True,
@@ -605,8 +634,9 @@ def run_inference(cfg: Box, saved_models: Sequence[str], weights: Optional[Seque
               "data.test_path": cfg.data.test_path, "data.train_path": cfg.data.train_path,
               "data.dev_path": cfg.data.dev_path, "--config": config_path}
     inputs.update({f"--saved_model {name}": source for name, source in zip(saved_models, sources)})
-    check_outputs([("inference.output_path", Path(cfg.inference.output_path), False)], inputs)
-    check_not_in_a_run(Path(cfg.inference.output_path), "inference.output_path")
+    if write:
+        check_outputs([("inference.output_path", Path(cfg.inference.output_path), False)], inputs)
+        check_not_in_a_run(Path(cfg.inference.output_path), "inference.output_path")
     _, device = distributed.setup(cfg.device)
     symmetric = cfg.inference.symmetric
     name = metric_name(num_labels)
@@ -641,11 +671,12 @@ def run_inference(cfg: Box, saved_models: Sequence[str], weights: Optional[Seque
     print(f"predicted {len(values)} pairs with {len(sources)} model(s){' (symmetric)' if symmetric else ''} "
           f"in {predicting:.1f} s ({len(values) * len(sources) / max(predicting, 1e-9):.1f} pairs/s per model, "
           f"{inference_precision(cfg)}; loading took {loading:.1f} s)")
-    if num_labels == 1:
-        values = postprocess(values, cfg.inference.clip, cfg.inference.round)
-    write_submission(cfg.data.submission_template, table.ids, values, cfg.inference.output_path,
-                     columns.id, columns.target, cfg.data.encoding, integer=num_labels > 1)
-    print(f"wrote {len(values)} predictions to {cfg.inference.output_path}")
+    result = pd.DataFrame({columns.id: table.ids, columns.target: values})
+    if write:
+        written = postprocess(values, cfg.inference.clip, cfg.inference.round) if num_labels == 1 else values
+        write_submission(cfg.data.submission_template, table.ids, written, cfg.inference.output_path,
+                         columns.id, columns.target, cfg.data.encoding, integer=num_labels > 1)
+        print(f"wrote {len(values)} predictions to {cfg.inference.output_path}")
 
     if test is not None:
         if len(sources) > 1:
@@ -655,4 +686,4 @@ def run_inference(cfg: Box, saved_models: Sequence[str], weights: Optional[Seque
         label = "ensemble " if len(sources) > 1 else ""
         print(f"{label}test {name}: {score(combine(tested), test.labels, num_labels):.4f}  "
               f"({cfg.data.test_path}, {len(test)} pairs)")
-    return 0
+    return result

@@ -1,0 +1,45 @@
+"""The Python API: results, not exit codes; two runs in one process; the same predictions as inference.py."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import inference
+import plaintune
+
+
+def test_train_twice_in_one_process_and_predict_like_the_command(project, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    results = [plaintune.train("t", "training.epochs=2", f"run_name=r{i}", f"output_dir={runs}") for i in (1, 2)]
+    for i, result in enumerate(results, start=1):
+        assert result.run_dir == runs / f"r{i}" and result.metric_name == "pearson"
+        evals = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+        pearsons = [r["pearson"] for r in evals if r["kind"] == "eval"]
+        assert result.best_metric == max(pearsons) and len(result.history) == 2
+        assert result.history[result.best_epoch - 1]["pearson"] == result.best_metric
+    frame = plaintune.predict("t", "r1", f"output_dir={runs}")
+    assert list(frame.columns) == ["id", "target"] and not (project / "output").exists()
+    assert inference.main(["--config", "t", "--saved_model", "r1", f"output_dir={runs}", "inference.round=null",
+                           "inference.clip=null"]) == 0
+    written = pd.read_csv(project / "output" / "sub.csv")
+    assert written["id"].astype(str).tolist() == frame["id"].tolist()
+    np.testing.assert_allclose(written["target"].to_numpy(), frame["target"].to_numpy(), rtol=1e-12)
+
+
+def test_api_takes_a_dict_and_raises_user_errors(project, tiny_model_dir):
+    from conftest import base_config
+
+    cfg = base_config(tiny_model_dir)
+    result = plaintune.train(cfg, "training.epochs=1", "run_name=d")
+    assert result.best_epoch == 1
+    with pytest.raises(plaintune.UserError, match="training.epochs: must be >= 1"):
+        plaintune.train(cfg, "training.epochs=0")
+    with pytest.raises(plaintune.UserError, match="already has a checkpoint"):
+        plaintune.train(cfg, "training.epochs=1", "run_name=d")
+    assert plaintune.train(cfg, "training.epochs=2", "run_name=d", resume=True).best_epoch in (1, 2)
+    path = project / "out" / "s.csv"
+    frame = plaintune.predict(cfg, "d", output_path=path)
+    assert path.is_file() and len(frame) == len(pd.read_csv(path))
