@@ -10,9 +10,11 @@ BIN := $(VENV)/bin
 $(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# torch first and pinned: 2.13.0 is the CPU wheel; an open range pulls a multi-GB CUDA build.
+	# torch first and pinned here: 2.13.0 is the CPU wheel; requirements.txt then keeps it (a range).
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -r requirements-dev.txt
+	# plaintune itself, editable and without dependencies, so `python -m plaintune.checkpoint` works.
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 setup: $(BIN)/.installed

@@ -29,7 +29,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "src"))
     from plaintune import data, factory
     from plaintune.objective import Objective
-    from plaintune.predict import predict
+    from plaintune.evaluate import predict
     from plaintune.sampling import BucketBatchSampler
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

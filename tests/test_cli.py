@@ -74,7 +74,7 @@ def test_inference_restores_input_order(project, tiny_model_dir):
     """Sorted-by-length batching must not reorder predictions: compare with one-by-one forwards."""
     from plaintune.config import load_config
     from plaintune.data import PadCollator, PairDataset, eval_loader, read_pairs
-    from plaintune.predict import predict
+    from plaintune.evaluate import predict
     from plaintune.recipe import load_model_for_inference
 
     cfg = load_config("t")
@@ -166,7 +166,7 @@ def test_classification_head(project, tiny_model_dir):
 
 
 def test_nan_metric_never_counts_as_best():
-    from plaintune.predict import is_better
+    from plaintune.evaluate import is_better
 
     assert is_better(0.1, None) and not is_better(float("nan"), None)
     assert not is_better(float("nan"), 0.2) and not is_better(float("inf"), 0.2)

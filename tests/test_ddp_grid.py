@@ -135,7 +135,7 @@ def one_process_metric(project: Path, run: str, dev_path: str) -> float:
     """Pearson of the saved best/ weights on the dev file, evaluated in this (one) process."""
     from plaintune.config import load_config
     from plaintune.data import PairDataset, eval_loader, read_pairs
-    from plaintune.predict import pearson, predict
+    from plaintune.evaluate import pearson, predict
     from plaintune.recipe import load_model_for_inference, objective_for
 
     cfg = load_config("t")  # model.name is the tiny model; the architecture comes from best/config.json

@@ -64,7 +64,7 @@ def test_ddp_run_completes_and_its_metric_matches_one_process(project):
     # The dev metric logged under DDP equals a one-process evaluation of the same weights.
     from plaintune.config import load_config
     from plaintune.data import PairDataset, eval_loader, read_pairs
-    from plaintune.predict import pearson, predict
+    from plaintune.evaluate import pearson, predict
     from plaintune.recipe import load_model_for_inference
 
     cfg = load_config("t")

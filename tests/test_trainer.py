@@ -13,7 +13,7 @@ import train
 from plaintune.config import load_config
 from plaintune.data import PairDataset, eval_loader, read_pairs
 from plaintune.objective import Objective
-from plaintune.predict import pearson, predict
+from plaintune.evaluate import pearson, predict
 from plaintune.sampling import BucketBatchSampler
 from plaintune.tracking import Tracker
 from plaintune.saver import CheckpointSaver
@@ -151,7 +151,7 @@ def test_non_finite_metric_is_never_best_nor_top_k_and_is_no_improvement(project
 
 
 def test_is_better_only_for_finite_metrics():
-    from plaintune.predict import is_better
+    from plaintune.evaluate import is_better
 
     nan, inf = float("nan"), float("inf")
     assert not is_better(nan, None) and not is_better(inf, None) and not is_better(-inf, None)

@@ -1,10 +1,21 @@
 """plaintune: config-driven fine-tuning of Hugging Face models for sentence-pair tasks.
 
 `train` and `predict` are the Python API (see api.py); the commands train.py and
-inference.py run the same code.
+inference.py run the same code. They are imported on first use, so that
+`python -m plaintune.checkpoint` and `import plaintune` stay light.
 """
-from .api import predict, train
 from .errors import UserError
-from .recipe import TrainResult
 
 __all__ = ["train", "predict", "TrainResult", "UserError"]
+
+
+def __getattr__(name: str):
+    if name in ("train", "predict"):
+        from . import api
+
+        return getattr(api, name)
+    if name == "TrainResult":
+        from .recipe import TrainResult
+
+        return TrainResult
+    raise AttributeError(f"module 'plaintune' has no attribute {name!r}")

@@ -24,7 +24,7 @@ from box import Box
 
 from . import atomic, checkpoint, data, distributed
 from .errors import UserError
-from .predict import metric_name, score
+from .evaluate import metric_name, score
 from .saver import CheckpointSaver
 
 FOLDS_SUFFIX = "-folds"

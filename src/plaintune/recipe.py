@@ -26,7 +26,7 @@ from .guard import check_outputs
 from .runlock import RunLock
 from .errors import UserError
 from .objective import CONFIG_ATTRIBUTE, Objective, choose_activation, choose_loss, parse_record
-from .predict import metric_name, postprocess, predict, score, write_submission
+from .evaluate import metric_name, postprocess, predict, score, write_submission
 from .sampling import BucketBatchSampler
 from .tracking import Tracker, start_wandb, wandb_mode
 from .saver import LAST_FILE, CheckpointSaver, read_newest_bundle

@@ -26,7 +26,7 @@ from . import distributed
 from .distributed import DistInfo
 from .errors import Interrupted, UserError
 from .objective import Objective
-from .predict import is_better, predict, score
+from .evaluate import is_better, predict, score
 from .saver import LAST_FILE, CheckpointSaver
 from .tracking import Tracker
 
