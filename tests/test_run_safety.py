@@ -163,3 +163,14 @@ def test_empty_or_upper_case_wandb_mode_is_understood(project, monkeypatch, tmp_
         monkeypatch.setenv("WANDB_MODE", value)
         assert train.main(["--config", "t", "training.epochs=1", f"run_name=wb{len(value)}",
                            "logging.wandb.mode=offline"]) == 0
+
+
+def test_a_tokenizer_that_cannot_read_the_data_is_named(project, capsys):
+    assert train.main(["--config", "t", "training.epochs=1", "run_name=english"]) == 0
+    assert "warning: the tokenizer" not in capsys.readouterr().out
+    korean = ["안전모를 쓴 한 남자가 춤을 추고 있다.", "어린아이가 말을 타고 있다.", "비행기가 이륙하고 있다."]
+    rows = [f"k{i},s,{korean[i % 3]},{korean[(i + 1) % 3]},{i % 5}" for i in range(48)]
+    (project / "data" / "train.csv").write_text("id,source,sentence_1,sentence_2,label\n" + "\n".join(rows) + "\n")
+    assert train.main(["--config", "t", "training.epochs=1"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: the tokenizer of model.name" in out and "single-character pieces" in out

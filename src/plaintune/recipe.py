@@ -378,6 +378,8 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
     if bundle is not None:
         check_same_data(bundle, fingerprints, force, dist_info.is_main)
     tokenizer = factory.build_tokenizer(cfg.model)
+    if dist_info.is_main:
+        datacheck.warn_poor_coverage(tokenizer, tables["train"], cfg.model.name)
     if cfg.data.augment.swap:
         tables["train"] = data.with_swapped_pairs(tables["train"])
     datasets = {role: data.make_dataset(t, tokenizer, cfg.model.max_length, cfg.model.kind)
@@ -480,6 +482,12 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
         if bundle is not None:
             trainer.restore(bundle)
             adapt_world_size(trainer, bundle.get("world_size", 1), dist_info.world_size)
+            if dist_info.is_main:
+                state = trainer.state
+                where = (f"epoch {state.epoch + 1}/{cfg.training.epochs} at batch {state.step_in_epoch + 1} of "
+                         f"{len(sampler)}" if state.epoch < cfg.training.epochs else "no epochs left to train")
+                print(f"resuming: {state.epoch} epoch(s) done, optimizer step {state.global_step}; continuing with "
+                      f"{where}")
         resumed = bundle is not None
         tracker = Tracker(run_dir, cfg.logging, cfg.run_name, plain_cfg, metric_name(num_labels),
                           resume_step=trainer.state.global_step if resumed else None,
