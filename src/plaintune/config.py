@@ -30,6 +30,14 @@ REQUIRED_FILES = {
 }
 
 
+def _is_sweep(path: Path) -> bool:
+    """A wandb sweep spec (configs/sweep.yaml) lives beside the training configs but is not one."""
+    try:
+        return re.search(r"^(program|method):", path.read_text(encoding="utf-8", errors="ignore"), re.M) is not None
+    except OSError:
+        return False
+
+
 def resolve_config_path(name: str) -> Path:
     """`NAME` is configs/NAME.yaml, or a path to a YAML file."""
     candidates = [Path(name)] if name.endswith((".yaml", ".yml")) or os.sep in name else []
@@ -37,7 +45,7 @@ def resolve_config_path(name: str) -> Path:
     for path in candidates:
         if path.is_file():
             return path
-    shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
+    shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if not _is_sweep(p)) if CONFIG_DIR.is_dir() else []
     hint = f"; shipped configs: {', '.join(shipped)}" if shipped else ""
     raise UserError(f"config '{name}' not found (looked for {CONFIG_DIR / (name + '.yaml')} and {name}){hint}")
 
@@ -335,10 +343,30 @@ def validate(data: dict, source: str = "config", purpose: Optional[str] = None,
 
 
 def load_config(name: str, overrides: Iterable[str] = (), purpose: Optional[str] = None) -> Box:
-    """Read configs/NAME.yaml (or a path), apply `key.path=value` overrides, validate."""
+    """Read configs/NAME.yaml (or a path), apply `key.path=value` overrides, validate.
+
+    A problem with a key an override set is blamed on the command line, not on the file."""
     path = resolve_config_path(name)
+    overrides = list(overrides)
     data = apply_overrides(read_yaml(path), overrides)
-    return validate(data, source=str(path), purpose=purpose)
+    try:
+        return validate(data, source=str(path), purpose=purpose)
+    except UserError as err:
+        keys = [parse_override(text)[0] for text in overrides]
+        message = str(err).removeprefix(f"{path}: ")
+        count = re.match(r"\d+ problems: ", message)
+        message = message[count.end():] if count else message
+        parts = message.split("; ")
+        blamed = []
+        for part in parts:
+            key = part.split(":", 1)[0].split("[")[0].strip()
+            if any(key == ".".join(k) or key.startswith(".".join(k) + ".") for k in keys):
+                part += " (set on the command line)"
+            blamed.append(part)
+        prefix = count.group(0) if count else ""
+        if all(p.endswith("(set on the command line)") for p in blamed if ":" in p) and keys:
+            raise UserError(f"command line (over {path}): {prefix}" + "; ".join(blamed)) from None
+        raise UserError(f"{path}: {prefix}" + "; ".join(blamed)) from None
 
 
 def to_plain(cfg: Box) -> dict:
