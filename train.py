@@ -37,6 +37,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
             args.overrides.append(item[2:])
         else:
             parser.error(f"unrecognized argument: {item}")
+    if args.resume is not None and args.overwrite:
+        parser.error("--resume continues a run and --overwrite starts it over; give one of them")
     # `--resume key=value` means --resume (no path) followed by an override.
     if args.resume and "=" in args.resume and not Path(args.resume).exists():
         args.overrides.append(args.resume)

@@ -193,3 +193,15 @@ def test_nonsense_in_training_only_keys_does_not_block_inference(foreign, projec
                            "training.learning_rate=-1", "checkpoint.keep_last=0"]) == 0
     # a key inference reads still counts
     assert inference.main(["--config", "t", "--saved_model", str(foreign / "hf"), "training.eval_batch_size=0"]) == 2
+
+
+def test_a_bi_encoder_record_never_maps_a_cross_encoder_head(project, capsys):
+    """A bi-encoder's best/ as the base of a cross-encoder: the head is fresh, the kind is what was built."""
+    assert train.main(["--config", "t", "training.epochs=1", "run_name=bi", "model.kind=bi_encoder",
+                       "training.loss=mse"]) == 0
+    capsys.readouterr()
+    assert train.main(["--config", "t", "training.epochs=1", "run_name=ce", "model.name=saved_model/bi/best"]) == 0
+    assert "output mapping: sigmoid (a fresh head" in capsys.readouterr().out
+    record = json.loads((project / "saved_model" / "ce" / "best" / "config.json").read_text())["plaintune_output"]
+    assert record["kind"] == "cross_encoder" and record["activation"] == "sigmoid"
+    assert inference.main(["--config", "t", "--saved_model", "ce"]) == 0

@@ -174,3 +174,26 @@ def test_a_tokenizer_that_cannot_read_the_data_is_named(project, capsys):
     assert train.main(["--config", "t", "training.epochs=1"]) == 0
     out = capsys.readouterr().out
     assert "warning: the tokenizer of model.name" in out and "single-character pieces" in out
+
+
+def test_k_fold_checks_the_users_overlap_first_and_prints_complete_commands(project, capsys):
+    dev_rows = (project / "data" / "dev.csv").read_text().splitlines()[1:]
+    original = (project / "data" / "train.csv").read_text()
+    (project / "data" / "train.csv").write_text(original + "\n".join(dev_rows) + "\n")
+    capsys.readouterr()
+    assert train.main(["--config", "t", "training.epochs=1", "run_name=kf", "--folds", "2"]) == 2
+    assert "data.train_path ('data/train.csv')" in error_line(capsys)
+    assert not (project / "saved_model").exists()
+    (project / "data" / "train.csv").write_text(original)
+    assert train.main(["--config", "t", "training.epochs=1", "run_name=kf", "--folds", "2", "checkpoint.keep_last=2"]) == 0
+    out = capsys.readouterr().out
+    assert "next: python inference.py --config t --saved_model kf-fold1 kf-fold2 training.epochs=1 run_name=kf " \
+           "checkpoint.keep_last=2" in out
+
+
+def test_overwrite_keeps_the_new_load_report(project):
+    assert train.main(["--config", "t", "training.epochs=1"]) == 0
+    args = ["--config", "t", "training.epochs=1", "run_name=ws", "model.init_from=saved_model/t/best"]
+    assert train.main(args) == 0
+    assert train.main([*args, "--overwrite"]) == 0
+    assert "loaded" in (project / "saved_model" / "ws" / "load_report.txt").read_text()

@@ -40,11 +40,8 @@ def split_folds(n: int, folds: int, seed: int) -> list[np.ndarray]:
     return [np.sort(part) for part in np.array_split(order, folds)]
 
 
-def _pool(cfg: Box) -> data.PairTable:
-    """Train and dev read with the usual checks, then pooled."""
-    from .recipe import _read_tables
-
-    tables = _read_tables(cfg)
+def _pool(tables: dict) -> data.PairTable:
+    """Train and dev (read with the usual checks), pooled."""
     train, dev = tables["train"], tables["dev"]
     return data.PairTable(path=f"{train.path} + {dev.path}", ids=train.ids + dev.ids,
                           sentence_1=train.sentence_1 + dev.sentence_1, sentence_2=train.sentence_2 + dev.sentence_2,
@@ -58,6 +55,18 @@ def _write_part(table: data.PairTable, positions: np.ndarray, path: Path, column
     atomic.write_with(path, lambda tmp: frame.to_csv(tmp, index=False, encoding="utf-8"))
 
 
+def _read_predictions(path: Path, rows: int) -> np.ndarray:
+    """A finished fold's out-of-fold predictions, checked."""
+    try:
+        values = np.asarray(json.loads(path.read_text(encoding="utf-8"))["predictions"], dtype=np.float64)
+    except (OSError, ValueError, KeyError, TypeError):
+        values = None
+    if values is None or values.shape != (rows,):
+        raise UserError(f"--folds --resume: '{path}' is damaged (not the {rows} predictions of that fold); delete it "
+                        "and rerun with --resume to predict that fold again")
+    return values
+
+
 def _subset(table: data.PairTable, positions: np.ndarray) -> data.PairTable:
     return data.PairTable(path=table.path, ids=[table.ids[i] for i in positions],
                           sentence_1=[table.sentence_1[i] for i in positions],
@@ -67,7 +76,9 @@ def _subset(table: data.PairTable, positions: np.ndarray) -> data.PairTable:
 def _fold_config(cfg: Box, fold: int, folder: Path) -> tuple[Box, list[str]]:
     """The fold's config and the overrides that make it (so each fold's saved config says what it is)."""
     values = {"run_name": fold_run_name(cfg.run_name, fold), "data.train_path": str(folder / f"fold{fold}_train.csv"),
-              "data.dev_path": str(folder / f"fold{fold}_dev.csv"), "data.encoding": "utf-8"}
+              "data.dev_path": str(folder / f"fold{fold}_dev.csv"), "data.encoding": "utf-8",
+              # the honest score of a k-fold is out-of-fold; a test file may be part of the pool
+              "data.test_path": None}
     fold_cfg = copy.deepcopy(cfg)
     for dotted, value in values.items():
         *sections, key = dotted.split(".")
@@ -75,7 +86,7 @@ def _fold_config(cfg: Box, fold: int, folder: Path) -> tuple[Box, list[str]]:
         for section in sections:
             target = target[section]
         target[key] = value
-    return fold_cfg, [f"{dotted}={value}" for dotted, value in values.items()]
+    return fold_cfg, [f"{dotted}={'null' if value is None else value}" for dotted, value in values.items()]
 
 
 def _out_of_fold(fold_cfg: Box, table: data.PairTable, device: torch.device) -> np.ndarray:
@@ -117,6 +128,11 @@ def check_same_split(folder: Path, identity: dict, resume: bool, force: bool, ov
         saved = json.loads(saved_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         raise UserError(f"--folds: '{saved_file}' is unreadable or damaged; start over with --overwrite") from None
+    trained = any(folder.glob("fold*_predictions.json")) or any(
+        CheckpointSaver(folder.with_name(f"{identity['config']['run_name']}-fold{k}")).resume_candidates()
+        for k in range(1, int(saved.get("folds", 0) or 0) + 1))
+    if not trained:
+        return  # cut but never trained (e.g. stopped by a data check): nothing to protect
     if not resume:
         raise UserError(f"--folds: {folder}/ holds a k-fold already; continue it with --resume, start over with "
                         "--overwrite, or choose another run_name")
@@ -148,7 +164,12 @@ def run_folds(cfg: Box, config_name: str, overrides: Sequence[str], folds: int, 
                         "out-of-fold predictions and the ensemble")
     if "{time}" in cfg.run_name:
         raise UserError("--folds: run_name contains {time}; give the folds a fixed run_name so they can resume")
-    pooled = _pool(cfg)
+    from . import datacheck
+    from .recipe import _read_tables
+
+    tables = _read_tables(cfg)  # the user's own files: their overlap is checked before any fold file exists
+    datacheck.check_overlap(tables["train"], tables["dev"], cfg.data.max_overlap)
+    pooled = _pool(tables)
     if len(pooled) < 2 * folds:
         raise UserError(f"--folds: {len(pooled)} pooled pairs are too few for {folds} folds")
     folder = run_dir_for(cfg).with_name(f"{cfg.run_name}{FOLDS_SUFFIX}")
@@ -162,13 +183,15 @@ def run_folds(cfg: Box, config_name: str, overrides: Sequence[str], folds: int, 
         _write_part(pooled, held_out, folder / f"fold{fold}_dev.csv", cfg.data.columns)
 
     name = metric_name(cfg.model.num_labels)
+    quoted = [shlex.quote(config_name), *map(shlex.quote, overrides)]
+    resume_cmd = " ".join(["python", "train.py", "--config", *quoted, "--folds", str(folds), "--resume"])
     out_of_fold = np.full(len(pooled), np.nan)
     summary = []
     for fold, held_out in enumerate(parts, start=1):
         fold_cfg, fold_overrides = _fold_config(cfg, fold, folder)
         done_file = folder / f"fold{fold}_predictions.json"
         if resume is not None and done_file.is_file() and not overwrite:
-            predictions = np.asarray(json.loads(done_file.read_text())["predictions"], dtype=np.float64)
+            predictions = _read_predictions(done_file, len(held_out))
             print(f"fold {fold}/{folds}: done earlier ({fold_cfg.run_name})")
         else:
             started = bool(CheckpointSaver(run_dir_for(fold_cfg)).resume_candidates())
@@ -176,7 +199,7 @@ def run_folds(cfg: Box, config_name: str, overrides: Sequence[str], folds: int, 
                   f"{len(held_out)} held out")
             run_training(fold_cfg, config_name, [*overrides, *fold_overrides],
                          resume="" if resume is not None and started and not overwrite else None,
-                         force=force, overwrite=overwrite, trust=trust)
+                         force=force, overwrite=overwrite, trust=trust, resume_command=resume_cmd)
             predictions = _out_of_fold(fold_cfg, _subset(pooled, held_out), device)
             atomic.write_text(done_file, json.dumps({"run": fold_cfg.run_name,
                                                      "predictions": predictions.tolist()}))
@@ -191,5 +214,5 @@ def run_folds(cfg: Box, config_name: str, overrides: Sequence[str], folds: int, 
                                                           indent=2))
     print(f"k-fold done: out-of-fold {name} {overall:.4f} over {len(pooled)} pairs "
           f"(per fold: {', '.join(f'{s[name]:.4f}' for s in summary)}); summary in {folder / 'summary.json'}")
-    print(f"next: python inference.py --config {shlex.quote(config_name)} --saved_model {' '.join(runs)}")
+    print(" ".join(["next: python inference.py --config", quoted[0], "--saved_model", *runs, *quoted[1:]]))
     return 0

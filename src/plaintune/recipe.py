@@ -114,7 +114,8 @@ def _config_file(config_name: str) -> Optional[Path]:
 def check_not_in_a_run(target: Path, key: str) -> None:
     """A file written into a run directory could replace its checkpoints or logs (last.pt, metrics.jsonl)."""
     for folder in Path(target).expanduser().resolve().parents:
-        if (folder / LAST_FILE).is_file() or (folder / "best").is_dir() and (folder / "config.yaml").is_file():
+        if (folder / LAST_FILE).is_file() or (folder / "best").is_dir() and (folder / "config.yaml").is_file() \
+                or (folder / "split.json").is_file():  # a k-fold's folder: its fold data and predictions
             raise UserError(f"{key}: '{target}' lies inside the run directory '{folder}', whose files are "
                             f"checkpoints and logs: choose another {key} (e.g. output/submission.csv)")
 
@@ -263,7 +264,9 @@ def resolve_objective(cfg: Box, record: Optional[dict], head_fresh: bool, record
     """The Objective for this run or checkpoint; writes the resolved mapping and loss back into `cfg`
     (so config.yaml and the resume bundle say what was used) and prints one line saying why."""
     num_labels = cfg.model.num_labels
-    if cfg.model.kind == "bi_encoder" or (record or {}).get("kind") == "bi_encoder":
+    if record is not None and record.get("kind", "cross_encoder") != cfg.model.kind:
+        record = None  # a record of another model kind says nothing about this model's head
+    if cfg.model.kind == "bi_encoder":
         activation, why, kind = "cosine", "the bi-encoder's cosine, scaled to the label range", "bi_encoder"
     elif num_labels > 1:
         activation, why, kind = "none", "classification: the class with the highest logit", "cross_encoder"
@@ -331,7 +334,8 @@ class TrainResult:
 
 
 def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: Optional[str] = None,
-                 force: bool = False, overwrite: bool = False, trust: bool = False) -> TrainResult:
+                 force: bool = False, overwrite: bool = False, trust: bool = False,
+                 resume_command: Optional[str] = None) -> TrainResult:
     """Train per `cfg`. `resume`: None (fresh run), '' (this run's last.pt) or a bundle path."""
     started = time.perf_counter()
     # 1. Processes and device; the environment's settings are checked before anything loads.
@@ -341,7 +345,7 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
     cfg.run_name = distributed.broadcast_object(cfg.run_name.replace("{time}", time.strftime("%Y%m%d-%H%M%S")))
     run_dir = run_dir_for(cfg)
     plain_cfg = config_mod.to_plain(cfg)
-    resume_cmd = " ".join(["python", "train.py", "--config", shlex.quote(config_name),
+    resume_cmd = resume_command or " ".join(["python", "train.py", "--config", shlex.quote(config_name),
                            *map(shlex.quote, overrides), "--resume"])
 
     # 2. Where the run writes; never clobber a previous run by accident.
@@ -401,6 +405,7 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
                                   cfg.training.num_workers, pin, dist_info.rank, dist_info.world_size)
 
     # 4. Model: pretrained (or from scratch), then an optional warm start, then freezing.
+    load_report = None
     model = factory.build_model(cfg.model, pretrained=(not cfg.model.from_scratch) and bundle is None)
     # What the head's output means follows where the head came from (see resolve_objective).
     record = parse_record(getattr(model.config, CONFIG_ATTRIBUTE, None), f"model.name '{cfg.model.name}'")
@@ -413,7 +418,7 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
         fresh_keys = set(report.missing) | set(report.reshaped)
         if dist_info.is_main:
             print(f"init_from: {report.summary()}")
-            atomic.write_text(run_dir / "load_report.txt", report.full_text())
+            load_report = report.full_text()  # written with the run's other files (step 6)
     if bundle is not None:
         report = checkpoint.load_into(model, bundle["model_state_dict"], str(bundle_path),
                                       bundle.get("_format", "bundle"), cfg.model.key_rules,
@@ -467,6 +472,8 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
             if overwrite and resume is None:
                 clear_run(run_dir)
             atomic.write_text(run_dir / "config.yaml", config_mod.dump_yaml(cfg))
+            if load_report is not None:
+                atomic.write_text(run_dir / "load_report.txt", load_report)
         options = LoopOptions(epochs=cfg.training.epochs, grad_accum_steps=accum,
                               max_grad_norm=cfg.training.max_grad_norm,
                               log_every_n_steps=cfg.training.log_every_n_steps,
@@ -518,6 +525,10 @@ def _finish(cfg: Box, trainer: Trainer, datasets: dict, tables: dict, device: to
     """Score the best model on test_path (if any) and print where everything is."""
     state = trainer.state
     name = trainer.metric_name
+    if state.best_metric is None and state.history and cfg.checkpoint.save_best:
+        raise UserError(f"no validation gave a finite dev {name} ({len(state.history)} validations: the model "
+                        "predicts constants or NaN), so no best/ was kept; lower training.learning_rate, keep "
+                        f"training.max_grad_norm set, or check data.dev_path; the run's last.pt is in {run_dir}")
     best_dir = checkpoint.find_best_dir(run_dir)
     if "test" in datasets and best_dir is not None:
         model = distributed.unwrap_model(trainer.model)
@@ -580,7 +591,10 @@ def objective_for(model: torch.nn.Module, cfg: Box, source: Optional[Path] = Non
     if source is None or source.is_dir():
         where = f"{source / 'config.json'}" if source is not None else "the checkpoint's config.json"
         record = parse_record(getattr(model.config, CONFIG_ATTRIBUTE, None), where)
-    return resolve_objective(copy.deepcopy(cfg), record, head_fresh=False, record_wins=True)
+    cfg = copy.deepcopy(cfg)
+    if record is not None:
+        cfg.model.kind = record.get("kind", "cross_encoder")  # the model was built as the checkpoint's kind
+    return resolve_objective(cfg, record, head_fresh=False, record_wins=True)
 
 
 def member_outputs(model, tokenizer, objective: Objective, table: data.PairTable, cfg: Box, device: torch.device,
@@ -626,6 +640,9 @@ def run_inference(cfg: Box, saved_models: Sequence[str], weights: Optional[Seque
         raise UserError(f"--weights: {' '.join(map(str, weights))} are not all finite numbers; give weights such as 1 2")
     if weights is not None and (any(w < 0 for w in weights) or sum(weights) <= 0):
         raise UserError("--weights: weights must be >= 0 and not all zero")
+    if weights is not None:  # normalised first: huge weights would overflow inside the average
+        total = math.fsum(weights)
+        weights = [w / total for w in weights]
     table = data.read_pairs(cfg.data.predict_path, "data.predict_path", columns, cfg.data.encoding,
                             labelled=False, unique_ids=True)
     if write:
