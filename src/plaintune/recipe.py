@@ -526,9 +526,9 @@ def _finish(cfg: Box, trainer: Trainer, datasets: dict, tables: dict, device: to
     state = trainer.state
     name = trainer.metric_name
     if state.best_metric is None and state.history and cfg.checkpoint.save_best:
-        raise UserError(f"no validation gave a finite dev {name} ({len(state.history)} validations: the model "
-                        "predicts constants or NaN), so no best/ was kept; lower training.learning_rate, keep "
-                        f"training.max_grad_norm set, or check data.dev_path; the run's last.pt is in {run_dir}")
+        print(f"warning: no validation gave a finite dev {name} ({len(state.history)} validations: the model "
+              "predicts a constant or NaN), so no best/ was kept; train longer, lower training.learning_rate, or "
+              f"check data.dev_path (the run's last.pt is in {run_dir})")
     best_dir = checkpoint.find_best_dir(run_dir)
     if "test" in datasets and best_dir is not None:
         model = distributed.unwrap_model(trainer.model)
