@@ -165,9 +165,9 @@ def run_folds(cfg: Box, config_name: str, overrides: Sequence[str], folds: int, 
     if "{time}" in cfg.run_name:
         raise UserError("--folds: run_name contains {time}; give the folds a fixed run_name so they can resume")
     from . import datacheck
-    from .recipe import _read_tables
+    from .recipe import read_tables
 
-    tables = _read_tables(cfg)  # the user's own files: their overlap is checked before any fold file exists
+    tables = read_tables(cfg)  # the user's own files: their overlap is checked before any fold file exists
     datacheck.check_overlap(tables["train"], tables["dev"], cfg.data.max_overlap)
     pooled = _pool(tables)
     if len(pooled) < 2 * folds:

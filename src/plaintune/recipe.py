@@ -196,7 +196,7 @@ def find_resume_bundle(resume: str, saver: CheckpointSaver) -> tuple[Path, dict]
     return read_newest_bundle(candidates, read_bundle)
 
 
-def _read_tables(cfg: Box) -> dict:
+def read_tables(cfg: Box) -> dict:
     """Read and check every labelled CSV the run needs, before any model loads."""
     columns, enc = cfg.data.columns, cfg.data.encoding
     label_range = cfg.data.label_range if cfg.model.num_labels == 1 else None
@@ -375,7 +375,7 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
 
     # 3. Data: check every CSV before the model loads, then tokenize once.
     seed_everything(cfg.seed)
-    tables = _read_tables(cfg)
+    tables = read_tables(cfg)
     datacheck.check_dev_scores(tables["dev"], "data.dev_path", cfg.model.num_labels)
     datacheck.check_overlap(tables["train"], tables["dev"], cfg.data.max_overlap, announce=dist_info.is_main)
     fingerprints = datacheck.data_fingerprints(tables)
