@@ -3,7 +3,7 @@
     python bench/micro_costs.py            # all three tables, about 2 minutes on 2 cores
 
 1. forward+backward time per batch shape: the fixed cost of a pass against the
-   cost per token (PASS_OVERHEAD_TOKENS_CPU in data.py);
+   cost per token (PASS_OVERHEAD_TOKENS_CPU in batching.py);
 2. one AdamW step over MiniLM's parameters: for-loop, foreach and fused;
 3. inference on the STS Benchmark dev set, length-sorted, per batch size, in fp32
    and under bf16 autocast, with the Pearson correlation of bf16 to fp32 outputs.

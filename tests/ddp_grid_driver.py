@@ -31,12 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
 
 import train  # noqa: E402
 from plaintune import distributed  # noqa: E402
-from plaintune.trainer import Trainer  # noqa: E402
+from plaintune.objective import Objective  # noqa: E402
 
 RANK = int(os.environ["RANK"])
 
@@ -61,18 +62,25 @@ def injected(inject: dict):
         finally:
             handle.remove()
     else:
-        real = Trainer.compute_loss
+        # The trainer calls scaler.update() once per optimizer step (also for a skipped fp16 step).
+        taken = {"n": 0}
+        real_update, real_loss = torch.amp.GradScaler.update, Objective.loss
 
-        def compute_loss(self, logits, labels):
-            loss = real(self, logits, labels)
-            # global_step counts the steps taken; this batch belongs to the next one
-            return loss * float("nan") if self.state.global_step + 1 >= inject["nan_from_step"] else loss
+        def update(self, *args, **kwargs):
+            taken["n"] += 1
+            return real_update(self, *args, **kwargs)
 
-        Trainer.compute_loss = compute_loss
+        def loss(self, logits, labels):
+            value = real_loss(self, logits, labels)
+            # training batches only (validation runs without gradients); this batch belongs to the next step
+            return value * float("nan") if torch.is_grad_enabled() and taken["n"] + 1 >= inject["nan_from_step"] \
+                else value
+
+        torch.amp.GradScaler.update, Objective.loss = update, loss
         try:
             yield
         finally:
-            Trainer.compute_loss = real
+            torch.amp.GradScaler.update, Objective.loss = real_update, real_loss
 
 
 def gather_check(out: Path) -> None:

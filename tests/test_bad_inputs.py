@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -16,9 +17,12 @@ from hypothesis import strategies as st
 import inference
 import train
 from conftest import base_config, write_config
-from plaintune.config import validate
+from plaintune.config import to_plain
 from plaintune.data import read_pairs
 from plaintune.errors import UserError
+from plaintune.optim import OPTIMIZERS, canonical_name
+from plaintune.schema import SCHEMA
+from plaintune.validation import validate
 
 # Every YAML file under tests/bad_inputs/ holds cases (one file per theme).
 CASES = [case for path in sorted((Path(__file__).parent / "bad_inputs").glob("*.yaml"))
@@ -138,9 +142,79 @@ section_keys = st.sampled_from(["name", "num_labels", "epochs", "batch_size", "l
 def test_config_loader_never_crashes(changes, tiny_model_dir):
     data = merge(base_config(tiny_model_dir), changes)
     try:
+        cfg = validate(data)
+    except UserError as err:
+        assert str(err).startswith("config: ")
+        return
+    assert_conforms(to_plain(cfg), SCHEMA, "")  # whatever passes holds only values the schema allows
+
+
+def assert_conforms(cfg: dict, schema: dict, prefix: str) -> None:
+    """Every key of `schema` and no other, each value of its type, among its choices, passing its check."""
+    assert set(cfg) == set(schema), prefix
+    for key, spec in schema.items():
+        where, value = f"{prefix}{key}", cfg[key]
+        if isinstance(spec, dict):
+            assert_conforms(value, spec, where + ".")
+        elif value is None:
+            assert spec.nullable, where
+        else:
+            assert isinstance(value, spec.kind) and not (isinstance(value, bool) and spec.kind in (int, float)), where
+            assert spec.choices is None or value in spec.choices, where
+            assert spec.check is None or spec.check(value) is None, where
+
+
+def not_one_of(*allowed: str):
+    return st.text(max_size=8).filter(lambda s: s not in allowed)
+
+
+def disordered_pairs():
+    finite = st.floats(-1e6, 1e6)
+    return (st.tuples(finite, finite).filter(lambda p: p[0] > p[1]).map(list)
+            | st.lists(finite, min_size=3, max_size=4) | st.just("0-5"))
+
+
+# Values each key must refuse (the fuzz test above would pass if validation accepted everything).
+INVALID = {
+    "seed": st.integers(max_value=-1) | st.integers(2**32, 2**40) | st.text(min_size=1).filter(str.isalpha),
+    "run_name": st.sampled_from(["a/b", "..", " x", "a\\b", "x\n", "r" * 201]),
+    "device": st.text(max_size=8).filter(lambda s: not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", s)),
+    "model.num_labels": st.integers(max_value=0) | st.booleans(),
+    "model.max_length": st.integers(max_value=7) | st.integers(8193, 10**6) | st.floats(8.5, 100.5).filter(
+        lambda f: not f.is_integer()),
+    "model.dropout": st.floats(0.9, 1e6, exclude_min=True) | st.floats(max_value=0.0, exclude_max=True)
+    | st.just("high"),
+    "model.kind": not_one_of("cross_encoder", "bi_encoder"),
+    "model.allow_missing": st.lists(st.integers(), min_size=1, max_size=3) | st.just("classifier.*"),
+    "data.label_range": disordered_pairs(),
+    "data.max_overlap": st.floats(1.0, 1e6, exclude_min=True) | st.floats(max_value=0.0, exclude_max=True),
+    "training.epochs": st.integers(max_value=0) | st.booleans() | st.text(min_size=1).filter(str.isalpha),
+    "training.batch_size": st.integers(max_value=0),
+    "training.learning_rate": st.floats(max_value=0.0) | st.just(float("nan")) | st.just(float("inf")),
+    "training.precision": not_one_of("fp32", "bf16", "fp16"),
+    "training.micro_batch_tokens": st.integers(max_value=15) | not_one_of("auto"),
+    "training.optimizer": st.fixed_dictionaries({"name": st.text(max_size=8).filter(
+        lambda s: canonical_name(s) not in OPTIMIZERS)}),
+    "checkpoint.keep_last": st.integers(max_value=0),
+    "inference.clip": disordered_pairs(),
+    "inference.round": st.integers(max_value=-1),
+    "logging.wandb.mode": not_one_of("auto", "online", "offline", "disabled"),
+}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=st.sampled_from(sorted(INVALID)).flatmap(lambda key: st.tuples(st.just(key), INVALID[key])))
+def test_config_loader_rejects_invalid_values_naming_the_key(case, tiny_model_dir):
+    path, value = case
+    data = base_config(tiny_model_dir)
+    *sections, leaf = path.split(".")
+    node = data
+    for section in sections:
+        node = node.setdefault(section, {})
+    node[leaf] = value
+    with pytest.raises(UserError) as err:
         validate(data)
-    except UserError:
-        pass
+    assert str(err.value).startswith("config: ") and f"{path}" in str(err.value), str(err.value)
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

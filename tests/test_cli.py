@@ -165,9 +165,21 @@ def test_classification_head(project, tiny_model_dir):
     assert set(pd.read_csv(project / "output" / "sub.csv")["target"]) <= {0, 1}
 
 
-def test_nan_metric_never_counts_as_best():
+def test_nan_metric_never_counts_as_best(project, capsys, monkeypatch):
+    """A run whose every validation scores NaN (a model predicting a constant) keeps no best/, says
+    so, and still ends normally with its resumable last.pt."""
+    from plaintune import evaluate
     from plaintune.evaluate import is_better
 
     assert is_better(0.1, None) and not is_better(float("nan"), None)
     assert not is_better(float("nan"), 0.2) and not is_better(float("inf"), 0.2)
     assert not is_better(float("-inf"), None) and is_better(0.3, 0.2) and not is_better(0.2, 0.2)
+
+    monkeypatch.setattr(evaluate, "pearson", lambda predictions, labels: float("nan"))
+    assert run_train() == 0
+    run = project / "saved_model" / "t"
+    assert (run / "last.pt").is_file() and not (run / "best").exists()
+    out = capsys.readouterr().out
+    assert "no validation gave a finite dev pearson (2 validations" in out and "best model:  (none saved)" in out
+    evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in evals if r["kind"] == "eval"] == [1, 2]

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import yaml
+from box import BoxError
 
 from conftest import REPO, base_config
 from plaintune import config as config_mod
-from plaintune.config import load_config, validate
+from plaintune.config import load_config
 from plaintune.errors import UserError
+from plaintune.optim import build_optimizer
+from plaintune.validation import validate
 from plaintune.schema import SCHEMA
 
 SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
@@ -46,15 +50,49 @@ def test_scientific_notation_string_is_a_float(cfg_dict):
     cfg = validate(cfg_dict)
     assert cfg.training.learning_rate == pytest.approx(2e-5)
     assert isinstance(cfg.training.learning_rate, float)
-    # and straight from YAML text
-    assert yaml.safe_load("lr: 2e-5")["lr"] == "2e-5"
+
+
+def test_scientific_notation_in_a_config_file_reaches_the_optimizer_as_floats(project):
+    """YAML 1.1 reads 2e-5 and 1e-8 (no dot before the e) as strings: through load_config they
+    arrive at the optimizer as the numbers they mean."""
+    path = project / "configs" / "t.yaml"
+    text = path.read_text()
+    assert "learning_rate: 0.001\n" in text and "    weight_decay: 0.01\n" in text
+    path.write_text(text.replace("learning_rate: 0.001\n", "learning_rate: 2e-5\n")
+                    .replace("    weight_decay: 0.01\n", "    weight_decay: 1e-2\n    eps: 1e-8\n"))
+    cfg = load_config("t")
+    assert isinstance(cfg.training.learning_rate, float) and cfg.training.learning_rate == pytest.approx(2e-5)
+    optimizer = build_optimizer(cfg.training.optimizer, torch.nn.Linear(2, 1), cfg.training.learning_rate)
+    weights = optimizer.param_groups[0]  # the decayed group: the 2-D weight
+    for key, value in (("lr", 2e-5), ("eps", 1e-8), ("weight_decay", 1e-2)):
+        assert isinstance(weights[key], float) and weights[key] == pytest.approx(value), key
+
+
+def test_a_loaded_config_cannot_be_changed(project):
+    """Nothing mutates the config mid-run: code that needs other values builds a copy (with_values)."""
+    cfg = load_config("t")
+    for change in (lambda: setattr(cfg.training, "epochs", 9), lambda: cfg.__setitem__("seed", 1),
+                   lambda: cfg.model.update({"num_labels": 3}), lambda: delattr(cfg, "model"),
+                   lambda: cfg.data.pop("train_path")):
+        with pytest.raises(BoxError, match="frozen"):
+            change()
+    with pytest.raises((TypeError, AttributeError)):  # lists are frozen too
+        cfg.inference.clip[0] = 1.0
+    assert cfg.training.epochs == 2 and cfg.seed == 7 and cfg.model.num_labels == 1
+
+    changed = config_mod.with_values(cfg, {"training.epochs": 9, "data.test_path": "data/test.csv"})
+    assert changed.training.epochs == 9 and changed.data.test_path == "data/test.csv"
+    assert cfg.training.epochs == 2 and cfg.data.test_path is None  # the original is untouched
+    with pytest.raises(BoxError, match="frozen"):
+        changed.training.epochs = 1
+    assert config_mod.to_plain(changed)["inference"]["clip"] == [0.0, 5.0]  # plain lists again for YAML
 
 
 def test_defaults_fill_missing_keys(cfg_dict):
     del cfg_dict["checkpoint"]
     cfg = validate(cfg_dict)
     assert cfg.checkpoint.every_n_steps == 200
-    assert cfg.inference.round == 1 and cfg.inference.clip == [0.0, 5.0]
+    assert cfg.inference.round == 1 and list(cfg.inference.clip) == [0.0, 5.0]
 
 
 @pytest.mark.parametrize("section,key,suggestion", [

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from plaintune.data import PadCollator, PairDataset, padding_fraction, read_pairs
+from plaintune.batching import padding_fraction
+from plaintune.data import PadCollator, PairDataset, read_pairs
 from plaintune.errors import UserError
 
 COLUMNS = {"id": "id", "sentence_1": "sentence_1", "sentence_2": "sentence_2", "label": "label",

@@ -223,7 +223,7 @@ def test_gather_rows_in_one_process_keeps_nan_and_refuses_gaps():
 @pytest.mark.parametrize("world", [2, 3, 4])
 def test_every_rank_gets_its_batches_even_with_fewer_batches_than_ranks(rows, world):
     """A rank with fewer batches than len(sampler) says would leave the others in the gradient all-reduce."""
-    from plaintune.sampling import BucketBatchSampler
+    from plaintune.batching import BucketBatchSampler
 
     shards = []
     for rank in range(world):

@@ -118,7 +118,8 @@ def test_gradient_accumulation_equals_the_big_batch(project, tiny_model_dir):
 def test_micro_batches_equal_one_pass_over_the_batch(project):
     """A batch cut into length-sorted micro-batches takes the same optimizer step as one pass."""
     sixteen_rows(project)
-    from plaintune.data import MicroBatchCollator, PadCollator
+    from plaintune.batching import MicroBatchCollator
+    from plaintune.data import PadCollator
 
     items = [{"index": i, "input_ids": [1] * n, "label": 0.0} for i, n in enumerate([9, 30, 4, 17])]
     parts = MicroBatchCollator(PadCollator(0), max_tokens=40, pass_overhead=0)(items)

@@ -14,7 +14,7 @@ import torch
 import train
 from plaintune import atomic
 from plaintune.errors import UserError
-from plaintune.saver import CheckpointSaver
+from plaintune.rundir import RunFiles
 
 
 def temporaries(folder: Path) -> list[Path]:
@@ -113,7 +113,7 @@ def bundle_at(step: int) -> dict:
 def test_failed_save_keeps_last_pt_in_place(tmp_path, monkeypatch, keep_last):
     """With keep_last > 1 the previous last.pt used to be moved to checkpoints/ before the new one
     was written: a failed write then left no last.pt at all."""
-    saver = CheckpointSaver(tmp_path, keep_last=keep_last)
+    saver = RunFiles(tmp_path, keep_last=keep_last)
     saver.save_last(bundle_at(5), previous_step=None)
     before = saver.last_path.read_bytes()
     real_save = torch.save
@@ -151,10 +151,10 @@ def test_stale_temporaries_are_removed_anywhere_in_the_run(tmp_path):
     for path in kept:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"keep")
-    removed = CheckpointSaver(run).remove_stale_temporaries()
+    removed = RunFiles(run).remove_stale_temporaries()
     assert sorted(removed) == sorted(stale)
     assert not any(p.exists() for p in stale) and all(p.read_bytes() == b"keep" for p in kept)
-    assert CheckpointSaver(tmp_path / "no_run_yet").remove_stale_temporaries() == []
+    assert RunFiles(tmp_path / "no_run_yet").remove_stale_temporaries() == []
 
 
 # ---------------------------------------------------------------- a real full disk

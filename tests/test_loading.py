@@ -15,10 +15,12 @@ from safetensors.torch import save_file
 import inference
 import train
 from conftest import base_config, write_config
-from plaintune import checkpoint_cli
-from plaintune.checkpoint import load_into, load_weights, map_keys, read_state_dict, resolve_saved_model
+from plaintune import checkpoint
+from plaintune.formats import read_state_dict
+from plaintune.rundir import resolve_saved_model
+from plaintune.weights import LoadRules, load_into, load_weights, map_keys
 from plaintune.errors import UserError
-from plaintune.factory import build_model, build_model_config, build_tokenizer
+from plaintune.model import build_model, build_model_config, build_tokenizer
 
 
 def _mangle(state: dict, kind: str) -> dict:
@@ -174,16 +176,16 @@ def test_warm_start_into_a_changed_model(project, tiny_model_dir, capsys):
     cfg["model"].update({"from_scratch": True, "config_overrides": {"num_hidden_layers": 3},
                          "init_from": str(tiny_model_dir), "allow_missing": ["bert.encoder.layer.2.*"]})
     write_config(project, cfg, "warm")
-    from plaintune.checkpoint import load_weights
+    from plaintune.weights import LoadRules, load_weights
     from plaintune.config import load_config
-    from plaintune.factory import build_model
+    from plaintune.model import build_model
     from transformers import AutoModelForSequenceClassification
 
     loaded = load_config("warm")
     torch.manual_seed(123)
     model = build_model(loaded.model)
     fresh_before = model.bert.encoder.layer[2].output.dense.weight.clone()
-    report = load_weights(model, tiny_model_dir, allow_missing=loaded.model.allow_missing)
+    report = load_weights(model, tiny_model_dir, LoadRules(allow_missing=loaded.model.allow_missing))
     old = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).state_dict()
     new = model.state_dict()
     for key, tensor in old.items():
@@ -226,17 +228,17 @@ def test_freezing(project, capsys):
 
 
 def test_inspect_cli(project, formats, capsys):
-    assert checkpoint_cli.main(["inspect", str(formats["module_gamma_beta"])]) == 0
+    assert checkpoint.main(["inspect", str(formats["module_gamma_beta"])]) == 0
     out = capsys.readouterr().out
     assert "format:     state dict" in out and "module. x" in out and "float32" in out
-    assert checkpoint_cli.main(["inspect", str(formats["module_gamma_beta"]), "--config", "t"]) == 0
+    assert checkpoint.main(["inspect", str(formats["module_gamma_beta"]), "--config", "t"]) == 0
     out = capsys.readouterr().out
     assert "strip DDP 'module.'" in out and "loaded: 41" in out
 
 
 def test_convert_cli_writes_a_clean_hf_dir(project, formats, tiny_model_dir, tmp_path):
     out_dir = tmp_path / "clean"
-    assert checkpoint_cli.main(["convert", str(formats["lightning_ckpt"]), str(out_dir), "--config", "t"]) == 0
+    assert checkpoint.main(["convert", str(formats["lightning_ckpt"]), str(out_dir), "--config", "t"]) == 0
     from transformers import AutoConfig
 
     assert AutoConfig.from_pretrained(out_dir).num_labels == 1
@@ -289,11 +291,11 @@ def test_unreadable_files_say_permission_denied(project, bad_checkpoints, tiny_m
     import builtins
     from pathlib import Path
 
-    from plaintune import checkpoint, data
+    from plaintune import data, formats as checkpoint_formats
 
     real_open, real_read_text = builtins.open, Path.read_text
     weights = bad_checkpoints / "good.pt"
-    monkeypatch.setattr(checkpoint, "open", lambda file, *a, **k: _permission_denied(str(file))()
+    monkeypatch.setattr(checkpoint_formats, "open", lambda file, *a, **k: _permission_denied(str(file))()
                         if str(file) == str(weights) else real_open(file, *a, **k), raising=False)
     with pytest.raises(UserError, match=f"cannot read '{weights}': permission denied; make it readable"):
         read_state_dict(weights)
@@ -370,8 +372,8 @@ def test_nonfinite_weights_refused_unless_allowed(tiny_model_dir, bad_checkpoint
         load_weights(model, bad_checkpoints / "nan.pt")
     assert torch.equal(model.classifier.weight, before)  # refused before anything was copied
     with pytest.raises(UserError, match="NaN or inf"):
-        load_weights(model, bad_checkpoints / "nan.pt", allow_nonfinite=["bert.*"])  # a glob that does not cover it
-    report = load_weights(model, bad_checkpoints / "nan.pt", allow_nonfinite=["classifier.*"])
+        load_weights(model, bad_checkpoints / "nan.pt", LoadRules(allow_nonfinite=["bert.*"]))  # a glob that does not cover it
+    report = load_weights(model, bad_checkpoints / "nan.pt", LoadRules(allow_nonfinite=["classifier.*"]))
     assert "classifier.weight" in report.loaded and torch.isnan(model.classifier.weight[0, 0])
 
 
@@ -429,13 +431,13 @@ def _digest(path) -> dict:
 def test_convert_refuses_to_clobber(project, formats, tiny_model_dir, tmp_path, capsys):
     src = str(formats["state_dict_pt"])
     data_before = _digest(project / "data")
-    assert checkpoint_cli.main(["convert", src, "data", "--config", "t"]) == 2
+    assert checkpoint.main(["convert", src, "data", "--config", "t"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "convert: OUT_DIR 'data' exists and is not empty" in err[0] and "--overwrite" in err[0]
     assert _digest(project / "data") == data_before
 
     for extra in ([], ["--overwrite"]):  # a file is never replaced by a directory
-        assert checkpoint_cli.main(["convert", src, "data/train.csv", "--config", "t", *extra]) == 2
+        assert checkpoint.main(["convert", src, "data/train.csv", "--config", "t", *extra]) == 2
         assert "'data/train.csv' is a file" in capsys.readouterr().err
     assert _digest(project / "data") == data_before
 
@@ -443,7 +445,7 @@ def test_convert_refuses_to_clobber(project, formats, tiny_model_dir, tmp_path, 
     shutil.copytree(tiny_model_dir, copy)
     copy_before = _digest(copy)
     for out, fragment in ((copy, "is the checkpoint itself"), (copy / "sub", "is inside the checkpoint")):
-        assert checkpoint_cli.main(["convert", str(copy), str(out), "--config", "t"]) == 2
+        assert checkpoint.main(["convert", str(copy), str(out), "--config", "t"]) == 2
         assert fragment in capsys.readouterr().err
     assert _digest(copy) == copy_before
 
@@ -455,8 +457,8 @@ def test_convert_overwrite_replaces_only_the_model_files(project, formats, tiny_
     (out / "config.json").write_text("{}")
     (out / "model.safetensors.index.json").write_text('{"weight_map": {"a": "model-00001-of-00002.safetensors"}}')
     (out / "model-00001-of-00002.safetensors").write_bytes(b"old shard")
-    assert checkpoint_cli.main(["convert", str(formats["lightning_ckpt"]), str(out), "--config", "t"]) == 2
-    assert checkpoint_cli.main(["convert", str(formats["lightning_ckpt"]), str(out), "--config", "t",
+    assert checkpoint.main(["convert", str(formats["lightning_ckpt"]), str(out), "--config", "t"]) == 2
+    assert checkpoint.main(["convert", str(formats["lightning_ckpt"]), str(out), "--config", "t",
                                 "--overwrite"]) == 0
     assert (out / "notes.txt").read_text() == "keep me"
     # The stale index would have shadowed the new model.safetensors: it and its shard are gone.
@@ -471,10 +473,10 @@ def test_convert_into_the_current_directory_leaves_no_temporary(project, formats
     work.mkdir()
     monkeypatch.chdir(work)
     args = ["convert", str(formats["state_dict_pt"]), ".", "--config", str(project / "configs" / "t.yaml")]
-    assert checkpoint_cli.main(args) == 0
+    assert checkpoint.main(args) == 0
     names = sorted(p.name for p in work.iterdir())
     assert "config.json" in names and "model.safetensors" in names and not [n for n in names if n.startswith(".")]
-    assert checkpoint_cli.main(args) == 2  # now it is not empty
+    assert checkpoint.main(args) == 2  # now it is not empty
     (work / "mine.txt").write_text("x")
-    assert checkpoint_cli.main(args + ["--overwrite"]) == 0
+    assert checkpoint.main(args + ["--overwrite"]) == 0
     assert sorted(p.name for p in work.iterdir()) == sorted(names + ["mine.txt"])

@@ -144,12 +144,12 @@ def test_early_stopping_stops_at_the_expected_epoch(project, capsys):
     assert [r["epoch"] for r in evals(project)] == [1, 2, 3]
     assert "early stopping" in capsys.readouterr().out
     state = torch.load(project / "saved_model" / "t" / "last.pt", weights_only=True)["train_state"]
-    assert state["stopped_early"] and state["bad_epochs"] == 2
+    assert state["stopped_early"] and state["bad_validations"] == 2
 
 
 def test_early_stopping_counter_survives_resume(project):
     stop = ["training.early_stopping.patience=3", "training.early_stopping.min_delta=10"]
-    assert train.main(["--config", "t", "training.epochs=2", *stop]) == 0  # bad_epochs = 1
+    assert train.main(["--config", "t", "training.epochs=2", *stop]) == 0  # bad_validations = 1
     assert train.main(["--config", "t", "training.epochs=6", *stop, "--resume"]) == 0
     # with the counter restored: bad 2 after epoch 3, 3 after epoch 4 -> stop (a reset counter would reach 5)
     assert [r["epoch"] for r in evals(project)] == [1, 2, 3, 4]

@@ -14,10 +14,10 @@ from plaintune.config import load_config
 from plaintune.data import PairDataset, eval_loader, read_pairs
 from plaintune.objective import Objective
 from plaintune.evaluate import pearson, predict
-from plaintune.sampling import BucketBatchSampler
+from plaintune.batching import BucketBatchSampler
 from plaintune.tracking import Tracker
-from plaintune.saver import CheckpointSaver
-from plaintune.trainer import LoopOptions, Trainer
+from plaintune.rundir import RunFiles
+from plaintune.trainer import DevSet, LoopOptions, Trainer
 
 
 class BatchShiftedModel(nn.Module):
@@ -56,11 +56,9 @@ def test_validation_pearson_is_over_the_whole_set(project, tiny_model_dir):
     assert abs(whole - per_batch) > 0.1, "the fixture must tell the two apart"
 
     model.calls = 0
-    trainer = Trainer(model=model, tokenizer=None, objective=Objective(1, "mse"), optimizer=None, scheduler=None,
-                      scheduler_when="step", train_loader=SimpleNamespace(batch_sampler=None), dev_loader=loader,
-                      dev_labels=table.labels, device=torch.device("cpu"), saver=CheckpointSaver(project),
-                      tracker=Tracker(project, {}, "t", {}, "pearson", active=False), config={},
-                      options=LoopOptions(epochs=1))
+    trainer = Trainer(model, Objective(1, "mse"), optim=None, train_loader=SimpleNamespace(batch_sampler=None),
+                      dev=DevSet(loader, table.labels), files=RunFiles(project),
+                      tracker=Tracker(project, {}, "pearson", active=False), options=LoopOptions(epochs=1))
     metric, loss = trainer.validate()
     assert metric == pytest.approx(whole, abs=1e-6)
     assert loss == pytest.approx(float(np.mean((outputs - table.labels) ** 2)), rel=1e-5)
@@ -101,14 +99,25 @@ def test_bucket_sampler_len_matches_steps(project):
 
 
 def nan_loss_from(monkeypatch, step: int) -> None:
-    """The training loss is NaN from optimizer step `step` on (a diverging run, made deterministic)."""
-    real = Trainer.compute_loss
+    """The training loss is NaN from optimizer step `step` on (a diverging run, made deterministic).
+    Validation's dev loss (computed without gradients) stays as it is."""
+    # The trainer calls scaler.update() once per optimizer step, also when fp16 skips the step.
+    taken = {"steps": 0}
+    real_update = torch.amp.GradScaler.update
 
-    def compute_loss(self, logits, labels):
-        loss = real(self, logits, labels)
-        return loss * float("nan") if self.state.global_step + 1 >= step else loss  # this batch's step
+    def update(self, *args, **kwargs):
+        taken["steps"] += 1
+        return real_update(self, *args, **kwargs)
 
-    monkeypatch.setattr(Trainer, "compute_loss", compute_loss)
+    monkeypatch.setattr(torch.amp.GradScaler, "update", update)
+    real = Objective.loss
+
+    def loss(self, logits, labels):
+        value = real(self, logits, labels)
+        training = torch.is_grad_enabled()
+        return value * float("nan") if training and taken["steps"] + 1 >= step else value  # this batch's step
+
+    monkeypatch.setattr(Objective, "loss", loss)
 
 
 @pytest.mark.parametrize("precision, nan_from, log_every, when", [

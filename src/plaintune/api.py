@@ -14,8 +14,9 @@ from typing import Optional, Sequence, Union
 
 import pandas as pd
 
-from .config import apply_overrides, load_config, resolve_config_path, validate
+from .config import apply_overrides, load_config, resolve_config_path
 from .recipe import TrainResult, run_inference, run_training
+from .validation import validate
 
 ConfigLike = Union[str, Path, dict]
 

@@ -177,7 +177,7 @@ def replace_dir(target: PathLike, fill: Callable[[Path], None]) -> None:
 
     The new directory is complete on disk before the old one moves away; if a
     crash falls between the two renames, `<target>.old` still holds the previous
-    complete copy (loaders look there, see `checkpoint.find_best_dir`).
+    complete copy (loaders look there, see `rundir.find_best_dir`).
     """
     target = Path(target)
     tmp = _make_temp_dir(target, target.parent)

@@ -1,4 +1,4 @@
-"""CSV reading with checks, the pair dataset (token ids cached once), dynamic padding.
+"""CSV reading with checks, the pair dataset (token ids cached once), dynamic padding, the loaders.
 
 Errors name the config key, the file, the line and the column, so a user can
 fix the CSV without reading code. Line numbers count the header as line 1.
@@ -6,11 +6,9 @@ fix the CSV without reading code. Line numbers count the header as line 1.
 from __future__ import annotations
 
 import csv
-import math
 import os
 import stat
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -18,8 +16,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .batching import BucketBatchSampler, MicroBatchCollator, SortedBatchSampler
 from .errors import UserError
-from .sampling import BucketBatchSampler, SortedBatchSampler
 
 MISSING_TEXT = {"", "nan", "null", "none", "n/a", "na", "<na>"}
 MAX_LISTED = 3  # bad rows named per problem before "and N more"
@@ -45,12 +43,7 @@ def _rows_text(lines: Sequence[int]) -> str:
     return f"line{'s' if len(lines) > 1 else ''} {shown}{more}"
 
 
-def read_csv_checked(path: str, key: str, encoding: str = "utf-8") -> pd.DataFrame:
-    """Read a CSV as strings; turn every way it can be unreadable into a `UserError`.
-
-    The csv module (not pandas) reads it, so a row with too many or too few
-    fields is reported with its line instead of being silently re-aligned.
-    """
+def _check_exists(path: str, key: str) -> None:
     where = f"{key}: '{path}'"
     try:  # os.stat, not Path.is_file: newer Pythons answer False for "permission denied"
         exists = stat.S_ISREG(os.stat(path).st_mode)
@@ -61,6 +54,10 @@ def read_csv_checked(path: str, key: str, encoding: str = "utf-8") -> pd.DataFra
         exists = False
     if not exists:
         raise UserError(f"{where} does not exist; fix the path or override it ({key}=path/to/file.csv)")
+
+
+def _read_rows(path: str, where: str, encoding: str) -> tuple[list[list[str]], list[int]]:
+    """The non-blank rows of a CSV and the file line each ends on."""
     # utf-8-sig reads plain UTF-8 too, and drops the BOM that Excel puts in front.
     codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
     rows, lines = [], []
@@ -86,6 +83,18 @@ def read_csv_checked(path: str, key: str, encoding: str = "utf-8") -> pd.DataFra
     except csv.Error as err:
         raise UserError(f"{where} is not a well-formed CSV (line {lines[-1] + 1 if lines else 1}: {err}); "
                         "quote fields that contain commas or quotes") from None
+    return rows, lines
+
+
+def read_csv_checked(path: str, key: str, encoding: str = "utf-8") -> pd.DataFrame:
+    """Read a CSV as strings; turn every way it can be unreadable into a `UserError`.
+
+    The csv module (not pandas) reads it, so a row with too many or too few
+    fields is reported with its line instead of being silently re-aligned.
+    """
+    where = f"{key}: '{path}'"
+    _check_exists(path, key)
+    rows, lines = _read_rows(path, where, encoding)
     if not rows:
         raise UserError(f"{where} is empty; expected a header line such as id,source,sentence_1,sentence_2,label")
     header = [name.strip() for name in rows[0]]
@@ -272,65 +281,6 @@ class PadCollator:
         return batch
 
 
-# On CPU a forward+backward pass has a fixed cost about equal to this many more padded tokens
-# (MiniLM, 2 threads: ~40 ms per pass against ~0.6 ms per token; bench/RESULTS.md), so cutting a
-# batch pays only where it removes more padding than that.
-PASS_OVERHEAD_TOKENS_CPU = 64
-
-
-def split_by_length(lengths: Sequence[int], max_tokens: int, pass_overhead: int = 0) -> list[list[int]]:
-    """Positions of one batch cut into micro-batches for separate forward passes.
-
-    Positions are sorted longest first and cut into contiguous runs; a run costs
-    (its size x its longest length) padded tokens plus `pass_overhead`. The cut
-    minimises the total cost (exact dynamic programme, O(n^2) for a batch of n)
-    subject to each run holding at most `max_tokens` padded tokens; an item longer
-    than that forms a run alone.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    sizes = [int(lengths[i]) for i in order]
-    n = len(sizes)
-    best = [0.0] + [math.inf] * n      # best[j]: cheapest cut of the first j items
-    start = [0] * (n + 1)              # start[j]: where the last run of that cut begins
-    for j in range(1, n + 1):
-        for i in range(j - 1, -1, -1):  # run = sorted items i..j-1, its longest is sizes[i]
-            tokens = (j - i) * sizes[i]
-            if tokens > max_tokens and i < j - 1:
-                break                   # growing the run only adds tokens
-            cost = best[i] + tokens + pass_overhead
-            if cost < best[j]:
-                best[j], start[j] = cost, i
-    runs, j = [], n
-    while j > 0:
-        runs.append(order[start[j]:j])
-        j = start[j]
-    return runs[::-1]
-
-
-class MicroBatchCollator:
-    """Collates a training batch as a list of padded micro-batches (see `split_by_length`).
-
-    The batch, and so the optimizer step, is unchanged: the trainer weights each
-    micro-batch's mean loss by its share of the batch. What changes is padding
-    (each micro-batch pads to its own longest pair, so a random batch costs
-    nearly what a length-sorted one does) and peak memory (activations of at most
-    `max_tokens` tokens at a time).
-    """
-
-    def __init__(self, collate: PadCollator, max_tokens: Optional[int], pass_overhead: int = 0):
-        self.collate = collate
-        self.max_tokens = max_tokens
-        self.pass_overhead = pass_overhead
-
-    def __call__(self, items: list[dict]) -> list[dict]:
-        if self.max_tokens is None:  # one pass per batch
-            return [self.collate(items)]
-        # A pair costs its joint length (cross-encoder) or both sides' lengths (bi-encoder).
-        lengths = [len(item["input_ids"]) + len(item.get("input_ids_b", ())) for item in items]
-        return [self.collate([items[i] for i in run])
-                for run in split_by_length(lengths, self.max_tokens, self.pass_overhead)]
-
-
 def label_dtype(num_labels: int) -> torch.dtype:
     return torch.float32 if num_labels == 1 else torch.long
 
@@ -360,16 +310,6 @@ def eval_loader(dataset: PairDataset, batch_size: int, num_labels: int, num_work
                       num_workers=num_workers, pin_memory=pin_memory, generator=_private_generator(0))
 
 
-def padding_fraction(lengths: np.ndarray, batches: Sequence[Sequence[int]]) -> float:
-    """Share of padded positions over all positions, for a given batching."""
-    real = padded = 0
-    for batch in batches:
-        sizes = lengths[list(batch)]
-        real += int(sizes.sum())
-        padded += int(sizes.max()) * len(batch)
-    return 1.0 - real / padded if padded else 0.0
-
-
-__all__ = ["PairTable", "PairDataset", "SeparatePairDataset", "make_dataset", "PadCollator", "MicroBatchCollator",
-           "split_by_length", "read_pairs", "read_csv_checked", "require_columns",
-           "check_class_labels", "train_loader", "eval_loader", "padding_fraction"]
+__all__ = ["PairTable", "PairDataset", "SeparatePairDataset", "make_dataset", "PadCollator", "read_pairs",
+           "read_csv_checked", "require_columns", "check_class_labels", "with_swapped_pairs", "train_loader",
+           "eval_loader"]

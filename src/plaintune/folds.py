@@ -10,7 +10,6 @@ and the K best models together are an ensemble for inference.py.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import shlex
@@ -22,10 +21,11 @@ import pandas as pd
 import torch
 from box import Box
 
-from . import atomic, checkpoint, data, distributed
+from . import atomic, data, distributed, rundir
+from .config import with_values
 from .errors import UserError
 from .evaluate import metric_name, score
-from .saver import CheckpointSaver
+from .rundir import RunFiles
 
 FOLDS_SUFFIX = "-folds"
 
@@ -79,21 +79,14 @@ def _fold_config(cfg: Box, fold: int, folder: Path) -> tuple[Box, list[str]]:
               "data.dev_path": str(folder / f"fold{fold}_dev.csv"), "data.encoding": "utf-8",
               # the honest score of a k-fold is out-of-fold; a test file may be part of the pool
               "data.test_path": None}
-    fold_cfg = copy.deepcopy(cfg)
-    for dotted, value in values.items():
-        *sections, key = dotted.split(".")
-        target = fold_cfg
-        for section in sections:
-            target = target[section]
-        target[key] = value
-    return fold_cfg, [f"{dotted}={'null' if value is None else value}" for dotted, value in values.items()]
+    return with_values(cfg, values), [f"{dotted}={'null' if value is None else value}" for dotted, value in values.items()]
 
 
 def _out_of_fold(fold_cfg: Box, table: data.PairTable, device: torch.device) -> np.ndarray:
     """The fold's best model on its held-out pairs (regression scores or class ids)."""
     from .recipe import load_model_for_inference, member_outputs, objective_for, runs_root
 
-    source = checkpoint.resolve_saved_model(fold_cfg.run_name, runs_root(fold_cfg))
+    source = rundir.resolve_saved_model(fold_cfg.run_name, runs_root(fold_cfg))
     model, tokenizer, _ = load_model_for_inference(fold_cfg, source)
     model.to(device)
     outputs = member_outputs(model, tokenizer, objective_for(model, fold_cfg, source), table, fold_cfg, device, False)
@@ -129,7 +122,7 @@ def check_same_split(folder: Path, identity: dict, resume: bool, force: bool, ov
     except (OSError, ValueError):
         raise UserError(f"--folds: '{saved_file}' is unreadable or damaged; start over with --overwrite") from None
     trained = any(folder.glob("fold*_predictions.json")) or any(
-        CheckpointSaver(folder.with_name(f"{identity['config']['run_name']}-fold{k}")).resume_candidates()
+        RunFiles(folder.with_name(f"{identity['config']['run_name']}-fold{k}")).resume_candidates()
         for k in range(1, int(saved.get("folds", 0) or 0) + 1))
     if not trained:
         return  # cut but never trained (e.g. stopped by a data check): nothing to protect
@@ -194,7 +187,7 @@ def run_folds(cfg: Box, config_name: str, overrides: Sequence[str], folds: int, 
             predictions = _read_predictions(done_file, len(held_out))
             print(f"fold {fold}/{folds}: done earlier ({fold_cfg.run_name})")
         else:
-            started = bool(CheckpointSaver(run_dir_for(fold_cfg)).resume_candidates())
+            started = bool(RunFiles(run_dir_for(fold_cfg)).resume_candidates())
             print(f"fold {fold}/{folds}: {fold_cfg.run_name}, {len(pooled) - len(held_out)} pairs to train on, "
                   f"{len(held_out)} held out")
             run_training(fold_cfg, config_name, [*overrides, *fold_overrides],

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .factory import build_loss, canonical_loss
+from .optim import build_loss, canonical_loss
 
 ACTIVATIONS = ("none", "sigmoid", "cosine")  # cosine: the bi-encoder's similarity in [-1, 1]
 CONFIG_ATTRIBUTE = "plaintune_output"  # stored in the HF config.json of saved models

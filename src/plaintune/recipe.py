@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import copy
 import fnmatch
 import json
 import math
@@ -21,16 +20,21 @@ import pandas as pd
 import torch
 from box import Box
 
-from . import atomic, checkpoint, config as config_mod, data, datacheck, distributed, factory
+from . import atomic, config as config_mod, data, datacheck, distributed, formats, rundir
+from .batching import PASS_OVERHEAD_TOKENS_CPU, BucketBatchSampler
 from .guard import check_outputs
 from .runlock import RunLock
 from .errors import UserError
+from .model import build_model, build_tokenizer
 from .objective import CONFIG_ATTRIBUTE, Objective, choose_activation, choose_loss, parse_record
 from .evaluate import metric_name, postprocess, predict, score, write_submission
-from .sampling import BucketBatchSampler
+from .optim import build_optimizer, build_scheduler
 from .tracking import Tracker, start_wandb, wandb_mode
-from .saver import LAST_FILE, CheckpointSaver, read_newest_bundle
-from .trainer import LoopOptions, Trainer, seed_everything
+from .rundir import LAST_FILE, RunFiles, read_newest_bundle
+from .selection import SelectionRules
+from .trainer import DevSet, LoopOptions, Trainer
+from .train_state import Optimization, adapt_world_size, restore_bundle, seed_everything
+from .weights import LoadRules, load_into, load_weights
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # micro_batch_tokens: auto on CPU. Cuts random batches' padding as well as any larger budget
@@ -168,16 +172,16 @@ def clear_run(run_dir: Path) -> None:
 
 def read_bundle(path: Path) -> dict:
     """A resume bundle (or a plain state dict) read with weights_only=True."""
-    obj = checkpoint.load_torch_file(path, trust=False)
+    obj = formats.load_torch_file(path, trust=False)
     if not isinstance(obj, dict):
         raise UserError(f"--resume: '{path}' holds a {type(obj).__name__}, not a training bundle")
     if "model_state_dict" not in obj:
-        state, fmt = checkpoint.find_state_dict(obj, path)
+        state, fmt = formats.find_state_dict(obj, path)
         obj = {"model_state_dict": state, "_format": fmt}
     return obj
 
 
-def find_resume_bundle(resume: str, saver: CheckpointSaver) -> tuple[Path, dict]:
+def find_resume_bundle(resume: str, saver: RunFiles) -> tuple[Path, dict]:
     """`--resume PATH` reads that bundle; `--resume` the run's newest readable one."""
     if resume:
         path = Path(resume)
@@ -239,7 +243,7 @@ def checkpoint_record(source: Path) -> Optional[dict]:
         return parse_record(meta.get(CONFIG_ATTRIBUTE), str(config_file)) if isinstance(meta, dict) else None
     if not source.is_file():
         return None
-    if source.name in checkpoint.WEIGHT_FILES and (source.parent / "config.json").is_file():
+    if source.name in formats.WEIGHT_FILES and (source.parent / "config.json").is_file():
         return checkpoint_record(source.parent)  # best/model.safetensors: the directory's record
     if source.suffix == ".safetensors":
         return None
@@ -260,9 +264,9 @@ def head_is_fresh(model: torch.nn.Module, fresh_keys: Optional[set]) -> bool:
 
 
 def resolve_objective(cfg: Box, record: Optional[dict], head_fresh: bool, record_wins: bool,
-                      announce: bool = True) -> Objective:
-    """The Objective for this run or checkpoint; writes the resolved mapping and loss back into `cfg`
-    (so config.yaml and the resume bundle say what was used) and prints one line saying why."""
+                      announce: bool = True) -> tuple[Objective, Box]:
+    """The Objective for this run or checkpoint, and a copy of `cfg` holding the resolved mapping and
+    loss (so config.yaml and the resume bundle say what was used); prints one line saying why."""
     num_labels = cfg.model.num_labels
     if record is not None and record.get("kind", "cross_encoder") != cfg.model.kind:
         record = None  # a record of another model kind says nothing about this model's head
@@ -277,16 +281,17 @@ def resolve_objective(cfg: Box, record: Optional[dict], head_fresh: bool, record
         if activation == "sigmoid" and cfg.data.label_range is None and record is None:
             raise UserError("model.output_activation: sigmoid maps the head to data.label_range, which is null; "
                             "set data.label_range (e.g. [0.0, 5.0])")
-        cfg.model.output_activation = activation
+        cfg = config_mod.with_values(cfg, {"model.output_activation": activation})
     from_record = record is not None and activation == record.get("activation") and not head_fresh
     label_range = (record["low"], record["high"]) if from_record else cfg.data.label_range
     if record_wins:  # inference: the loss is never used
         loss = "crossentropy" if num_labels > 1 else "mse"
     else:
-        loss = cfg.training.loss = choose_loss(cfg.training.loss, activation, num_labels)
+        loss = choose_loss(cfg.training.loss, activation, num_labels)
+        cfg = config_mod.with_values(cfg, {"training.loss": loss})
     if announce and num_labels == 1:
         print(f"output mapping: {activation} ({why})")
-    return Objective(num_labels, loss, activation, label_range, kind=kind)
+    return Objective(num_labels, loss, activation, label_range, kind=kind), cfg
 
 
 def init_head_bias(model: torch.nn.Module, value: float) -> bool:
@@ -301,24 +306,6 @@ def init_head_bias(model: torch.nn.Module, value: float) -> bool:
     with torch.no_grad():
         biases[-1][1].fill_(value)
     return True
-
-
-def adapt_world_size(trainer: Trainer, saved: int, current: int) -> None:
-    """Resume under another number of processes: keep the epoch position in batches consumed.
-
-    Rank r takes batches r, r+W, ... of the epoch's order, so after k steps per
-    rank under W_old the first k*W_old batches are done; under W_new that is
-    k*W_old/W_new steps per rank (exact when it divides).
-    """
-    if saved == current:
-        return
-    state = trainer.state
-    done = state.step_in_epoch * saved
-    state.step_in_epoch = done // current
-    if trainer.dist.is_main:
-        exact = "" if done % current == 0 else f" ({done % current} batches of this epoch will be seen twice)"
-        print(f"note: resuming a {saved}-process run with {current} process(es); the effective batch size "
-              f"changes accordingly{exact}")
 
 
 @dataclass
@@ -342,20 +329,21 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
     dist_info, device = distributed.setup(cfg.device, timeout_s=cfg.training.ddp_timeout_s)
     wandb_mode(cfg.logging.wandb.mode)
     # "{time}" in run_name gives each run (e.g. each sweep trial) its own directory; rank 0 decides.
-    cfg.run_name = distributed.broadcast_object(cfg.run_name.replace("{time}", time.strftime("%Y%m%d-%H%M%S")))
+    cfg = config_mod.with_values(cfg, {"run_name": distributed.broadcast_object(
+        cfg.run_name.replace("{time}", time.strftime("%Y%m%d-%H%M%S")))})
     run_dir = run_dir_for(cfg)
     plain_cfg = config_mod.to_plain(cfg)
     resume_cmd = resume_command or " ".join(["python", "train.py", "--config", shlex.quote(config_name),
                            *map(shlex.quote, overrides), "--resume"])
 
     # 2. Where the run writes; never clobber a previous run by accident.
-    saver = CheckpointSaver(run_dir, cfg.checkpoint.keep_last, cfg.checkpoint.keep_top_k)
+    saver = RunFiles(run_dir, cfg.checkpoint.keep_last)
     bundle = None
     if resume is not None:
         bundle_path, bundle = find_resume_bundle(resume, saver)
         # The head continues as it was trained: plaintune's recorded mapping, raw for a foreign bundle.
-        objective = resolve_objective(cfg, record_from_bundle(bundle), head_fresh=False, record_wins=False,
-                                      announce=dist_info.is_main)
+        objective, cfg = resolve_objective(cfg, record_from_bundle(bundle), head_fresh=False, record_wins=False,
+                                           announce=dist_info.is_main)
         plain_cfg = config_mod.to_plain(cfg)
         identity, other = check_drift(bundle.get("config"), plain_cfg)
         if identity and not force:
@@ -381,7 +369,7 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
     fingerprints = datacheck.data_fingerprints(tables)
     if bundle is not None:
         check_same_data(bundle, fingerprints, force, dist_info.is_main)
-    tokenizer = factory.build_tokenizer(cfg.model)
+    tokenizer = build_tokenizer(cfg.model)
     if dist_info.is_main:
         datacheck.warn_poor_coverage(tokenizer, tables["train"], cfg.model.name)
     if cfg.data.augment.swap:
@@ -398,7 +386,7 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
     budget = cfg.training.micro_batch_tokens
     if budget == "auto":
         budget = AUTO_MICRO_BATCH_TOKENS_CPU if device.type == "cpu" else None
-    overhead = data.PASS_OVERHEAD_TOKENS_CPU if device.type == "cpu" else (budget or 0)
+    overhead = PASS_OVERHEAD_TOKENS_CPU if device.type == "cpu" else (budget or 0)
     train_loader = data.train_loader(datasets["train"], sampler, num_labels, cfg.training.num_workers, pin,
                                      budget, overhead)
     dev_loader = data.eval_loader(datasets["dev"], cfg.training.eval_batch_size, num_labels,
@@ -406,23 +394,22 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
 
     # 4. Model: pretrained (or from scratch), then an optional warm start, then freezing.
     load_report = None
-    model = factory.build_model(cfg.model, pretrained=(not cfg.model.from_scratch) and bundle is None)
+    model = build_model(cfg.model, pretrained=(not cfg.model.from_scratch) and bundle is None)
     # What the head's output means follows where the head came from (see resolve_objective).
     record = parse_record(getattr(model.config, CONFIG_ATTRIBUTE, None), f"model.name '{cfg.model.name}'")
     fresh_keys = None if cfg.model.from_scratch else getattr(model, "plaintune_fresh_keys", set())
     if cfg.model.init_from and bundle is None:
-        report = checkpoint.load_weights(model, cfg.model.init_from, cfg.model.key_rules, cfg.model.allow_missing,
-                                         cfg.model.allow_unexpected, trust,
-                                         allow_nonfinite=cfg.model.allow_nonfinite)
+        rules = LoadRules(cfg.model.key_rules, cfg.model.allow_missing, cfg.model.allow_unexpected,
+                          cfg.model.allow_nonfinite)
+        report = load_weights(model, cfg.model.init_from, rules, trust)
         record = checkpoint_record(Path(cfg.model.init_from))
         fresh_keys = set(report.missing) | set(report.reshaped)
         if dist_info.is_main:
             print(f"init_from: {report.summary()}")
             load_report = report.full_text()  # written with the run's other files (step 6)
     if bundle is not None:
-        report = checkpoint.load_into(model, bundle["model_state_dict"], str(bundle_path),
-                                      bundle.get("_format", "bundle"), cfg.model.key_rules,
-                                      allow_nonfinite=cfg.model.allow_nonfinite)
+        report = load_into(model, bundle["model_state_dict"], str(bundle_path), bundle.get("_format", "bundle"),
+                           LoadRules(cfg.model.key_rules, allow_nonfinite=cfg.model.allow_nonfinite))
         if report.rules and dist_info.is_main:
             print(f"resume: {report.summary()}")
     check_vocabulary(distributed.unwrap_model(model), tokenizer, cfg)
@@ -443,21 +430,22 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
 
     # 5. Objective (loss + what logits mean), optimizer, scheduler (the schedule needs the number of steps).
     if bundle is None:
-        objective = resolve_objective(cfg, record, head_is_fresh(model, fresh_keys), record_wins=False,
-                                      announce=dist_info.is_main)
+        objective, cfg = resolve_objective(cfg, record, head_is_fresh(model, fresh_keys), record_wins=False,
+                                           announce=dist_info.is_main)
         plain_cfg = config_mod.to_plain(cfg)
     setattr(model.config, CONFIG_ATTRIBUTE, objective.describe())  # saved with best/ for inference
     if bundle is None and cfg.model.head_bias_init == "label_mean" and objective.regression \
             and cfg.model.kind == "cross_encoder" and not cfg.model.init_from:
         init_head_bias(model, objective.initial_bias(float(tables["train"].labels.mean())))
-    optimizer = factory.build_optimizer(cfg.training.optimizer, model, cfg.training.learning_rate,
-                                        cfg.training.head_lr_multiplier, cfg.training.layer_lr_decay)
+    optimizer = build_optimizer(cfg.training.optimizer, model, cfg.training.learning_rate,
+                                cfg.training.head_lr_multiplier, cfg.training.layer_lr_decay)
     accum = cfg.training.grad_accum_steps
     steps_per_epoch = -(-len(sampler) // accum)
-    scheduler, scheduler_when = factory.build_scheduler(cfg.training.scheduler, optimizer, steps_per_epoch,
-                                                        cfg.training.epochs)
+    scheduler, scheduler_when = build_scheduler(cfg.training.scheduler, optimizer, steps_per_epoch,
+                                                cfg.training.epochs)
     autocast_dtype = AUTOCAST[cfg.training.precision]
-    scaler = torch.amp.GradScaler(device.type) if cfg.training.precision == "fp16" else None
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.training.precision == "fp16")
+    optim = Optimization(optimizer, scheduler, scheduler_when, scaler)
 
     # 6. Everything loaded: now the run directory gets written, by this process alone (the lock).
     #    wandb starts first: a backend that cannot start stops the run before anything is touched.
@@ -474,32 +462,35 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
             atomic.write_text(run_dir / "config.yaml", config_mod.dump_yaml(cfg))
             if load_report is not None:
                 atomic.write_text(run_dir / "load_report.txt", load_report)
+        selection = SelectionRules(patience=cfg.training.early_stopping.patience,
+                                   min_delta=cfg.training.early_stopping.min_delta,
+                                   keep_top_k=cfg.checkpoint.keep_top_k)
         options = LoopOptions(epochs=cfg.training.epochs, grad_accum_steps=accum,
                               max_grad_norm=cfg.training.max_grad_norm,
                               log_every_n_steps=cfg.training.log_every_n_steps,
-                              every_n_steps=cfg.checkpoint.every_n_steps, save_best=cfg.checkpoint.save_best,
-                              autocast_dtype=autocast_dtype, patience=cfg.training.early_stopping.patience,
-                              min_delta=cfg.training.early_stopping.min_delta, metric_name=metric_name(num_labels),
-                              resume_command=resume_cmd)
-        trainer = Trainer(model=train_model, tokenizer=tokenizer, objective=objective, optimizer=optimizer,
-                          scheduler=scheduler, scheduler_when=scheduler_when, train_loader=train_loader,
-                          dev_loader=dev_loader, dev_labels=tables["dev"].labels, device=device, saver=saver,
-                          tracker=None, config=plain_cfg, options=options, scaler=scaler, dist_info=dist_info)
-        trainer.bundle_extra = {"data_fingerprints": fingerprints}
+                              save_every_n_steps=cfg.checkpoint.every_n_steps,
+                              eval_every_n_steps=cfg.training.eval_every_n_steps or 0,
+                              save_best=cfg.checkpoint.save_best, selection=selection,
+                              autocast_dtype=autocast_dtype, metric_name=metric_name(num_labels),
+                              resume_command=resume_cmd, device=device, dist=dist_info)
+        state = None
         if bundle is not None:
-            trainer.restore(bundle)
-            adapt_world_size(trainer, bundle.get("world_size", 1), dist_info.world_size)
-            if dist_info.is_main:
-                state = trainer.state
-                where = (f"epoch {state.epoch + 1}/{cfg.training.epochs} at batch {state.step_in_epoch + 1} of "
-                         f"{len(sampler)}" if state.epoch < cfg.training.epochs else "no epochs left to train")
-                print(f"resuming: {state.epoch} epoch(s) done, optimizer step {state.global_step}; continuing with "
-                      f"{where}")
-        resumed = bundle is not None
-        tracker = Tracker(run_dir, cfg.logging, cfg.run_name, plain_cfg, metric_name(num_labels),
-                          resume_step=trainer.state.global_step if resumed else None,
-                          epochs_done=trainer.state.epoch, wandb=wandb_sink, active=dist_info.is_main)
-        trainer.tracker = tracker
+            state, rebuilt = restore_bundle(bundle, model, optim, steps_per_epoch, dist_info.rank,
+                                            dist_info.world_size)
+            say = print if dist_info.is_main else (lambda _: None)
+            if rebuilt:
+                say(f"warning: the checkpoint lacks parts of a plaintune bundle; rebuilt: {', '.join(rebuilt)}")
+            adapt_world_size(state, bundle.get("world_size", 1), dist_info.world_size, say)
+            where = (f"epoch {state.epoch + 1}/{cfg.training.epochs} at batch {state.step_in_epoch + 1} of "
+                     f"{len(sampler)}" if state.epoch < cfg.training.epochs else "no epochs left to train")
+            say(f"resuming: {state.epoch} epoch(s) done, optimizer step {state.global_step}; continuing with "
+                f"{where}")
+        tracker = Tracker(run_dir, cfg.logging, metric_name(num_labels), resumed=state, wandb=wandb_sink,
+                          active=dist_info.is_main)
+        files = RunFiles(run_dir, cfg.checkpoint.keep_last, tokenizer,
+                         {"config": plain_cfg, "data_fingerprints": fingerprints})
+        trainer = Trainer(train_model, objective, optim, train_loader, DevSet(dev_loader, tables["dev"].labels),
+                          files, tracker, options, state)
 
         trainer.fit()
         if dist_info.is_main:
@@ -515,7 +506,7 @@ def run_training(cfg: Box, config_name: str, overrides: Sequence[str], resume: O
             lock.release()
         distributed.cleanup()
     state = trainer.state
-    return TrainResult(run_dir=run_dir, metric_name=trainer.metric_name, best_metric=state.best_metric,
+    return TrainResult(run_dir=run_dir, metric_name=trainer.options.metric_name, best_metric=state.best_metric,
                        best_epoch=state.best_epoch, history=[dict(record) for record in state.history],
                        stopped_early=state.stopped_early)
 
@@ -524,15 +515,15 @@ def _finish(cfg: Box, trainer: Trainer, datasets: dict, tables: dict, device: to
             autocast_dtype, run_dir: Path, inference_cmd: str, started: float) -> None:
     """Score the best model on test_path (if any) and print where everything is."""
     state = trainer.state
-    name = trainer.metric_name
+    name = trainer.options.metric_name
     if state.best_metric is None and state.history and cfg.checkpoint.save_best:
         print(f"warning: no validation gave a finite dev {name} ({len(state.history)} validations: the model "
               "predicts a constant or NaN), so no best/ was kept; train longer, lower training.learning_rate, or "
               f"check data.dev_path (the run's last.pt is in {run_dir})")
-    best_dir = checkpoint.find_best_dir(run_dir)
+    best_dir = rundir.find_best_dir(run_dir)
     if "test" in datasets and best_dir is not None:
         model = distributed.unwrap_model(trainer.model)
-        checkpoint.load_weights(model, best_dir)
+        load_weights(model, best_dir)
         loader = data.eval_loader(datasets["test"], cfg.training.eval_batch_size, cfg.model.num_labels)
         predictions = trainer.objective.predictions(predict(model, loader, device, autocast_dtype))
         test_metric = score(predictions, tables["test"].labels, cfg.model.num_labels)
@@ -571,13 +562,14 @@ def load_model_for_inference(cfg: Box, source: Path, trust: bool = False):
         record = checkpoint_record(source)  # a plaintune resume bundle also knows its model kind
         if record is not None:
             spec["kind"] = record.get("kind", spec["kind"])
-    model = factory.build_model(spec, pretrained=False)
+    model = build_model(spec, pretrained=False)
 
-    report = checkpoint.load_weights(
-        model, source, cfg.model.key_rules, allow_missing=(), allow_unexpected=cfg.model.allow_unexpected,
-        trust=trust, allow_nonfinite=cfg.model.allow_nonfinite, strict_hint="inference needs every tensor of the model; is it a checkpoint of another "
+    rules = LoadRules(cfg.model.key_rules, allow_missing=(), allow_unexpected=cfg.model.allow_unexpected,
+                      allow_nonfinite=cfg.model.allow_nonfinite)
+    report = load_weights(
+        model, source, rules, trust=trust, strict_hint="inference needs every tensor of the model; is it a checkpoint of another "
         f"model or task? (this config: model.name={cfg.model.name}, model.num_labels={cfg.model.num_labels})")
-    tokenizer = factory.build_tokenizer({"name": str(source)} if _has_tokenizer(source) else cfg.model)
+    tokenizer = build_tokenizer({"name": str(source)} if _has_tokenizer(source) else cfg.model)
     check_vocabulary(model, tokenizer, cfg)
     return model.eval(), tokenizer, report
 
@@ -591,10 +583,9 @@ def objective_for(model: torch.nn.Module, cfg: Box, source: Optional[Path] = Non
     if source is None or source.is_dir():
         where = f"{source / 'config.json'}" if source is not None else "the checkpoint's config.json"
         record = parse_record(getattr(model.config, CONFIG_ATTRIBUTE, None), where)
-    cfg = copy.deepcopy(cfg)
-    if record is not None:
-        cfg.model.kind = record.get("kind", "cross_encoder")  # the model was built as the checkpoint's kind
-    return resolve_objective(cfg, record, head_fresh=False, record_wins=True)
+    if record is not None:  # the model was built as the checkpoint's kind
+        cfg = config_mod.with_values(cfg, {"model.kind": record.get("kind", "cross_encoder")})
+    return resolve_objective(cfg, record, head_fresh=False, record_wins=True)[0]
 
 
 def member_outputs(model, tokenizer, objective: Objective, table: data.PairTable, cfg: Box, device: torch.device,
@@ -654,7 +645,7 @@ def run_inference(cfg: Box, saved_models: Sequence[str], weights: Optional[Seque
     if cfg.data.test_path:
         test = data.read_pairs(cfg.data.test_path, "data.test_path", columns, cfg.data.encoding, labelled=True,
                                label_range=cfg.data.label_range if num_labels == 1 else None)
-    sources = [checkpoint.resolve_saved_model(name, runs_root(cfg)) for name in saved_models]
+    sources = [rundir.resolve_saved_model(name, runs_root(cfg)) for name in saved_models]
     inputs = {"data.predict_path": cfg.data.predict_path, "data.submission_template": cfg.data.submission_template,
               "data.test_path": cfg.data.test_path, "data.train_path": cfg.data.train_path,
               "data.dev_path": cfg.data.dev_path, "--config": config_path}

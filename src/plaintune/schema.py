@@ -193,6 +193,9 @@ SCHEMA: dict = {
                              "padding, smaller ones more randomness.", check=at_least(1)),
         "log_every_n_steps": Field(int, 10, "Train loss and lr are logged every this many optimizer steps.",
                                    check=at_least(1)),
+        "eval_every_n_steps": Field(int, None, "Also validate on the whole dev set every this many optimizer steps "
+                                    "(null: at epoch ends only); best/, top-k, early stopping and a plateau "
+                                    "scheduler count these validations too.", nullable=True, check=at_least(1)),
         "early_stopping": {
             "patience": Field(int, None, "Stop after this many validations without an improvement of more "
                               "than min_delta; null disables.", nullable=True, check=at_least(1)),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -29,22 +30,27 @@ class JsonlSink:
     def __init__(self, run_dir: Path):
         self.path = run_dir / METRICS_FILE
 
-    def truncate_after(self, step: int, epochs_done: int) -> None:
-        """On resume, drop lines the resumed run will write again (so no step appears twice)."""
+    def truncate_after(self, step: int, validations: list) -> None:
+        """On resume from a bundle at optimizer step `step`, drop the lines the resumed run will
+        write again, so no step appears twice: train lines past `step`, and validations other
+        than those the bundle's history holds (`validations`: its (step, epoch) pairs)."""
         if not self.path.is_file():
             return
+        kept_evals = {(int(s), float(e)) for s, e in validations}
         kept = []
         for line in self.path.read_text(encoding="utf-8").splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line torn by a crash
-            if record.get("step", 0) > step or (record.get("kind") == "eval" and record.get("epoch", 0) > epochs_done):
+            if record.get("step", 0) > step:
+                continue
+            if record.get("kind") == "eval" and (record.get("step"), float(record.get("epoch", 0))) not in kept_evals:
                 continue
             kept.append(line)
         atomic.write_text(self.path, "".join(f"{line}\n" for line in kept))
 
-    def log(self, kind: str, step: int, epoch: int, metrics: dict) -> None:
+    def log(self, kind: str, step: int, epoch: float, metrics: dict) -> None:
         record = {"kind": kind, "step": step, "epoch": epoch, **{k: _finite(v) for k, v in metrics.items()}}
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
@@ -76,7 +82,7 @@ class TensorBoardSink:
         # purge_step drops events past the resume point, so a resumed curve has no doubled segment.
         self.writer = SummaryWriter(str(self.logdir), purge_step=resume_step)
 
-    def log(self, kind: str, step: int, epoch: int, metrics: dict) -> None:
+    def log(self, kind: str, step: int, epoch: float, metrics: dict) -> None:
         for name, value in metrics.items():
             if isinstance(value, (int, float)) and math.isfinite(value):
                 self.writer.add_scalar(f"{kind}/{name}", value, step)
@@ -152,7 +158,7 @@ class WandbSink:
                             "with wandb sync) or disabled") from None
         self.run_id = self.run.id
 
-    def log(self, kind: str, step: int, epoch: int, metrics: dict) -> None:
+    def log(self, kind: str, step: int, epoch: float, metrics: dict) -> None:
         data = {f"{kind}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         data["epoch"] = epoch
         self.run.log(data, step=step)
@@ -217,24 +223,26 @@ def plot_curves(records: list[dict], path: Path, metric: str) -> None:
 class Tracker:
     """Fans metrics out to the enabled sinks; a no-op on non-zero ranks."""
 
-    def __init__(self, run_dir: Path, logging_spec: dict, run_name: str, config: dict, metric: str,
-                 resume_step: Optional[int] = None, epochs_done: int = 0, wandb: Optional[WandbSink] = None,
-                 active: bool = True):
+    def __init__(self, run_dir: Path, logging_spec: dict, metric: str, resumed=None,
+                 wandb: Optional[WandbSink] = None, active: bool = True):
+        """`resumed`: the TrainState a resumed run continues from (None: a fresh run);
+        `wandb`: a sink the caller started (start_wandb) before anything was written."""
         self.metric = metric
         self.sinks: list = []
         self.jsonl: Optional[JsonlSink] = None
-        self.wandb: Optional[WandbSink] = wandb  # started by the caller (start_wandb) before anything is written
+        self.wandb: Optional[WandbSink] = wandb
         self.run_dir = run_dir
         if not active:
             return
         self.jsonl = JsonlSink(run_dir)
-        if resume_step is not None:
-            self.jsonl.truncate_after(resume_step, epochs_done)
+        if resumed is not None:
+            self.jsonl.truncate_after(resumed.global_step, [(r["step"], r["epoch"]) for r in resumed.history])
         elif self.jsonl.path.exists():
             self.jsonl.path.unlink()  # a fresh run starts a fresh history
         self.sinks.append(self.jsonl)
         if logging_spec["tensorboard"]:
-            self.sinks.append(TensorBoardSink(run_dir, resume_step))
+            # events from the step after the bundle's on are written again by the resumed run
+            self.sinks.append(TensorBoardSink(run_dir, resumed.global_step + 1 if resumed is not None else None))
         if self.wandb is not None:
             self.sinks.append(self.wandb)
 
@@ -242,7 +250,7 @@ class Tracker:
     def run_ids(self) -> dict:
         return {"wandb": self.wandb.run_id} if self.wandb else {}
 
-    def log(self, kind: str, step: int, epoch: int, metrics: dict) -> None:
+    def log(self, kind: str, step: int, epoch: float, metrics: dict) -> None:
         for sink in self.sinks:
             sink.log(kind, step, epoch, metrics)
         if kind == "eval" and self.jsonl is not None:
@@ -256,3 +264,25 @@ class Tracker:
         for sink in self.sinks:
             sink.close()
         self.sinks = []
+
+
+class Throughput:
+    """Train samples per second (all ranks), over the last log window and over the epoch."""
+
+    def __init__(self, world_size: int):
+        self.world_size = world_size
+        self.start = self.window_start = time.perf_counter()
+        self.samples = self.window_samples = 0
+
+    def add(self, samples: int) -> None:
+        self.samples += samples
+        self.window_samples += samples
+
+    def window(self) -> float:
+        now = time.perf_counter()
+        rate = self.window_samples * self.world_size / max(now - self.window_start, 1e-9)
+        self.window_start, self.window_samples = now, 0
+        return rate
+
+    def overall(self) -> float:
+        return self.samples * self.world_size / max(time.perf_counter() - self.start, 1e-9)

@@ -1,12 +1,14 @@
-"""Batch samplers: length-bucketed shuffled batches for training, sorted batches for inference.
+"""Batching: which pairs go into a batch, and how a batch is cut into micro-batches.
 
-The training order is a pure function of (seed, epoch), so a resumed run can
-rebuild it and skip exactly the batches it already consumed; no sampler state
-beyond (epoch, batches done) needs saving.
+Training batches are length-bucketed and shuffled, evaluation batches sorted by
+length. The training order is a pure function of (seed, epoch), so a resumed
+run can rebuild it and skip exactly the batches it already consumed; no sampler
+state beyond (epoch, batches done) needs saving.
 """
 from __future__ import annotations
 
-from typing import Iterator
+import math
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -88,3 +90,72 @@ class SortedBatchSampler:
 
     def __len__(self) -> int:
         return len(self.batches)
+
+
+# On CPU a forward+backward pass has a fixed cost about equal to this many more padded tokens
+# (MiniLM, 2 threads: ~40 ms per pass against ~0.6 ms per token; bench/RESULTS.md), so cutting a
+# batch pays only where it removes more padding than that.
+PASS_OVERHEAD_TOKENS_CPU = 64
+
+
+def split_by_length(lengths: Sequence[int], max_tokens: int, pass_overhead: int = 0) -> list[list[int]]:
+    """Positions of one batch cut into micro-batches for separate forward passes.
+
+    Positions are sorted longest first and cut into contiguous runs; a run costs
+    (its size x its longest length) padded tokens plus `pass_overhead`. The cut
+    minimises the total cost (exact dynamic programme, O(n^2) for a batch of n)
+    subject to each run holding at most `max_tokens` padded tokens; an item longer
+    than that forms a run alone.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    sizes = [int(lengths[i]) for i in order]
+    n = len(sizes)
+    best = [0.0] + [math.inf] * n      # best[j]: cheapest cut of the first j items
+    start = [0] * (n + 1)              # start[j]: where the last run of that cut begins
+    for j in range(1, n + 1):
+        for i in range(j - 1, -1, -1):  # run = sorted items i..j-1, its longest is sizes[i]
+            tokens = (j - i) * sizes[i]
+            if tokens > max_tokens and i < j - 1:
+                break                   # growing the run only adds tokens
+            cost = best[i] + tokens + pass_overhead
+            if cost < best[j]:
+                best[j], start[j] = cost, i
+    runs, j = [], n
+    while j > 0:
+        runs.append(order[start[j]:j])
+        j = start[j]
+    return runs[::-1]
+
+
+class MicroBatchCollator:
+    """Collates a training batch as a list of padded micro-batches (see `split_by_length`).
+
+    The batch, and so the optimizer step, is unchanged: the trainer weights each
+    micro-batch's mean loss by its share of the batch. What changes is padding
+    (each micro-batch pads to its own longest pair, so a random batch costs
+    nearly what a length-sorted one does) and peak memory (activations of at most
+    `max_tokens` tokens at a time).
+    """
+
+    def __init__(self, collate: Callable[[list[dict]], dict], max_tokens: Optional[int], pass_overhead: int = 0):
+        self.collate = collate
+        self.max_tokens = max_tokens
+        self.pass_overhead = pass_overhead
+
+    def __call__(self, items: list[dict]) -> list[dict]:
+        if self.max_tokens is None:  # one pass per batch
+            return [self.collate(items)]
+        # A pair costs its joint length (cross-encoder) or both sides' lengths (bi-encoder).
+        lengths = [len(item["input_ids"]) + len(item.get("input_ids_b", ())) for item in items]
+        return [self.collate([items[i] for i in run])
+                for run in split_by_length(lengths, self.max_tokens, self.pass_overhead)]
+
+
+def padding_fraction(lengths: np.ndarray, batches: Sequence[Sequence[int]]) -> float:
+    """Share of padded positions over all positions, for a given batching."""
+    real = padded = 0
+    for batch in batches:
+        sizes = lengths[list(batch)]
+        real += int(sizes.sum())
+        padded += int(sizes.max()) * len(batch)
+    return 1.0 - real / padded if padded else 0.0

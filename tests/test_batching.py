@@ -4,8 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from plaintune.data import padding_fraction, split_by_length
-from plaintune.sampling import BucketBatchSampler, SortedBatchSampler
+from plaintune.batching import BucketBatchSampler, SortedBatchSampler, padding_fraction, split_by_length
 
 
 @pytest.fixture
