@@ -49,7 +49,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     def body() -> int:
         from plaintune.config import load_config, resolve_config_path
-        from plaintune.recipe import run_inference
+        from plaintune.predicting import run_inference
 
         cfg = load_config(args.config, args.overrides, purpose="inference")
         run_inference(cfg, args.saved_model, args.weights, trust=args.trust_checkpoint,

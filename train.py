@@ -51,16 +51,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     def body() -> int:
         from plaintune.config import load_config
-        from plaintune.recipe import run_training
+        from plaintune.run import RunRequest, train_run
 
         cfg = load_config(args.config, args.overrides, purpose="train")
+        request = RunRequest(args.resume, args.force, args.overwrite, args.trust_checkpoint)
         if args.folds is not None:
             from plaintune.folds import run_folds
 
-            return run_folds(cfg, args.config, args.overrides, args.folds, resume=args.resume, force=args.force,
-                             overwrite=args.overwrite, trust=args.trust_checkpoint)
-        run_training(cfg, args.config, args.overrides, resume=args.resume, force=args.force,
-                     overwrite=args.overwrite, trust=args.trust_checkpoint)
+            return run_folds(cfg, args.config, args.overrides, args.folds, request)
+        train_run(cfg, args.config, args.overrides, request)
         return 0
 
     return run_cli(body, debug=args.debug)

@@ -27,7 +27,7 @@ def main() -> None:
     import sys
 
     sys.path.insert(0, str(ROOT / "src"))
-    from plaintune import data
+    from plaintune import batching, data
     from plaintune.batching import PASS_OVERHEAD_TOKENS_CPU, BucketBatchSampler, MicroBatchCollator
     from plaintune.objective import Objective
     from plaintune.evaluate import predict
@@ -89,7 +89,7 @@ def main() -> None:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     with timed("evaluate dev (1500 pairs)"):
-        predict(model, data.eval_loader(dev_set, 64, 1), torch.device("cpu"), dtype)
+        predict(model, batching.eval_loader(dev_set, 64, 1), torch.device("cpu"), dtype)
     with tempfile.TemporaryDirectory() as tmp:
         with timed("save best/ (safetensors)"):
             model.save_pretrained(tmp)

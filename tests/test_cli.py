@@ -73,9 +73,10 @@ def test_inference_accepts_every_saved_model_form(project):
 def test_inference_restores_input_order(project, tiny_model_dir):
     """Sorted-by-length batching must not reorder predictions: compare with one-by-one forwards."""
     from plaintune.config import load_config
-    from plaintune.data import PadCollator, PairDataset, eval_loader, read_pairs
+    from plaintune.batching import eval_loader
+    from plaintune.data import PadCollator, PairDataset, read_pairs
     from plaintune.evaluate import predict
-    from plaintune.recipe import load_model_for_inference
+    from plaintune.predicting import load_model_for_inference
 
     cfg = load_config("t")
     model, tokenizer, _ = load_model_for_inference(cfg, tiny_model_dir)

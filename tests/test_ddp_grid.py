@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DEMO, REPO
+from conftest import DEMO
 
 DRIVER = Path(__file__).with_name("ddp_grid_driver.py")
 LAUNCH_TIMEOUT_S = 300
@@ -134,9 +134,11 @@ def launch(project: Path, world: int, cases: list[dict]) -> dict:
 def one_process_metric(project: Path, run: str, dev_path: str) -> float:
     """Pearson of the saved best/ weights on the dev file, evaluated in this (one) process."""
     from plaintune.config import load_config
-    from plaintune.data import PairDataset, eval_loader, read_pairs
+    from plaintune.batching import eval_loader
+    from plaintune.data import PairDataset, read_pairs
     from plaintune.evaluate import pearson, predict
-    from plaintune.recipe import load_model_for_inference, objective_for
+    from plaintune.objective import objective_for
+    from plaintune.predicting import load_model_for_inference
 
     cfg = load_config("t")  # model.name is the tiny model; the architecture comes from best/config.json
     best = project / "saved_model" / run / "best"

@@ -63,9 +63,10 @@ def test_ddp_run_completes_and_its_metric_matches_one_process(project):
 
     # The dev metric logged under DDP equals a one-process evaluation of the same weights.
     from plaintune.config import load_config
-    from plaintune.data import PairDataset, eval_loader, read_pairs
+    from plaintune.batching import eval_loader
+    from plaintune.data import PairDataset, read_pairs
     from plaintune.evaluate import pearson, predict
-    from plaintune.recipe import load_model_for_inference
+    from plaintune.predicting import load_model_for_inference
 
     cfg = load_config("t")
     model, tokenizer, _ = load_model_for_inference(cfg, project / "saved_model" / "ddp" / "best")

@@ -45,7 +45,7 @@ def test_sigmoid_head_trains_predicts_in_range_and_is_remembered(project, capsys
 def test_head_bias_starts_at_the_label_mean(project, tiny_model_dir):
     from plaintune.config import load_config
     from plaintune.model import build_model
-    from plaintune.recipe import init_head_bias
+    from plaintune.model import init_head_bias
 
     objective = Objective(1, "bce", "sigmoid")
     spec = load_config("t").model

@@ -100,7 +100,7 @@ def test_train_dev_overlap_is_reported_and_refused_above_the_threshold(project, 
     code = train.main(["--config", "t", "training.epochs=1", "data.max_overlap=0.05"])
     if copied == 1:  # 1 of 24 = 4.2%: under 5%, reported
         assert code == 0
-        assert f"note: 1 of 24 dev pairs (4.2%) also appear in the training data; 1 dev ids are also train ids" \
+        assert "note: 1 of 24 dev pairs (4.2%) also appear in the training data; 1 dev ids are also train ids" \
             in capsys.readouterr().out
     else:
         assert code == 2

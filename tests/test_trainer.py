@@ -11,13 +11,14 @@ from torch import nn
 
 import train
 from plaintune.config import load_config
-from plaintune.data import PairDataset, eval_loader, read_pairs
+from plaintune.batching import eval_loader
+from plaintune.data import PairDataset, read_pairs
 from plaintune.objective import Objective
 from plaintune.evaluate import pearson, predict
 from plaintune.batching import BucketBatchSampler
 from plaintune.tracking import Tracker
 from plaintune.rundir import RunFiles
-from plaintune.trainer import DevSet, LoopOptions, Trainer
+from plaintune.trainer import Batches, LoopOptions, Trainer
 
 
 class BatchShiftedModel(nn.Module):
@@ -56,8 +57,8 @@ def test_validation_pearson_is_over_the_whole_set(project, tiny_model_dir):
     assert abs(whole - per_batch) > 0.1, "the fixture must tell the two apart"
 
     model.calls = 0
-    trainer = Trainer(model, Objective(1, "mse"), optim=None, train_loader=SimpleNamespace(batch_sampler=None),
-                      dev=DevSet(loader, table.labels), files=RunFiles(project),
+    batches = Batches(train_loader=SimpleNamespace(batch_sampler=None), dev_loader=loader, dev_labels=table.labels)
+    trainer = Trainer(model, Objective(1, "mse"), optim=None, batches=batches, files=RunFiles(project),
                       tracker=Tracker(project, {}, "pearson", active=False), options=LoopOptions(epochs=1))
     metric, loss = trainer.validate()
     assert metric == pytest.approx(whole, abs=1e-6)

@@ -1,6 +1,6 @@
 """plaintune: config-driven fine-tuning of Hugging Face models for sentence-pair tasks.
 
-`train` and `predict` are the Python API (see api.py); the commands train.py and
+`train` and `predict` are the Python API (see run.py); the commands train.py and
 inference.py run the same code. They are imported on first use, so that
 `python -m plaintune.checkpoint` and `import plaintune` stay light.
 """
@@ -11,11 +11,11 @@ __all__ = ["train", "predict", "TrainResult", "UserError"]
 
 def __getattr__(name: str):
     if name in ("train", "predict"):
-        from . import api
+        from . import run
 
-        return getattr(api, name)
+        return getattr(run, name)
     if name == "TrainResult":
-        from .recipe import TrainResult
+        from .run import TrainResult
 
         return TrainResult
     raise AttributeError(f"module 'plaintune' has no attribute {name!r}")

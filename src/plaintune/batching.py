@@ -1,4 +1,4 @@
-"""Batching: which pairs go into a batch, and how a batch is cut into micro-batches.
+"""Batching: which pairs go into a batch, how a batch is cut into micro-batches, and the loaders.
 
 Training batches are length-bucketed and shuffled, evaluation batches sorted by
 length. The training order is a pure function of (seed, epoch), so a resumed
@@ -11,6 +11,10 @@ import math
 from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .data import PadCollator, PairDataset
 
 
 class BucketBatchSampler:
@@ -159,3 +163,52 @@ def padding_fraction(lengths: np.ndarray, batches: Sequence[Sequence[int]]) -> f
         real += int(sizes.sum())
         padded += int(sizes.max()) * len(batch)
     return 1.0 - real / padded if padded else 0.0
+
+
+# micro_batch_tokens: auto on CPU. Cuts random batches' padding as well as any larger budget
+# (bench/RESULTS.md) while keeping MiniLM's activations to about 0.3 GB.
+AUTO_MICRO_BATCH_TOKENS_CPU = 1024
+
+
+def micro_batch_budget(requested, device: torch.device) -> tuple[Optional[int], int]:
+    """(tokens per micro-batch or None for whole batches, the per-pass overhead in tokens).
+
+    Cutting batches to save padding pays on CPU; a GPU pass has a large fixed cost relative to
+    its tokens' work, so there a pass is priced at a full budget: batches are cut only to fit it.
+    """
+    budget = requested
+    if budget == "auto":
+        budget = AUTO_MICRO_BATCH_TOKENS_CPU if device.type == "cpu" else None
+    overhead = PASS_OVERHEAD_TOKENS_CPU if device.type == "cpu" else (budget or 0)
+    return budget, overhead
+
+
+# ---------------------------------------------------------------- loaders
+
+def label_dtype(num_labels: int) -> torch.dtype:
+    return torch.float32 if num_labels == 1 else torch.long
+
+
+def _private_generator(seed: int) -> torch.Generator:
+    """Each DataLoader iterator draws a base seed from its generator; with the global one,
+    starting an epoch would shift the dropout RNG and a mid-epoch resume would diverge."""
+    return torch.Generator().manual_seed(seed)
+
+
+def train_loader(dataset: PairDataset, sampler: BucketBatchSampler, num_labels: int,
+                 num_workers: int = 0, pin_memory: bool = False, micro_batch_tokens: Optional[int] = None,
+                 pass_overhead: int = 0) -> DataLoader:
+    """Batches from `sampler`, each as a list of micro-batches (one, when `micro_batch_tokens` is None)."""
+    collate = MicroBatchCollator(PadCollator(dataset.pad_id, label_dtype(num_labels)), micro_batch_tokens,
+                                 pass_overhead)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+                      num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                      generator=_private_generator(sampler.seed))
+
+
+def eval_loader(dataset: PairDataset, batch_size: int, num_labels: int, num_workers: int = 0,
+                pin_memory: bool = False, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """Batches sorted by length (least padding); the `index` field restores input order."""
+    sampler = SortedBatchSampler(dataset.lengths, batch_size, rank=rank, world_size=world_size)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=PadCollator(dataset.pad_id, label_dtype(num_labels)),
+                      num_workers=num_workers, pin_memory=pin_memory, generator=_private_generator(0))

@@ -121,7 +121,7 @@ def convert(path: str, out_dir: str, config: str, overrides: Sequence[str], trus
     # A plaintune checkpoint keeps its output mapping in the converted directory; without it the
     # result would read as a foreign model and predict raw logits.
     from .objective import CONFIG_ATTRIBUTE
-    from .recipe import checkpoint_record
+    from .objective import checkpoint_record
 
     record = checkpoint_record(Path(path))
     if record is not None:

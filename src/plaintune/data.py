@@ -1,4 +1,4 @@
-"""CSV reading with checks, the pair dataset (token ids cached once), dynamic padding, the loaders.
+"""CSV reading with checks, the pair dataset (token ids cached once), dynamic padding.
 
 Errors name the config key, the file, the line and the column, so a user can
 fix the CSV without reading code. Line numbers count the header as line 1.
@@ -14,9 +14,9 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from box import Box
+from torch.utils.data import Dataset
 
-from .batching import BucketBatchSampler, MicroBatchCollator, SortedBatchSampler
 from .errors import UserError
 
 MISSING_TEXT = {"", "nan", "null", "none", "n/a", "na", "<na>"}
@@ -281,35 +281,21 @@ class PadCollator:
         return batch
 
 
-def label_dtype(num_labels: int) -> torch.dtype:
-    return torch.float32 if num_labels == 1 else torch.long
-
-
-def _private_generator(seed: int) -> torch.Generator:
-    """Each DataLoader iterator draws a base seed from its generator; with the global one,
-    starting an epoch would shift the dropout RNG and a mid-epoch resume would diverge."""
-    return torch.Generator().manual_seed(seed)
-
-
-def train_loader(dataset: PairDataset, sampler: BucketBatchSampler, num_labels: int,
-                 num_workers: int = 0, pin_memory: bool = False, micro_batch_tokens: Optional[int] = None,
-                 pass_overhead: int = 0) -> DataLoader:
-    """Batches from `sampler`, each as a list of micro-batches (one, when `micro_batch_tokens` is None)."""
-    collate = MicroBatchCollator(PadCollator(dataset.pad_id, label_dtype(num_labels)), micro_batch_tokens,
-                                 pass_overhead)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
-                      num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
-                      generator=_private_generator(sampler.seed))
-
-
-def eval_loader(dataset: PairDataset, batch_size: int, num_labels: int, num_workers: int = 0,
-                pin_memory: bool = False, rank: int = 0, world_size: int = 1) -> DataLoader:
-    """Batches sorted by length (least padding); the `index` field restores input order."""
-    sampler = SortedBatchSampler(dataset.lengths, batch_size, rank=rank, world_size=world_size)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=PadCollator(dataset.pad_id, label_dtype(num_labels)),
-                      num_workers=num_workers, pin_memory=pin_memory, generator=_private_generator(0))
+def read_tables(cfg: Box) -> dict:
+    """Read and check every labelled CSV the run needs, before any model loads."""
+    columns, enc = cfg.data.columns, cfg.data.encoding
+    label_range = cfg.data.label_range if cfg.model.num_labels == 1 else None
+    tables = {}
+    for role in ("train", "dev", "test"):
+        path = cfg.data.get(f"{role}_path")
+        if not path:
+            continue
+        key = f"data.{role}_path"
+        tables[role] = read_pairs(path, key, columns, enc, labelled=True, label_range=label_range)
+        if cfg.model.num_labels > 1:
+            check_class_labels(tables[role], key, cfg.model.num_labels, columns.label)
+    return tables
 
 
 __all__ = ["PairTable", "PairDataset", "SeparatePairDataset", "make_dataset", "PadCollator", "read_pairs",
-           "read_csv_checked", "require_columns", "check_class_labels", "with_swapped_pairs", "train_loader",
-           "eval_loader"]
+           "read_csv_checked", "require_columns", "check_class_labels", "with_swapped_pairs", "read_tables"]

@@ -12,6 +12,9 @@ from . import atomic
 from .data import read_csv_checked, require_columns
 from .errors import UserError
 
+# training.precision / inference.precision -> the autocast dtype (None: fp32, no autocast)
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 @torch.inference_mode()
 def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device,

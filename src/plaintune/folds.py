@@ -13,18 +13,23 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
+from dataclasses import replace
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from box import Box
 
-from . import atomic, data, distributed, rundir
+from . import atomic, data, datacheck, distributed, rundir
 from .config import with_values
 from .errors import UserError
 from .evaluate import metric_name, score
+from .objective import objective_for
+from .predicting import load_model_for_inference, member_outputs
+from .resume import check_drift
+from .run import RunRequest, train_run
 from .rundir import RunFiles
 
 FOLDS_SUFFIX = "-folds"
@@ -84,9 +89,7 @@ def _fold_config(cfg: Box, fold: int, folder: Path) -> tuple[Box, list[str]]:
 
 def _out_of_fold(fold_cfg: Box, table: data.PairTable, device: torch.device) -> np.ndarray:
     """The fold's best model on its held-out pairs (regression scores or class ids)."""
-    from .recipe import load_model_for_inference, member_outputs, objective_for, runs_root
-
-    source = rundir.resolve_saved_model(fold_cfg.run_name, runs_root(fold_cfg))
+    source = rundir.resolve_saved_model(fold_cfg.run_name, rundir.runs_root(fold_cfg))
     model, tokenizer, _ = load_model_for_inference(fold_cfg, source)
     model.to(device)
     outputs = member_outputs(model, tokenizer, objective_for(model, fold_cfg, source), table, fold_cfg, device, False)
@@ -109,7 +112,6 @@ def split_identity(cfg: Box, pooled: data.PairTable, folds: int) -> dict:
 def check_same_split(folder: Path, identity: dict, resume: bool, force: bool, overwrite: bool) -> None:
     """Before any fold file is written: a k-fold that exists is continued only as the same k-fold.
     Its runs were trained on its files and its predictions scored on its held-out parts."""
-    from .recipe import check_drift
 
     saved_file = folder / SPLIT_FILE
     if overwrite or not saved_file.is_file():
@@ -140,59 +142,61 @@ def check_same_split(folder: Path, identity: dict, resume: bool, force: bool, ov
                         "belong to the old one: restore those values, or start over with --overwrite")
 
 
-def run_folds(cfg: Box, config_name: str, overrides: Sequence[str], folds: int, resume: Optional[str] = None,
-              force: bool = False, overwrite: bool = False, trust: bool = False) -> int:
-    """Train `folds` runs and report the out-of-fold metric; see the module docstring."""
-    from .recipe import run_dir_for, run_training
-
+def cut_folds(cfg: Box, folds: int, request: RunRequest) -> tuple[data.PairTable, list[np.ndarray], Path]:
+    """Check that k-fold can run, pool train and dev, cut them, and write each fold's CSVs
+    under `<run_name>-folds/` (refused if they would change an existing k-fold's)."""
     if folds < 2:
         raise UserError(f"--folds: {folds} folds; k-fold needs at least 2 (e.g. --folds 5)")
-    if resume:
+    if request.resume:
         raise UserError("--folds: --resume takes no path with --folds; each fold resumes from its own run")
-    dist_info, device = distributed.setup(cfg.device)
-    if dist_info.enabled:
-        raise UserError("--folds: run k-fold in one process (python train.py ...), not under torchrun")
     if not cfg.checkpoint.save_best:
         raise UserError("--folds: checkpoint.save_best is false; each fold's best model is needed for its "
                         "out-of-fold predictions and the ensemble")
     if "{time}" in cfg.run_name:
         raise UserError("--folds: run_name contains {time}; give the folds a fixed run_name so they can resume")
-    from . import datacheck
-    from .recipe import read_tables
-
-    tables = read_tables(cfg)  # the user's own files: their overlap is checked before any fold file exists
+    tables = data.read_tables(cfg)  # the user's own files: their overlap is checked before any fold file exists
     datacheck.check_overlap(tables["train"], tables["dev"], cfg.data.max_overlap)
     pooled = _pool(tables)
     if len(pooled) < 2 * folds:
         raise UserError(f"--folds: {len(pooled)} pooled pairs are too few for {folds} folds")
-    folder = run_dir_for(cfg).with_name(f"{cfg.run_name}{FOLDS_SUFFIX}")
+    folder = rundir.run_dir_for(cfg).with_name(f"{cfg.run_name}{FOLDS_SUFFIX}")
     parts = split_folds(len(pooled), folds, cfg.seed)
-    check_same_split(folder, split_identity(cfg, pooled, folds), resume is not None, force, overwrite)
+    check_same_split(folder, split_identity(cfg, pooled, folds), request.resume is not None, request.force,
+                     request.overwrite)
     folder.mkdir(parents=True, exist_ok=True)
     atomic.write_text(folder / SPLIT_FILE, json.dumps(split_identity(cfg, pooled, folds), indent=2))
     for fold, held_out in enumerate(parts, start=1):
         trained_on = np.sort(np.concatenate([p for k, p in enumerate(parts, start=1) if k != fold]))
         _write_part(pooled, trained_on, folder / f"fold{fold}_train.csv", cfg.data.columns)
         _write_part(pooled, held_out, folder / f"fold{fold}_dev.csv", cfg.data.columns)
+    return pooled, parts, folder
 
+
+def run_folds(cfg: Box, config_name: str, overrides: Sequence[str], folds: int,
+              request: RunRequest = RunRequest()) -> int:
+    """Train `folds` runs and report the out-of-fold metric; see the module docstring."""
+    dist_info, device = distributed.setup(cfg.device)
+    if dist_info.enabled:
+        raise UserError("--folds: run k-fold in one process (python train.py ...), not under torchrun")
+    pooled, parts, folder = cut_folds(cfg, folds, request)
     name = metric_name(cfg.model.num_labels)
     quoted = [shlex.quote(config_name), *map(shlex.quote, overrides)]
     resume_cmd = " ".join(["python", "train.py", "--config", *quoted, "--folds", str(folds), "--resume"])
+    resuming = request.resume is not None and not request.overwrite
     out_of_fold = np.full(len(pooled), np.nan)
     summary = []
     for fold, held_out in enumerate(parts, start=1):
         fold_cfg, fold_overrides = _fold_config(cfg, fold, folder)
         done_file = folder / f"fold{fold}_predictions.json"
-        if resume is not None and done_file.is_file() and not overwrite:
+        if resuming and done_file.is_file():
             predictions = _read_predictions(done_file, len(held_out))
             print(f"fold {fold}/{folds}: done earlier ({fold_cfg.run_name})")
         else:
-            started = bool(RunFiles(run_dir_for(fold_cfg)).resume_candidates())
+            started = bool(RunFiles(rundir.run_dir_for(fold_cfg)).resume_candidates())
             print(f"fold {fold}/{folds}: {fold_cfg.run_name}, {len(pooled) - len(held_out)} pairs to train on, "
                   f"{len(held_out)} held out")
-            run_training(fold_cfg, config_name, [*overrides, *fold_overrides],
-                         resume="" if resume is not None and started and not overwrite else None,
-                         force=force, overwrite=overwrite, trust=trust, resume_command=resume_cmd)
+            fold_request = replace(request, resume="" if resuming and started else None, resume_command=resume_cmd)
+            train_run(fold_cfg, config_name, [*overrides, *fold_overrides], fold_request)
             predictions = _out_of_fold(fold_cfg, _subset(pooled, held_out), device)
             atomic.write_text(done_file, json.dumps({"run": fold_cfg.run_name,
                                                      "predictions": predictions.tolist()}))

@@ -1,4 +1,5 @@
-"""The `model` config section -> tokenizer, model config and model, checked before anything trains.
+"""The `model` config section -> tokenizer, model config and model, checked before anything trains;
+then what is done to a built model: vocabulary check, freezing, the head's initial bias.
 
 Config overrides are checked against the model's own field types and built on
 the meta device first, so a bad value is reported by its key, not by torch.
@@ -8,9 +9,10 @@ from __future__ import annotations
 import fnmatch
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
+from box import Box
 from torch import nn
 
 from . import formats
@@ -200,3 +202,45 @@ def build_model(model_spec: dict, pretrained: Optional[bool] = None) -> nn.Modul
         print(f"model: {len(mismatched)} tensors of another shape, initialised fresh: {', '.join(mismatched)}")
     model.plaintune_fresh_keys = set(fresh) | set(mismatched)  # what did not come from the checkpoint
     return model
+
+
+# ------------------------------------------------ after the weights are in place
+
+def check_vocabulary(model: torch.nn.Module, tokenizer, cfg: Box) -> None:
+    """A tokenizer with more ids than the model's embedding rows crashes mid-epoch (index error)."""
+    rows = getattr(model.config, "vocab_size", None)
+    if isinstance(rows, int) and rows < len(tokenizer):
+        key = "model.config_overrides.vocab_size" if "vocab_size" in cfg.model.config_overrides else "model.name"
+        raise UserError(f"{key}: the model has {rows} token embeddings but its tokenizer has {len(tokenizer)} tokens; "
+                        "ids beyond the table would crash: use the model's own vocabulary size or tokenizer")
+
+
+def apply_freeze(model: torch.nn.Module, freeze: Sequence[str], unfreeze: Sequence[str]) -> tuple[int, int]:
+    """Set requires_grad by globs; return (trainable, frozen) parameter counts."""
+    names = [n for n, _ in model.named_parameters()]
+    for pattern in list(freeze) + list(unfreeze):
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            key = "model.freeze" if pattern in freeze else "model.unfreeze"
+            raise UserError(f"{key}: '{pattern}' matches no parameter (e.g. {names[0]}, {names[-1]})")
+    for name, param in model.named_parameters():
+        frozen = any(fnmatch.fnmatchcase(name, p) for p in freeze)
+        if any(fnmatch.fnmatchcase(name, p) for p in unfreeze):
+            frozen = False
+        param.requires_grad_(not frozen)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    return trainable, frozen
+
+
+def init_head_bias(model: torch.nn.Module, value: float) -> bool:
+    """Set the bias of a freshly initialised head's output layer (the last 1-element bias outside
+    the base model). A head that came trained with the weights is left alone. Returns whether set."""
+    prefix = getattr(model, "base_model_prefix", "") + "."
+    biases = [(n, p) for n, p in model.named_parameters()
+              if not n.startswith(prefix) and n.endswith("bias") and p.shape == (1,)]
+    fresh = getattr(model, "plaintune_fresh_keys", None)  # None: built from scratch, all fresh
+    if not biases or (fresh is not None and biases[-1][0] not in fresh):
+        return False
+    with torch.no_grad():
+        biases[-1][1].fill_(value)
+    return True

@@ -4,15 +4,25 @@ Regression heads can work in "unit" space: labels in `label_range` are scaled
 to 0-1, the logit goes through a sigmoid, and predictions are mapped back to
 the label range. A fresh head learns this far faster than raw 0-5 regression
 (the sigmoid bounds the output, and BCE gives well-scaled gradients).
+
+Which mapping a head gets follows where it came from (`resolve_objective`): a
+plaintune checkpoint's recorded one, raw output for anyone else's, sigmoid for
+a head plaintune starts fresh.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from box import Box
 
+from . import formats
+from .config import with_values
+from .errors import UserError
 from .optim import build_loss, canonical_loss
 
 ACTIVATIONS = ("none", "sigmoid", "cosine")  # cosine: the bi-encoder's similarity in [-1, 1]
@@ -86,7 +96,6 @@ class Objective:
 
 def parse_record(record: object, where: str) -> Optional[dict]:
     """A plaintune output record, checked; None when there is none."""
-    from .errors import UserError
 
     if record is None:
         return None
@@ -127,7 +136,6 @@ def choose_activation(requested: str, record: Optional[dict], head_fresh: bool, 
 
 def choose_loss(requested: str, activation: str, num_labels: int) -> str:
     """training.loss, with auto resolved for the chosen head mapping."""
-    from .errors import UserError
 
     if num_labels > 1:
         return "CrossEntropyLoss" if requested == "auto" else requested
@@ -138,3 +146,97 @@ def choose_loss(requested: str, activation: str, num_labels: int) -> str:
                         "(see the 'output mapping' line above); use training.loss=auto or mse, or set "
                         "model.output_activation=sigmoid")
     return requested
+
+
+# ------------------------------------------- which mapping a checkpoint's head gets
+
+def record_from_bundle(bundle: object) -> Optional[dict]:
+    """The output record of a plaintune resume bundle (from the run config inside it); None otherwise."""
+    config = bundle.get("config") if isinstance(bundle, dict) else None
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        return None
+    model = config["model"]
+    kind = model.get("kind", "cross_encoder")
+    activation = "cosine" if kind == "bi_encoder" else model.get("output_activation")
+    if activation not in ("none", "sigmoid", "cosine"):
+        return None
+    label_range = (config.get("data") or {}).get("label_range") or [0.0, 1.0]
+    return {"activation": activation, "low": float(label_range[0]), "high": float(label_range[1]), "kind": kind}
+
+
+def checkpoint_record(source: Path) -> Optional[dict]:
+    """How plaintune mapped this checkpoint's output, if plaintune wrote it: config.json's record for a
+    directory, the run config for a resume bundle; None for a checkpoint made anywhere else."""
+    source = Path(source)
+    if source.is_dir():
+        config_file = source / "config.json"
+        try:
+            meta = json.loads(config_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None  # reading the weights reports a damaged or missing config.json
+        return parse_record(meta.get(CONFIG_ATTRIBUTE), str(config_file)) if isinstance(meta, dict) else None
+    if not source.is_file():
+        return None
+    if source.name in formats.WEIGHT_FILES and (source.parent / "config.json").is_file():
+        return checkpoint_record(source.parent)  # best/model.safetensors: the directory's record
+    if source.suffix == ".safetensors":
+        return None
+    try:  # memory-mapped: only the small config entry is read
+        bundle = torch.load(source, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - unreadable or pickled files are reported by the weight loader
+        return None
+    return record_from_bundle(bundle)
+
+
+def head_is_fresh(model: torch.nn.Module, fresh_keys: Optional[set]) -> bool:
+    """Whether any tensor outside the base model (the task head) starts untrained.
+    `fresh_keys` None means every tensor is fresh (a model built from scratch)."""
+    if fresh_keys is None:
+        return True
+    prefix = (getattr(model, "base_model_prefix", "") or "") + "."
+    return any(name in fresh_keys for name in model.state_dict() if not name.startswith(prefix))
+
+
+def resolve_objective(cfg: Box, record: Optional[dict], head_fresh: bool, record_wins: bool,
+                      announce: bool = True) -> tuple[Objective, Box]:
+    """The Objective for this run or checkpoint, and a copy of `cfg` holding the resolved mapping and
+    loss (so config.yaml and the resume bundle say what was used); prints one line saying why."""
+    num_labels = cfg.model.num_labels
+    if record is not None and record.get("kind", "cross_encoder") != cfg.model.kind:
+        record = None  # a record of another model kind says nothing about this model's head
+    if cfg.model.kind == "bi_encoder":
+        activation, why, kind = "cosine", "the bi-encoder's cosine, scaled to the label range", "bi_encoder"
+    elif num_labels > 1:
+        activation, why, kind = "none", "classification: the class with the highest logit", "cross_encoder"
+    else:
+        activation, why = choose_activation(cfg.model.output_activation, record, head_fresh,
+                                            cfg.data.label_range is not None, record_wins)
+        kind = "cross_encoder"
+        if activation == "sigmoid" and cfg.data.label_range is None and record is None:
+            raise UserError("model.output_activation: sigmoid maps the head to data.label_range, which is null; "
+                            "set data.label_range (e.g. [0.0, 5.0])")
+        cfg = with_values(cfg, {"model.output_activation": activation})
+    from_record = record is not None and activation == record.get("activation") and not head_fresh
+    label_range = (record["low"], record["high"]) if from_record else cfg.data.label_range
+    if record_wins:  # inference: the loss is never used
+        loss = "crossentropy" if num_labels > 1 else "mse"
+    else:
+        loss = choose_loss(cfg.training.loss, activation, num_labels)
+        cfg = with_values(cfg, {"training.loss": loss})
+    if announce and num_labels == 1:
+        print(f"output mapping: {activation} ({why})")
+    return Objective(num_labels, loss, activation, label_range, kind=kind), cfg
+
+
+def objective_for(model: torch.nn.Module, cfg: Box, source: Optional[Path] = None) -> Objective:
+    """How to read this checkpoint's outputs: as plaintune recorded them, whatever the config says;
+    for a checkpoint plaintune did not write, raw unless the config sets model.output_activation."""
+    record = checkpoint_record(source) if source is not None and not source.is_dir() else None
+    # A file's record is its own (or its HF directory's); model.config came from model.name then,
+    # and model.name's record says nothing about someone else's weights.
+    if source is None or source.is_dir():
+        where = f"{source / 'config.json'}" if source is not None else "the checkpoint's config.json"
+        record = parse_record(getattr(model.config, CONFIG_ATTRIBUTE, None), where)
+    if record is not None:  # the model was built as the checkpoint's kind
+        cfg = with_values(cfg, {"model.kind": record.get("kind", "cross_encoder")})
+    return resolve_objective(cfg, record, head_fresh=False, record_wins=True)[0]

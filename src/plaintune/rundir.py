@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+from box import Box
 
 from . import atomic
+from .config import resolve_config_path
 from .errors import UserError
 from .formats import SHARD_INDEXES, WEIGHT_FILES, check_checkpoint_dir, stat_path
 
@@ -165,3 +167,70 @@ def read_newest_bundle(candidates: list[Path], reader: Callable[[Path], dict],
             warn(f"warning: skipping unreadable checkpoint {path} ({err})")
     raise UserError(f"--resume: no readable checkpoint ({', '.join(failures)} could not be read); start the run "
                     "again without --resume, or give a bundle with --resume PATH")
+
+
+# ------------------------------------------------------------- where runs live
+
+
+def runs_root(cfg: Box) -> Path:
+    """output_dir: where runs live (relative to the working directory; a Drive folder on Colab)."""
+    return Path(cfg.output_dir).expanduser()
+
+
+def run_dir_for(cfg: Box) -> Path:
+    return runs_root(cfg) / cfg.run_name
+
+
+def run_outputs(run_dir: Path) -> list[tuple[str, Path, bool]]:
+    """What a training run writes in its directory: (chosen by, path, whole tree)."""
+    trees = [("run_name", run_dir / name, True) for name in ("best", "best.old", "checkpoints", "top", "tensorboard")]
+    files = [("run_name", run_dir / name, False)
+             for name in (LAST_FILE, "metrics.jsonl", "curves.png", "load_report.txt", "config.yaml")]
+    return trees + files
+
+
+def config_file(config_name: str) -> Optional[Path]:
+    """The YAML file behind --config, or None for a config given as a dict (the Python API)."""
+    try:
+        return resolve_config_path(config_name)
+    except UserError:
+        return None
+
+
+def check_not_in_a_run(target: Path, key: str) -> None:
+    """A file written into a run directory could replace its checkpoints or logs (last.pt, metrics.jsonl)."""
+    for folder in Path(target).expanduser().resolve().parents:
+        if (folder / LAST_FILE).is_file() or (folder / "best").is_dir() and (folder / "config.yaml").is_file() \
+                or (folder / "split.json").is_file():  # a k-fold's folder: its fold data and predictions
+            raise UserError(f"{key}: '{target}' lies inside the run directory '{folder}', whose files are "
+                            f"checkpoints and logs: choose another {key} (e.g. output/submission.csv)")
+
+
+def run_inputs(cfg: Box, fresh: bool, config_path: Optional[Path] = None) -> dict:
+    """What a training run reads. A resumed run takes its weights from the bundle, not model.name/init_from."""
+    inputs = {f"data.{role}_path": cfg.data.get(f"{role}_path") for role in ("train", "dev", "test")}
+    inputs["--config"] = config_path
+    if fresh:
+        inputs["model.init_from"] = cfg.model.init_from
+        local = Path(cfg.model.name).expanduser()
+        inputs["model.name"] = str(local) if not cfg.model.name.startswith("pkg:") and local.exists() else None
+    return inputs
+
+
+def clear_run(run_dir: Path) -> None:
+    """--overwrite: remove a previous run's checkpoints and logs (only the files plaintune writes)."""
+    for name in (LAST_FILE, "metrics.jsonl", "curves.png", "load_report.txt"):
+        (run_dir / name).unlink(missing_ok=True)
+    for name in ("best", "best.old", "checkpoints", "top", "tensorboard"):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+
+
+def start_run_dir(run_dir: Path, config_text: str, clear: bool, load_report: Optional[str]) -> None:
+    """Rank 0, under the run's lock: remove what killed saves left, clear for --overwrite, write
+    config.yaml (and what a warm start loaded)."""
+    RunFiles(run_dir).remove_stale_temporaries()
+    if clear:
+        clear_run(run_dir)
+    atomic.write_text(run_dir / "config.yaml", config_text)
+    if load_report is not None:
+        atomic.write_text(run_dir / "load_report.txt", load_report)

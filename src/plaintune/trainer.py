@@ -49,9 +49,10 @@ class LoopOptions:
 
 
 @dataclass
-class DevSet:
-    loader: object                    # the dev DataLoader (this rank's share of batches under DDP)
-    labels: np.ndarray                # every dev label, in dataset order
+class Batches:
+    train_loader: object              # this rank's training batches, each a list of micro-batches
+    dev_loader: object                # this rank's share of the dev batches (under DDP maybe none)
+    dev_labels: np.ndarray            # every dev label, in dataset order
 
 
 class Trainer:
@@ -60,14 +61,14 @@ class Trainer:
     Components arrive built (see `run.train`); `state` is a restored TrainState on resume.
     """
 
-    def __init__(self, model: nn.Module, objective: Objective, optim: Optimization, train_loader, dev: DevSet,
+    def __init__(self, model: nn.Module, objective: Objective, optim: Optimization, batches: Batches,
                  files: RunFiles, tracker: Tracker, options: LoopOptions, state: Optional[TrainState] = None):
         self.model = model
         self.objective = objective
         self.optim = optim
-        self.train_loader = train_loader
-        self.sampler = train_loader.batch_sampler
-        self.dev = dev
+        self.train_loader = batches.train_loader
+        self.sampler = batches.train_loader.batch_sampler
+        self.dev_loader, self.dev_labels = batches.dev_loader, batches.dev_labels
         self.files = files
         self.tracker = tracker
         self.options = options
@@ -205,7 +206,7 @@ class Trainer:
         model inside the DDP wrapper, whose forwards need no other rank; the shares are
         then gathered, row indices with values, into the whole set on every rank.
         """
-        loader, labels = self.dev.loader, self.dev.labels
+        loader, labels = self.dev_loader, self.dev_labels
         outputs = predict(distributed.without_ddp(self.model), loader, self.device, self.options.autocast_dtype)
         rows = np.fromiter((i for batch in loader.batch_sampler for i in batch), dtype=np.int64)
         logits = distributed.gather_rows(rows, outputs[rows], len(labels))

@@ -1,0 +1,151 @@
+"""The components a training run is built from, each from the config by one builder function.
+
+`run.train_run` calls these in dependency order: data, model (with its objective),
+optimization, the training wrapper, and on resume the restored train state.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from box import Box
+
+from . import datacheck
+from .batching import BucketBatchSampler, eval_loader, micro_batch_budget, train_loader
+from .data import make_dataset, read_tables, with_swapped_pairs
+from .evaluate import AUTOCAST, metric_name
+from .model import apply_freeze, build_model, build_tokenizer, check_vocabulary, init_head_bias
+from .objective import CONFIG_ATTRIBUTE, checkpoint_record, head_is_fresh, parse_record, resolve_objective
+from .optim import build_optimizer, build_scheduler
+from .resume import OpenedRun, check_same_data
+from .selection import SelectionRules
+from .train_state import Optimization, adapt_world_size, restore_bundle
+from .trainer import LoopOptions
+from .weights import LoadRules, load_into, load_weights
+
+
+@dataclass
+class TrainData:
+    tables: dict                      # role -> PairTable (train, dev, maybe test)
+    datasets: dict                    # role -> tokenized dataset
+    tokenizer: object
+    train_loader: torch.utils.data.DataLoader
+    dev_loader: torch.utils.data.DataLoader
+    fingerprints: dict                # data files' hashes, kept in last.pt to refuse a resume on other data
+
+
+def load_data(cfg: Box, opened: OpenedRun, force: bool, dist_info, device: torch.device) -> TrainData:
+    """Check every CSV before the model loads, then tokenize once and build the loaders."""
+    tables = read_tables(cfg)
+    datacheck.check_dev_scores(tables["dev"], "data.dev_path", cfg.model.num_labels)
+    datacheck.check_overlap(tables["train"], tables["dev"], cfg.data.max_overlap, announce=dist_info.is_main)
+    fingerprints = datacheck.data_fingerprints(tables)
+    if opened.bundle is not None:
+        check_same_data(opened.bundle, fingerprints, force, dist_info.is_main)
+    tokenizer = build_tokenizer(cfg.model)
+    if dist_info.is_main:
+        datacheck.warn_poor_coverage(tokenizer, tables["train"], cfg.model.name)
+    if cfg.data.augment.swap:
+        tables["train"] = with_swapped_pairs(tables["train"])
+    datasets = {role: make_dataset(t, tokenizer, cfg.model.max_length, cfg.model.kind) for role, t in tables.items()}
+    num_labels, training, pin = cfg.model.num_labels, cfg.training, device.type == "cuda"
+    sampler = BucketBatchSampler(datasets["train"].lengths, training.batch_size, cfg.seed,
+                                 bucket=training.bucket_batches, pool=training.bucket_pool,
+                                 rank=dist_info.rank, world_size=dist_info.world_size)
+    budget, overhead = micro_batch_budget(training.micro_batch_tokens, device)
+    return TrainData(tables, datasets, tokenizer,
+                     train_loader(datasets["train"], sampler, num_labels, training.num_workers, pin, budget, overhead),
+                     eval_loader(datasets["dev"], training.eval_batch_size, num_labels, training.num_workers, pin,
+                                 dist_info.rank, dist_info.world_size),
+                     fingerprints)
+
+
+def load_model(cfg: Box, opened: OpenedRun, data: TrainData, trust: bool, announce: bool):
+    """(model, objective, cfg, load report text or None): pretrained (or from scratch), then a warm
+    start or the bundle's weights, then freezing. The objective follows where the head came from;
+    the returned cfg records the output mapping and loss it resolved to (for config.yaml and last.pt)."""
+    bundle, load_report = opened.bundle, None
+    model = build_model(cfg.model, pretrained=(not cfg.model.from_scratch) and bundle is None)
+    record = parse_record(getattr(model.config, CONFIG_ATTRIBUTE, None), f"model.name '{cfg.model.name}'")
+    fresh_keys = None if cfg.model.from_scratch else getattr(model, "plaintune_fresh_keys", set())
+    if cfg.model.init_from and bundle is None:
+        rules = LoadRules(cfg.model.key_rules, cfg.model.allow_missing, cfg.model.allow_unexpected,
+                          cfg.model.allow_nonfinite)
+        report = load_weights(model, cfg.model.init_from, rules, trust)
+        record = checkpoint_record(Path(cfg.model.init_from))
+        fresh_keys = set(report.missing) | set(report.reshaped)
+        if announce:
+            print(f"init_from: {report.summary()}")
+            load_report = report.full_text()  # written with the run's other files (step 6)
+    if bundle is not None:
+        report = load_into(model, bundle["model_state_dict"], str(opened.bundle_path), bundle.get("_format", "bundle"),
+                           LoadRules(cfg.model.key_rules, allow_nonfinite=cfg.model.allow_nonfinite))
+        if report.rules and announce:
+            print(f"resume: {report.summary()}")
+    check_vocabulary(model, data.tokenizer, cfg)
+    trainable, frozen = apply_freeze(model, cfg.model.freeze, cfg.model.unfreeze)
+    if announce:
+        print(f"model: {trainable:,} trainable parameters, {frozen:,} frozen")
+    objective = opened.objective
+    if objective is None:
+        objective, cfg = resolve_objective(cfg, record, head_is_fresh(model, fresh_keys), record_wins=False,
+                                         announce=announce)
+        if cfg.model.head_bias_init == "label_mean" and objective.regression and cfg.model.kind == "cross_encoder" \
+                and not cfg.model.init_from:
+            init_head_bias(model, objective.initial_bias(float(data.tables["train"].labels.mean())))
+    return model, objective, cfg, load_report
+
+
+def build_optimization(cfg: Box, model: torch.nn.Module, steps_per_epoch: int, device: torch.device) -> Optimization:
+    training = cfg.training
+    optimizer = build_optimizer(training.optimizer, model, training.learning_rate, training.head_lr_multiplier,
+                                training.layer_lr_decay)
+    scheduler, scheduler_when = build_scheduler(training.scheduler, optimizer, steps_per_epoch, training.epochs)
+    # fp16 needs loss scaling; for every other precision the scaler passes everything through.
+    scaler = torch.amp.GradScaler(device.type, enabled=training.precision == "fp16")
+    return Optimization(optimizer, scheduler, scheduler_when, scaler)
+
+
+def wrap_for_training(model: torch.nn.Module, cfg: Box, dist_info, device: torch.device) -> torch.nn.Module:
+    """Move to the device, then torch.compile and DDP as configured; the unwrapped model is what is saved."""
+    model.to(device)
+    if cfg.training.compile:
+        model = torch.compile(model)
+    if dist_info.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if dist_info.is_main:
+        training = cfg.training
+        effective = training.batch_size * training.grad_accum_steps * dist_info.world_size
+        print(f"effective batch size {effective} = batch_size {training.batch_size} x grad_accum_steps "
+              f"{training.grad_accum_steps} x {dist_info.world_size} process(es) on {device}")
+    return model
+
+
+def restore_state(bundle: dict, model: torch.nn.Module, optim: Optimization, cfg: Box, dist_info,
+                  steps_per_epoch: int, batches: int):
+    """The bundle's train state, optimizer, scheduler, scaler and RNG streams; says where the run continues."""
+    state, rebuilt = restore_bundle(bundle, model, optim, steps_per_epoch, dist_info.rank, dist_info.world_size)
+    say = print if dist_info.is_main else (lambda _: None)
+    if rebuilt:
+        say(f"warning: the checkpoint lacks parts of a plaintune bundle; rebuilt: {', '.join(rebuilt)}")
+    adapt_world_size(state, bundle.get("world_size", 1), dist_info.world_size, say)
+    epochs = cfg.training.epochs
+    where = (f"epoch {state.epoch + 1}/{epochs} at batch {state.step_in_epoch + 1} of {batches}"
+             if state.epoch < epochs else "no epochs left to train")
+    say(f"resuming: {state.epoch} epoch(s) done, optimizer step {state.global_step}; continuing with {where}")
+    return state
+
+
+def loop_options(cfg: Box, device: torch.device, dist_info, resume_command: str) -> LoopOptions:
+    training = cfg.training
+    selection = SelectionRules(patience=training.early_stopping.patience, min_delta=training.early_stopping.min_delta,
+                               keep_top_k=cfg.checkpoint.keep_top_k)
+    return LoopOptions(epochs=training.epochs, grad_accum_steps=training.grad_accum_steps,
+                       max_grad_norm=training.max_grad_norm, log_every_n_steps=training.log_every_n_steps,
+                       save_every_n_steps=cfg.checkpoint.every_n_steps,
+                       eval_every_n_steps=training.eval_every_n_steps or 0, save_best=cfg.checkpoint.save_best,
+                       selection=selection, autocast_dtype=AUTOCAST[training.precision],
+                       metric_name=metric_name(cfg.model.num_labels), resume_command=resume_command,
+                       device=device, dist=dist_info)

@@ -1,0 +1,203 @@
+"""Inference: load each saved model through the common load path, predict, combine an ensemble,
+write the submission. `run.predict` and inference.py call `run_inference`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from box import Box
+
+from . import data, distributed, rundir
+from .batching import eval_loader
+from .errors import UserError
+from .evaluate import AUTOCAST, metric_name, postprocess, predict, score, write_submission
+from .guard import check_outputs
+from .model import build_model, build_tokenizer, check_vocabulary
+from .objective import CONFIG_ATTRIBUTE, Objective, checkpoint_record, objective_for
+from .weights import LoadRules, load_weights
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return path.is_dir() and any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json",
+                                                                 "vocab.txt", "spiece.model"))
+
+
+def load_model_for_inference(cfg: Box, source: Path, trust: bool = False):
+    """(model, tokenizer, report) for a checkpoint: the architecture from the checkpoint's own
+    config.json when it has one, else from model.name; weights through the common load path."""
+    spec = dict(cfg.model)
+    if source.is_dir() and (source / "config.json").is_file():
+        spec["name"] = str(source)
+        saved = json.loads((source / "config.json").read_text(encoding="utf-8")).get(CONFIG_ATTRIBUTE) or {}
+        spec["kind"] = saved.get("kind", spec["kind"])  # the checkpoint knows what it is
+    else:
+        record = checkpoint_record(source)  # a plaintune resume bundle also knows its model kind
+        if record is not None:
+            spec["kind"] = record.get("kind", spec["kind"])
+    model = build_model(spec, pretrained=False)
+
+    rules = LoadRules(cfg.model.key_rules, allow_missing=(), allow_unexpected=cfg.model.allow_unexpected,
+                      allow_nonfinite=cfg.model.allow_nonfinite)
+    report = load_weights(
+        model, source, rules, trust=trust, strict_hint="inference needs every tensor of the model; is it a checkpoint of another "
+        f"model or task? (this config: model.name={cfg.model.name}, model.num_labels={cfg.model.num_labels})")
+    tokenizer = build_tokenizer({"name": str(source)} if _has_tokenizer(source) else cfg.model)
+    check_vocabulary(model, tokenizer, cfg)
+    return model.eval(), tokenizer, report
+
+
+def member_outputs(model, tokenizer, objective: Objective, table: data.PairTable, cfg: Box, device: torch.device,
+                   symmetric: bool) -> np.ndarray:
+    """One model's outputs in a form that averages: scores (regression) or class probabilities.
+
+    With `symmetric`, also predicts every pair as (sentence_2, sentence_1) and averages the two.
+    """
+    autocast_dtype = AUTOCAST[inference_precision(cfg)]
+    runs = []
+    for swap in ((False, True) if symmetric else (False,)):
+        dataset = data.make_dataset(table, tokenizer, cfg.model.max_length, objective.kind, swap=swap)
+        logits = predict(model, eval_loader(dataset, cfg.training.eval_batch_size, objective.num_labels),
+                         device, autocast_dtype)
+        runs.append(objective.predictions(logits) if objective.regression else softmax(logits))
+    return np.mean(runs, axis=0)
+
+
+def inference_precision(cfg: Box) -> str:
+    """inference.precision, or training.precision when it is null."""
+    return cfg.inference.precision or cfg.training.precision
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def normalised_weights(weights: Optional[Sequence[float]], members: int) -> Optional[list[float]]:
+    """--weights checked and scaled to sum 1 (huge weights would overflow inside the average)."""
+    if weights is None:
+        return None
+    if len(weights) != members:
+        raise UserError(f"--weights: {len(weights)} weights for {members} models; give one per model")
+    if not all(math.isfinite(w) for w in [*weights, sum(weights)]):
+        raise UserError(f"--weights: {' '.join(map(str, weights))} are not all finite numbers; give weights such as 1 2")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise UserError("--weights: weights must be >= 0 and not all zero")
+    total = math.fsum(weights)
+    return [w / total for w in weights]
+
+
+def read_inference_inputs(cfg: Box, write: bool) -> tuple[data.PairTable, Optional[data.PairTable]]:
+    """The pairs to predict and, when data.test_path is set, the labelled test pairs; with `write`,
+    the submission template is checked too. All before any model loads."""
+    columns, num_labels = cfg.data.columns, cfg.model.num_labels
+    table = data.read_pairs(cfg.data.predict_path, "data.predict_path", columns, cfg.data.encoding,
+                            labelled=False, unique_ids=True)
+    if write:
+        template = data.read_csv_checked(cfg.data.submission_template, "data.submission_template",
+                                         cfg.data.encoding)
+        data.require_columns(template, f"data.submission_template: '{cfg.data.submission_template}'",
+                             {"id": columns.id})
+    test = None
+    if cfg.data.test_path:
+        test = data.read_pairs(cfg.data.test_path, "data.test_path", columns, cfg.data.encoding, labelled=True,
+                               label_range=cfg.data.label_range if num_labels == 1 else None)
+    return table, test
+
+
+def check_inference_outputs(cfg: Box, saved_models: Sequence[str], sources: Sequence[Path],
+                            config_path: Optional[Path]) -> None:
+    """The submission may not overwrite any input of this inference, nor land inside a run directory."""
+    inputs = {f"data.{key}": cfg.data[key] for key in ("predict_path", "submission_template", "test_path",
+                                                       "train_path", "dev_path")}
+    inputs["--config"] = config_path
+    inputs.update({f"--saved_model {name}": source for name, source in zip(saved_models, sources)})
+    check_outputs([("inference.output_path", Path(cfg.inference.output_path), False)], inputs)
+    rundir.check_not_in_a_run(Path(cfg.inference.output_path), "inference.output_path")
+
+
+def run_inference(cfg: Box, saved_models: Sequence[str], weights: Optional[Sequence[float]] = None,
+                  trust: bool = False, config_path: Optional[Path] = None, write: bool = True) -> pd.DataFrame:
+    """Predict data.predict_path with one model or a (weighted) ensemble; with `write`, also write the
+    submission to inference.output_path. Returns the id column and `target`: the predictions before
+    rounding and clipping (class ids for classification).
+
+    Every input is checked before any model loads; each member goes through the
+    common load path. With labels in data.test_path, each member's and the
+    ensemble's metric are printed.
+    """
+    weights = normalised_weights(weights, len(saved_models))
+    table, test = read_inference_inputs(cfg, write)
+    sources = [rundir.resolve_saved_model(name, rundir.runs_root(cfg)) for name in saved_models]
+    if write:
+        check_inference_outputs(cfg, saved_models, sources, config_path)
+    _, device = distributed.setup(cfg.device)
+    predicted, tested = predict_members(cfg, sources, table, test, device, trust)
+
+    num_labels = cfg.model.num_labels
+    values = combine(predicted, weights, num_labels)
+    bad = ~np.isfinite(values) if num_labels == 1 else np.zeros(len(values), dtype=bool)
+    if bad.any():  # checked before clipping, which would turn inf into a plausible score
+        first = table.ids[int(np.flatnonzero(bad)[0])]
+        raise UserError(f"--saved_model {' '.join(saved_models)}: {int(bad.sum())} of {len(values)} predictions are not "
+                        f"finite (first id '{first}'); the model's outputs overflow or it diverged: try "
+                        f"inference.precision=fp32, or check the checkpoint with python -m plaintune.checkpoint inspect")
+    columns = cfg.data.columns
+    if write:
+        written = postprocess(values, cfg.inference.clip, cfg.inference.round) if num_labels == 1 else values
+        write_submission(cfg.data.submission_template, table.ids, written, cfg.inference.output_path,
+                         columns.id, columns.target, cfg.data.encoding, integer=num_labels > 1)
+        print(f"wrote {len(values)} predictions to {cfg.inference.output_path}")
+    if test is not None:
+        report_test_scores(cfg, saved_models, tested, weights, test)
+    return pd.DataFrame({columns.id: table.ids, columns.target: values})
+
+
+def predict_members(cfg: Box, sources: Sequence[Path], table: data.PairTable, test: Optional[data.PairTable],
+                    device: torch.device, trust: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each member's outputs on the predict pairs and (if any) the test pairs, one model in memory at a time."""
+    predicted, tested = [], []
+    loading = predicting = 0.0
+    for source in sources:
+        started = time.perf_counter()
+        model, tokenizer, report = load_model_for_inference(cfg, source, trust)
+        print(f"checkpoint: {report.summary()}")
+        model.to(device)
+        objective = objective_for(model, cfg, source)
+        loading += time.perf_counter() - started
+        started = time.perf_counter()
+        predicted.append(member_outputs(model, tokenizer, objective, table, cfg, device, cfg.inference.symmetric))
+        predicting += time.perf_counter() - started  # tokenizing and predicting, not loading
+        if test is not None:
+            tested.append(member_outputs(model, tokenizer, objective, test, cfg, device, cfg.inference.symmetric))
+        del model
+    pairs = len(table)
+    print(f"predicted {pairs} pairs with {len(sources)} model(s){' (symmetric)' if cfg.inference.symmetric else ''} "
+          f"in {predicting:.1f} s ({pairs * len(sources) / max(predicting, 1e-9):.1f} pairs/s per model, "
+          f"{inference_precision(cfg)}; loading took {loading:.1f} s)")
+    return predicted, tested
+
+
+def combine(outputs: list[np.ndarray], weights: Optional[Sequence[float]], num_labels: int) -> np.ndarray:
+    """The (weighted) mean of the members' scores, or the class of the mean probabilities."""
+    mixed = np.average(np.stack(outputs), axis=0, weights=weights)
+    return mixed if num_labels == 1 else mixed.argmax(axis=-1)
+
+
+def report_test_scores(cfg: Box, saved_models: Sequence[str], tested: list[np.ndarray],
+                       weights: Optional[Sequence[float]], test: data.PairTable) -> None:
+    num_labels = cfg.model.num_labels
+    name = metric_name(num_labels)
+    if len(tested) > 1:
+        for source, outputs in zip(saved_models, tested):
+            member = outputs if num_labels == 1 else outputs.argmax(axis=-1)
+            print(f"  member {source}: test {name} {score(member, test.labels, num_labels):.4f}")
+    label = "ensemble " if len(tested) > 1 else ""
+    print(f"{label}test {name}: {score(combine(tested, weights, num_labels), test.labels, num_labels):.4f}  "
+          f"({cfg.data.test_path}, {len(test)} pairs)")

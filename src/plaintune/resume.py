@@ -1,0 +1,136 @@
+"""Resuming a run: finding its bundle, and refusing one that belongs to another run.
+
+A bundle continues a run only if the config still describes the same run
+(IDENTITY_KEYS) and the data files are the same (their fingerprints); either
+check can be overridden with --force, and other config changes are noted.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from box import Box
+
+from . import datacheck, formats
+from .config import to_plain
+from .errors import UserError
+from .objective import Objective, record_from_bundle, resolve_objective
+from .rundir import LAST_FILE, RunFiles, read_newest_bundle, run_dir_for
+
+# Keys that define what a run *is*: changing them on resume makes it another run.
+IDENTITY_KEYS = ("seed", "model.name", "model.kind", "model.num_labels", "model.max_length", "model.from_scratch",
+                 "model.output_activation", "model.head_bias_init", "training.head_lr_multiplier",
+                 "training.layer_lr_decay",
+                 "model.config_overrides", "data.train_path", "data.dev_path", "data.columns",
+                 "training.batch_size", "training.learning_rate", "training.loss", "training.optimizer",
+                 "training.scheduler", "training.bucket_batches", "training.bucket_pool", "training.precision",
+                 "training.grad_accum_steps")
+
+
+def _lookup(tree: dict, dotted: str):
+    node = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def check_drift(saved: Optional[dict], current: dict) -> tuple[list[str], list[str]]:
+    """(identity keys that differ, other keys that differ) between a checkpoint's config and now."""
+    if not saved:
+        return [], []
+    identity = [k for k in IDENTITY_KEYS if _lookup(saved, k) != _lookup(current, k)]
+
+    def leaves(tree: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in tree.items():
+            if isinstance(value, dict) and key not in ("optimizer", "scheduler", "config_overrides", "columns"):
+                out.update(leaves(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    old, new = leaves(saved), leaves(current)
+    other = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k not in identity
+             and not any(k.startswith(i + ".") for i in identity)]
+    return identity, other
+
+
+def check_same_data(bundle: dict, fingerprints: dict, force: bool, announce: bool) -> None:
+    """--resume on data that changed since the checkpoint is another run: refused unless --force."""
+    changes = datacheck.changed_files(bundle.get("data_fingerprints"), fingerprints)
+    if changes and not force:
+        raise UserError(f"--resume: the data changed since the checkpoint: {'; '.join(changes)}; restore it, or pass "
+                        "--force to continue on the new data (batch order and epoch length then differ)")
+    if changes and announce:
+        print(f"warning: resuming on changed data (--force): {'; '.join(changes)}")
+
+
+def read_bundle(path: Path) -> dict:
+    """A resume bundle (or a plain state dict) read with weights_only=True."""
+    obj = formats.load_torch_file(path, trust=False)
+    if not isinstance(obj, dict):
+        raise UserError(f"--resume: '{path}' holds a {type(obj).__name__}, not a training bundle")
+    if "model_state_dict" not in obj:
+        state, fmt = formats.find_state_dict(obj, path)
+        obj = {"model_state_dict": state, "_format": fmt}
+    return obj
+
+
+def find_resume_bundle(resume: str, saver: RunFiles) -> tuple[Path, dict]:
+    """`--resume PATH` reads that bundle; `--resume` the run's newest readable one."""
+    if resume:
+        path = Path(resume)
+        if path.is_dir():
+            if not (path / LAST_FILE).is_file():
+                raise UserError(f"--resume: directory '{resume}' holds no {LAST_FILE}; give a resume bundle (a run "
+                                f"directory or its {LAST_FILE}); to start from a model's weights use model.init_from")
+            path = path / LAST_FILE
+        if not path.is_file():
+            raise UserError(f"--resume: checkpoint '{resume}' does not exist")
+        return path, read_bundle(path)
+    candidates = saver.resume_candidates()
+    if not candidates:
+        raise UserError(f"--resume: no checkpoint in {saver.run_dir}/ to resume (no {LAST_FILE}); "
+                        "start the run without --resume")
+    return read_newest_bundle(candidates, read_bundle)
+
+
+@dataclass
+class OpenedRun:
+    """Where a run writes, and the bundle it continues (None: a fresh run)."""
+
+    cfg: Box                          # with a resumed run's output mapping and loss filled in
+    run_dir: Path
+    bundle: Optional[dict] = None
+    bundle_path: Optional[Path] = None
+    objective: Optional[Objective] = None   # a resumed run's: the head continues as it was trained
+
+
+def open_run(cfg: Box, resume: Optional[str], force: bool, overwrite: bool, announce: bool) -> OpenedRun:
+    """The run directory and, with `resume` ('' for the run's newest bundle, or a path), the bundle
+    to continue, checked to belong to this run. A fresh run never clobbers an existing one."""
+    run_dir = run_dir_for(cfg)
+    files = RunFiles(run_dir)
+    if resume is None:
+        if files.resume_candidates() and not overwrite:
+            raise UserError(f"run_name: '{cfg.run_name}' already has a checkpoint in {run_dir}/; continue it with "
+                            f"--resume, start over with --overwrite, or choose another run_name=...")
+        return OpenedRun(cfg, run_dir)
+    bundle_path, bundle = find_resume_bundle(resume, files)
+    # The head continues as it was trained: plaintune's recorded mapping, raw for a foreign bundle.
+    objective, cfg = resolve_objective(cfg, record_from_bundle(bundle), head_fresh=False, record_wins=False,
+                                       announce=announce)
+    identity, other = check_drift(bundle.get("config"), to_plain(cfg))
+    if identity and not force:
+        raise UserError(f"--resume: the config differs from the checkpoint's in {', '.join(identity)}, which "
+                        "makes it a different run; restore those values, or pass --force to continue anyway")
+    if announce:
+        if identity:
+            print(f"warning: resuming despite changed {', '.join(identity)} (--force)")
+        if other:
+            print(f"note: config changes since the checkpoint: {', '.join(other)}")
+        print(f"resuming from {bundle_path}")
+    return OpenedRun(cfg, run_dir, bundle, bundle_path, objective)

@@ -1,0 +1,201 @@
+"""train(...) and predict(...): what train.py, inference.py and `import plaintune` run.
+
+`train_run` builds the components in dependency order, then hands them to the Trainer:
+
+    1. processes and device           distributed.setup
+    2. run directory and resume       resume.open_run: the bundle, checked to belong to this run
+    3. data                           load_data: every CSV checked before the model loads
+    4. model                          load_model: pretrained, warm start or the bundle's weights
+    5. objective and optimization     what logits mean; optimizer, scheduler, gradient scaler
+    6. the run directory is written by this process alone (the lock); the Trainer fits
+
+A mistake raises `UserError` with the one-line message the commands print;
+nothing here calls sys.exit.
+"""
+from __future__ import annotations
+
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import pandas as pd
+from box import Box
+
+from . import distributed
+from .batching import eval_loader
+from .build import (TrainData, build_optimization, load_data, load_model, loop_options, restore_state,
+                    wrap_for_training)
+from .config import apply_overrides, dump_yaml, load_config, resolve_config_path, to_plain, with_values
+from .evaluate import metric_name, predict as predict_outputs, score
+from .guard import check_outputs
+from .objective import CONFIG_ATTRIBUTE
+from .predicting import run_inference
+from .resume import open_run
+from .rundir import LAST_FILE, RunFiles, config_file, find_best_dir, run_inputs, run_outputs, start_run_dir
+from .runlock import RunLock
+from .tracking import Tracker, start_wandb, wandb_mode
+from .train_state import seed_everything
+from .trainer import Batches, Trainer
+from .validation import validate
+from .weights import load_weights
+
+ConfigLike = Union[str, Path, dict]
+
+
+@dataclass
+class TrainResult:
+    """What a training run ended with (on every rank; the metrics are the gathered ones)."""
+
+    run_dir: Path
+    metric_name: str
+    best_metric: Optional[float]
+    best_epoch: Optional[float]   # an int at an epoch end, a fraction for a mid-epoch validation
+    history: list  # one dict per validation: epoch, step, the metric, loss
+    stopped_early: bool = False
+
+
+def _config(config: ConfigLike, overrides: Sequence[str], purpose: str):
+    """(validated config, the name the printed commands use, the config file if any)."""
+    if isinstance(config, dict):
+        return validate(apply_overrides(config, overrides), source="config dict", purpose=purpose), "CONFIG", None
+    name = str(config)
+    return load_config(name, overrides, purpose=purpose), name, resolve_config_path(name)
+
+
+def train(config: ConfigLike, *overrides: str, resume: Union[bool, str] = False, overwrite: bool = False,
+          force: bool = False, trust_checkpoint: bool = False) -> TrainResult:
+    """Train as `python train.py --config CONFIG OVERRIDES...` does.
+
+    `config`: a name under configs/, a YAML path, or a dict of config keys. `resume`: True
+    continues the run's newest checkpoint, a path continues that bundle.
+    """
+    cfg, name, _ = _config(config, overrides, "train")
+    resume_arg = None if resume is False else ("" if resume is True else str(resume))
+    return train_run(cfg, name, list(overrides), RunRequest(resume_arg, force, overwrite, trust_checkpoint))
+
+
+def predict(config: ConfigLike, saved_model: Union[str, Path, Sequence[Union[str, Path]]], *overrides: str,
+            output_path: Optional[Union[str, Path]] = None, weights: Optional[Sequence[float]] = None,
+            trust_checkpoint: bool = False) -> pd.DataFrame:
+    """Predict data.predict_path with a saved model (or an ensemble: a list of them).
+
+    Returns the id column and `target`, the predictions before rounding and clipping. With
+    `output_path`, also writes the submission there (rounded and clipped as inference.py does).
+    """
+    if output_path is not None:
+        overrides = (*overrides, f"inference.output_path={output_path}")
+    cfg, _, config_path = _config(config, overrides, "inference")
+    models = [str(saved_model)] if isinstance(saved_model, (str, Path)) else [str(m) for m in saved_model]
+    return run_inference(cfg, models, list(weights) if weights is not None else None, trust=trust_checkpoint,
+                         config_path=config_path, write=output_path is not None)
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """How a run starts, as the command line or `train()` asked."""
+
+    resume: Optional[str] = None      # None: a fresh run; '': the run's newest bundle; else a bundle path
+    force: bool = False               # resume despite a changed config or data
+    overwrite: bool = False           # start over where the run has checkpoints
+    trust: bool = False               # unpickle a whole-model checkpoint for model.init_from
+    resume_command: Optional[str] = None   # printed after Ctrl-C (k-fold prints its own)
+
+
+def train_run(cfg: Box, config_name: str, overrides: Sequence[str], request: RunRequest = RunRequest()) -> TrainResult:
+    """Train per the validated `cfg` (see the module docstring for the order)."""
+    started = time.perf_counter()
+    # 1. Processes and device; the environment's settings are checked before anything loads.
+    dist_info, device = distributed.setup(cfg.device, timeout_s=cfg.training.ddp_timeout_s)
+    is_main = dist_info.is_main
+    wandb_mode(cfg.logging.wandb.mode)
+    # "{time}" in run_name gives each run (e.g. each sweep trial) its own directory; rank 0 decides.
+    cfg = with_values(cfg, {"run_name": distributed.broadcast_object(
+        cfg.run_name.replace("{time}", time.strftime("%Y%m%d-%H%M%S")))})
+    # 2. Where the run writes; never clobber a previous run by accident, nor the run's own inputs.
+    opened = open_run(cfg, request.resume, request.force, request.overwrite, announce=is_main)
+    cfg, run_dir, bundle = opened.cfg, opened.run_dir, opened.bundle
+    check_outputs(run_outputs(run_dir), run_inputs(cfg, fresh=bundle is None, config_path=config_file(config_name)))
+    # 3. Data, then 4. the model.
+    seed_everything(cfg.seed)
+    data = load_data(cfg, opened, request.force, dist_info, device)
+    model, objective, cfg, load_report = load_model(cfg, opened, data, request.trust, is_main)
+    setattr(model.config, CONFIG_ATTRIBUTE, objective.describe())  # saved with best/, for inference
+    # 5. Optimization: the schedule needs the number of optimizer steps per epoch.
+    steps_per_epoch = -(-len(data.train_loader.batch_sampler) // cfg.training.grad_accum_steps)
+    optim = build_optimization(cfg, model, steps_per_epoch, device)
+    train_model = wrap_for_training(model, cfg, dist_info, device)
+
+    # 6. Everything loaded: now the run directory gets written, by this process alone (the lock).
+    #    wandb starts first: a backend that cannot start stops the run before anything is touched.
+    lock = RunLock(run_dir, cfg.run_name).acquire() if is_main else None
+    wandb_sink = tracker = None
+    try:
+        if is_main:
+            wandb_sink = start_wandb(run_dir, cfg.logging, cfg.run_name, to_plain(cfg),
+                                     (bundle.get("run_ids") or {}).get("wandb") if bundle is not None else None)
+            start_run_dir(run_dir, dump_yaml(cfg), clear=request.overwrite and request.resume is None,
+                          load_report=load_report)
+        state = None
+        if bundle is not None:
+            state = restore_state(bundle, model, optim, cfg, dist_info, steps_per_epoch,
+                                  len(data.train_loader.batch_sampler))
+        tracker = Tracker(run_dir, cfg.logging, metric_name(cfg.model.num_labels), resumed=state, wandb=wandb_sink,
+                          active=is_main)
+        files = RunFiles(run_dir, cfg.checkpoint.keep_last, data.tokenizer,
+                         {"config": to_plain(cfg), "data_fingerprints": data.fingerprints})
+        options = loop_options(cfg, device, dist_info, request.resume_command or command(
+            "train.py", config_name, overrides, "--resume"))
+        batches = Batches(data.train_loader, data.dev_loader, data.tables["dev"].labels)
+        trainer = Trainer(train_model, objective, optim, batches, files, tracker, options, state)
+        state = trainer.fit()
+        if is_main:
+            finish(cfg, trainer, data, run_dir, started,
+                   command("inference.py", config_name, overrides, "--saved_model", cfg.run_name))
+    finally:
+        if tracker is not None:
+            tracker.close()
+        elif wandb_sink is not None:
+            wandb_sink.close()
+        if lock is not None:
+            lock.release()
+        distributed.cleanup()
+    return TrainResult(run_dir, options.metric_name, state.best_metric, state.best_epoch,
+                       [dict(record) for record in state.history], state.stopped_early)
+
+
+def command(script: str, config_name: str, overrides: Sequence[str], *extra: str) -> str:
+    """The shell command that runs `script` on this config again (printed for the user to copy)."""
+    return " ".join(["python", script, "--config", shlex.quote(config_name), *map(shlex.quote, overrides),
+                     *map(shlex.quote, extra)])
+
+
+def finish(cfg: Box, trainer: Trainer, data: TrainData, run_dir: Path, started: float, next_command: str) -> None:
+    """Score the best model on test_path (if any) and print where everything is."""
+    state, name = trainer.state, trainer.options.metric_name
+    if state.best_metric is None and state.history and cfg.checkpoint.save_best:
+        print(f"warning: no validation gave a finite dev {name} ({len(state.history)} validations: the model "
+              "predicts a constant or NaN), so no best/ was kept; train longer, lower training.learning_rate, or "
+              f"check data.dev_path (the run's last.pt is in {run_dir})")
+    best_dir = find_best_dir(run_dir)
+    if "test" in data.datasets and best_dir is not None:
+        model = distributed.unwrap_model(trainer.model)
+        load_weights(model, best_dir)
+        loader = eval_loader(data.datasets["test"], cfg.training.eval_batch_size, cfg.model.num_labels)
+        outputs = predict_outputs(model, loader, trainer.device, trainer.options.autocast_dtype)
+        test_metric = score(trainer.objective.predictions(outputs), data.tables["test"].labels, cfg.model.num_labels)
+        trainer.tracker.log("test", state.global_step, state.epoch, {name: test_metric})
+        print(f"test {name} of the best model: {test_metric:.4f}  ({cfg.data.test_path})")
+    trainer.tracker.summary(**{f"best_{name}": state.best_metric, "best_epoch": state.best_epoch})
+    best = f"{state.best_metric:.4f}" if state.best_metric is not None else "n/a"
+    stopped = f" (early stop after epoch {state.epoch})" if state.stopped_early else ""
+    lines = [f"done in {(time.perf_counter() - started) / 60:.1f} min: best dev {name} {best} at epoch "
+             f"{state.best_epoch}{stopped}",
+             f"  best model:  {best_dir or '(none saved)'}",
+             f"  resume file: {run_dir / LAST_FILE}",
+             f"  metrics:     {run_dir / 'metrics.jsonl'}, {run_dir / 'curves.png'}"]
+    if cfg.logging.tensorboard:
+        lines.append(f"  tensorboard: tensorboard --logdir {run_dir / 'tensorboard'}")
+    lines.append(f"next: {next_command}")
+    print("\n".join(lines))
