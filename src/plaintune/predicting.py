@@ -45,9 +45,9 @@ def load_model_for_inference(cfg: Box, source: Path, trust: bool = False):
 
     rules = LoadRules(cfg.model.key_rules, allow_missing=(), allow_unexpected=cfg.model.allow_unexpected,
                       allow_nonfinite=cfg.model.allow_nonfinite)
-    report = load_weights(
-        model, source, rules, trust=trust, strict_hint="inference needs every tensor of the model; is it a checkpoint of another "
-        f"model or task? (this config: model.name={cfg.model.name}, model.num_labels={cfg.model.num_labels})")
+    hint = ("inference needs every tensor of the model; is it a checkpoint of another model or task? (this "
+            f"config: model.name={cfg.model.name}, model.num_labels={cfg.model.num_labels})")
+    report = load_weights(model, source, rules, trust=trust, strict_hint=hint)
     tokenizer = build_tokenizer({"name": str(source)} if _has_tokenizer(source) else cfg.model)
     check_vocabulary(model, tokenizer, cfg)
     return model.eval(), tokenizer, report
@@ -86,7 +86,8 @@ def normalised_weights(weights: Optional[Sequence[float]], members: int) -> Opti
     if len(weights) != members:
         raise UserError(f"--weights: {len(weights)} weights for {members} models; give one per model")
     if not all(math.isfinite(w) for w in [*weights, sum(weights)]):
-        raise UserError(f"--weights: {' '.join(map(str, weights))} are not all finite numbers; give weights such as 1 2")
+        raise UserError(f"--weights: {' '.join(map(str, weights))} are not all finite numbers; "
+                        "give weights such as 1 2")
     if any(w < 0 for w in weights) or sum(weights) <= 0:
         raise UserError("--weights: weights must be >= 0 and not all zero")
     total = math.fsum(weights)
@@ -145,9 +146,10 @@ def run_inference(cfg: Box, saved_models: Sequence[str], weights: Optional[Seque
     bad = ~np.isfinite(values) if num_labels == 1 else np.zeros(len(values), dtype=bool)
     if bad.any():  # checked before clipping, which would turn inf into a plausible score
         first = table.ids[int(np.flatnonzero(bad)[0])]
-        raise UserError(f"--saved_model {' '.join(saved_models)}: {int(bad.sum())} of {len(values)} predictions are not "
-                        f"finite (first id '{first}'); the model's outputs overflow or it diverged: try "
-                        f"inference.precision=fp32, or check the checkpoint with python -m plaintune.checkpoint inspect")
+        raise UserError(f"--saved_model {' '.join(saved_models)}: {int(bad.sum())} of {len(values)} predictions "
+                        f"are not finite (first id '{first}'); the model's outputs overflow or it diverged: try "
+                        "inference.precision=fp32, or check the checkpoint with python -m plaintune.checkpoint "
+                        "inspect")
     columns = cfg.data.columns
     if write:
         written = postprocess(values, cfg.inference.clip, cfg.inference.round) if num_labels == 1 else values

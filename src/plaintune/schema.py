@@ -215,7 +215,8 @@ SCHEMA: dict = {
         "keep_last": Field(int, 1, "Resume bundles kept: last.pt plus keep_last - 1 older ones under "
                            "checkpoints/ (a resume falls back to them if the newest is unreadable).",
                            check=at_least(1)),
-        "keep_top_k": Field(int, 0, "Also keep the k best epochs as HF directories under top/ (0: only best/).",
+        "keep_top_k": Field(int, 0, "Also keep the models of the k best validations as HF directories under "
+                                    "top/ (0: only best/).",
                             check=at_least(0)),
     },
     "logging": {
