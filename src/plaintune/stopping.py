@@ -1,8 +1,12 @@
-"""Stopping on request: Ctrl-C (SIGINT) or SIGTERM ends training at a step boundary, on every rank.
+"""Why training stops before its last epoch: a request (a signal), or a diverged model.
 
-The first signal only sets a flag; the loop checks it after each optimizer step,
-saves last.pt and raises `Interrupted`. A second signal aborts at once (last.pt
-stays as it was). Colab, SLURM and Kubernetes send SIGTERM before they kill.
+Ctrl-C (SIGINT) or SIGTERM: the first signal only sets a flag; the loop checks
+it after each optimizer step, saves last.pt and raises `Interrupted`. A second
+signal aborts at once (last.pt stays as it was). Colab, SLURM and Kubernetes
+send SIGTERM before they kill.
+
+Divergence: a non-finite training loss or weights stops the run with one line
+saying where, what was kept, and the likely causes (`divergence_message`).
 """
 from __future__ import annotations
 
@@ -11,8 +15,12 @@ import sys
 import threading
 from contextlib import contextmanager
 
+import torch
+from torch import nn
+
 from . import distributed
 from .errors import Interrupted
+from .rundir import LAST_FILE
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -54,3 +62,26 @@ class StopRequest:
     @property
     def name(self) -> str:
         return signal.Signals(self.agreed).name
+
+
+def weights_finite(model: nn.Module) -> bool:
+    flags = [torch.isfinite(p).all() for p in model.parameters()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def divergence_message(what: str, state, finite_through: int, lr: float, fp16: bool, clipping: bool) -> str:
+    """One line: what became non-finite and when, what the files on disk keep, the likely causes."""
+    step, since = state.global_step, finite_through
+    when = f"at optimizer step {step}" if step - since <= 1 else \
+        f"between optimizer steps {since} (last seen finite) and {step}"
+    kept = f"{LAST_FILE} keeps step {state.saved_step}" if state.saved_step is not None \
+        else f"no {LAST_FILE} was written"
+    if state.best_step is not None:
+        kept += f", best/ step {state.best_step}"
+    causes = [f"training.learning_rate too high (the rate at this step: {lr:.2e}; try 10x lower)"]
+    if fp16:
+        causes.append("training.precision fp16 overflowing (use bf16 or fp32)")
+    if not clipping:
+        causes.append("no gradient clipping (set training.max_grad_norm, e.g. 1.0)")
+    return (f"the {what} became non-finite (NaN/inf) {when}; training stopped and saved nothing after "
+            f"that ({kept}). Likely causes: {'; '.join(causes)}")

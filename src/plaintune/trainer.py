@@ -23,11 +23,12 @@ from .distributed import DistInfo
 from .errors import Interrupted, UserError
 from .evaluate import predict, score
 from .objective import Objective
-from .rundir import LAST_FILE, RunFiles
+from .rundir import RunFiles
 from .selection import SelectionRules, judge, validation_name
-from .stopping import StopRequest
+from .stopping import StopRequest, divergence_message, weights_finite
 from .tracking import Throughput, Tracker
 from .train_state import Optimization, TrainState, make_bundle, rng_states
+
 
 @dataclass(frozen=True)
 class LoopOptions:
@@ -241,27 +242,14 @@ class Trainer:
         Every rank learns whether any rank diverged, so all stop at the same point.
         """
         loss_bad = not bool(torch.isfinite(self._window_loss))
-        weights_bad = check_weights and not _weights_finite(self.model)
+        weights_bad = check_weights and not weights_finite(self.model)
         code = distributed.max_over_ranks(2 if loss_bad else 1 if weights_bad else 0)
         if code:
-            raise UserError(self._divergence_message("training loss" if code == 2 else "model weights"))
+            fp16 = self.optim.scaler.is_enabled() or self.options.autocast_dtype == torch.float16
+            raise UserError(divergence_message("training loss" if code == 2 else "model weights", self.state,
+                                               self._finite_through, self._lr(), fp16,
+                                               clipping=self.options.max_grad_norm is not None))
         self._finite_through = self.state.global_step
-
-    def _divergence_message(self, what: str) -> str:
-        step, since = self.state.global_step, self._finite_through
-        when = f"at optimizer step {step}" if step - since <= 1 else \
-            f"between optimizer steps {since} (last seen finite) and {step}"
-        kept = f"{LAST_FILE} keeps step {self.state.saved_step}" if self.state.saved_step is not None \
-            else f"no {LAST_FILE} was written"
-        if self.state.best_step is not None:
-            kept += f", best/ step {self.state.best_step}"
-        causes = [f"training.learning_rate too high (the rate at this step: {self._lr():.2e}; try 10x lower)"]
-        if self.optim.scaler.is_enabled() or self.options.autocast_dtype == torch.float16:
-            causes.append("training.precision fp16 overflowing (use bf16 or fp32)")
-        if self.options.max_grad_norm is None:
-            causes.append("no gradient clipping (set training.max_grad_norm, e.g. 1.0)")
-        return (f"the {what} became non-finite (NaN/inf) {when}; training stopped and saved nothing after "
-                f"that ({kept}). Likely causes: {'; '.join(causes)}")
 
     # ----------------------------------------------------------------- saving
     def save_last(self) -> None:
@@ -308,8 +296,3 @@ class Trainer:
 
 def _due(every: int, step: int) -> bool:
     return bool(every) and step % every == 0
-
-
-def _weights_finite(model: nn.Module) -> bool:
-    flags = [torch.isfinite(p).all() for p in model.parameters()]
-    return bool(torch.stack(flags).all()) if flags else True
