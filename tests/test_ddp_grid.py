@@ -136,7 +136,8 @@ def one_process_metric(project: Path, run: str, dev_path: str) -> float:
     from plaintune.config import load_config
     from plaintune.batching import eval_loader
     from plaintune.data import PairDataset, read_pairs
-    from plaintune.evaluate import pearson, predict
+    from plaintune.evaluate import predict
+    from plaintune.metrics import compute_metrics
     from plaintune.objective import objective_for
     from plaintune.predicting import load_model_for_inference
 
@@ -146,7 +147,7 @@ def one_process_metric(project: Path, run: str, dev_path: str) -> float:
     dev = read_pairs(dev_path, "k", cfg.data.columns)
     outputs = predict(model, eval_loader(PairDataset(dev, tokenizer, cfg.model.max_length), 16, 1),
                       torch.device("cpu"))
-    return pearson(objective_for(model, cfg, best).predictions(outputs), dev.labels)  # scores, as validation
+    return compute_metrics(objective_for(model, cfg, best).predictions(outputs), dev.labels, 1)["pearson"]  # scores, as validation
 
 
 def last_bundle(project: Path, run: str) -> dict:

@@ -65,7 +65,8 @@ def test_ddp_run_completes_and_its_metric_matches_one_process(project):
     from plaintune.config import load_config
     from plaintune.batching import eval_loader
     from plaintune.data import PairDataset, read_pairs
-    from plaintune.evaluate import pearson, predict
+    from plaintune.evaluate import predict
+    from plaintune.metrics import compute_metrics
     from plaintune.predicting import load_model_for_inference
 
     cfg = load_config("t")
@@ -73,7 +74,7 @@ def test_ddp_run_completes_and_its_metric_matches_one_process(project):
     dev = read_pairs("data/dev.csv", "k", cfg.data.columns)
     outputs = predict(model, eval_loader(PairDataset(dev, tokenizer, 48), 16, 1), torch.device("cpu"))
     meta = json.loads((project / "saved_model" / "ddp" / "best" / "trainer_state.json").read_text())
-    assert pearson(outputs, dev.labels) == pytest.approx(meta["value"], abs=1e-5)
+    assert compute_metrics(outputs, dev.labels, 1)["pearson"] == pytest.approx(meta["value"], abs=1e-5)
 
     # A DDP checkpoint resumes in one process (world-size change noted).
     code = train.main(["--config", "t", "run_name=ddp", "training.epochs=3", "--resume"])

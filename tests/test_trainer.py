@@ -14,11 +14,16 @@ from plaintune.config import load_config
 from plaintune.batching import eval_loader
 from plaintune.data import PairDataset, read_pairs
 from plaintune.objective import Objective
-from plaintune.evaluate import pearson, predict
+from plaintune.evaluate import predict
+from plaintune.metrics import compute_metrics
 from plaintune.batching import BucketBatchSampler
 from plaintune.tracking import Tracker
 from plaintune.rundir import RunFiles
 from plaintune.trainer import Batches, LoopOptions, Trainer
+
+
+def pearson(predictions, labels) -> float:
+    return compute_metrics(predictions, labels, 1)["pearson"]
 
 
 class BatchShiftedModel(nn.Module):
@@ -60,7 +65,8 @@ def test_validation_pearson_is_over_the_whole_set(project, tiny_model_dir):
     batches = Batches(train_loader=SimpleNamespace(batch_sampler=None), dev_loader=loader, dev_labels=table.labels)
     trainer = Trainer(model, Objective(1, "mse"), optim=None, batches=batches, files=RunFiles(project),
                       tracker=Tracker(project, {}, "pearson", active=False), options=LoopOptions(epochs=1))
-    metric, loss = trainer.validate()
+    metrics = trainer.validate()
+    metric, loss = metrics["pearson"], metrics["loss"]
     assert metric == pytest.approx(whole, abs=1e-6)
     assert loss == pytest.approx(float(np.mean((outputs - table.labels) ** 2)), rel=1e-5)
 
@@ -149,7 +155,7 @@ def test_non_finite_loss_stops_at_once_and_keeps_the_last_finite_state(project, 
 
 def test_non_finite_metric_is_never_best_nor_top_k_and_is_no_improvement(project, monkeypatch):
     metrics = iter([float("nan"), 0.3, float("nan"), float("inf")])
-    monkeypatch.setattr(Trainer, "validate", lambda self: (next(metrics), 1.0))
+    monkeypatch.setattr(Trainer, "validate", lambda self: {"pearson": next(metrics), "loss": 1.0})
     assert train.main(["--config", "t", "training.epochs=5", "training.early_stopping.patience=2",
                        "checkpoint.keep_top_k=3"]) == 0
     run = project / "saved_model" / "t"
@@ -161,7 +167,7 @@ def test_non_finite_metric_is_never_best_nor_top_k_and_is_no_improvement(project
 
 
 def test_is_better_only_for_finite_metrics():
-    from plaintune.evaluate import is_better
+    from plaintune.metrics import is_better
 
     nan, inf = float("nan"), float("inf")
     assert not is_better(nan, None) and not is_better(inf, None) and not is_better(-inf, None)

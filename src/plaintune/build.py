@@ -14,7 +14,9 @@ from box import Box
 from . import datacheck
 from .batching import BucketBatchSampler, eval_loader, micro_batch_budget, train_loader
 from .data import make_dataset, read_tables, with_swapped_pairs
-from .evaluate import AUTOCAST, metric_name
+from .errors import UserError
+from .evaluate import AUTOCAST
+from .metrics import followed_metric
 from .model import apply_freeze, build_model, build_tokenizer, check_vocabulary, init_head_bias
 from .objective import CONFIG_ATTRIBUTE, checkpoint_record, head_is_fresh, parse_record, resolve_objective
 from .optim import build_optimizer, build_scheduler
@@ -39,6 +41,10 @@ def load_data(cfg: Box, opened: OpenedRun, force: bool, dist_info, device: torch
     """Check every CSV before the model loads, then tokenize once and build the loaders."""
     tables = read_tables(cfg)
     datacheck.check_dev_scores(tables["dev"], "data.dev_path", cfg.model.num_labels)
+    if cfg.training.metric == "f1" and cfg.model.num_labels == 1 and tables["dev"].binary is None:
+        raise UserError(f"training.metric: f1 scores the dev file's binary column, but data.dev_path "
+                        f"'{cfg.data.dev_path}' has no column '{cfg.data.columns.binary_label}'; add it (1 where "
+                        "label >= 3), set data.columns.binary_label, or follow pearson")
     datacheck.check_overlap(tables["train"], tables["dev"], cfg.data.max_overlap, announce=dist_info.is_main)
     fingerprints = datacheck.data_fingerprints(tables)
     if opened.bundle is not None:
@@ -147,5 +153,6 @@ def loop_options(cfg: Box, device: torch.device, dist_info, resume_command: str)
                        save_every_n_steps=cfg.checkpoint.every_n_steps,
                        eval_every_n_steps=training.eval_every_n_steps or 0, save_best=cfg.checkpoint.save_best,
                        selection=selection, autocast_dtype=AUTOCAST[training.precision],
-                       metric_name=metric_name(cfg.model.num_labels), resume_command=resume_command,
+                       metric_name=followed_metric(training.metric, cfg.model.num_labels),
+                       binary_threshold=cfg.data.binary_threshold, resume_command=resume_command,
                        device=device, dist=dist_info)

@@ -1,7 +1,6 @@
-"""Prediction, metrics and the submission file, shared by validation and inference."""
+"""Prediction in input order and the submission file, shared by validation and inference."""
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 import numpy as np
@@ -43,28 +42,6 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device,
         width = getattr(getattr(model, "config", None), "num_labels", 1)
         outputs = np.full((len(loader.dataset), width), np.nan, dtype=np.float32)
     return outputs[:, 0] if outputs.shape[1] == 1 else outputs
-
-
-def pearson(predictions: np.ndarray, labels: np.ndarray) -> float:
-    """Pearson correlation over the whole set (nan when either side is constant)."""
-    from torchmetrics.functional import pearson_corrcoef
-
-    preds = torch.as_tensor(np.asarray(predictions, dtype=np.float64))
-    target = torch.as_tensor(np.asarray(labels, dtype=np.float64))
-    if len(preds) < 2 or float(preds.std()) == 0.0 or float(target.std()) == 0.0:
-        return float("nan")
-    return float(pearson_corrcoef(preds, target))
-
-
-def metric_name(num_labels: int) -> str:
-    return "pearson" if num_labels == 1 else "accuracy"
-
-
-def score(predictions: np.ndarray, labels: np.ndarray, num_labels: int) -> float:
-    """The validation metric on final predictions: Pearson (regression) or accuracy (class ids)."""
-    if num_labels == 1:
-        return pearson(predictions, labels)
-    return float((np.asarray(predictions) == labels.astype(np.int64)).mean())
 
 
 def postprocess(values: np.ndarray, clip: Optional[Sequence[float]], decimals: Optional[int]) -> np.ndarray:
@@ -110,12 +87,3 @@ def write_submission(template_path: str, ids: Sequence[str], values: np.ndarray,
         raise RuntimeError("non-finite predictions; the model diverged (check learning_rate)")
     template[target_column] = ordered.astype(np.int64) if integer else ordered
     atomic.write_with(output_path, lambda tmp: template.to_csv(tmp, index=False, encoding="utf-8"))
-
-
-def is_better(metric: float, best: Optional[float]) -> bool:
-    """Higher is better, and only a finite metric can be best: a NaN or inf one (a diverged
-    model, constant predictions) never is, not even the first; a finite one beats any
-    non-finite best (e.g. from a bundle written before this rule)."""
-    if not math.isfinite(metric):
-        return False
-    return best is None or not math.isfinite(best) or metric > best

@@ -25,7 +25,7 @@ from box import Box
 from . import atomic, data, datacheck, distributed, rundir
 from .config import with_values
 from .errors import UserError
-from .evaluate import metric_name, score
+from .metrics import followed_metric, score
 from .objective import objective_for
 from .predicting import load_model_for_inference, member_outputs
 from .resume import check_drift
@@ -179,7 +179,7 @@ def run_folds(cfg: Box, config_name: str, overrides: Sequence[str], folds: int,
     if dist_info.enabled:
         raise UserError("--folds: run k-fold in one process (python train.py ...), not under torchrun")
     pooled, parts, folder = cut_folds(cfg, folds, request)
-    name = metric_name(cfg.model.num_labels)
+    name = followed_metric("auto", cfg.model.num_labels)
     quoted = [shlex.quote(config_name), *map(shlex.quote, overrides)]
     resume_cmd = " ".join(["python", "train.py", "--config", *quoted, "--folds", str(folds), "--resume"])
     resuming = request.resume is not None and not request.overwrite

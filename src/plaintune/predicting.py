@@ -17,7 +17,8 @@ from box import Box
 from . import data, distributed, rundir
 from .batching import eval_loader
 from .errors import UserError
-from .evaluate import AUTOCAST, metric_name, postprocess, predict, score, write_submission
+from .evaluate import AUTOCAST, postprocess, predict, write_submission
+from .metrics import compute_metrics
 from .guard import check_outputs
 from .model import build_model, build_tokenizer, check_vocabulary
 from .objective import CONFIG_ATTRIBUTE, Objective, checkpoint_record, objective_for
@@ -195,11 +196,13 @@ def combine(outputs: list[np.ndarray], weights: Optional[Sequence[float]], num_l
 def report_test_scores(cfg: Box, saved_models: Sequence[str], tested: list[np.ndarray],
                        weights: Optional[Sequence[float]], test: data.PairTable) -> None:
     num_labels = cfg.model.num_labels
-    name = metric_name(num_labels)
+
+    def shown(predictions: np.ndarray) -> str:
+        metrics = compute_metrics(predictions, test.labels, num_labels, test.binary, cfg.data.binary_threshold)
+        return "  ".join(f"{key} {value:.4f}" for key, value in metrics.items())
+
     if len(tested) > 1:
         for source, outputs in zip(saved_models, tested):
-            member = outputs if num_labels == 1 else outputs.argmax(axis=-1)
-            print(f"  member {source}: test {name} {score(member, test.labels, num_labels):.4f}")
+            print(f"  member {source}: test {shown(outputs if num_labels == 1 else outputs.argmax(axis=-1))}")
     label = "ensemble " if len(tested) > 1 else ""
-    print(f"{label}test {name}: {score(combine(tested, weights, num_labels), test.labels, num_labels):.4f}  "
-          f"({cfg.data.test_path}, {len(test)} pairs)")
+    print(f"{label}test {shown(combine(tested, weights, num_labels))}  ({cfg.data.test_path}, {len(test)} pairs)")

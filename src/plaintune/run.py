@@ -28,7 +28,8 @@ from .batching import eval_loader
 from .build import (TrainData, build_optimization, load_data, load_model, loop_options, restore_state,
                     wrap_for_training)
 from .config import apply_overrides, dump_yaml, load_config, resolve_config_path, to_plain, with_values
-from .evaluate import metric_name, predict as predict_outputs, score
+from .evaluate import predict as predict_outputs
+from .metrics import compute_metrics, followed_metric
 from .guard import check_outputs
 from .objective import CONFIG_ATTRIBUTE
 from .predicting import run_inference
@@ -141,13 +142,15 @@ def train_run(cfg: Box, config_name: str, overrides: Sequence[str], request: Run
         if bundle is not None:
             state = restore_state(bundle, model, optim, cfg, dist_info, steps_per_epoch,
                                   len(data.train_loader.batch_sampler))
-        tracker = Tracker(run_dir, cfg.logging, metric_name(cfg.model.num_labels), resumed=state, wandb=wandb_sink,
+        tracker = Tracker(run_dir, cfg.logging, followed_metric(cfg.training.metric, cfg.model.num_labels),
+                          resumed=state, wandb=wandb_sink,
                           active=is_main)
         files = RunFiles(run_dir, cfg.checkpoint.keep_last, data.tokenizer,
                          {"config": to_plain(cfg), "data_fingerprints": data.fingerprints})
         options = loop_options(cfg, device, dist_info, request.resume_command or command(
             "train.py", config_name, overrides, "--resume"))
-        batches = Batches(data.train_loader, data.dev_loader, data.tables["dev"].labels)
+        dev = data.tables["dev"]
+        batches = Batches(data.train_loader, data.dev_loader, dev.labels, dev.binary)
         trainer = Trainer(train_model, objective, optim, batches, files, tracker, options, state)
         state = trainer.fit()
         if is_main:
@@ -184,9 +187,12 @@ def finish(cfg: Box, trainer: Trainer, data: TrainData, run_dir: Path, started: 
         load_weights(model, best_dir)
         loader = eval_loader(data.datasets["test"], cfg.training.eval_batch_size, cfg.model.num_labels)
         outputs = predict_outputs(model, loader, trainer.device, trainer.options.autocast_dtype)
-        test_metric = score(trainer.objective.predictions(outputs), data.tables["test"].labels, cfg.model.num_labels)
-        trainer.tracker.log("test", state.global_step, state.epoch, {name: test_metric})
-        print(f"test {name} of the best model: {test_metric:.4f}  ({cfg.data.test_path})")
+        test = data.tables["test"]
+        metrics = compute_metrics(trainer.objective.predictions(outputs), test.labels, cfg.model.num_labels,
+                                  test.binary, cfg.data.binary_threshold)
+        trainer.tracker.log("test", state.global_step, state.epoch, metrics)
+        shown = "  ".join(f"{key} {value:.4f}" for key, value in metrics.items())
+        print(f"test of the best model: {shown}  ({cfg.data.test_path})")
     trainer.tracker.summary(**{f"best_{name}": state.best_metric, "best_epoch": state.best_epoch})
     best = f"{state.best_metric:.4f}" if state.best_metric is not None else "n/a"
     stopped = f" (early stop after epoch {state.epoch})" if state.stopped_early else ""

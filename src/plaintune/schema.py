@@ -136,6 +136,8 @@ SCHEMA: dict = {
         "max_overlap": Field(float, 0.01, "Largest share of dev pairs that may also be training pairs (same two "
                              "sentences, either order); above it the run stops, since dev scores would measure "
                              "memorised pairs. Any overlap is reported.", check=between(0.0, 1.0)),
+        "binary_threshold": Field(float, 3.0, "A regression prediction at or above this counts as 1 for the F1 "
+                                  "and accuracy against data.columns.binary_label."),
         "augment": {
             "swap": Field(bool, False, "Also train on every pair swapped (s2, s1): twice the pairs per epoch."),
         },
@@ -144,6 +146,9 @@ SCHEMA: dict = {
             "sentence_1": Field(str, "sentence_1", "Column with the first sentence."),
             "sentence_2": Field(str, "sentence_2", "Column with the second sentence."),
             "label": Field(str, "label", "Column with the label (train/dev/test)."),
+            "binary_label": Field(str, "binary-label", "Column with a 0/1 label (KLUE-STS: 1 where label >= 3); "
+                                  "when a labelled file has it, F1 and accuracy of prediction >= "
+                                  "data.binary_threshold are scored against it."),
             "target": Field(str, "target", "Column of the submission template that receives predictions."),
         },
     },
@@ -193,6 +198,11 @@ SCHEMA: dict = {
                              "padding, smaller ones more randomness.", check=at_least(1)),
         "log_every_n_steps": Field(int, 10, "Train loss and lr are logged every this many optimizer steps.",
                                    check=at_least(1)),
+        "metric": Field(str, "auto", "What best/, top-k, early stopping and a plateau scheduler follow: pearson, "
+                        "spearman, f1 (regression: needs the dev file's binary column; classification: "
+                        "macro-F1), accuracy, or loss (the dev loss; lower is better). auto: pearson for "
+                        "regression, accuracy for classification.",
+                        choices=("auto", "pearson", "spearman", "f1", "accuracy", "loss")),
         "eval_every_n_steps": Field(int, None, "Also validate on the whole dev set every this many optimizer steps "
                                     "(null: at epoch ends only); best/, top-k, early stopping and a plateau "
                                     "scheduler count these validations too.", nullable=True, check=at_least(1)),

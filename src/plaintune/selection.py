@@ -1,6 +1,6 @@
 """Which validations count: the best model, the k best, and when to stop early.
 
-Decided from the metric alone (higher is better; NaN or inf never counts), into
+Decided from the followed metric alone (training.metric; NaN or inf never counts), into
 the train state, so the decisions survive a resume. The Trainer acts on the
 verdict; the files are written by `rundir.RunFiles`.
 """
@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from .evaluate import is_better
+from .metrics import LOWER_IS_BETTER, gain, is_better
 from .train_state import TrainState
 
 
@@ -28,16 +28,35 @@ class Verdict:
     stop: bool                       # early stopping: no gain in `patience` validations
 
 
+def follow(state: TrainState, metric: str) -> bool:
+    """Make `state` follow `metric`. A state that followed another one (a resume with a changed
+    training.metric, allowed with --force) has its best re-derived from the validations it holds,
+    and the early-stopping count and top-k list restarted. Returns whether anything changed."""
+    if state.metric in (None, metric):
+        state.metric = metric
+        return False
+    state.metric, state.best_metric, state.best_epoch, state.best_step = metric, None, None, None
+    state.bad_validations, state.top_k = 0, []
+    for record in state.history:
+        value = record.get(metric)
+        if value is not None and is_better(value, state.best_metric, metric):
+            state.best_metric, state.best_epoch, state.best_step = value, record["epoch"], record["step"]
+    return True
+
+
 def validation_name(state: TrainState, mid_epoch: bool) -> str:
     """The name a validation's model gets under top/: its epoch at an epoch end, else its step."""
     return f"step-{state.global_step:08d}" if mid_epoch else f"epoch-{state.epoch:03d}"
 
 
-def judge(state: TrainState, metric: float, name: str, rules: SelectionRules, epochs_left: bool) -> Verdict:
-    """Record what validation `name` scoring `metric` means for best, top-k and early stopping."""
-    best = is_better(metric, state.best_metric)
+def judge(state: TrainState, metric: float, name: str, rules: SelectionRules, followed: str,
+          epochs_left: bool) -> Verdict:
+    """Record what validation `name` scoring `metric` (the value of the `followed` metric)
+    means for best, top-k and early stopping."""
+    best = is_better(metric, state.best_metric, followed)
     # Early stopping counts validations without a gain above min_delta over the best so far.
-    significant = best and (state.best_metric is None or metric - state.best_metric > rules.min_delta)
+    significant = best and (state.best_metric is None or not math.isfinite(state.best_metric)
+                            or gain(metric, state.best_metric, followed) > rules.min_delta)
     if best:
         position = state.history[-1] if state.history else {}
         state.best_metric, state.best_step = metric, state.global_step
@@ -47,7 +66,8 @@ def judge(state: TrainState, metric: float, name: str, rules: SelectionRules, ep
         state.stopped_early = True
     top_k_changed = False
     if rules.keep_top_k > 0 and math.isfinite(metric):
-        ranked = sorted(state.top_k + [[metric, name]], key=lambda item: -item[0])[:rules.keep_top_k]
+        direction = 1.0 if followed in LOWER_IS_BETTER else -1.0  # sort the best first
+        ranked = sorted(state.top_k + [[metric, name]], key=lambda item: direction * item[0])[:rules.keep_top_k]
         top_k_changed = ranked != state.top_k
         state.top_k = ranked
     return Verdict(best=best, top_k_changed=top_k_changed, stop=state.stopped_early)

@@ -40,6 +40,7 @@ class TrainState:
     stopped_early: bool = False
     saved_step: Optional[int] = None   # global step of the bundle in last.pt
     top_k: list = field(default_factory=list)  # [[metric, "epoch-003" | "step-00000120"], ...] kept under top/
+    metric: Optional[str] = None   # the metric best/top-k/early stopping follow (training.metric, resolved)
 
     @classmethod
     def from_dict(cls, saved: dict) -> "TrainState":

@@ -21,10 +21,11 @@ from tqdm.auto import tqdm
 from . import distributed
 from .distributed import DistInfo
 from .errors import Interrupted, UserError
-from .evaluate import predict, score
+from .evaluate import predict
+from .metrics import LOWER_IS_BETTER, compute_metrics
 from .objective import Objective
 from .rundir import RunFiles
-from .selection import SelectionRules, judge, validation_name
+from .selection import SelectionRules, follow, judge, validation_name
 from .stopping import StopRequest, divergence_message, weights_finite
 from .tracking import Throughput, Tracker
 from .train_state import Optimization, TrainState, make_bundle, rng_states
@@ -43,7 +44,8 @@ class LoopOptions:
     save_best: bool = True
     selection: SelectionRules = SelectionRules()
     autocast_dtype: Optional[torch.dtype] = None
-    metric_name: str = "pearson"
+    metric_name: str = "pearson"      # what best/, top-k, early stopping and plateau follow (metrics.METRICS)
+    binary_threshold: float = 3.0     # prediction >= this counts as 1 for F1 against the binary column
     resume_command: str = ""          # printed after Ctrl-C / SIGTERM
     device: torch.device = torch.device("cpu")
     dist: DistInfo = DistInfo()
@@ -54,6 +56,7 @@ class Batches:
     train_loader: object              # this rank's training batches, each a list of micro-batches
     dev_loader: object                # this rank's share of the dev batches (under DDP maybe none)
     dev_labels: np.ndarray            # every dev label, in dataset order
+    dev_binary: Optional[np.ndarray] = None   # the dev file's 0/1 column, if it has one (for F1)
 
 
 class Trainer:
@@ -69,13 +72,15 @@ class Trainer:
         self.optim = optim
         self.train_loader = batches.train_loader
         self.sampler = batches.train_loader.batch_sampler
-        self.dev_loader, self.dev_labels = batches.dev_loader, batches.dev_labels
+        self.dev_loader = batches.dev_loader
+        self.batches = batches
         self.files = files
         self.tracker = tracker
         self.options = options
         self.device = options.device
         self.dist = options.dist
         self.state = state or TrainState()
+        follow(self.state, options.metric_name)
         self.stop = StopRequest()
         self._finite_through = self.state.global_step  # last optimizer step with the train loss seen finite
         self._window_loss = torch.tensor(self.state.window_loss, dtype=torch.float64, device=self.device)
@@ -173,49 +178,52 @@ class Trainer:
         state = self.state
         self.ensure_finite(check_weights=True)  # a diverged model must not become best/
         started = time.perf_counter()
-        metric, dev_loss = self.validate()
+        metrics = self.validate()
+        followed = self.options.metric_name
+        metric = metrics[followed]
         position = round(state.epoch + state.step_in_epoch / batches, 4) if mid_epoch else state.epoch
-        state.history.append({"epoch": position, "step": state.global_step, self.options.metric_name: metric,
-                              "loss": dev_loss})
+        state.history.append({"epoch": position, "step": state.global_step, **metrics})
         self.tracker.log("eval", state.global_step, position,
-                         {self.options.metric_name: metric, "loss": dev_loss,
-                          "eval_s": time.perf_counter() - started, "train_samples_per_s": self._train_speed})
+                         {**metrics, "eval_s": time.perf_counter() - started, "train_samples_per_s": self._train_speed})
         name = validation_name(state, mid_epoch)
-        verdict = judge(state, metric, name, self.options.selection,
+        verdict = judge(state, metric, name, self.options.selection, followed,
                         epochs_left=mid_epoch or state.epoch < self.options.epochs)
         model, meta = distributed.unwrap_model(self.model), self._model_meta()
         if verdict.best and self.options.save_best:
             self._on_main(lambda: self.files.save_best(model, meta))
         if verdict.top_k_changed:
             self._on_main(lambda: self.files.update_top_k(state.top_k, name, model, meta))
-        if self.optim.scheduler_when == "metric":
-            self.optim.scheduler.step(metric if math.isfinite(metric) else -math.inf)
+        if self.optim.scheduler_when == "metric":  # the plateau scheduler maximises (see optim.build_scheduler)
+            sign = -1.0 if followed in LOWER_IS_BETTER else 1.0
+            self.optim.scheduler.step(sign * metric if math.isfinite(metric) else -math.inf)
         if self.dist.is_main:
             mark = "  (best)" if verdict.best else ""
-            tqdm.write(f"epoch {position:g}/{self.options.epochs}  step {state.global_step}  "
-                       f"dev {self.options.metric_name} {metric:.4f}  dev loss {dev_loss:.4f}{mark}")
+            shown = "  ".join(f"{key} {value:.4f}" for key, value in metrics.items())
+            tqdm.write(f"epoch {position:g}/{self.options.epochs}  step {state.global_step}  dev {shown}{mark}")
             if verdict.stop:
                 rules = self.options.selection
                 tqdm.write(f"early stopping: no gain above {rules.min_delta:g} in {state.bad_validations} "
                            f"validations (patience {rules.patience})")
 
     @torch.no_grad()
-    def validate(self) -> tuple[float, float]:
-        """Metric and loss over the whole dev set, computed once over all predictions.
+    def validate(self) -> dict[str, float]:
+        """Every metric (metrics.compute_metrics) and the loss over the whole dev set, computed once
+        over all predictions.
 
         Under DDP each rank predicts its share of the dev batches (maybe none) through the
         model inside the DDP wrapper, whose forwards need no other rank; the shares are
         then gathered, row indices with values, into the whole set on every rank.
         """
-        loader, labels = self.dev_loader, self.dev_labels
+        loader, labels = self.dev_loader, self.batches.dev_labels
         outputs = predict(distributed.without_ddp(self.model), loader, self.device, self.options.autocast_dtype)
         rows = np.fromiter((i for batch in loader.batch_sampler for i in batch), dtype=np.int64)
         logits = distributed.gather_rows(rows, outputs[rows], len(labels))
         dev_loss = float(self.objective.loss(torch.from_numpy(logits), torch.from_numpy(labels)))
-        metric = score(self.objective.predictions(logits), labels, self.objective.num_labels)
+        metrics = compute_metrics(self.objective.predictions(logits), labels, self.objective.num_labels,
+                                  self.batches.dev_binary, self.options.binary_threshold)
         # Best and early stopping are decided from these on every rank: take rank 0's, so the
         # ranks cannot decide differently (and then wait for each other in different places).
-        return distributed.broadcast_object((metric, dev_loss))
+        return distributed.broadcast_object({**metrics, "loss": dev_loss})
 
     # --------------------------------------------------------------- logging
     def log_train(self, samples_per_s: float) -> None:

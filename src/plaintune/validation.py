@@ -148,6 +148,9 @@ def _check_values(cfg: dict, problems: list[str]) -> None:
     if isinstance(label_range, list) and len(label_range) == 2 and label_range[0] == label_range[1]:
         problems.append(f"data.label_range: low and high are equal ({label_range}); labels need a range, e.g. "
                         "[0.0, 5.0]")
+    if cfg["model"]["num_labels"] > 1 and cfg["training"]["metric"] in ("pearson", "spearman"):
+        problems.append(f"training.metric: {cfg['training']['metric']} correlates scores, but model.num_labels is "
+                        f"{cfg['model']['num_labels']} (classification); use accuracy, f1 or loss")
     columns = cfg["data"]["columns"]
     read = {key: columns[key] for key in ("id", "sentence_1", "sentence_2", "label")}
     seen: dict = {}
