@@ -22,7 +22,7 @@ def test_train_then_inference(project, capsys):
     assert run_train() == 0
     run = project / "saved_model" / "t"
     for name in ("config.yaml", "last.pt", "metrics.jsonl", "best/config.json", "best/model.safetensors",
-                 "best/tokenizer.json", "best/trainer_state.json", "curves.png"):
+                 "best/tokenizer.json", "best/plaintune_state.json", "curves.png"):
         assert (run / name).is_file(), name
     out = capsys.readouterr().out
     assert "next: python inference.py --config t --saved_model t" in out
@@ -43,7 +43,7 @@ def test_train_then_inference(project, capsys):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if r["kind"] == "eval"]
     assert [r["epoch"] for r in evals] == [1, 2]
-    meta = json.loads((run / "best" / "trainer_state.json").read_text())
+    meta = json.loads((run / "best" / "plaintune_state.json").read_text())
     assert meta["value"] == pytest.approx(max(r["pearson"] for r in evals))
 
     assert inference.main(["--config", "t", "--saved_model", "t"]) == 0
@@ -160,7 +160,7 @@ def test_classification_head(project, tiny_model_dir):
     cfg["training"]["loss"] = "CrossEntropyLoss"
     write_config(project, cfg, "cls")
     assert train.main(["--config", "cls", "training.epochs=1", "model.allow_missing=[classifier.*]"]) == 0
-    meta = json.loads((project / "saved_model" / "t" / "best" / "trainer_state.json").read_text())
+    meta = json.loads((project / "saved_model" / "t" / "best" / "plaintune_state.json").read_text())
     assert meta["metric"] == "accuracy" and 0 <= meta["value"] <= 1
     assert inference.main(["--config", "cls", "--saved_model", "t"]) == 0
     assert set(pd.read_csv(project / "output" / "sub.csv")["target"]) <= {0, 1}

@@ -172,7 +172,7 @@ def test_ddp_grid_finishes_and_scores_like_one_process(project, spread_model_dir
         bundle = last_bundle(project, name)
         assert bundle["epoch"] == EPOCHS and bundle["world_size"] == world
         assert bundle["train_state"]["global_step"] == EPOCHS * steps_per_epoch(train_rows, batch, accum, world)
-        meta = json.loads((project / "saved_model" / name / "best" / "trainer_state.json").read_text())
+        meta = json.loads((project / "saved_model" / name / "best" / "plaintune_state.json").read_text())
         assert math.isfinite(meta["value"])
         assert one_process_metric(project, name, case["dev_path"]) == pytest.approx(meta["value"], abs=1e-6), name
 

@@ -73,7 +73,7 @@ def test_ddp_run_completes_and_its_metric_matches_one_process(project):
     model, tokenizer, _ = load_model_for_inference(cfg, project / "saved_model" / "ddp" / "best")
     dev = read_pairs("data/dev.csv", "k", cfg.data.columns)
     outputs = predict(model, eval_loader(PairDataset(dev, tokenizer, 48), 16, 1), torch.device("cpu"))
-    meta = json.loads((project / "saved_model" / "ddp" / "best" / "trainer_state.json").read_text())
+    meta = json.loads((project / "saved_model" / "ddp" / "best" / "plaintune_state.json").read_text())
     assert compute_metrics(outputs, dev.labels, 1)["pearson"] == pytest.approx(meta["value"], abs=1e-5)
 
     # A DDP checkpoint resumes in one process (world-size change noted).

@@ -36,7 +36,7 @@ def test_mid_epoch_validations_feed_best_and_top_k(project):
     best = max(state["history"], key=lambda h: h["pearson"])
     assert (state["best_step"], state["best_epoch"], state["best_metric"]) == (best["step"], best["epoch"],
                                                                               best["pearson"])
-    meta = json.loads((run / "best" / "trainer_state.json").read_text())
+    meta = json.loads((run / "best" / "plaintune_state.json").read_text())
     assert (meta["global_step"], meta["epoch"]) == (best["step"], best["epoch"])
     names = {4: "step-00000004", 6: "epoch-001", 8: "step-00000008", 12: "epoch-002"}
     top_two = sorted(state["history"], key=lambda h: -h["pearson"])[:2]

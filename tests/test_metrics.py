@@ -98,7 +98,7 @@ def test_training_metric_picks_the_best_epoch(project, monkeypatch, metric, best
     followed = "pearson" if metric == "auto" else metric
     assert state["best_epoch"] == best_epoch and state["metric"] == followed
     assert state["best_metric"] == STORY[best_epoch - 1][followed]
-    assert json.loads((run / "best" / "trainer_state.json").read_text())["epoch"] == best_epoch
+    assert json.loads((run / "best" / "plaintune_state.json").read_text())["epoch"] == best_epoch
     ranked = sorted(range(3), key=lambda e: STORY[e][followed], reverse=followed != "loss")[:2]
     assert sorted(p.name for p in (run / "top").iterdir()) == sorted(f"epoch-{e + 1:03d}" for e in ranked)
     evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

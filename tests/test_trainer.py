@@ -149,7 +149,7 @@ def test_non_finite_loss_stops_at_once_and_keeps_the_last_finite_state(project, 
     assert saved["train_state"]["global_step"] == 6
     assert all(torch.isfinite(t).all() for t in saved["model_state_dict"].values() if t.is_floating_point())
     best = project / "saved_model" / "t" / "best"
-    assert json.loads((best / "trainer_state.json").read_text())["global_step"] == 6
+    assert json.loads((best / "plaintune_state.json").read_text())["global_step"] == 6
     assert all(torch.isfinite(t).all() for t in load_file(best / "model.safetensors").values())
 
 
@@ -163,7 +163,7 @@ def test_non_finite_metric_is_never_best_nor_top_k_and_is_no_improvement(project
     assert (state["best_epoch"], state["best_metric"]) == (2, 0.3)
     assert state["stopped_early"] and state["epoch"] == 4  # epochs 3 (NaN) and 4 (inf) did not improve
     assert sorted(p.name for p in (run / "top").iterdir()) == ["epoch-002"]
-    assert json.loads((run / "best" / "trainer_state.json").read_text())["epoch"] == 2
+    assert json.loads((run / "best" / "plaintune_state.json").read_text())["epoch"] == 2
 
 
 def test_is_better_only_for_finite_metrics():

@@ -149,13 +149,15 @@ def _takes_pooling_flag(config) -> bool:
 def _build_bi_encoder(model_spec: dict, config, source: str, offline: bool, pretrained: bool) -> nn.Module:
     from transformers import AutoModel
 
-    from .biencoder import BiEncoder
+    from .biencoder import BiEncoder, base_normalizes
 
     extra = {"add_pooling_layer": False} if _takes_pooling_flag(config) else {}
+    settings = {"max_seq_length": model_spec.get("max_length"), "normalize": base_normalizes(source)}
     if not pretrained:
-        return BiEncoder(AutoModel.from_config(config, **extra))
+        return BiEncoder(AutoModel.from_config(config, **extra), **settings)
     try:
-        return BiEncoder(AutoModel.from_pretrained(source, config=config, local_files_only=offline, **extra))
+        return BiEncoder(AutoModel.from_pretrained(source, config=config, local_files_only=offline, **extra),
+                         **settings)
     except Exception as err:
         if not is_load_failure(source, err):
             raise

@@ -48,6 +48,17 @@ class Objective:
         """What inference needs to turn logits into scores (saved with the model)."""
         return {"activation": self.activation, "low": self.low, "high": self.low + self.span, "kind": self.kind}
 
+    def stamp(self, model_config) -> None:
+        """Record the mapping in the model's config (config.json of best/): `plaintune_output` for
+        plaintune's inference, and for a cross-encoder the activation sentence-transformers'
+        CrossEncoder applies, so that CrossEncoder(best).predict() * span + low is this score
+        (sigmoid), or the score itself (raw output)."""
+        setattr(model_config, CONFIG_ATTRIBUTE, self.describe())
+        if self.kind == "cross_encoder" and self.regression:
+            activation = "torch.nn.modules.activation.Sigmoid" if self.activation == "sigmoid" \
+                else "torch.nn.modules.linear.Identity"
+            model_config.sentence_transformers = {"activation_fn": activation}
+
     @classmethod
     def from_saved(cls, saved: dict, num_labels: int, loss: str) -> "Objective":
         return cls(num_labels, loss, saved.get("activation", "none"), (saved["low"], saved["high"]),

@@ -31,7 +31,6 @@ from .config import apply_overrides, dump_yaml, load_config, resolve_config_path
 from .evaluate import predict as predict_outputs
 from .metrics import compute_metrics, followed_metric
 from .guard import check_outputs
-from .objective import CONFIG_ATTRIBUTE
 from .predicting import run_inference
 from .resume import open_run
 from .rundir import LAST_FILE, RunFiles, config_file, find_best_dir, run_inputs, run_outputs, start_run_dir
@@ -122,7 +121,7 @@ def train_run(cfg: Box, config_name: str, overrides: Sequence[str], request: Run
     seed_everything(cfg.seed)
     data = load_data(cfg, opened, request.force, dist_info, device)
     model, objective, cfg, load_report = load_model(cfg, opened, data, request.trust, is_main)
-    setattr(model.config, CONFIG_ATTRIBUTE, objective.describe())  # saved with best/, for inference
+    objective.stamp(model.config)  # what the head's output means, saved with best/ (config.json)
     # 5. Optimization: the schedule needs the number of optimizer steps per epoch.
     steps_per_epoch = -(-len(data.train_loader.batch_sampler) // cfg.training.grad_accum_steps)
     optim = build_optimization(cfg, model, steps_per_epoch, device)
@@ -146,7 +145,8 @@ def train_run(cfg: Box, config_name: str, overrides: Sequence[str], request: Run
                           resumed=state, wandb=wandb_sink,
                           active=is_main)
         files = RunFiles(run_dir, cfg.checkpoint.keep_last, data.tokenizer,
-                         {"config": to_plain(cfg), "data_fingerprints": data.fingerprints})
+                         {"config": to_plain(cfg), "data_fingerprints": data.fingerprints},
+                         card=model_card(cfg, objective))
         options = loop_options(cfg, device, dist_info, request.resume_command or command(
             "train.py", config_name, overrides, "--resume"))
         dev = data.tables["dev"]
@@ -166,6 +166,16 @@ def train_run(cfg: Box, config_name: str, overrides: Sequence[str], request: Run
         distributed.cleanup()
     return TrainResult(run_dir, options.metric_name, state.best_metric, state.best_epoch,
                        [dict(record) for record in state.history], state.stopped_early)
+
+
+def model_card(cfg: Box, objective) -> dict:
+    """The run's facts that every saved model's README.md states (see modelcard.py)."""
+    training = cfg.training
+    recipe = (f"loss {training.loss}, {training.optimizer.name} lr {training.learning_rate:g}, batch "
+              f"{training.batch_size}, {training.epochs} epochs, max_length {cfg.model.max_length}, seed {cfg.seed}")
+    return {"run_name": cfg.run_name, "base_model": cfg.model.name, "kind": cfg.model.kind,
+            "train_path": cfg.data.train_path, "dev_path": cfg.data.dev_path, "recipe": recipe,
+            "mapping": objective.describe(), "max_length": cfg.model.max_length}
 
 
 def command(script: str, config_name: str, overrides: Sequence[str], *extra: str) -> str:

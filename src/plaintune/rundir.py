@@ -23,16 +23,20 @@ from typing import Callable, Optional
 import torch
 from box import Box
 
-from . import atomic
+from . import atomic, modelcard
 from .config import resolve_config_path
 from .errors import UserError
 from .formats import SHARD_INDEXES, WEIGHT_FILES, check_checkpoint_dir, stat_path
 
-BEST_META = "trainer_state.json"
+# Beside every saved model (best/, top/...): its epoch, step and metrics. Not transformers.Trainer's
+# trainer_state.json, whose schema it does not follow; runs written before the rename used that name.
+BEST_META = "plaintune_state.json"
+LEGACY_BEST_META = "trainer_state.json"
 
 
 def is_complete_best(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / BEST_META).is_file() and any(
+    meta = (path / BEST_META).is_file() or (path / LEGACY_BEST_META).is_file()
+    return (path / "config.json").is_file() and meta and any(
         (path / name).is_file() for name in WEIGHT_FILES + SHARD_INDEXES)
 
 
@@ -81,11 +85,13 @@ TOP_PATTERN = re.compile(r"^(epoch-\d+|step-\d+)$")  # top/'s model directories
 class RunFiles:
     """Writes a run's checkpoints: last.pt (rotated into checkpoints/), best/ and top/."""
 
-    def __init__(self, run_dir: Path, keep_last: int = 1, tokenizer=None, bundle_extra: Optional[dict] = None):
+    def __init__(self, run_dir: Path, keep_last: int = 1, tokenizer=None, bundle_extra: Optional[dict] = None,
+                 card: Optional[dict] = None):
         self.run_dir = Path(run_dir)
         self.keep_last = keep_last
         self.tokenizer = tokenizer               # saved beside every model directory
         self.bundle_extra = bundle_extra or {}   # more plain data for every last.pt (config, data fingerprints)
+        self.card = card                         # the run's facts for each model's README.md (modelcard.py)
 
     @property
     def last_path(self) -> Path:
@@ -123,6 +129,8 @@ class RunFiles:
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp)
             (tmp / BEST_META).write_text(json.dumps(meta, indent=2) + "\n")
+            if self.card is not None:
+                (tmp / "README.md").write_text(modelcard.render(self.card, meta), encoding="utf-8")
 
         atomic.replace_dir(target, fill)
 

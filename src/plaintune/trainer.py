@@ -275,10 +275,10 @@ class Trainer:
         distributed.barrier()
 
     def _model_meta(self) -> dict:
-        state = self.state
-        return {"epoch": state.history[-1]["epoch"] if state.history else state.epoch,
-                "global_step": state.global_step, "metric": self.options.metric_name,
-                "value": state.history[-1][self.options.metric_name] if state.history else None}
+        state, last = self.state, self.state.history[-1] if self.state.history else {}
+        return {"epoch": last.get("epoch", state.epoch), "global_step": state.global_step,
+                "metric": self.options.metric_name, "value": last.get(self.options.metric_name),
+                "metrics": {k: v for k, v in last.items() if k not in ("epoch", "step")}}
 
     def _on_main(self, write) -> None:
         """Write on rank 0; every rank waits until it is done."""

@@ -1,0 +1,46 @@
+"""The model card (README.md) written beside every saved model: what it is, how it was made, how to load it."""
+from __future__ import annotations
+
+from typing import Optional
+
+
+def render(card: dict, meta: dict) -> str:
+    """Markdown for a saved model. `card`: the run's facts (base model, kind, data files, recipe,
+    output mapping); `meta`: this model's validation (epoch, step, metrics)."""
+    mapping = card.get("mapping") or {}
+    low, high = mapping.get("low", 0.0), mapping.get("high", 1.0)
+    metrics = meta.get("metrics") or {}
+    lines = [f"# {card.get('run_name', 'plaintune model')}", "",
+             f"A {card.get('kind', 'cross_encoder').replace('_', '-')} fine-tuned with plaintune from "
+             f"`{card.get('base_model')}`.", "",
+             "| | |", "|---|---|",
+             f"| train data | `{card.get('train_path')}` |", f"| dev data | `{card.get('dev_path')}` |",
+             f"| recipe | {card.get('recipe')} |",
+             f"| kept at | epoch {meta.get('epoch')}, optimizer step {meta.get('global_step')}, "
+             f"by dev {meta.get('metric')} |"]
+    lines += [f"| dev {name} | {value:.4f} |" for name, value in metrics.items() if isinstance(value, float)]
+    lines += ["", "## Loading", "", _loading(card.get("kind"), mapping.get("activation"), low, high,
+                                             card.get("max_length"))]
+    return "\n".join(lines) + "\n"
+
+
+def _loading(kind: Optional[str], activation: Optional[str], low: float, high: float,
+             max_length: Optional[int]) -> str:
+    span = high - low
+    if kind == "bi_encoder":
+        return ("```python\nfrom sentence_transformers import SentenceTransformer\n"
+                "model = SentenceTransformer(\"path/to/this/folder\")\n"
+                "a, b = model.encode(sentences_1), model.encode(sentences_2)\n"
+                f"score = {low:g} + {span:g} * cosine(a, b)   # the label range this model was trained on\n```")
+    if activation == "sigmoid":
+        ce = f"score = {low:g} + {span:g} * CrossEncoder(path, max_length={max_length}).predict(pairs)"
+        hf = f"score = {low:g} + {span:g} * sigmoid(logit)"
+    else:
+        ce = f"score = CrossEncoder(path, max_length={max_length}).predict(pairs)"
+        hf = "score = logit"
+    return ("```python\n# sentence-transformers\nfrom sentence_transformers import CrossEncoder\n"
+            f"{ce}\n\n# plain transformers\nfrom transformers import AutoModelForSequenceClassification, "
+            "AutoTokenizer\nmodel = AutoModelForSequenceClassification.from_pretrained(path)\n"
+            f"logit = model(**tokenizer(s1, s2, truncation=True, max_length={max_length}, "
+            f"return_tensors=\"pt\")).logits[:, 0]\n{hf}\n```\n\nOr with plaintune: "
+            "`python inference.py --config CONFIG --saved_model path/to/this/folder`.")
