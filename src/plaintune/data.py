@@ -125,9 +125,12 @@ def require_columns(frame: pd.DataFrame, where: str, needed: dict[str, str]) -> 
                         f"(found: {', '.join(map(str, frame.columns))}); rename the header or set {keys}")
 
 
-def read_pairs(path: str, key: str, columns: dict, encoding: str = "utf-8", labelled: bool = True,
+def read_pairs(path: str, key: str, columns: dict, encoding: str = "utf-8", labelled: Optional[bool] = True,
                label_range: Optional[Sequence[float]] = None, unique_ids: bool = False) -> PairTable:
-    """Read and check a pair CSV. `key` is the config key that named it (for messages)."""
+    """Read and check a pair CSV. `key` is the config key that named it (for messages).
+
+    `labelled` None: labels are read when the file has a label column whose every value is a
+    number (a predict file that happens to be labelled); otherwise the table has none."""
     frame = read_csv_checked(path, key, encoding)
     where = f"{key}: '{path}'"
     needed = {"id": columns["id"], "sentence_1": columns["sentence_1"], "sentence_2": columns["sentence_2"]}
@@ -152,6 +155,11 @@ def read_pairs(path: str, key: str, columns: dict, encoding: str = "utf-8", labe
             raise UserError(f"{where}: duplicate id '{first}' in column '{columns['id']}' at "
                             f"{_rows_text(lines[dup])}; ids must be unique")
 
+    if labelled is None:
+        label_column = columns["label"]
+        numbers = pd.to_numeric(frame[label_column].str.strip(), errors="coerce") \
+            if label_column in frame.columns else None
+        labelled = numbers is not None and bool(np.isfinite(numbers.to_numpy(dtype=np.float64)).all())
     labels = None
     if labelled:
         col = columns["label"]

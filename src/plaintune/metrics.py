@@ -29,8 +29,8 @@ def _correlation(kind: str, predictions: np.ndarray, labels: np.ndarray) -> floa
     """Pearson or Spearman; nan when either side is constant (a correlation is undefined there)."""
     from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
 
-    preds = torch.as_tensor(np.asarray(predictions, dtype=np.float64))
-    target = torch.as_tensor(np.asarray(labels, dtype=np.float64))
+    preds = torch.from_numpy(np.array(predictions, dtype=np.float64))  # a copy: inputs may be read-only
+    target = torch.from_numpy(np.array(labels, dtype=np.float64))
     if len(preds) < 2 or not torch.isfinite(preds).all() or float(preds.std()) == 0.0 or float(target.std()) == 0.0:
         return float("nan")
     function = pearson_corrcoef if kind == "pearson" else spearman_corrcoef

@@ -19,6 +19,7 @@ from .batching import eval_loader
 from .errors import UserError
 from .evaluate import AUTOCAST, postprocess, predict, write_submission
 from .metrics import compute_metrics
+from .report import write_error_report
 from .guard import check_outputs
 from .model import build_model, build_tokenizer, check_vocabulary
 from .objective import CONFIG_ATTRIBUTE, Objective, checkpoint_record, objective_for
@@ -100,7 +101,7 @@ def read_inference_inputs(cfg: Box, write: bool) -> tuple[data.PairTable, Option
     the submission template is checked too. All before any model loads."""
     columns, num_labels = cfg.data.columns, cfg.model.num_labels
     table = data.read_pairs(cfg.data.predict_path, "data.predict_path", columns, cfg.data.encoding,
-                            labelled=False, unique_ids=True)
+                            labelled=None, unique_ids=True)  # labels when it has them: an error report
     if write:
         template = data.read_csv_checked(cfg.data.submission_template, "data.submission_template",
                                          cfg.data.encoding)
@@ -120,7 +121,9 @@ def check_inference_outputs(cfg: Box, saved_models: Sequence[str], sources: Sequ
                                                        "train_path", "dev_path")}
     inputs["--config"] = config_path
     inputs.update({f"--saved_model {name}": source for name, source in zip(saved_models, sources)})
-    check_outputs([("inference.output_path", Path(cfg.inference.output_path), False)], inputs)
+    output = Path(cfg.inference.output_path)
+    report = output.with_name(f"{output.stem}_report")  # written when the predict file has labels
+    check_outputs([("inference.output_path", output, False), ("inference.output_path", report, True)], inputs)
     rundir.check_not_in_a_run(Path(cfg.inference.output_path), "inference.output_path")
 
 
@@ -157,6 +160,10 @@ def run_inference(cfg: Box, saved_models: Sequence[str], weights: Optional[Seque
         write_submission(cfg.data.submission_template, table.ids, written, cfg.inference.output_path,
                          columns.id, columns.target, cfg.data.encoding, integer=num_labels > 1)
         print(f"wrote {len(values)} predictions to {cfg.inference.output_path}")
+        if table.labels is not None and num_labels == 1:
+            output = Path(cfg.inference.output_path)
+            print(write_error_report(output.with_name(f"{output.stem}_report"), table, values,
+                                     cfg.data.binary_threshold))
     if test is not None:
         report_test_scores(cfg, saved_models, tested, weights, test)
     return pd.DataFrame({columns.id: table.ids, columns.target: values})

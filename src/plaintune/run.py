@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import pandas as pd
+import numpy as np
 from box import Box
 
 from . import distributed
@@ -32,6 +33,7 @@ from .evaluate import predict as predict_outputs
 from .metrics import compute_metrics, followed_metric
 from .guard import check_outputs
 from .predicting import run_inference
+from .report import write_error_report
 from .resume import open_run
 from .rundir import LAST_FILE, RunFiles, config_file, find_best_dir, run_inputs, run_outputs, start_run_dir
 from .runlock import RunLock
@@ -192,14 +194,22 @@ def finish(cfg: Box, trainer: Trainer, data: TrainData, run_dir: Path, started: 
               "predicts a constant or NaN), so no best/ was kept; train longer, lower training.learning_rate, or "
               f"check data.dev_path (the run's last.pt is in {run_dir})")
     best_dir = find_best_dir(run_dir)
-    if "test" in data.datasets and best_dir is not None:
-        model = distributed.unwrap_model(trainer.model)
+    model = distributed.unwrap_model(trainer.model)
+    if best_dir is not None:
         load_weights(model, best_dir)
-        loader = eval_loader(data.datasets["test"], cfg.training.eval_batch_size, cfg.model.num_labels)
+
+    def best_predictions(role: str) -> np.ndarray:
+        loader = eval_loader(data.datasets[role], cfg.training.eval_batch_size, cfg.model.num_labels)
         outputs = predict_outputs(model, loader, trainer.device, trainer.options.autocast_dtype)
+        return trainer.objective.predictions(outputs)
+
+    if best_dir is not None and cfg.model.num_labels == 1:
+        print(write_error_report(run_dir / "report", data.tables["dev"], best_predictions("dev"),
+                                 cfg.data.binary_threshold))
+    if "test" in data.datasets and best_dir is not None:
         test = data.tables["test"]
-        metrics = compute_metrics(trainer.objective.predictions(outputs), test.labels, cfg.model.num_labels,
-                                  test.binary, cfg.data.binary_threshold)
+        metrics = compute_metrics(best_predictions("test"), test.labels, cfg.model.num_labels, test.binary,
+                                  cfg.data.binary_threshold)
         trainer.tracker.log("test", state.global_step, state.epoch, metrics)
         shown = "  ".join(f"{key} {value:.4f}" for key, value in metrics.items())
         print(f"test of the best model: {shown}  ({cfg.data.test_path})")

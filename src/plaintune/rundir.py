@@ -191,7 +191,8 @@ def run_dir_for(cfg: Box) -> Path:
 
 def run_outputs(run_dir: Path) -> list[tuple[str, Path, bool]]:
     """What a training run writes in its directory: (chosen by, path, whole tree)."""
-    trees = [("run_name", run_dir / name, True) for name in ("best", "best.old", "checkpoints", "top", "tensorboard")]
+    trees = [("run_name", run_dir / name, True)
+             for name in ("best", "best.old", "checkpoints", "top", "tensorboard", "report")]
     files = [("run_name", run_dir / name, False)
              for name in (LAST_FILE, "metrics.jsonl", "curves.png", "load_report.txt", "config.yaml")]
     return trees + files
@@ -229,7 +230,7 @@ def clear_run(run_dir: Path) -> None:
     """--overwrite: remove a previous run's checkpoints and logs (only the files plaintune writes)."""
     for name in (LAST_FILE, "metrics.jsonl", "curves.png", "load_report.txt"):
         (run_dir / name).unlink(missing_ok=True)
-    for name in ("best", "best.old", "checkpoints", "top", "tensorboard"):
+    for name in ("best", "best.old", "checkpoints", "top", "tensorboard", "report"):
         shutil.rmtree(run_dir / name, ignore_errors=True)
 
 

@@ -1,0 +1,65 @@
+"""The error report: written after training for the best model on dev, and by inference for a labelled
+predict file; its tables agree with a direct computation."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import inference
+import train
+from plaintune.metrics import compute_metrics
+
+
+def check_report(folder, frame: pd.DataFrame, predictions: np.ndarray) -> None:
+    """The report in `folder` against `frame` (the labelled CSV) and the model's `predictions`."""
+    labels = frame["label"].to_numpy(dtype=np.float64)
+    summary = json.loads((folder / "summary.json").read_text())
+    direct = compute_metrics(predictions, labels, 1, frame["binary-label"].to_numpy(), 3.0)
+    assert summary["pearson"] == pytest.approx(direct["pearson"], abs=1e-6)
+    assert summary["spread_ratio"] == pytest.approx(predictions.std() / labels.std(), rel=1e-6)
+    by_source = pd.read_csv(folder / "by_source.csv")
+    assert sorted(by_source["source"]) == sorted(frame["source"].unique())
+    assert by_source["pairs"].sum() == len(frame)
+    for row in by_source.itertuples():
+        mask = (frame["source"] == row.source).to_numpy()
+        expected = compute_metrics(predictions[mask], labels[mask], 1)
+        assert row.pairs == mask.sum()
+        for name in ("pearson", "spearman"):
+            assert (np.isnan(expected[name]) and np.isnan(getattr(row, name))) or \
+                getattr(row, name) == pytest.approx(expected[name], abs=1e-6)
+        assert row.mean_abs_error == pytest.approx(np.abs(predictions[mask] - labels[mask]).mean(), abs=1e-6)
+    worst = pd.read_csv(folder / "worst_pairs.csv")
+    errors = np.abs(predictions - labels)
+    assert len(worst) == min(20, len(frame))
+    assert worst["error"].abs().tolist() == pytest.approx(sorted(errors, reverse=True)[:len(worst)], abs=1e-5)
+    first = worst.iloc[0]
+    row = frame[frame["id"] == first["id"]].iloc[0]
+    assert (first["sentence_1"], first["sentence_2"]) == (row["sentence_1"], row["sentence_2"])
+    assert (folder / "scatter.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_after_training_and_at_inference(project, capsys):
+    assert train.main(["--config", "t", "training.epochs=1"]) == 0
+    out = capsys.readouterr().out
+    assert "error report: " in out and "spread" in out
+    dev = pd.read_csv(project / "data" / "dev.csv")
+    dev[["id"]].assign(target=0.0).to_csv(project / "data" / "dev_template.csv", index=False)
+    # inference on the (labelled) dev file reproduces the predictions the training report used
+    assert inference.main(["--config", "t", "--saved_model", "t", "data.predict_path=data/dev.csv",
+                           "data.submission_template=data/dev_template.csv", "inference.round=null",
+                           "inference.clip=null", "inference.output_path=output/dev.csv"]) == 0
+    assert "error report: output/dev_report/" in capsys.readouterr().out
+    predictions = pd.read_csv(project / "output" / "dev.csv")["target"].to_numpy(dtype=np.float64)
+    check_report(project / "output" / "dev_report", dev, predictions)
+    check_report(project / "saved_model" / "t" / "report", dev, predictions)
+
+
+def test_unlabelled_predict_file_writes_no_report(project, capsys):
+    assert train.main(["--config", "t", "training.epochs=1"]) == 0
+    capsys.readouterr()
+    assert inference.main(["--config", "t", "--saved_model", "t"]) == 0
+    assert "error report" not in capsys.readouterr().out
+    assert not (project / "output" / "sub_report").exists()
