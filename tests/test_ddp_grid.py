@@ -131,8 +131,8 @@ def launch(project: Path, world: int, cases: list[dict]) -> dict:
     return {"codes": codes, "gathered": gathered, "stderr": stderr}
 
 
-def one_process_metric(project: Path, run: str, dev_path: str) -> float:
-    """Pearson of the saved best/ weights on the dev file, evaluated in this (one) process."""
+def one_process_metrics(project: Path, run: str, dev_path: str) -> dict:
+    """Every metric of the saved best/ weights on the dev file, evaluated in this (one) process."""
     from plaintune.config import load_config
     from plaintune.batching import eval_loader
     from plaintune.data import PairDataset, read_pairs
@@ -147,7 +147,8 @@ def one_process_metric(project: Path, run: str, dev_path: str) -> float:
     dev = read_pairs(dev_path, "k", cfg.data.columns)
     outputs = predict(model, eval_loader(PairDataset(dev, tokenizer, cfg.model.max_length), 16, 1),
                       torch.device("cpu"))
-    return compute_metrics(objective_for(model, cfg, best).predictions(outputs), dev.labels, 1)["pearson"]  # scores, as validation
+    scores = objective_for(model, cfg, best).predictions(outputs)  # scores, as validation
+    return compute_metrics(scores, dev.labels, 1, dev.binary, cfg.data.binary_threshold)
 
 
 def last_bundle(project: Path, run: str) -> dict:
@@ -174,7 +175,11 @@ def test_ddp_grid_finishes_and_scores_like_one_process(project, spread_model_dir
         assert bundle["train_state"]["global_step"] == EPOCHS * steps_per_epoch(train_rows, batch, accum, world)
         meta = json.loads((project / "saved_model" / name / "best" / "plaintune_state.json").read_text())
         assert math.isfinite(meta["value"])
-        assert one_process_metric(project, name, case["dev_path"]) == pytest.approx(meta["value"], abs=1e-6), name
+        # Pearson, Spearman, and F1/accuracy against the binary column: once over the gathered set
+        expected = one_process_metrics(project, name, case["dev_path"])
+        assert set(expected) == {"pearson", "spearman", "f1", "accuracy"}, name
+        for metric, value in expected.items():
+            assert meta["metrics"][metric] == pytest.approx(value, abs=1e-6), f"{name} {metric}"
 
     # Early stopping: every rank stopped after the second validation.
     early = f"w{world}-early"
