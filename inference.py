@@ -15,11 +15,12 @@ from typing import Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))  # runnable from a clone without install
 
-from plaintune.errors import run_cli  # noqa: E402
+from plaintune.errors import ArgumentParser, run_cli  # noqa: E402
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog=f"python {Path(__file__).name}", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="configs/NAME.yaml or a path to a YAML file")
     parser.add_argument("--saved_model", "--saved-model", required=True, dest="saved_model", nargs="+",
                         help="checkpoint path, run name, or file name under saved_model/; several = an ensemble")

@@ -13,11 +13,12 @@ from typing import Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))  # runnable from a clone without install
 
-from plaintune.errors import run_cli  # noqa: E402
+from plaintune.errors import ArgumentParser, run_cli  # noqa: E402
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog=f"python {Path(__file__).name}", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="configs/NAME.yaml or a path to a YAML file")
     parser.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. training.epochs=3")
     parser.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",

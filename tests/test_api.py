@@ -43,3 +43,41 @@ def test_api_takes_a_dict_and_raises_user_errors(project, tiny_model_dir):
     path = project / "out" / "s.csv"
     frame = plaintune.predict(cfg, "d", output_path=path)
     assert path.is_file() and len(frame) == len(pd.read_csv(path))
+
+
+@pytest.mark.parametrize("call, expect", [
+    (lambda: plaintune.train("t", ["training.epochs=1"]), "overrides: each is one 'key.path=value' string"),
+    (lambda: plaintune.train(5), "config: expected a config name"),
+    (lambda: plaintune.predict("t", []), "saved_model: expected a run name"),
+    (lambda: plaintune.predict("t", 5), "saved_model: expected a run name"),
+    (lambda: plaintune.predict("t", ["t"], weights=["x"]), "weights: expected a list of numbers"),
+])
+def test_api_mistakes_raise_user_error(project, call, expect):
+    with pytest.raises(plaintune.UserError, match=expect):
+        call()
+
+
+def test_time_run_name_prints_a_resume_command_that_resumes(project, capsys):
+    """run_name with {time}: the printed resume command names the directory the run got."""
+    import signal
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    steps = {"n": 0}
+
+    def stop_after_step_3(optimizer, args, kwargs):
+        steps["n"] += 1
+        if steps["n"] == 3:
+            signal.raise_signal(signal.SIGINT)
+
+    handle = register_optimizer_step_post_hook(stop_after_step_3)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            plaintune.train("t", "run_name=tm-{time}")
+    finally:
+        handle.remove()
+    command = [line for line in capsys.readouterr().err.splitlines() if line.startswith("resume with: ")][0]
+    resolved = command.split("run_name=")[-1].split()[0]
+    assert "{time}" not in resolved and (project / "saved_model" / resolved / "last.pt").is_file()
+    result = plaintune.train("t", "run_name=tm-{time}", f"run_name={resolved}", resume=True)
+    assert result.run_dir.name == resolved and result.history

@@ -185,3 +185,30 @@ def test_nan_metric_never_counts_as_best(project, capsys, monkeypatch):
     assert "no validation gave a finite dev pearson (2 validations" in out and "best model:  (none saved)" in out
     evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in evals if r["kind"] == "eval"] == [1, 2]
+
+
+@pytest.mark.parametrize("command, argv, expect", [
+    ("train", ["--config", "t", "--resume", "--overwrite"], "give one of them"),
+    ("train", ["--config", "t", "--bogus"], "unrecognized argument: --bogus"),
+    ("inference", ["--config", "t", "--saved_model", "t", "--weights", "x"], "--weights must be numbers"),
+    ("checkpoint", ["inspect"], "required"),
+    ("checkpoint", ["inspect", "x.pt", "--config", "t", "--bogus"], "unrecognized argument: --bogus"),
+])
+def test_usage_mistakes_are_one_error_line(project, capsys, command, argv, expect):
+    from plaintune import checkpoint
+
+    main = {"train": train.main, "inference": inference.main, "checkpoint": checkpoint.main}[command]
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and expect in err[0], err
+
+
+def test_checkpoint_overrides_may_follow_config(project, capsys):
+    from plaintune import checkpoint
+
+    assert train.main(["--config", "t", "training.epochs=1"]) == 0
+    capsys.readouterr()
+    assert checkpoint.main(["inspect", "saved_model/t/last.pt", "--config", "t", "model.max_length=32"]) == 0
+    assert "unrecognized" not in capsys.readouterr().err

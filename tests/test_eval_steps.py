@@ -110,3 +110,21 @@ def test_sigkill_between_validations_then_resume_from_another_cwd_is_bit_identic
     assert story == [{k: v for k, v in r.items() if k not in clock} for r in evals(ref)]
     assert [r["step"] for r in story] == [5, 6, 10, 12, 15, 18]
     assert not (project / "saved_model").exists() and not (elsewhere / "saved_model").exists()
+
+
+def test_a_signal_at_a_step_with_a_due_validation_still_validates(project):
+    """SIGTERM arrives in the step after which a validation is due: the validation runs before the
+    run stops, so the resumed run has the same validations, best/ and top/ as an uninterrupted one."""
+    common = ["--config", "t", "training.eval_every_n_steps=4", "checkpoint.keep_top_k=2",
+              "checkpoint.every_n_steps=3"]
+    assert run_helper(project, [*common, "run_name=ref"]).returncode == 0
+    stopped = run_helper(project, [*common, "run_name=sig"], "sigterm:4")
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    assert run_helper(project, [*common, "run_name=sig", "--resume"]).returncode == 0
+    ref, got = project / "saved_model" / "ref", project / "saved_model" / "sig"
+    clock = {"samples_per_s", "train_samples_per_s", "eval_s"}
+    story = [{k: v for k, v in r.items() if k not in clock} for r in evals(got)]
+    assert story == [{k: v for k, v in r.items() if k not in clock} for r in evals(ref)]
+    assert [r["step"] for r in story] == [4, 6, 8, 12]
+    assert sorted(p.name for p in (got / "top").iterdir()) == sorted(p.name for p in (ref / "top").iterdir())
+    assert last_state(got)["best_step"] == last_state(ref)["best_step"]

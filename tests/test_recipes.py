@@ -1,6 +1,8 @@
 """Score-improving options: label scaling with a sigmoid head, head bias, ensembles, symmetric averaging."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -175,3 +177,11 @@ def test_k_fold_partitions_trains_scores_out_of_fold_and_resumes(project, capsys
     assert "done earlier" in capsys.readouterr().out
     assert json.loads((folder / "summary.json").read_text()) == summary
     assert train.main(["--config", "t", "--folds", "1"]) == 2
+
+
+def test_mapping_config_override_reaches_the_model(project):
+    """A mapping-valued model.config_overrides (the frozen config holds it as a Box) is a plain dict
+    in the model's config.json."""
+    assert train.main(["--config", "t", "training.epochs=1", "model.config_overrides={id2label: {0: score}}"]) == 0
+    saved = json.loads((project / "saved_model" / "t" / "best" / "config.json").read_text())
+    assert saved["id2label"] == {"0": "score"}

@@ -138,8 +138,12 @@ def restore_state(bundle: dict, model: torch.nn.Module, optim: Optimization, cfg
         say(f"warning: the checkpoint lacks parts of a plaintune bundle; rebuilt: {', '.join(rebuilt)}")
     adapt_world_size(state, bundle.get("world_size", 1), dist_info.world_size, say)
     epochs = cfg.training.epochs
-    where = (f"epoch {state.epoch + 1}/{epochs} at batch {state.step_in_epoch + 1} of {batches}"
-             if state.epoch < epochs else "no epochs left to train")
+    if state.epoch >= epochs or state.stopped_early:
+        where = "nothing left to train" + (" (it stopped early)" if state.stopped_early else "")
+    elif state.step_in_epoch >= batches:
+        where = f"the validation that ends epoch {state.epoch + 1}/{epochs}"
+    else:
+        where = f"epoch {state.epoch + 1}/{epochs} at batch {state.step_in_epoch + 1} of {batches}"
     say(f"resuming: {state.epoch} epoch(s) done, optimizer step {state.global_step}; continuing with {where}")
     return state
 

@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .errors import UserError, run_cli
+from .errors import ArgumentParser, UserError, run_cli
 from .formats import SHARD_INDEXES, WEIGHT_FILES, read_json_object, read_state_dict
 from .weights import LoadRules, load_into, load_weights
 
@@ -144,8 +144,8 @@ def convert(path: str, out_dir: str, config: str, overrides: Sequence[str], trus
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m plaintune.checkpoint", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m plaintune.checkpoint", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p_inspect = sub.add_parser("inspect", help="show what a checkpoint holds")
     p_inspect.add_argument("path")
@@ -160,7 +160,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.add_argument("overrides", nargs="*", help="key.path=value config overrides")
         p.add_argument("--trust-checkpoint", action="store_true", help="allow unpickling a whole model")
         p.add_argument("--debug", action="store_true")
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    # Overrides may come anywhere, also after --config (argparse stops collecting them at an option).
+    for item in unknown:
+        if "=" in item and not item.startswith("-"):
+            args.overrides.append(item)
+        else:
+            parser.error(f"unrecognized argument: {item}")
     if args.command == "inspect":
         return run_cli(lambda: inspect(args.path, args.config, args.overrides, args.trust_checkpoint), args.debug)
     return run_cli(lambda: convert(args.path, args.out_dir, args.config, args.overrides, args.trust_checkpoint,

@@ -224,7 +224,13 @@ def reference_markdown() -> str:
 def update_readme(path: Path = Path("README.md")) -> None:
     """Replace the README's config reference block with the current table."""
     start, end = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise UserError(f"--update-readme: cannot read '{path}' ({err.strerror}); run it in the repository's "
+                        "root, where README.md is") from None
+    if start not in text or end not in text:
+        raise UserError(f"--update-readme: '{path}' has no config-reference block to replace")
     head, rest = text.split(start, 1)
     tail = rest.split(end, 1)[1]
     path.write_text(f"{head}{start}{reference_markdown()}\n\n{end}{tail}", encoding="utf-8")
@@ -233,7 +239,8 @@ def update_readme(path: Path = Path("README.md")) -> None:
 if __name__ == "__main__":
     import sys
 
+    from .errors import run_cli
+
     if sys.argv[1:] == ["--update-readme"]:
-        update_readme()
-    else:
-        print(reference_markdown())
+        sys.exit(run_cli(lambda: update_readme() or 0))
+    print(reference_markdown())

@@ -6,10 +6,11 @@ else is a bug in plaintune (or the environment) and exits 1 with a traceback.
 """
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 import traceback
-from typing import Callable
+from typing import Callable, NoReturn
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -35,6 +36,15 @@ class Interrupted(KeyboardInterrupt):
     @property
     def exit_status(self) -> int:
         return 128 + self.signum
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a usage mistake reported like every other user error: one `error:` line
+    (naming --help), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
 
 
 def run_cli(body: Callable[[], int], debug: bool = False) -> int:

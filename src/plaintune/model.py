@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Optional, Sequence
 
 import torch
@@ -83,12 +84,20 @@ def _kind(value: Any) -> str:
         return "a whole number"
     if isinstance(value, float):
         return "a number"
-    return {str: "a string", list: "a list", tuple: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+    if isinstance(value, Mapping):  # a dict, or the frozen config's Box
+        return "a mapping"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return "a string" if isinstance(value, str) else type(value).__name__
 
 
 def _override_value(key: str, current: Any, value: Any) -> Any:
     """`value` checked against the type of the model's own `current` value of config field `key`
     (a config stores anything it is given; the model then fails to build, or builds wrong)."""
+    if isinstance(value, Mapping):  # the frozen config's Box -> the plain dict transformers stores
+        value = {k: v for k, v in value.items()}
+    elif isinstance(value, tuple):
+        value = list(value)
     if current is None:  # unset fields (e.g. classifier_dropout) take what they are given
         return value
     expected = _kind(current)
@@ -231,6 +240,9 @@ def apply_freeze(model: torch.nn.Module, freeze: Sequence[str], unfreeze: Sequen
         param.requires_grad_(not frozen)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    if trainable == 0:
+        raise UserError(f"model.freeze: {list(freeze)} freezes every parameter, so nothing would train; narrow it, "
+                        f"or re-open some with model.unfreeze (e.g. [\"{names[-1]}\"])")
     return trainable, frozen
 
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-import pandas as pd
 import numpy as np
+import pandas as pd
 from box import Box
 
 from . import distributed
@@ -29,9 +29,10 @@ from .batching import eval_loader
 from .build import (TrainData, build_optimization, load_data, load_model, loop_options, restore_state,
                     wrap_for_training)
 from .config import apply_overrides, dump_yaml, load_config, resolve_config_path, to_plain, with_values
+from .errors import UserError
 from .evaluate import predict as predict_outputs
-from .metrics import compute_metrics, followed_metric
 from .guard import check_outputs
+from .metrics import compute_metrics, followed_metric
 from .predicting import run_inference
 from .report import write_error_report
 from .resume import open_run
@@ -60,6 +61,12 @@ class TrainResult:
 
 def _config(config: ConfigLike, overrides: Sequence[str], purpose: str):
     """(validated config, the name the printed commands use, the config file if any)."""
+    if not isinstance(config, (str, Path, dict)):
+        raise UserError(f"config: expected a config name, a YAML path or a dict, got {type(config).__name__}")
+    wrong = [o for o in overrides if not isinstance(o, str)]
+    if wrong:
+        raise UserError(f"overrides: each is one 'key.path=value' string, given as its own argument "
+                        f"(train('default', 'training.epochs=1')); got {wrong[0]!r}")
     if isinstance(config, dict):
         return validate(apply_overrides(config, overrides), source="config dict", purpose=purpose), "CONFIG", None
     name = str(config)
@@ -89,7 +96,14 @@ def predict(config: ConfigLike, saved_model: Union[str, Path, Sequence[Union[str
     if output_path is not None:
         overrides = (*overrides, f"inference.output_path={output_path}")
     cfg, _, config_path = _config(config, overrides, "inference")
-    models = [str(saved_model)] if isinstance(saved_model, (str, Path)) else [str(m) for m in saved_model]
+    models = [saved_model] if isinstance(saved_model, (str, Path)) else saved_model
+    if not isinstance(models, (list, tuple)) or not models or not all(isinstance(m, (str, Path)) for m in models):
+        raise UserError(f"saved_model: expected a run name or checkpoint path, or a non-empty list of them; got "
+                        f"{saved_model!r}")
+    if weights is not None and (not isinstance(weights, (list, tuple)) or
+                                not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)):
+        raise UserError(f"weights: expected a list of numbers, one per saved model; got {weights!r}")
+    models = [str(m) for m in models]
     return run_inference(cfg, models, list(weights) if weights is not None else None, trust=trust_checkpoint,
                          config_path=config_path, write=output_path is not None)
 
@@ -113,8 +127,11 @@ def train_run(cfg: Box, config_name: str, overrides: Sequence[str], request: Run
     is_main = dist_info.is_main
     wandb_mode(cfg.logging.wandb.mode)
     # "{time}" in run_name gives each run (e.g. each sweep trial) its own directory; rank 0 decides.
-    cfg = with_values(cfg, {"run_name": distributed.broadcast_object(
-        cfg.run_name.replace("{time}", time.strftime("%Y%m%d-%H%M%S")))})
+    # The commands printed for this run (resume, inference) name the directory it got.
+    run_name = distributed.broadcast_object(cfg.run_name.replace("{time}", time.strftime("%Y%m%d-%H%M%S")))
+    if run_name != cfg.run_name:
+        overrides = [*overrides, f"run_name={run_name}"]
+    cfg = with_values(cfg, {"run_name": run_name})
     # 2. Where the run writes; never clobber a previous run by accident, nor the run's own inputs.
     opened = open_run(cfg, request.resume, request.force, request.overwrite, announce=is_main)
     cfg, run_dir, bundle = opened.cfg, opened.run_dir, opened.bundle
@@ -215,7 +232,8 @@ def finish(cfg: Box, trainer: Trainer, data: TrainData, run_dir: Path, started: 
         print(f"test of the best model: {shown}  ({cfg.data.test_path})")
     trainer.tracker.summary(**{f"best_{name}": state.best_metric, "best_epoch": state.best_epoch})
     best = f"{state.best_metric:.4f}" if state.best_metric is not None else "n/a"
-    stopped = f" (early stop after epoch {state.epoch})" if state.stopped_early else ""
+    stopped = f" (early stop at epoch {state.history[-1]['epoch']:g})" if state.stopped_early and state.history \
+        else ""
     lines = [f"done in {(time.perf_counter() - started) / 60:.1f} min: best dev {name} {best} at epoch "
              f"{state.best_epoch}{stopped}",
              f"  best model:  {best_dir or '(none saved)'}",

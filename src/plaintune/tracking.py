@@ -278,6 +278,11 @@ class Throughput:
         self.samples += samples
         self.window_samples += samples
 
+    def exclude(self, seconds: float) -> None:
+        """Leave `seconds` of other work (a validation) out of both rates."""
+        self.start += seconds
+        self.window_start += seconds
+
     def window(self) -> float:
         now = time.perf_counter()
         rate = self.window_samples * self.world_size / max(now - self.window_start, 1e-9)

@@ -158,16 +158,18 @@ class Trainer:
                 state.window_steps += 1
 
                 if state.global_step % options.log_every_n_steps == 0:
-                    self.log_train(speed.window())
+                    self.log_train(speed.window(), batches)
                     bar.set_postfix(loss=f"{state.loss:.4f}", lr=f"{self._lr():.2e}")
-                if self.stop.agree():
-                    break
                 epoch_ends = state.step_in_epoch >= batches  # the epoch-end validation and save follow
                 if _due(options.eval_every_n_steps, state.global_step) and not epoch_ends:
+                    # before a stop request is honoured: a validation that is due belongs to this step,
+                    # and the resumed run, which starts after it, would never make up for it
+                    started = time.perf_counter()
                     self.validate_and_select(mid_epoch=True, batches=batches)
+                    speed.exclude(time.perf_counter() - started)  # samples/s is the training's alone
                 if state.stopped_early or (_due(options.save_every_n_steps, state.global_step) and not epoch_ends):
                     self.save_last()
-                if state.stopped_early:
+                if state.stopped_early or self.stop.agree():
                     break
         self.state.window_loss = float(self._window_loss)
         self._train_speed = speed.overall()
@@ -226,12 +228,13 @@ class Trainer:
         return distributed.broadcast_object({**metrics, "loss": dev_loss})
 
     # --------------------------------------------------------------- logging
-    def log_train(self, samples_per_s: float) -> None:
+    def log_train(self, samples_per_s: float, batches: int) -> None:
         state = self.state
         self.ensure_finite()
         state.loss = float(self._window_loss) / state.window_steps  # a host sync: only every log step
         self._window_loss.zero_()
-        self.tracker.log("train", state.global_step, state.epoch,
+        position = round(state.epoch + state.step_in_epoch / max(batches, 1), 4)  # as validations count it
+        self.tracker.log("train", state.global_step, position,
                          {"loss": state.loss, "lr": self._lr(), "samples_per_s": samples_per_s})
         state.window_loss, state.window_steps = 0.0, 0
 
