@@ -27,7 +27,7 @@ def main() -> None:
     import sys
 
     sys.path.insert(0, str(ROOT / "src"))
-    from plaintune import batching, data
+    from plaintune import batching, data, datasets
     from plaintune.batching import PASS_OVERHEAD_TOKENS_CPU, BucketBatchSampler, MicroBatchCollator
     from plaintune.objective import Objective
     from plaintune.evaluate import predict
@@ -63,10 +63,10 @@ def main() -> None:
             setattr(train, field, getattr(train, field)[:args.rows])
         train.labels = train.labels[:args.rows]
     with timed("tokenize (once)"):
-        train_set = data.PairDataset(train, tokenizer, 128)
-        dev_set = data.PairDataset(dev, tokenizer, 128)
+        train_set = datasets.PairDataset(train, tokenizer, 128)
+        dev_set = datasets.PairDataset(dev, tokenizer, 128)
     sampler = BucketBatchSampler(train_set.lengths, 32, seed=42, bucket=args.bucketed)
-    collate = MicroBatchCollator(data.PadCollator(train_set.pad_id), args.micro_batch_tokens or None,
+    collate = MicroBatchCollator(datasets.PadCollator(train_set.pad_id), args.micro_batch_tokens or None,
                                  PASS_OVERHEAD_TOKENS_CPU)
     objective = Objective(1, "bce", "sigmoid")
     optimizer = build_optimizer({"name": "AdamW", "weight_decay": 0.01}, model, 5e-5, 10.0)

@@ -74,7 +74,8 @@ def test_inference_restores_input_order(project, tiny_model_dir):
     """Sorted-by-length batching must not reorder predictions: compare with one-by-one forwards."""
     from plaintune.config import load_config
     from plaintune.batching import eval_loader
-    from plaintune.data import PadCollator, PairDataset, read_pairs
+    from plaintune.data import read_pairs
+    from plaintune.datasets import PadCollator, PairDataset
     from plaintune.evaluate import predict
     from plaintune.predicting import load_model_for_inference
 

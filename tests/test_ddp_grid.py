@@ -135,7 +135,8 @@ def one_process_metrics(project: Path, run: str, dev_path: str) -> dict:
     """Every metric of the saved best/ weights on the dev file, evaluated in this (one) process."""
     from plaintune.config import load_config
     from plaintune.batching import eval_loader
-    from plaintune.data import PairDataset, read_pairs
+    from plaintune.data import read_pairs
+    from plaintune.datasets import PairDataset
     from plaintune.evaluate import predict
     from plaintune.metrics import compute_metrics
     from plaintune.objective import objective_for

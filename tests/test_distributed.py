@@ -64,7 +64,8 @@ def test_ddp_run_completes_and_its_metric_matches_one_process(project):
     # The dev metric logged under DDP equals a one-process evaluation of the same weights.
     from plaintune.config import load_config
     from plaintune.batching import eval_loader
-    from plaintune.data import PairDataset, read_pairs
+    from plaintune.data import read_pairs
+    from plaintune.datasets import PairDataset
     from plaintune.evaluate import predict
     from plaintune.metrics import compute_metrics
     from plaintune.predicting import load_model_for_inference
@@ -121,7 +122,7 @@ def test_micro_batches_equal_one_pass_over_the_batch(project):
     """A batch cut into length-sorted micro-batches takes the same optimizer step as one pass."""
     sixteen_rows(project)
     from plaintune.batching import MicroBatchCollator
-    from plaintune.data import PadCollator
+    from plaintune.datasets import PadCollator
 
     items = [{"index": i, "input_ids": [1] * n, "label": 0.0} for i, n in enumerate([9, 30, 4, 17])]
     parts = MicroBatchCollator(PadCollator(0), max_tokens=40, pass_overhead=0)(items)

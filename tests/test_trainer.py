@@ -12,7 +12,8 @@ from torch import nn
 import train
 from plaintune.config import load_config
 from plaintune.batching import eval_loader
-from plaintune.data import PairDataset, read_pairs
+from plaintune.data import read_pairs
+from plaintune.datasets import PairDataset
 from plaintune.objective import Objective
 from plaintune.evaluate import predict
 from plaintune.metrics import compute_metrics

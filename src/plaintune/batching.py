@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .data import PadCollator, PairDataset
+from .datasets import PadCollator, PairDataset
 
 
 class BucketBatchSampler:

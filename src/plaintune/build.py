@@ -13,7 +13,8 @@ from box import Box
 
 from . import datacheck
 from .batching import BucketBatchSampler, eval_loader, micro_batch_budget, train_loader
-from .data import make_dataset, read_tables, with_swapped_pairs
+from .data import read_tables, with_swapped_pairs
+from .datasets import make_dataset
 from .errors import UserError
 from .evaluate import AUTOCAST
 from .metrics import followed_metric

@@ -16,6 +16,7 @@ from box import Box
 
 from . import data, distributed, rundir
 from .batching import eval_loader
+from .datasets import make_dataset
 from .errors import UserError
 from .evaluate import AUTOCAST, postprocess, predict, write_submission
 from .metrics import compute_metrics
@@ -64,7 +65,7 @@ def member_outputs(model, tokenizer, objective: Objective, table: data.PairTable
     autocast_dtype = AUTOCAST[inference_precision(cfg)]
     runs = []
     for swap in ((False, True) if symmetric else (False,)):
-        dataset = data.make_dataset(table, tokenizer, cfg.model.max_length, objective.kind, swap=swap)
+        dataset = make_dataset(table, tokenizer, cfg.model.max_length, objective.kind, swap=swap)
         logits = predict(model, eval_loader(dataset, cfg.training.eval_batch_size, objective.num_labels),
                          device, autocast_dtype)
         runs.append(objective.predictions(logits) if objective.regression else softmax(logits))
