@@ -15,9 +15,8 @@ from . import datacheck
 from .batching import BucketBatchSampler, eval_loader, micro_batch_budget, train_loader
 from .data import read_tables, with_swapped_pairs
 from .datasets import make_dataset
-from .errors import UserError
 from .evaluate import AUTOCAST
-from .metrics import followed_metric
+from .metrics import LOWER_IS_BETTER, followed_metric
 from .model import apply_freeze, build_model, build_tokenizer, check_vocabulary, init_head_bias
 from .objective import CONFIG_ATTRIBUTE, checkpoint_record, head_is_fresh, parse_record, resolve_objective
 from .optim import build_optimizer, build_scheduler
@@ -41,11 +40,11 @@ class TrainData:
 def load_data(cfg: Box, opened: OpenedRun, force: bool, dist_info, device: torch.device) -> TrainData:
     """Check every CSV before the model loads, then tokenize once and build the loaders."""
     tables = read_tables(cfg)
-    datacheck.check_dev_scores(tables["dev"], "data.dev_path", cfg.model.num_labels)
-    if cfg.training.metric == "f1" and cfg.model.num_labels == 1 and tables["dev"].binary is None:
-        raise UserError(f"training.metric: f1 scores the dev file's binary column, but data.dev_path "
-                        f"'{cfg.data.dev_path}' has no column '{cfg.data.columns.binary_label}'; add it (1 where "
-                        "label >= 3), set data.columns.binary_label, or follow pearson")
+    datacheck.check_followed_metric(tables["dev"], "data.dev_path", cfg)
+    for role in ("dev", "test"):
+        if role in tables and tables[role].binary_problem and dist_info.is_main:
+            print(f"note: data.{role}_path: no F1/accuracy scores: '{tables[role].path}' "
+                  f"{tables[role].binary_problem}")
     datacheck.check_overlap(tables["train"], tables["dev"], cfg.data.max_overlap, announce=dist_info.is_main)
     fingerprints = datacheck.data_fingerprints(tables)
     if opened.bundle is not None:
@@ -108,7 +107,9 @@ def build_optimization(cfg: Box, model: torch.nn.Module, steps_per_epoch: int, d
     training = cfg.training
     optimizer = build_optimizer(training.optimizer, model, training.learning_rate, training.head_lr_multiplier,
                                 training.layer_lr_decay)
-    scheduler, scheduler_when = build_scheduler(training.scheduler, optimizer, steps_per_epoch, training.epochs)
+    maximize = followed_metric(training.metric, cfg.model.num_labels) not in LOWER_IS_BETTER
+    scheduler, scheduler_when = build_scheduler(training.scheduler, optimizer, steps_per_epoch, training.epochs,
+                                                maximize)
     # fp16 needs loss scaling; for every other precision the scaler passes everything through.
     scaler = torch.amp.GradScaler(device.type, enabled=training.precision == "fp16")
     return Optimization(optimizer, scheduler, scheduler_when, scaler)
@@ -138,6 +139,11 @@ def restore_state(bundle: dict, model: torch.nn.Module, optim: Optimization, cfg
     if rebuilt:
         say(f"warning: the checkpoint lacks parts of a plaintune bundle; rebuilt: {', '.join(rebuilt)}")
     adapt_world_size(state, bundle.get("world_size", 1), dist_info.world_size, say)
+    saved_lr = ((bundle.get("config") or {}).get("training") or {}).get("learning_rate")
+    if isinstance(saved_lr, (int, float)) and saved_lr > 0 and saved_lr != cfg.training.learning_rate:
+        rescale_learning_rate(optim, cfg.training.learning_rate / saved_lr)
+        say(f"note: training.learning_rate {cfg.training.learning_rate:g} instead of the checkpoint's {saved_lr:g}: "
+            "the schedule continues from where it was, scaled to the new rate")
     epochs = cfg.training.epochs
     if state.epoch >= epochs or state.stopped_early:
         where = "nothing left to train" + (" (it stopped early)" if state.stopped_early else "")
@@ -147,6 +153,19 @@ def restore_state(bundle: dict, model: torch.nn.Module, optim: Optimization, cfg
         where = f"epoch {state.epoch + 1}/{epochs} at batch {state.step_in_epoch + 1} of {batches}"
     say(f"resuming: {state.epoch} epoch(s) done, optimizer step {state.global_step}; continuing with {where}")
     return state
+
+
+def rescale_learning_rate(optim: Optimization, ratio: float) -> None:
+    """Scale the restored optimizer's and scheduler's rates (a resume with another learning_rate,
+    e.g. 10x lower after a diverged loss): the optimizer state holds the old ones."""
+    for group in optim.optimizer.param_groups:
+        group["lr"] *= ratio
+        if "initial_lr" in group:
+            group["initial_lr"] *= ratio
+    if hasattr(optim.scheduler, "base_lrs"):
+        optim.scheduler.base_lrs = [rate * ratio for rate in optim.scheduler.base_lrs]
+    if hasattr(optim.scheduler, "min_lrs"):  # plateau: its floor scales too
+        optim.scheduler.min_lrs = [rate * ratio for rate in optim.scheduler.min_lrs]
 
 
 def loop_options(cfg: Box, device: torch.device, dist_info, resume_command: str) -> LoopOptions:

@@ -31,6 +31,7 @@ class PairTable:
     sentence_2: list[str]
     labels: Optional[np.ndarray]
     binary: Optional[np.ndarray] = None   # the 0/1 column (data.columns.binary_label), when the file has one
+    binary_problem: Optional[str] = None  # why a binary column the file has cannot be used
     sources: Optional[list] = None        # the `source` column (genre), when the file has one
 
     def __len__(self) -> int:
@@ -176,25 +177,28 @@ def read_pairs(path: str, key: str, columns: dict, encoding: str = "utf-8", labe
                                 "data.label_range")
         labels = numbers.astype(np.float32)
     # the binary column scores regression models; a classifier trained on it has it as its label
-    binary = _binary_column(frame, columns.get("binary_label"), where, lines) \
-        if labelled and columns.get("binary_label") != columns["label"] else None
+    binary, binary_problem = _binary_column(frame, columns.get("binary_label"), lines) \
+        if labelled and columns.get("binary_label") != columns["label"] else (None, None)
     sources = frame["source"].tolist() if "source" in frame.columns else None
 
     return PairTable(path=path, ids=[str(i) for i in ids],
                      sentence_1=frame[columns["sentence_1"]].tolist(),
-                     sentence_2=frame[columns["sentence_2"]].tolist(), labels=labels, binary=binary, sources=sources)
+                     sentence_2=frame[columns["sentence_2"]].tolist(), labels=labels, binary=binary,
+                     binary_problem=binary_problem, sources=sources)
 
 
-def _binary_column(frame: pd.DataFrame, column: Optional[str], where: str, lines: np.ndarray) -> Optional[np.ndarray]:
-    """The file's 0/1 column as int64, or None when the file has no such column."""
+def _binary_column(frame: pd.DataFrame, column: Optional[str], lines: np.ndarray) -> tuple:
+    """(the file's 0/1 column as int64, None), or (None, why it is unusable); (None, None) when the
+    file has no such column. Only F1/accuracy read it, so a bad one never stops training or inference
+    by itself (training.metric: f1 then reports why)."""
     if not column or column not in frame.columns:
-        return None
+        return None, None
     values = pd.to_numeric(frame[column].str.strip(), errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isin(values, (0.0, 1.0))
     if bad.any():
-        raise UserError(f"{where}: {frame[column][bad].iloc[0]!r} in column '{column}' at {_rows_text(lines[bad])} "
-                        "is not 0 or 1; fix those rows, or point data.columns.binary_label at another column")
-    return values.astype(np.int64)
+        return None, (f"has {frame[column][bad].iloc[0]!r} in column '{column}' at {_rows_text(lines[bad])}, "
+                      "not 0 or 1")
+    return values.astype(np.int64), None
 
 
 def check_class_labels(table: PairTable, key: str, num_labels: int, column: str) -> None:

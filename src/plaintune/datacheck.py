@@ -15,8 +15,29 @@ from .data import PairTable
 from .errors import UserError
 
 
+def check_followed_metric(table: PairTable, key: str, cfg) -> None:
+    """The metric the run follows must be computable on the dev set, or no checkpoint could ever be
+    'best': correlations need two different labels, F1/accuracy of a regression model a usable
+    binary column (with both classes, or F1 says nothing)."""
+    num_labels, metric = cfg.model.num_labels, cfg.training.metric
+    if num_labels > 1 or metric == "loss":
+        return
+    if metric not in ("f1", "accuracy"):
+        check_dev_scores(table, key, num_labels)
+        return
+    column = cfg.data.columns.binary_label
+    if table.binary is None:
+        why = table.binary_problem or f"has no column '{column}'" if column else "data.columns.binary_label is null"
+        raise UserError(f"training.metric: {metric} scores the dev file's binary column, but {key} "
+                        f"'{table.path}' {why}; add it (1 where label >= 3), set data.columns.binary_label, or "
+                        "follow pearson")
+    if metric == "f1" and table.binary.min() == table.binary.max():
+        raise UserError(f"training.metric: f1 is undefined on {key} '{table.path}': every '{column}' value is "
+                        f"{table.binary[0]}; use a dev set with both classes, or follow pearson")
+
+
 def check_dev_scores(table: PairTable, key: str, num_labels: int) -> None:
-    """The validation metric must be defined on the dev set, or no checkpoint could ever be 'best'."""
+    """Correlations must be defined on the dev set, or no checkpoint could ever be 'best'."""
     if num_labels > 1:
         return
     if len(table) < 2:

@@ -19,8 +19,16 @@ def render(card: dict, meta: dict) -> str:
              f"| kept at | epoch {meta.get('epoch')}, optimizer step {meta.get('global_step')}, "
              f"by dev {meta.get('metric')} |"]
     lines += [f"| dev {name} | {value:.4f} |" for name, value in metrics.items() if isinstance(value, float)]
-    lines += ["", "## Loading", "", _loading(card.get("kind"), mapping.get("activation"), low, high,
-                                             card.get("max_length"))]
+    if (card.get("num_labels") or 1) > 1:
+        loading = ("```python\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
+                   "model = AutoModelForSequenceClassification.from_pretrained(path)\n"
+                   "tokenizer = AutoTokenizer.from_pretrained(path)\n"
+                   f"batch = tokenizer(sentences_1, sentences_2, truncation=True, max_length={card.get('max_length')}, "
+                   "padding=True, return_tensors=\"pt\")\n"
+                   "label = model(**batch).logits.argmax(-1)   # the predicted class\n```")
+    else:
+        loading = _loading(card.get("kind"), mapping.get("activation"), low, high, card.get("max_length"))
+    lines += ["", "## Loading", "", "`path` is this folder; `pairs` a list of (sentence_1, sentence_2).", "", loading]
     return "\n".join(lines) + "\n"
 
 
@@ -29,18 +37,21 @@ def _loading(kind: Optional[str], activation: Optional[str], low: float, high: f
     span = high - low
     if kind == "bi_encoder":
         return ("```python\nfrom sentence_transformers import SentenceTransformer\n"
-                "model = SentenceTransformer(\"path/to/this/folder\")\n"
-                "a, b = model.encode(sentences_1), model.encode(sentences_2)\n"
-                f"score = {low:g} + {span:g} * cosine(a, b)   # the label range this model was trained on\n```")
+                "model = SentenceTransformer(path)\n"
+                "cosine = model.similarity_pairwise(model.encode([a for a, _ in pairs]), "
+                "model.encode([b for _, b in pairs]))\n"
+                f"score = {low:g} + {span:g} * cosine   # the label range this model was trained on\n```")
     if activation == "sigmoid":
         ce = f"score = {low:g} + {span:g} * CrossEncoder(path, max_length={max_length}).predict(pairs)"
-        hf = f"score = {low:g} + {span:g} * sigmoid(logit)"
+        hf = f"score = {low:g} + {span:g} * logit.sigmoid()"
     else:
         ce = f"score = CrossEncoder(path, max_length={max_length}).predict(pairs)"
         hf = "score = logit"
     return ("```python\n# sentence-transformers\nfrom sentence_transformers import CrossEncoder\n"
             f"{ce}\n\n# plain transformers\nfrom transformers import AutoModelForSequenceClassification, "
             "AutoTokenizer\nmodel = AutoModelForSequenceClassification.from_pretrained(path)\n"
-            f"logit = model(**tokenizer(s1, s2, truncation=True, max_length={max_length}, "
-            f"return_tensors=\"pt\")).logits[:, 0]\n{hf}\n```\n\nOr with plaintune: "
+            "tokenizer = AutoTokenizer.from_pretrained(path)\n"
+            "batch = tokenizer([a for a, _ in pairs], [b for _, b in pairs], truncation=True, "
+            f"max_length={max_length}, padding=True, return_tensors=\"pt\")\n"
+            f"logit = model(**batch).logits[:, 0]\n{hf}\n```\n\nOr with plaintune: "
             "`python inference.py --config CONFIG --saved_model path/to/this/folder`.")

@@ -48,12 +48,13 @@ class Objective:
         """What inference needs to turn logits into scores (saved with the model)."""
         return {"activation": self.activation, "low": self.low, "high": self.low + self.span, "kind": self.kind}
 
-    def stamp(self, model_config) -> None:
+    def stamp(self, model_config, max_length: Optional[int] = None) -> None:
         """Record the mapping in the model's config (config.json of best/): `plaintune_output` for
         plaintune's inference, and for a cross-encoder the activation sentence-transformers'
         CrossEncoder applies, so that CrossEncoder(best).predict() * span + low is this score
         (sigmoid), or the score itself (raw output)."""
-        setattr(model_config, CONFIG_ATTRIBUTE, self.describe())
+        # the length the model was trained with: inference truncates to it too
+        setattr(model_config, CONFIG_ATTRIBUTE, {**self.describe(), "max_length": max_length})
         if self.kind == "cross_encoder" and self.regression:
             activation = "torch.nn.modules.activation.Sigmoid" if self.activation == "sigmoid" \
                 else "torch.nn.modules.linear.Identity"
@@ -172,7 +173,15 @@ def record_from_bundle(bundle: object) -> Optional[dict]:
     if activation not in ("none", "sigmoid", "cosine"):
         return None
     label_range = (config.get("data") or {}).get("label_range") or [0.0, 1.0]
-    return {"activation": activation, "low": float(label_range[0]), "high": float(label_range[1]), "kind": kind}
+    return {"activation": activation, "low": float(label_range[0]), "high": float(label_range[1]), "kind": kind,
+            "max_length": model.get("max_length")}
+
+
+def trained_max_length(model: torch.nn.Module, source: Path) -> Optional[int]:
+    """The model.max_length a plaintune checkpoint was trained with (None: not recorded)."""
+    record = getattr(model.config, CONFIG_ATTRIBUTE, None) if source.is_dir() else checkpoint_record(source)
+    length = record.get("max_length") if isinstance(record, dict) else None
+    return length if isinstance(length, int) and not isinstance(length, bool) and length > 0 else None
 
 
 def checkpoint_record(source: Path) -> Optional[dict]:

@@ -147,9 +147,10 @@ def _fused_supported(cls: type, model: nn.Module) -> bool:
     return bool(params) and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
 
 
-def build_scheduler(spec: dict, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int):
+def build_scheduler(spec: dict, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int,
+                    maximize: bool = True):
     """Return (scheduler, when) where `when` is 'step' (after each optimizer step) or 'metric'
-    (after each validation, given the metric)."""
+    (after each validation, given the metric; `maximize` False for a metric where lower is better)."""
     import transformers
 
     kind = canonical_scheduler(spec["name"])
@@ -171,4 +172,5 @@ def build_scheduler(spec: dict, optimizer: torch.optim.Optimizer, steps_per_epoc
     if "patience" in plateau_options:
         plateau_options["patience"] = int(plateau_options["patience"])
     return torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="max", min_lr=float(options.get("min_lr", 0.0)), **plateau_options), "metric"
+        optimizer, mode="max" if maximize else "min", min_lr=float(options.get("min_lr", 0.0)),
+        **plateau_options), "metric"

@@ -20,10 +20,11 @@ from .datasets import make_dataset
 from .errors import UserError
 from .evaluate import AUTOCAST, postprocess, predict, write_submission
 from .metrics import compute_metrics
-from .report import write_error_report
+from .report import check_report_folder, write_error_report
 from .guard import check_outputs
 from .model import build_model, build_tokenizer, check_vocabulary
-from .objective import CONFIG_ATTRIBUTE, Objective, checkpoint_record, objective_for
+from .config import with_values
+from .objective import CONFIG_ATTRIBUTE, Objective, checkpoint_record, objective_for, trained_max_length
 from .weights import LoadRules, load_weights
 
 
@@ -125,6 +126,7 @@ def check_inference_outputs(cfg: Box, saved_models: Sequence[str], sources: Sequ
     output = Path(cfg.inference.output_path)
     report = output.with_name(f"{output.stem}_report")  # written when the predict file has labels
     check_outputs([("inference.output_path", output, False), ("inference.output_path", report, True)], inputs)
+    check_report_folder(report, "inference.output_path")
     rundir.check_not_in_a_run(Path(cfg.inference.output_path), "inference.output_path")
 
 
@@ -181,18 +183,32 @@ def predict_members(cfg: Box, sources: Sequence[Path], table: data.PairTable, te
         print(f"checkpoint: {report.summary()}")
         model.to(device)
         objective = objective_for(model, cfg, source)
+        member_cfg = with_trained_length(cfg, model, source)
         loading += time.perf_counter() - started
         started = time.perf_counter()
-        predicted.append(member_outputs(model, tokenizer, objective, table, cfg, device, cfg.inference.symmetric))
+        predicted.append(member_outputs(model, tokenizer, objective, table, member_cfg, device,
+                                        cfg.inference.symmetric))
         predicting += time.perf_counter() - started  # tokenizing and predicting, not loading
         if test is not None:
-            tested.append(member_outputs(model, tokenizer, objective, test, cfg, device, cfg.inference.symmetric))
+            tested.append(member_outputs(model, tokenizer, objective, test, member_cfg, device,
+                                         cfg.inference.symmetric))
         del model
     pairs = len(table)
     print(f"predicted {pairs} pairs with {len(sources)} model(s){' (symmetric)' if cfg.inference.symmetric else ''} "
           f"in {predicting:.1f} s ({pairs * len(sources) / max(predicting, 1e-9):.1f} pairs/s per model, "
           f"{inference_precision(cfg)}; loading took {loading:.1f} s)")
     return predicted, tested
+
+
+def with_trained_length(cfg: Box, model: torch.nn.Module, source: Path) -> Box:
+    """`cfg` with model.max_length set to the length a plaintune checkpoint was trained with: pairs
+    truncated otherwise would be scored unlike in training (and unlike sentence-transformers)."""
+    trained = trained_max_length(model, source)
+    if trained is None or trained == cfg.model.max_length:
+        return cfg
+    print(f"note: model.max_length {trained} (what {source} was trained with; the config says "
+          f"{cfg.model.max_length})")
+    return with_values(cfg, {"model.max_length": trained})
 
 
 def combine(outputs: list[np.ndarray], weights: Optional[Sequence[float]], num_labels: int) -> np.ndarray:

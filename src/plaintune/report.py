@@ -16,15 +16,22 @@ import pandas as pd
 
 from . import atomic
 from .data import PairTable
+from .errors import UserError
 from .metrics import compute_metrics
 
 WORST = 20
 
 
+def check_report_folder(folder: Path, key: str) -> None:
+    """Before any work: the report's folder must be creatable (not an existing file)."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{key}: the error report goes to '{folder}/', but that is a file; move or delete it")
+
+
 def by_source(table: PairTable, predictions: np.ndarray, threshold: float) -> pd.DataFrame:
     """Metrics per source value, the lowest Pearson first (rows without a source count as '(none)')."""
     sources = np.asarray(table.sources if table.sources is not None else ["(all)"] * len(table), dtype=object)
-    sources = np.where(pd.isna(sources), "(none)", sources)
+    sources = np.where(pd.isna(sources) | (sources == ""), "(none)", sources)
     rows = []
     for source in sorted(set(sources.tolist())):
         mask = sources == source
@@ -32,7 +39,8 @@ def by_source(table: PairTable, predictions: np.ndarray, threshold: float) -> pd
         metrics = compute_metrics(predictions[mask], table.labels[mask], 1, binary, threshold)
         rows.append({"source": source, "pairs": int(mask.sum()), **metrics,
                      "mean_abs_error": float(np.mean(np.abs(predictions[mask] - table.labels[mask])))})
-    return pd.DataFrame(rows).sort_values("pearson", na_position="first", kind="stable").reset_index(drop=True)
+    # weakest first; sources too small for a correlation (NaN) last
+    return pd.DataFrame(rows).sort_values("pearson", na_position="last", kind="stable").reset_index(drop=True)
 
 
 def worst_pairs(table: PairTable, predictions: np.ndarray, count: int = WORST) -> pd.DataFrame:
@@ -75,7 +83,8 @@ def write_error_report(folder: Path, table: PairTable, predictions: np.ndarray, 
     summary = {"file": table.path, "pairs": len(table), **metrics,
                "prediction_mean": float(np.nanmean(predictions)), "prediction_std": float(np.nanstd(predictions)),
                "label_mean": float(labels.mean()), "label_std": float(labels.std()), "spread_ratio": spread}
-    atomic.write_text(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
+    plain = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in summary.items()}
+    atomic.write_text(folder / "summary.json", json.dumps(plain, indent=2) + "\n")  # JSON has no NaN: null
     sources = by_source(table, predictions, threshold)
     atomic.write_with(folder / "by_source.csv", lambda tmp: sources.to_csv(tmp, index=False))
     worst = worst_pairs(table, predictions)
@@ -84,6 +93,6 @@ def write_error_report(folder: Path, table: PairTable, predictions: np.ndarray, 
     weakest = sources.iloc[0]
     squashed = " (squashed toward the mean)" if spread < 0.8 else ""
     where = f"; weakest source '{weakest['source']}' pearson {weakest['pearson']:.3f} over {weakest['pairs']} pairs" \
-        if len(sources) > 1 else ""
+        if len(sources) > 1 and np.isfinite(weakest["pearson"]) else ""
     return (f"error report: {folder}/ (pearson {metrics['pearson']:.4f}; predictions spread {spread:.2f}x the "
             f"labels'{squashed}{where})")

@@ -37,11 +37,20 @@ def _lookup(tree: dict, dotted: str):
     return node
 
 
+def _known_part(current, saved):
+    """`current` restricted to the sub-keys `saved` has (for mapping-valued keys such as data.columns)."""
+    if isinstance(current, dict) and isinstance(saved, dict):
+        return {k: v for k, v in current.items() if k in saved}
+    return current
+
+
 def check_drift(saved: Optional[dict], current: dict) -> tuple[list[str], list[str]]:
     """(identity keys that differ, other keys that differ) between a checkpoint's config and now."""
     if not saved:
         return [], []
-    identity = [k for k in IDENTITY_KEYS if _lookup(saved, k) != _lookup(current, k)]
+    # A key the checkpoint's plaintune did not have yet (a new option at its default) is no change.
+    identity = [k for k in IDENTITY_KEYS
+                if _lookup(saved, k) != _known_part(_lookup(current, k), _lookup(saved, k))]
 
     def leaves(tree: dict, prefix: str = "") -> dict:
         out = {}
@@ -53,7 +62,7 @@ def check_drift(saved: Optional[dict], current: dict) -> tuple[list[str], list[s
         return out
 
     old, new = leaves(saved), leaves(current)
-    other = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k not in identity
+    other = [k for k in sorted(old) if old.get(k) != _known_part(new.get(k), old.get(k)) and k not in identity
              and not any(k.startswith(i + ".") for i in identity)]
     return identity, other
 

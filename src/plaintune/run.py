@@ -34,7 +34,7 @@ from .evaluate import predict as predict_outputs
 from .guard import check_outputs
 from .metrics import compute_metrics, followed_metric
 from .predicting import run_inference
-from .report import write_error_report
+from .report import check_report_folder, write_error_report
 from .resume import open_run
 from .rundir import LAST_FILE, RunFiles, config_file, find_best_dir, run_inputs, run_outputs, start_run_dir
 from .runlock import RunLock
@@ -136,11 +136,12 @@ def train_run(cfg: Box, config_name: str, overrides: Sequence[str], request: Run
     opened = open_run(cfg, request.resume, request.force, request.overwrite, announce=is_main)
     cfg, run_dir, bundle = opened.cfg, opened.run_dir, opened.bundle
     check_outputs(run_outputs(run_dir), run_inputs(cfg, fresh=bundle is None, config_path=config_file(config_name)))
+    check_report_folder(run_dir / "report", "run_name")
     # 3. Data, then 4. the model.
     seed_everything(cfg.seed)
     data = load_data(cfg, opened, request.force, dist_info, device)
     model, objective, cfg, load_report = load_model(cfg, opened, data, request.trust, is_main)
-    objective.stamp(model.config)  # what the head's output means, saved with best/ (config.json)
+    objective.stamp(model.config, cfg.model.max_length)  # what the output means, saved with best/
     # 5. Optimization: the schedule needs the number of optimizer steps per epoch.
     steps_per_epoch = -(-len(data.train_loader.batch_sampler) // cfg.training.grad_accum_steps)
     optim = build_optimization(cfg, model, steps_per_epoch, device)
@@ -194,7 +195,7 @@ def model_card(cfg: Box, objective) -> dict:
               f"{training.batch_size}, {training.epochs} epochs, max_length {cfg.model.max_length}, seed {cfg.seed}")
     return {"run_name": cfg.run_name, "base_model": cfg.model.name, "kind": cfg.model.kind,
             "train_path": cfg.data.train_path, "dev_path": cfg.data.dev_path, "recipe": recipe,
-            "mapping": objective.describe(), "max_length": cfg.model.max_length}
+            "mapping": objective.describe(), "max_length": cfg.model.max_length, "num_labels": cfg.model.num_labels}
 
 
 def command(script: str, config_name: str, overrides: Sequence[str], *extra: str) -> str:
@@ -231,11 +232,11 @@ def finish(cfg: Box, trainer: Trainer, data: TrainData, run_dir: Path, started: 
         shown = "  ".join(f"{key} {value:.4f}" for key, value in metrics.items())
         print(f"test of the best model: {shown}  ({cfg.data.test_path})")
     trainer.tracker.summary(**{f"best_{name}": state.best_metric, "best_epoch": state.best_epoch})
-    best = f"{state.best_metric:.4f}" if state.best_metric is not None else "n/a"
+    best = f"best dev {name} {state.best_metric:.4f} at epoch {state.best_epoch:g}" \
+        if state.best_metric is not None else f"no validation gave a finite dev {name}"
     stopped = f" (early stop at epoch {state.history[-1]['epoch']:g})" if state.stopped_early and state.history \
         else ""
-    lines = [f"done in {(time.perf_counter() - started) / 60:.1f} min: best dev {name} {best} at epoch "
-             f"{state.best_epoch}{stopped}",
+    lines = [f"done in {(time.perf_counter() - started) / 60:.1f} min: {best}{stopped}",
              f"  best model:  {best_dir or '(none saved)'}",
              f"  resume file: {run_dir / LAST_FILE}",
              f"  metrics:     {run_dir / 'metrics.jsonl'}, {run_dir / 'curves.png'}"]

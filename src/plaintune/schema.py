@@ -148,7 +148,7 @@ SCHEMA: dict = {
             "label": Field(str, "label", "Column with the label (train/dev/test)."),
             "binary_label": Field(str, "binary-label", "Column with a 0/1 label (KLUE-STS: 1 where label >= 3); "
                                   "when a labelled file has it, F1 and accuracy of prediction >= "
-                                  "data.binary_threshold are scored against it."),
+                                  "data.binary_threshold are scored against it (null: never).", nullable=True),
             "target": Field(str, "target", "Column of the submission template that receives predictions."),
         },
     },

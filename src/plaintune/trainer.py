@@ -80,7 +80,12 @@ class Trainer:
         self.device = options.device
         self.dist = options.dist
         self.state = state or TrainState()
-        follow(self.state, options.metric_name)
+        followed_before = self.state.metric
+        if follow(self.state, options.metric_name) and self.dist.is_main:
+            best = self.state.best_metric
+            print(f"note: now following dev {options.metric_name} instead of {followed_before}: its best so far is "
+                  f"{'none' if best is None else f'{best:.4f} at epoch {self.state.best_epoch}'}; best/ keeps the "
+                  f"model {followed_before} chose until a validation beats that")
         self.stop = StopRequest()
         self._finite_through = self.state.global_step  # last optimizer step with the train loss seen finite
         self._window_loss = torch.tensor(self.state.window_loss, dtype=torch.float64, device=self.device)
@@ -195,9 +200,9 @@ class Trainer:
             self._on_main(lambda: self.files.save_best(model, meta))
         if verdict.top_k_changed:
             self._on_main(lambda: self.files.update_top_k(state.top_k, name, model, meta))
-        if self.optim.scheduler_when == "metric":  # the plateau scheduler maximises (see optim.build_scheduler)
-            sign = -1.0 if followed in LOWER_IS_BETTER else 1.0
-            self.optim.scheduler.step(sign * metric if math.isfinite(metric) else -math.inf)
+        if self.optim.scheduler_when == "metric":  # plateau, in the metric's direction (optim.build_scheduler)
+            worst = math.inf if followed in LOWER_IS_BETTER else -math.inf
+            self.optim.scheduler.step(metric if math.isfinite(metric) else worst)
         if self.dist.is_main:
             mark = "  (best)" if verdict.best else ""
             shown = "  ".join(f"{key} {value:.4f}" for key, value in metrics.items())
