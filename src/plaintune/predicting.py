@@ -19,7 +19,7 @@ from .batching import eval_loader
 from .datasets import make_dataset
 from .errors import UserError
 from .evaluate import AUTOCAST, postprocess, predict, write_submission
-from .metrics import compute_metrics
+from .metrics import compute_metrics, shown
 from .report import check_report_folder, write_error_report
 from .guard import check_outputs
 from .model import build_model, build_tokenizer, check_vocabulary
@@ -221,12 +221,12 @@ def report_test_scores(cfg: Box, saved_models: Sequence[str], tested: list[np.nd
                        weights: Optional[Sequence[float]], test: data.PairTable) -> None:
     num_labels = cfg.model.num_labels
 
-    def shown(predictions: np.ndarray) -> str:
+    def scores(predictions: np.ndarray) -> str:
         metrics = compute_metrics(predictions, test.labels, num_labels, test.binary, cfg.data.binary_threshold)
-        return "  ".join(f"{key} {value:.4f}" for key, value in metrics.items())
+        return shown(metrics)
 
     if len(tested) > 1:
         for source, outputs in zip(saved_models, tested):
-            print(f"  member {source}: test {shown(outputs if num_labels == 1 else outputs.argmax(axis=-1))}")
+            print(f"  member {source}: test {scores(outputs if num_labels == 1 else outputs.argmax(axis=-1))}")
     label = "ensemble " if len(tested) > 1 else ""
-    print(f"{label}test {shown(combine(tested, weights, num_labels))}  ({cfg.data.test_path}, {len(test)} pairs)")
+    print(f"{label}test {scores(combine(tested, weights, num_labels))}  ({cfg.data.test_path}, {len(test)} pairs)")

@@ -32,7 +32,7 @@ from .config import apply_overrides, dump_yaml, load_config, resolve_config_path
 from .errors import UserError
 from .evaluate import predict as predict_outputs
 from .guard import check_outputs
-from .metrics import compute_metrics, followed_metric
+from .metrics import compute_metrics, followed_metric, shown
 from .predicting import run_inference
 from .report import check_report_folder, write_error_report
 from .resume import open_run
@@ -229,8 +229,7 @@ def finish(cfg: Box, trainer: Trainer, data: TrainData, run_dir: Path, started: 
         metrics = compute_metrics(best_predictions("test"), test.labels, cfg.model.num_labels, test.binary,
                                   cfg.data.binary_threshold)
         trainer.tracker.log("test", state.global_step, state.epoch, metrics)
-        shown = "  ".join(f"{key} {value:.4f}" for key, value in metrics.items())
-        print(f"test of the best model: {shown}  ({cfg.data.test_path})")
+        print(f"test of the best model: {shown(metrics)}  ({cfg.data.test_path})")
     trainer.tracker.summary(**{f"best_{name}": state.best_metric, "best_epoch": state.best_epoch})
     best = f"best dev {name} {state.best_metric:.4f} at epoch {state.best_epoch:g}" \
         if state.best_metric is not None else f"no validation gave a finite dev {name}"

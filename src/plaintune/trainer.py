@@ -22,7 +22,7 @@ from . import distributed
 from .distributed import DistInfo
 from .errors import Interrupted, UserError
 from .evaluate import predict
-from .metrics import LOWER_IS_BETTER, compute_metrics
+from .metrics import LOWER_IS_BETTER, compute_metrics, shown
 from .objective import Objective
 from .rundir import RunFiles
 from .selection import SelectionRules, follow, judge, validation_name
@@ -205,8 +205,8 @@ class Trainer:
             self.optim.scheduler.step(metric if math.isfinite(metric) else worst)
         if self.dist.is_main:
             mark = "  (best)" if verdict.best else ""
-            shown = "  ".join(f"{key} {value:.4f}" for key, value in metrics.items())
-            tqdm.write(f"epoch {position:g}/{self.options.epochs}  step {state.global_step}  dev {shown}{mark}")
+            where = f"epoch {position:g}/{self.options.epochs}  step {state.global_step}"
+            tqdm.write(f"{where}  dev {shown(metrics)}{mark}")
             if verdict.stop:
                 rules = self.options.selection
                 tqdm.write(f"early stopping: no gain above {rules.min_delta:g} in {state.bad_validations} "
