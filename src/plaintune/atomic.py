@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import re
 import shutil
@@ -138,6 +139,15 @@ def atomic_path(path: PathLike, before_replace: Optional[Callable[[], None]] = N
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def json_safe(value):
+    """`value` with every NaN and inf as None (null): JSON has no such numbers, strict readers reject them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    return [json_safe(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def write_text(path: PathLike, text: str, encoding: str = "utf-8") -> None:

@@ -83,8 +83,7 @@ def write_error_report(folder: Path, table: PairTable, predictions: np.ndarray, 
     summary = {"file": table.path, "pairs": len(table), **metrics,
                "prediction_mean": float(np.nanmean(predictions)), "prediction_std": float(np.nanstd(predictions)),
                "label_mean": float(labels.mean()), "label_std": float(labels.std()), "spread_ratio": spread}
-    plain = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in summary.items()}
-    atomic.write_text(folder / "summary.json", json.dumps(plain, indent=2) + "\n")  # JSON has no NaN: null
+    atomic.write_text(folder / "summary.json", json.dumps(atomic.json_safe(summary), indent=2) + "\n")
     sources = by_source(table, predictions, threshold)
     atomic.write_with(folder / "by_source.csv", lambda tmp: sources.to_csv(tmp, index=False))
     worst = worst_pairs(table, predictions)

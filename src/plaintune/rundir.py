@@ -34,15 +34,6 @@ BEST_META = "plaintune_state.json"
 LEGACY_BEST_META = "trainer_state.json"
 
 
-def _json_safe(value):
-    """NaN and inf as null: JSON has no such numbers, and strict readers reject them."""
-    if isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    return [_json_safe(v) for v in value] if isinstance(value, list) else value
-
-
 def is_complete_best(path: Path) -> bool:
     meta = (path / BEST_META).is_file() or (path / LEGACY_BEST_META).is_file()
     return (path / "config.json").is_file() and meta and any(
@@ -137,7 +128,7 @@ class RunFiles:
             model.save_pretrained(tmp)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp)
-            (tmp / BEST_META).write_text(json.dumps(_json_safe(meta), indent=2) + "\n")
+            (tmp / BEST_META).write_text(json.dumps(atomic.json_safe(meta), indent=2) + "\n")
             if self.card is not None:
                 (tmp / "README.md").write_text(modelcard.render(self.card, meta), encoding="utf-8")
 

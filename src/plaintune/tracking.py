@@ -20,10 +20,6 @@ METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "curves.png"
 
 
-def _finite(value: Any) -> Any:
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
 class JsonlSink:
     """One JSON object per line: {"kind": "train"|"eval", "step", "epoch", ...metrics}."""
 
@@ -51,7 +47,7 @@ class JsonlSink:
         atomic.write_text(self.path, "".join(f"{line}\n" for line in kept))
 
     def log(self, kind: str, step: int, epoch: float, metrics: dict) -> None:
-        record = {"kind": kind, "step": step, "epoch": epoch, **{k: _finite(v) for k, v in metrics.items()}}
+        record = {"kind": kind, "step": step, "epoch": epoch, **atomic.json_safe(metrics)}
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
             handle.flush()
