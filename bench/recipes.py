@@ -49,6 +49,7 @@ VARIANTS = {
     # The cross-encoder recipe of the schema defaults at lr 1e-4, with length-bucketed batches
     # (as measured in RESULTS.md; add training.bucket_batches=false for random batches).
     "defaults": ["training.learning_rate=1e-4", "training.bucket_batches=true"],
+    "defaults_random": ["training.learning_rate=1e-4", "training.bucket_batches=false"],
     # configs/default.yaml's recipe (the bi-encoder at lr 5e-5) on random batches, and bucketed
     # as default.yaml ships it.
     "default_yaml": ["model.kind=bi_encoder", "training.loss=mse", "training.learning_rate=5e-5",
@@ -64,6 +65,7 @@ def run_variant(name: str, overrides: list[str], data: Path, seed: int, epochs: 
             f"data.train_path={data / 'train.csv'}", f"data.dev_path={data / 'dev.csv'}", "data.test_path=null",
             f"data.predict_path={data / 'test.csv'}", f"data.submission_template={data / 'sample_submission.csv'}",
             f"seed={seed}", f"training.epochs={epochs}", *COMMON, *overrides, *extra]
+    started_unix = time.time()
     started = time.perf_counter()
     result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - started
@@ -75,6 +77,10 @@ def run_variant(name: str, overrides: list[str], data: Path, seed: int, epochs: 
     state = torch_load(ROOT / "saved_model" / run_name / "last.pt")
     record["dev_pearson_by_epoch"] = [round(h["pearson"], 4) for h in state["train_state"]["history"]]
     record["dev_pearson_best"] = round(max(record["dev_pearson_by_epoch"]), 4)
+    # seconds from launch to each validation (process start, model load and training so far)
+    metrics = ROOT / "saved_model" / run_name / "metrics.jsonl"
+    evals = [json.loads(line) for line in metrics.read_text().splitlines() if '"eval"' in line]
+    record["seconds_to_validation"] = [round(e["time"] - started_unix, 1) for e in evals if "time" in e]
     return record
 
 

@@ -21,7 +21,8 @@ PLOT_FILE = "curves.png"
 
 
 class JsonlSink:
-    """One JSON object per line: {"kind": "train"|"eval", "step", "epoch", ...metrics}."""
+    """One JSON object per line: {"kind": "train"|"eval", "step", "epoch", "time", ...metrics}
+    ("time": Unix seconds when the line was written, for time-to-quality curves)."""
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / METRICS_FILE
@@ -47,7 +48,8 @@ class JsonlSink:
         atomic.write_text(self.path, "".join(f"{line}\n" for line in kept))
 
     def log(self, kind: str, step: int, epoch: float, metrics: dict) -> None:
-        record = {"kind": kind, "step": step, "epoch": epoch, **atomic.json_safe(metrics)}
+        record = {"kind": kind, "step": step, "epoch": epoch, "time": round(time.time(), 3),
+                  **atomic.json_safe(metrics)}
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
             handle.flush()
