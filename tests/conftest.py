@@ -46,7 +46,10 @@ def base_config(model_dir: Path) -> dict:
                  "predict_path": "data/test.csv", "submission_template": "data/sample_submission.csv"},
         "training": {"epochs": 2, "batch_size": 8, "eval_batch_size": 16, "learning_rate": 1e-3,
                      "loss": "MSELoss", "optimizer": {"name": "AdamW", "weight_decay": 0.01},
-                     "scheduler": {"name": "linear", "warmup_ratio": 0.1}, "log_every_n_steps": 2},
+                     "scheduler": {"name": "linear", "warmup_ratio": 0.1}, "log_every_n_steps": 2,
+                     # fp32, not the default auto: the same numbers on every CI machine, with or without
+                     # native bf16 (tests/test_precision.py covers auto)
+                     "precision": "fp32"},
         "checkpoint": {"every_n_steps": 5},
         "logging": {"tensorboard": False, "wandb": {"mode": "disabled"}},
         "inference": {"output_path": "output/sub.csv"},

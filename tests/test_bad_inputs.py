@@ -191,7 +191,7 @@ INVALID = {
     "training.epochs": st.integers(max_value=0) | st.booleans() | st.text(min_size=1).filter(str.isalpha),
     "training.batch_size": st.integers(max_value=0),
     "training.learning_rate": st.floats(max_value=0.0) | st.just(float("nan")) | st.just(float("inf")),
-    "training.precision": not_one_of("fp32", "bf16", "fp16"),
+    "training.precision": not_one_of("auto", "fp32", "bf16", "fp16"),
     "training.micro_batch_tokens": st.integers(max_value=15) | not_one_of("auto"),
     "training.optimizer": st.fixed_dictionaries({"name": st.text(max_size=8).filter(
         lambda s: canonical_name(s) not in OPTIMIZERS)}),

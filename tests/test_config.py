@@ -117,7 +117,7 @@ def test_unknown_key_suggests_nearest(cfg_dict, section, key, suggestion):
     ("training.batch_size", -4, "must be >= 1"),
     ("training.learning_rate", 0, "must be > 0"),
     ("training.learning_rate", "fast", "expected a number"),
-    ("training.precision", "fp8", "is not one of fp32, bf16, fp16"),
+    ("training.precision", "fp8", "is not one of auto, fp32, bf16, fp16"),
     ("logging.wandb.mode", "sometimes", "is not one of"),
     ("model.num_labels", 0, "must be >= 1"),
     ("inference.clip", [5, 0], "low must not exceed high"),

@@ -105,7 +105,7 @@ def test_sigkill_between_validations_then_resume_from_another_cwd_is_bit_identic
     for key, tensor in ref_bundle["model_state_dict"].items():
         assert torch.equal(tensor, got_bundle["model_state_dict"][key]), f"{key} differs after resume"
     assert got_bundle["train_state"]["history"] == ref_bundle["train_state"]["history"]
-    clock = {"samples_per_s", "train_samples_per_s", "eval_s"}
+    clock = {"samples_per_s", "train_samples_per_s", "eval_s", "time"}
     story = [{k: v for k, v in r.items() if k not in clock} for r in evals(got)]
     assert story == [{k: v for k, v in r.items() if k not in clock} for r in evals(ref)]
     assert [r["step"] for r in story] == [5, 6, 10, 12, 15, 18]
@@ -122,7 +122,7 @@ def test_a_signal_at_a_step_with_a_due_validation_still_validates(project):
     assert stopped.returncode == 143, stopped.stderr[-2000:]
     assert run_helper(project, [*common, "run_name=sig", "--resume"]).returncode == 0
     ref, got = project / "saved_model" / "ref", project / "saved_model" / "sig"
-    clock = {"samples_per_s", "train_samples_per_s", "eval_s"}
+    clock = {"samples_per_s", "train_samples_per_s", "eval_s", "time"}
     story = [{k: v for k, v in r.items() if k not in clock} for r in evals(got)]
     assert story == [{k: v for k, v in r.items() if k not in clock} for r in evals(ref)]
     assert [r["step"] for r in story] == [4, 6, 8, 12]

@@ -32,7 +32,7 @@ def bundle(project: Path, run: str) -> dict:
 
 def story(project: Path, run: str) -> list[tuple]:
     """metrics.jsonl without wall-clock fields."""
-    clock = {"samples_per_s", "train_samples_per_s", "eval_s"}
+    clock = {"samples_per_s", "train_samples_per_s", "eval_s", "time"}
     lines = (project / "saved_model" / run / "metrics.jsonl").read_text().splitlines()
     return [tuple(sorted((k, v) for k, v in json.loads(line).items() if k not in clock)) for line in lines]
 

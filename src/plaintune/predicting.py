@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from box import Box
 
-from . import data, distributed, rundir
+from . import data, distributed, precision, rundir
 from .batching import eval_loader
 from .datasets import make_dataset
 from .errors import UserError
@@ -63,7 +63,7 @@ def member_outputs(model, tokenizer, objective: Objective, table: data.PairTable
 
     With `symmetric`, also predicts every pair as (sentence_2, sentence_1) and averages the two.
     """
-    autocast_dtype = AUTOCAST[inference_precision(cfg)]
+    autocast_dtype = AUTOCAST[inference_precision(cfg, device)[0]]
     runs = []
     for swap in ((False, True) if symmetric else (False,)):
         dataset = make_dataset(table, tokenizer, cfg.model.max_length, objective.kind, swap=swap)
@@ -73,9 +73,9 @@ def member_outputs(model, tokenizer, objective: Objective, table: data.PairTable
     return np.mean(runs, axis=0)
 
 
-def inference_precision(cfg: Box) -> str:
-    """inference.precision, or training.precision when it is null."""
-    return cfg.inference.precision or cfg.training.precision
+def inference_precision(cfg: Box, device: torch.device) -> tuple[str, str]:
+    """(precision, why): inference.precision, or training.precision when it is null; auto chooses for `device`."""
+    return precision.resolve(cfg.inference.precision or cfg.training.precision, device)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -196,7 +196,7 @@ def predict_members(cfg: Box, sources: Sequence[Path], table: data.PairTable, te
     pairs = len(table)
     print(f"predicted {pairs} pairs with {len(sources)} model(s){' (symmetric)' if cfg.inference.symmetric else ''} "
           f"in {predicting:.1f} s ({pairs * len(sources) / max(predicting, 1e-9):.1f} pairs/s per model, "
-          f"{inference_precision(cfg)}; loading took {loading:.1f} s)")
+          f"{'%s (%s)' % inference_precision(cfg, device)}; loading took {loading:.1f} s)")
     return predicted, tested
 
 

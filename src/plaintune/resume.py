@@ -24,8 +24,10 @@ IDENTITY_KEYS = ("seed", "model.name", "model.kind", "model.num_labels", "model.
                  "training.layer_lr_decay",
                  "model.config_overrides", "data.train_path", "data.dev_path", "data.columns",
                  "training.batch_size", "training.learning_rate", "training.loss", "training.optimizer",
-                 "training.scheduler", "training.bucket_batches", "training.bucket_pool", "training.precision",
-                 "training.grad_accum_steps")
+                 "training.scheduler", "training.bucket_batches", "training.bucket_pool", "training.grad_accum_steps")
+# Keys whose `auto` is resolved against the checkpoint (precision: auto keeps the checkpoint's), so
+# `auto` now against a concrete value then is no change.
+RESOLVED_AUTO_KEYS = ("training.precision",)
 
 
 def _lookup(tree: dict, dotted: str):
@@ -63,7 +65,8 @@ def check_drift(saved: Optional[dict], current: dict) -> tuple[list[str], list[s
 
     old, new = leaves(saved), leaves(current)
     other = [k for k in sorted(old) if old.get(k) != _known_part(new.get(k), old.get(k)) and k not in identity
-             and not any(k.startswith(i + ".") for i in identity)]
+             and not any(k.startswith(i + ".") for i in identity)
+             and not (k in RESOLVED_AUTO_KEYS and new.get(k) == "auto")]
     return identity, other
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from box import Box
 
-from . import distributed
+from . import distributed, precision
 from .batching import eval_loader
 from .build import (TrainData, build_optimization, load_data, load_model, loop_options, restore_state,
                     wrap_for_training)
@@ -137,6 +137,10 @@ def train_run(cfg: Box, config_name: str, overrides: Sequence[str], request: Run
     cfg, run_dir, bundle = opened.cfg, opened.run_dir, opened.bundle
     check_outputs(run_outputs(run_dir), run_inputs(cfg, fresh=bundle is None, config_path=config_file(config_name)))
     check_report_folder(run_dir / "report", "run_name")
+    chosen, why = precision.for_training(cfg.training.precision, device, (bundle or {}).get("config"))
+    cfg = with_values(cfg, {"training.precision": chosen})  # the concrete choice is what the run records
+    if is_main:
+        print(f"precision: {chosen} ({why})")
     # 3. Data, then 4. the model.
     seed_everything(cfg.seed)
     data = load_data(cfg, opened, request.force, dist_info, device)

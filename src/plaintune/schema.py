@@ -179,8 +179,13 @@ SCHEMA: dict = {
                                     "learning_rate times this.", check=above(0.0)),
         "layer_lr_decay": Field(float, 1.0, "Layer-wise lr decay: layer i of L trains at learning_rate * "
                                 "decay^(L-i), embeddings one step lower; 1.0 disables.", check=between(0.01, 1.0)),
-        "precision": Field(str, "fp32", "fp32, bf16 (autocast; fast on CPUs with AVX-512 BF16 and recent "
-                           "GPUs) or fp16 (autocast with a gradient scaler).", choices=("fp32", "bf16", "fp16")),
+        "precision": Field(str, "auto", "auto, fp32, bf16 (autocast) or fp16 (autocast with a gradient "
+                           "scaler). auto picks bf16 on CUDA GPUs with native bf16 (Ampere and later) and on "
+                           "CPUs with native bf16 matmul (AMX or AVX-512 BF16, read from /proc/cpuinfo), fp16 "
+                           "on older CUDA GPUs (T4, V100), fp32 elsewhere, and prints what it chose and why; "
+                           "a resumed run keeps its checkpoint's precision. bf16 costs no STS Benchmark dev "
+                           "Pearson and is 1.3x faster on such a CPU (bench/RESULTS.md).",
+                           choices=("auto", "fp32", "bf16", "fp16")),
         "max_grad_norm": Field(float, 1.0, "Gradients are clipped to this global norm; null disables.",
                                nullable=True, check=above(0.0)),
         "bucket_batches": Field(bool, False, "Group training pairs of similar length into batches (3% padding): "
@@ -248,10 +253,11 @@ SCHEMA: dict = {
     "inference": {
         "output_path": Field(str, "output/output.csv", "Where inference writes the submission CSV."),
         "symmetric": Field(bool, False, "Average the predictions for (s1, s2) and (s2, s1)."),
-        "precision": Field(str, None, "Autocast for inference.py: fp32, bf16 or fp16; null uses "
-                           "training.precision. bf16 about doubles CPU inference on CPUs with AVX-512 BF16 "
-                           "(predictions within 0.001 dev Pearson of fp32, bench/RESULTS.md).",
-                           nullable=True, choices=("fp32", "bf16", "fp16")),
+        "precision": Field(str, None, "Autocast for inference.py: auto, fp32, bf16 or fp16 (auto as for "
+                           "training, chosen for the inference device); null uses training.precision. bf16 "
+                           "about doubles CPU inference on CPUs with AVX-512 BF16 (predictions within 0.001 "
+                           "dev Pearson of fp32, bench/RESULTS.md).",
+                           nullable=True, choices=("auto", "fp32", "bf16", "fp16")),
         "round": Field(int, 1, "Decimals of the written target; null keeps full precision.", nullable=True,
                        check=at_least(0)),
         "clip": Field(list, [0.0, 5.0], "[low, high] the predictions are clipped to; null disables.",
