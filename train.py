@@ -52,14 +52,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     def body() -> int:
         from plaintune.config import load_config
+        from plaintune.errors import UserError
         from plaintune.run import RunRequest, train_run
 
         cfg = load_config(args.config, args.overrides, purpose="train")
         request = RunRequest(args.resume, args.force, args.overwrite, args.trust_checkpoint)
+        if args.folds is not None and cfg.ensemble.members:
+            raise UserError("--folds: this config has ensemble.members, which trains every member as a k-fold "
+                            "of ensemble.folds folds; drop --folds (set ensemble.folds=K to change K)")
         if args.folds is not None:
             from plaintune.folds import run_folds
 
-            return run_folds(cfg, args.config, args.overrides, args.folds, request)
+            run_folds(cfg, args.config, args.overrides, args.folds, request)
+            return 0
+        if cfg.ensemble.members:
+            from plaintune.leaderboard import run_leaderboard
+
+            run_leaderboard(cfg, args.config, args.overrides, request)
+            return 0
         train_run(cfg, args.config, args.overrides, request)
         return 0
 

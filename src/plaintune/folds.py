@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -172,8 +172,16 @@ def cut_folds(cfg: Box, folds: int, request: RunRequest) -> tuple[data.PairTable
     return pooled, parts, folder
 
 
+@dataclass
+class FoldsResult:
+    pooled: data.PairTable       # train and dev pooled, in that order
+    parts: list[np.ndarray]      # the held-out positions of each fold
+    out_of_fold: np.ndarray      # each pooled pair's prediction by the fold that held it out
+    runs: list[str]              # the folds' run names
+
+
 def run_folds(cfg: Box, config_name: str, overrides: Sequence[str], folds: int,
-              request: RunRequest = RunRequest()) -> int:
+              request: RunRequest = RunRequest(), announce_next: bool = True) -> FoldsResult:
     """Train `folds` runs and report the out-of-fold metric; see the module docstring."""
     dist_info, device = distributed.setup(cfg.device)
     if dist_info.enabled:
@@ -181,7 +189,8 @@ def run_folds(cfg: Box, config_name: str, overrides: Sequence[str], folds: int,
     pooled, parts, folder = cut_folds(cfg, folds, request)
     name = followed_metric("auto", cfg.model.num_labels)
     quoted = [shlex.quote(config_name), *map(shlex.quote, overrides)]
-    resume_cmd = " ".join(["python", "train.py", "--config", *quoted, "--folds", str(folds), "--resume"])
+    resume_cmd = request.resume_command or " ".join(["python", "train.py", "--config", *quoted, "--folds",
+                                                     str(folds), "--resume"])
     resuming = request.resume is not None and not request.overwrite
     out_of_fold = np.full(len(pooled), np.nan)
     summary = []
@@ -211,5 +220,6 @@ def run_folds(cfg: Box, config_name: str, overrides: Sequence[str], folds: int,
                                                           indent=2))
     print(f"k-fold done: out-of-fold {name} {overall:.4f} over {len(pooled)} pairs "
           f"(per fold: {', '.join(f'{s[name]:.4f}' for s in summary)}); summary in {folder / 'summary.json'}")
-    print(" ".join(["next: python inference.py --config", quoted[0], "--saved_model", *runs, *quoted[1:]]))
-    return 0
+    if announce_next:
+        print(" ".join(["next: python inference.py --config", quoted[0], "--saved_model", *runs, *quoted[1:]]))
+    return FoldsResult(pooled, parts, out_of_fold, runs)

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from box import Box
 
-from . import data, distributed, precision, rundir
+from . import data, distributed, ensemble, precision, rundir
 from .batching import eval_loader
 from .datasets import make_dataset
 from .errors import UserError
@@ -140,7 +140,14 @@ def run_inference(cfg: Box, saved_models: Sequence[str], weights: Optional[Seque
     common load path. With labels in data.test_path, each member's and the
     ensemble's metric are printed.
     """
-    weights = normalised_weights(weights, len(saved_models))
+    fitted = ensemble.expand(saved_models, rundir.runs_root(cfg))
+    if fitted is not None:  # an ensemble directory: its fold models, fitted weights and intercept
+        if weights is not None:
+            raise UserError(f"--weights: '{saved_models[0]}' is a fitted ensemble with its own weights; drop --weights")
+        print(f"--saved_model {saved_models[0]}: a fitted ensemble of {len(fitted[0])} models")
+        saved_models, weights, intercept = fitted
+    else:
+        weights, intercept = normalised_weights(weights, len(saved_models)), None
     table, test = read_inference_inputs(cfg, write)
     sources = [rundir.resolve_saved_model(name, rundir.runs_root(cfg)) for name in saved_models]
     if write:
@@ -149,7 +156,7 @@ def run_inference(cfg: Box, saved_models: Sequence[str], weights: Optional[Seque
     predicted, tested = predict_members(cfg, sources, table, test, device, trust)
 
     num_labels = cfg.model.num_labels
-    values = combine(predicted, weights, num_labels)
+    values = combine(predicted, weights, num_labels, intercept)
     bad = ~np.isfinite(values) if num_labels == 1 else np.zeros(len(values), dtype=bool)
     if bad.any():  # checked before clipping, which would turn inf into a plausible score
         first = table.ids[int(np.flatnonzero(bad)[0])]
@@ -168,7 +175,7 @@ def run_inference(cfg: Box, saved_models: Sequence[str], weights: Optional[Seque
             print(write_error_report(output.with_name(f"{output.stem}_report"), table, values,
                                      cfg.data.binary_threshold))
     if test is not None:
-        report_test_scores(cfg, saved_models, tested, weights, test)
+        report_test_scores(cfg, saved_models, tested, weights, test, intercept)
     return pd.DataFrame({columns.id: table.ids, columns.target: values})
 
 
@@ -211,14 +218,19 @@ def with_trained_length(cfg: Box, model: torch.nn.Module, source: Path) -> Box:
     return with_values(cfg, {"model.max_length": trained})
 
 
-def combine(outputs: list[np.ndarray], weights: Optional[Sequence[float]], num_labels: int) -> np.ndarray:
-    """The (weighted) mean of the members' scores, or the class of the mean probabilities."""
+def combine(outputs: list[np.ndarray], weights: Optional[Sequence[float]], num_labels: int,
+            intercept: Optional[float] = None) -> np.ndarray:
+    """The (weighted) mean of the members' scores, or the class of the mean probabilities; with an
+    `intercept` (a fitted ensemble), the weighted sum plus it."""
+    if intercept is not None:
+        return ensemble.apply(np.stack(outputs, axis=1), weights, intercept)
     mixed = np.average(np.stack(outputs), axis=0, weights=weights)
     return mixed if num_labels == 1 else mixed.argmax(axis=-1)
 
 
 def report_test_scores(cfg: Box, saved_models: Sequence[str], tested: list[np.ndarray],
-                       weights: Optional[Sequence[float]], test: data.PairTable) -> None:
+                       weights: Optional[Sequence[float]], test: data.PairTable,
+                       intercept: Optional[float] = None) -> None:
     num_labels = cfg.model.num_labels
 
     def scores(predictions: np.ndarray) -> str:
@@ -229,4 +241,4 @@ def report_test_scores(cfg: Box, saved_models: Sequence[str], tested: list[np.nd
         for source, outputs in zip(saved_models, tested):
             print(f"  member {source}: test {scores(outputs if num_labels == 1 else outputs.argmax(axis=-1))}")
     label = "ensemble " if len(tested) > 1 else ""
-    print(f"{label}test {scores(combine(tested, weights, num_labels))}  ({cfg.data.test_path}, {len(test)} pairs)")
+    print(f"{label}test {scores(combine(tested, weights, num_labels, intercept))}  ({cfg.data.test_path}, {len(test)} pairs)")

@@ -6,6 +6,7 @@ README's config reference is generated from it (`python -m plaintune.config
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -23,6 +24,18 @@ class Field:
     nullable: bool = False
     check: Optional[Callable[[Any], Optional[str]]] = None  # returns a problem or None
     open_keys: bool = False  # dict whose extra keys are keyword arguments
+
+
+MEMBER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def _members(value: dict) -> Optional[str]:
+    for name, overrides in value.items():
+        if not isinstance(name, str) or not MEMBER_NAME.fullmatch(name):
+            return f"member name {name!r} must be letters, digits, '_', '-' or '.'"
+        if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
+            return f"member {name!r} must be a list of key.path=value overrides (got {overrides!r})"
+    return None
 
 
 def at_least(low: float) -> Callable[[Any], Optional[str]]:
@@ -262,5 +275,16 @@ SCHEMA: dict = {
                        check=at_least(0)),
         "clip": Field(list, [0.0, 5.0], "[low, high] the predictions are clipped to; null disables.",
                       nullable=True, check=_pair_of_numbers),
+    },
+    "ensemble": {
+        "members": Field(dict, {}, "{name: [key.path=value, ...]}: with members, train.py trains each member "
+                         "(this config with its overrides) as a k-fold, fits their combination on the "
+                         "out-of-fold predictions and saves it as <output_dir>/<run_name>/ensemble.json, "
+                         "which inference.py --saved_model <run_name> applies (configs/leaderboard.yaml).",
+                         check=_members),
+        "folds": Field(int, 5, "Folds per member (train and dev pooled, cut by the seed).", check=at_least(2)),
+        "combine": Field(str, "nnls", "How the members' out-of-fold predictions are combined: nnls "
+                         "(non-negative weights and an intercept, least squares), lstsq (any weights) or "
+                         "mean (equal weights).", choices=("nnls", "lstsq", "mean")),
     },
 }

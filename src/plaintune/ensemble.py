@@ -1,0 +1,205 @@
+"""A fitted ensemble over k-fold members: `python train.py --config leaderboard`.
+
+The config's `ensemble.members` names the members, each this config with its own
+overrides (e.g. a bi-encoder and a cross-encoder of the same base model). Each
+member is trained as an ordinary k-fold (`folds.run_folds`: resumable, one run per
+fold), which gives every pooled train+dev pair one out-of-fold prediction per
+member, made by a model that never saw it. On those predictions the combination is
+fitted (`ensemble.combine`: non-negative least squares with an intercept by
+default) and saved as `<output_dir>/<run_name>/ensemble.json`; `inference.py
+--saved_model <run_name>` averages each member's fold models and applies it.
+
+Nothing here looks at the test split: every choice is made on out-of-fold data.
+The ensemble's own score is cross-fitted (weights fitted without the fold they
+are scored on), so it is as honest as the members'.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from box import Box
+from scipy.optimize import nnls
+
+from . import atomic, data, rundir
+from .batching import BucketBatchSampler, micro_batch_budget, train_loader
+from .config import apply_overrides, to_plain
+from .datasets import make_dataset
+from .errors import UserError
+from .evaluate import AUTOCAST
+from .model import build_model, build_tokenizer
+from .precision import resolve as resolve_precision
+from .validation import validate
+
+ENSEMBLE_FILE = "ensemble.json"
+FORMAT = "plaintune-ensemble"
+COMBINES = ("nnls", "lstsq", "mean")
+
+
+# ------------------------------------------------------------------- fitting
+
+def fit(predictions: np.ndarray, labels: np.ndarray, method: str) -> tuple[np.ndarray, float]:
+    """(weights, intercept) so that `predictions @ weights + intercept` approximates `labels`.
+
+    nnls: least squares with weights >= 0 (a member can be dropped, never inverted); lstsq: any
+    weights; mean: equal weights, no intercept (the plain average). predictions: (pairs, members)."""
+    members = predictions.shape[1]
+    if method == "mean":
+        return np.full(members, 1.0 / members), 0.0
+    mean_p, mean_y = predictions.mean(axis=0), float(labels.mean())
+    centred, target = predictions - mean_p, labels - mean_y
+    if method == "nnls":
+        weights, _ = nnls(centred, target)
+    elif method == "lstsq":
+        weights = np.linalg.lstsq(centred, target, rcond=None)[0]
+    else:
+        raise ValueError(f"unknown combine method {method!r}")
+    if not np.any(weights > 0):
+        raise UserError("ensemble: no member's out-of-fold predictions correlate positively with the labels; "
+                        "the members learned nothing (check each member's out-of-fold score above)")
+    return weights, mean_y - float(mean_p @ weights)
+
+
+def apply(predictions: np.ndarray, weights: Sequence[float], intercept: float) -> np.ndarray:
+    return predictions @ np.asarray(weights, dtype=np.float64) + intercept
+
+
+def cross_fitted(predictions: np.ndarray, labels: np.ndarray, parts: Sequence[np.ndarray], method: str) -> np.ndarray:
+    """Each part's combined predictions from weights fitted on the other parts: an honest score."""
+    out = np.full(len(labels), np.nan)
+    for held_out in parts:
+        rest = np.setdiff1d(np.arange(len(labels)), held_out)
+        weights, intercept = fit(predictions[rest], labels[rest], method)
+        out[held_out] = apply(predictions[held_out], weights, intercept)
+    return out
+
+
+# ------------------------------------------------------------------- members
+
+def member_configs(cfg: Box, source: str) -> dict[str, Box]:
+    """Each member's config: this one with the member's overrides and run name `<run_name>-<member>`,
+    validated now, so a bad override stops the pipeline before anything trains."""
+    if cfg.model.num_labels != 1:
+        raise UserError(f"{source}: ensemble.members needs a regression task (model.num_labels: 1); the fitted "
+                        "combination is a weighted sum of scores")
+    if not cfg.checkpoint.save_best:
+        raise UserError(f"{source}: ensemble.members needs checkpoint.save_best: true (the members' best models "
+                        "predict the out-of-fold pairs and the submission)")
+    members = {}
+    for name, overrides in cfg.ensemble.members.items():
+        plain = to_plain(cfg)
+        plain["ensemble"]["members"] = {}
+        plain["run_name"] = f"{cfg.run_name}-{name}"
+        where = f"{source}: ensemble.members.{name}"
+        try:
+            members[name] = validate(apply_overrides(plain, overrides), source=where, purpose="train")
+        except UserError as err:
+            message = str(err)
+            raise UserError(message if where in message else f"{where}: {message}") from None
+        if members[name].run_name != plain["run_name"] or members[name].output_dir != cfg.output_dir:
+            raise UserError(f"{where}: a member may not set run_name or output_dir (its runs live under "
+                            f"{cfg.output_dir}/{cfg.run_name}-{name}-fold*)")
+    return members
+
+
+def measure_speed(cfg: Box, table: data.PairTable, device: torch.device, rows: int = 96) -> float:
+    """Training pairs per second of this member's recipe on this machine: forward and backward on a
+    few real batches after one warm-up batch (the optimizer step is a small share of a step)."""
+    tokenizer = build_tokenizer(cfg.model)
+    picked = np.random.default_rng(cfg.seed).permutation(len(table))[:rows]
+    sample = data.PairTable(path=table.path, ids=[table.ids[i] for i in picked],
+                            sentence_1=[table.sentence_1[i] for i in picked],
+                            sentence_2=[table.sentence_2[i] for i in picked], labels=table.labels[picked])
+    dataset = make_dataset(sample, tokenizer, cfg.model.max_length, cfg.model.kind)
+    budget, overhead = micro_batch_budget(cfg.training.micro_batch_tokens, device)
+    loader = train_loader(dataset, BucketBatchSampler(dataset.lengths, min(cfg.training.batch_size, rows // 3),
+                                                      cfg.seed, bucket=cfg.training.bucket_batches),
+                          1, micro_batch_tokens=budget, pass_overhead=overhead)
+    model = build_model(cfg.model).to(device).train()
+    dtype = AUTOCAST[resolve_precision(cfg.training.precision, device)[0]]
+    timed, started = 0, None
+    for n, batch in enumerate(loader):
+        if n == 1:
+            started = time.perf_counter()
+        for part in batch:
+            inputs = {k: v.to(device) for k, v in part.items() if k not in ("labels", "index")}
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                logits = model(**inputs).logits
+            logits.float().square().mean().backward()
+            timed += part["labels"].shape[0] if n >= 1 else 0
+    del model
+    return timed / max(time.perf_counter() - started, 1e-9) if started else float("nan")
+
+
+def estimate_seconds(cfg: Box, pooled_rows: int, folds: int, speed: float) -> float:
+    """A member's k-fold: each fold trains on (K-1)/K of the pool for its epochs and validates its part
+    every epoch (a forward pass, about a third of a training step's work per pair)."""
+    held_out = pooled_rows / folds
+    per_fold = cfg.training.epochs * ((pooled_rows - held_out) + held_out / 3) / speed
+    return folds * per_fold
+
+
+# ------------------------------------------------------------------- the spec file
+
+@dataclass
+class Member:
+    name: str
+    runs: list[str]
+    weight: float
+
+
+def write_spec(path: Path, members: list[Member], intercept: float, method: str, scores: dict) -> None:
+    spec = {"format": FORMAT, "version": 1, "combine": method, "intercept": intercept,
+            "members": [{"name": m.name, "runs": m.runs, "weight": m.weight} for m in members],
+            "out_of_fold": scores}
+    atomic.write_text(path, json.dumps(atomic.json_safe(spec), indent=2))
+
+
+def read_spec(directory: Path) -> Optional[tuple[list[Member], float]]:
+    """(members, intercept) of an ensemble directory; None if `directory` holds no ensemble.json."""
+    path = directory / ENSEMBLE_FILE
+    if not path.is_file():
+        return None
+    problem = None
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+        members = [Member(str(m["name"]), [str(r) for r in m["runs"]], float(m["weight"])) for m in spec["members"]]
+        intercept = float(spec["intercept"])
+        if spec.get("format") != FORMAT or not members or not all(m.runs for m in members):
+            problem = "not a plaintune ensemble"
+        elif not all(np.isfinite([m.weight for m in members])) or not np.isfinite(intercept):
+            problem = "its weights are not finite"
+    except (OSError, ValueError, KeyError, TypeError):
+        problem = "unreadable or damaged"
+    if problem:
+        raise UserError(f"--saved_model: '{path}' is {problem}; rerun python train.py --config <its config> "
+                        "--resume to fit it again")
+    return members, intercept
+
+
+def expand(saved_models: Sequence[str], saved_root: Path) -> Optional[tuple[list[str], list[float], float]]:
+    """`--saved_model DIR` naming one ensemble directory -> (the fold runs, their weights, the intercept):
+    each member's weight is shared by its fold models, whose predictions are averaged."""
+    if len(saved_models) != 1:
+        return None
+    for candidate in (Path(saved_models[0]).expanduser(), saved_root / saved_models[0]):
+        if candidate.is_dir():
+            spec = read_spec(candidate)
+            if spec is not None:
+                members, intercept = spec
+                runs = [str(candidate.parent / run) for m in members for run in m.runs]
+                weights = [m.weight / len(m.runs) for m in members for _ in m.runs]
+                return runs, weights, intercept
+    return None
+
+
+def check_ensemble_dir(directory: Path) -> None:
+    """The ensemble directory holds ensemble.json alone; it may not be (or become) a training run."""
+    if directory.is_dir() and (rundir.find_best_dir(directory) is not None or (directory / "last.pt").exists()):
+        raise UserError(f"ensemble: '{directory}' is a training run's directory; give the ensemble another "
+                        "run_name")

@@ -1,0 +1,89 @@
+"""One command to a leaderboard submission: train every member of `ensemble.members` as a k-fold,
+fit their combination on the out-of-fold predictions, save it (see ensemble.py).
+
+    python train.py --config leaderboard            # prints the time budget, trains, fits
+    python train.py --config leaderboard --resume   # after a kill: finished folds are not retrained
+    python inference.py --config leaderboard --saved_model leaderboard
+"""
+from __future__ import annotations
+
+import shlex
+import time
+from dataclasses import replace
+from typing import Sequence
+
+import numpy as np
+from box import Box
+
+from . import data, distributed, rundir
+from .config import resolve_config_path
+from .ensemble import (COMBINES, ENSEMBLE_FILE, Member, check_ensemble_dir, cross_fitted, estimate_seconds, fit,
+                       measure_speed, member_configs, write_spec)
+from .folds import FoldsResult, _pool, run_folds
+from .metrics import score
+from .run import RunRequest
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def announce_budget(members: dict[str, Box], folds: int, device) -> None:
+    """The plan and its time, from each member's speed measured on a few real batches here."""
+    pooled = _pool(data.read_tables(next(iter(members.values()))))
+    total, lines = 0.0, []
+    for name, cfg in members.items():
+        speed = measure_speed(cfg, pooled, device)
+        seconds = estimate_seconds(cfg, len(pooled), folds, speed)
+        total += seconds
+        lines.append(f"  {name}: {cfg.model.kind}, {cfg.training.epochs} epoch(s) x {folds} folds, "
+                     f"{speed:.0f} pairs/s measured -> about {_minutes(seconds)}")
+    print(f"leaderboard: {len(members)} member(s) x {folds} folds on {len(pooled)} pooled train+dev pairs, "
+          f"about {_minutes(total)} on {device} (estimated from the measured speeds):")
+    print("\n".join(lines))
+
+
+def run_leaderboard(cfg: Box, config_name: str, overrides: Sequence[str], request: RunRequest = RunRequest()) -> dict:
+    """Train the members, fit and save the ensemble; returns what ensemble.json records."""
+    started = time.perf_counter()
+    source = str(resolve_config_path(config_name))
+    members = member_configs(cfg, source)
+    folds = cfg.ensemble.folds
+    ensemble_dir = rundir.run_dir_for(cfg)
+    check_ensemble_dir(ensemble_dir)
+    _, device = distributed.setup(cfg.device)
+    announce_budget(members, folds, device)
+
+    quoted = [shlex.quote(config_name), *map(shlex.quote, overrides)]
+    request = replace(request, resume_command=" ".join(["python train.py --config", *quoted, "--resume"]))
+    results: dict[str, FoldsResult] = {}
+    for n, (name, member_cfg) in enumerate(members.items(), start=1):
+        print(f"member {n}/{len(members)}: {name} ({member_cfg.model.kind}), runs {member_cfg.run_name}-fold1..{folds}")
+        results[name] = run_folds(member_cfg, config_name, [*overrides, *_member_overrides(cfg, name)], folds,
+                                  request, announce_next=False)
+
+    first = next(iter(results.values()))
+    labels, parts = first.pooled.labels, first.parts
+    matrix = np.stack([r.out_of_fold for r in results.values()], axis=1)
+    scores = {f"member {name}": score(r.out_of_fold, labels, 1) for name, r in results.items()}
+    for method in COMBINES:  # every combination, cross-fitted: which one wins is measured, not assumed
+        scores[f"ensemble {method} (cross-fitted)"] = score(cross_fitted(matrix, labels, parts, method), labels, 1)
+    weights, intercept = fit(matrix, labels, cfg.ensemble.combine)
+    ensemble = [Member(name, r.runs, float(w)) for (name, r), w in zip(results.items(), weights)]
+    ensemble_dir.mkdir(parents=True, exist_ok=True)
+    write_spec(ensemble_dir / ENSEMBLE_FILE, ensemble, intercept, cfg.ensemble.combine, scores)
+
+    print(f"ensemble ({cfg.ensemble.combine}): " + ", ".join(f"{m.name} x {m.weight:.3f}" for m in ensemble)
+          + f" + {intercept:.3f}")
+    print("out-of-fold Pearson over all pooled pairs: "
+          + ", ".join(f"{what} {value:.4f}" for what, value in scores.items()))
+    print(f"leaderboard done in {_minutes(time.perf_counter() - started)}; ensemble in "
+          f"{ensemble_dir / ENSEMBLE_FILE}")
+    print(" ".join(["next: python inference.py --config", quoted[0], "--saved_model", shlex.quote(cfg.run_name),
+                    *quoted[1:]]))
+    return {"weights": dict(zip(results, map(float, weights))), "intercept": intercept, "out_of_fold": scores}
+
+
+def _member_overrides(cfg: Box, name: str) -> list[str]:
+    """The command-line form of a member's config (for the resume commands its folds print)."""
+    return [*cfg.ensemble.members[name], f"run_name={cfg.run_name}-{name}", "ensemble.members={}"]

@@ -1,0 +1,164 @@
+"""The fitted ensemble: fitting on out-of-fold predictions, and the one-command leaderboard pipeline
+(k-fold per member, fit, ensemble.json, inference, resume after a kill)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import inference
+import train
+from conftest import base_config, write_config
+from plaintune import ensemble, folds, run
+from plaintune.errors import UserError
+
+HELPER = Path(__file__).parent / "crashing_train.py"
+
+
+# ------------------------------------------------------------------ fitting, on synthetic members
+
+def synthetic(seed: int = 0, n: int = 4000):
+    """Three members: two informative, one anti-correlated; the labels are a known combination."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(2.5, 1.0, n), rng.normal(0.0, 2.0, n)
+    labels = 0.6 * a + 0.25 * b + 0.4 + rng.normal(0, 0.05, n)
+    bad = -labels + rng.normal(0, 0.1, n)
+    return np.stack([a, b, bad], axis=1), labels
+
+
+def test_nnls_recovers_a_known_combination_and_never_inverts_a_member():
+    predictions, labels = synthetic()
+    weights, intercept = ensemble.fit(predictions[:, :2], labels, "nnls")
+    assert weights == pytest.approx([0.6, 0.25], abs=0.01) and intercept == pytest.approx(0.4, abs=0.03)
+    weights, _ = ensemble.fit(predictions, labels, "nnls")
+    assert weights[2] == 0.0  # the anti-correlated member is dropped, not given a negative weight
+    assert weights[:2] == pytest.approx([0.6, 0.25], abs=0.01)
+
+
+def test_lstsq_may_use_any_sign_and_mean_is_the_plain_average():
+    predictions, labels = synthetic(1)
+    weights, _ = ensemble.fit(predictions[:, :2], labels, "lstsq")
+    assert weights == pytest.approx([0.6, 0.25], abs=0.01)
+    assert ensemble.fit(predictions, labels, "lstsq")[0][2] < 0  # it may invert a member
+    weights, intercept = ensemble.fit(predictions, labels, "mean")
+    assert list(weights) == pytest.approx([1 / 3] * 3) and intercept == 0.0
+
+
+def test_cross_fitted_predictions_never_use_their_own_part():
+    predictions, labels = synthetic(2, n=300)
+    parts = folds.split_folds(300, 5, 7)
+    out = ensemble.cross_fitted(predictions, labels, parts, "nnls")
+    for held_out in parts:  # refit by hand without the part: the same values
+        rest = np.setdiff1d(np.arange(300), held_out)
+        weights, intercept = ensemble.fit(predictions[rest], labels[rest], "nnls")
+        assert out[held_out] == pytest.approx(predictions[held_out] @ weights + intercept)
+
+
+def test_members_that_learned_nothing_are_an_error_not_a_silent_average():
+    predictions, labels = synthetic(3)
+    with pytest.raises(UserError, match="correlate positively"):
+        ensemble.fit(-predictions[:, :2], labels, "nnls")
+
+
+@pytest.mark.parametrize("text, problem", [("{", "unreadable or damaged"), ("[]", "unreadable or damaged"),
+                                           ('{"format": "x", "intercept": 0, "members": []}', "not a plaintune"),
+                                           ('{"format": "plaintune-ensemble", "intercept": NaN, "members": '
+                                            '[{"name": "a", "runs": ["r"], "weight": 1}]}', "not finite")])
+def test_a_damaged_ensemble_file_is_one_clear_error(tmp_path, text, problem):
+    (tmp_path / "ensemble.json").write_text(text)
+    with pytest.raises(UserError, match=problem):
+        ensemble.read_spec(tmp_path)
+
+
+# ------------------------------------------------------------------ the pipeline, on the tiny model
+
+MEMBERS = {"bi": ["model.kind=bi_encoder", "training.epochs=1"],
+           "cross": ["model.kind=cross_encoder", "training.loss=bce", "model.output_activation=sigmoid",
+                     "training.epochs=1"]}
+
+
+def leaderboard_project(project, tiny_model_dir, members=MEMBERS, **sections):
+    cfg = base_config(tiny_model_dir)
+    cfg["run_name"] = "lb"
+    cfg["ensemble"] = {"folds": 2, "members": members}
+    cfg.update(sections)
+    write_config(project, cfg, "lb")
+
+
+def test_one_command_trains_fits_and_inference_applies_the_fit(project, tiny_model_dir, capsys):
+    leaderboard_project(project, tiny_model_dir)
+    assert train.main(["--config", "lb"]) == 0
+    out = capsys.readouterr().out
+    assert "leaderboard: 2 member(s) x 2 folds on 72 pooled" in out and "pairs/s measured" in out
+    assert "next: python inference.py --config lb --saved_model lb" in out
+    spec = json.loads((project / "saved_model" / "lb" / "ensemble.json").read_text())
+    assert [m["name"] for m in spec["members"]] == ["bi", "cross"]
+    assert spec["members"][0]["runs"] == ["lb-bi-fold1", "lb-bi-fold2"]
+    assert all(m["weight"] >= 0 for m in spec["members"])
+    assert {"member bi", "member cross", "ensemble nnls (cross-fitted)", "ensemble mean (cross-fitted)",
+            "ensemble lstsq (cross-fitted)"} <= set(spec["out_of_fold"])
+    for member in ("bi", "cross"):  # each member is an ordinary k-fold of ordinary runs
+        assert (project / "saved_model" / f"lb-{member}-fold2" / "best").is_dir()
+
+    assert inference.main(["--config", "lb", "--saved_model", "lb", "inference.round=null",
+                           "inference.clip=null"]) == 0
+    written = pd.read_csv(project / "output" / "sub.csv")["target"].to_numpy()
+    # by hand: each member is the mean of its fold models, then the fitted weights and intercept
+    frame = lambda names: run.predict("configs/lb.yaml", names)["target"].to_numpy()  # noqa: E731
+    by_hand = spec["intercept"] + sum(m["weight"] * frame(m["runs"]) for m in spec["members"])
+    assert written == pytest.approx(by_hand, abs=1e-5)
+
+
+def test_a_killed_pipeline_resumes_without_retraining_finished_members(project, tiny_model_dir, capsys):
+    """SIGKILL in the second member's first fold (72 pooled pairs, 2 folds, batch 8: 5 steps per fold),
+    then --resume: the first member's folds are reused as they are, the rest completes."""
+    leaderboard_project(project, tiny_model_dir, checkpoint={"every_n_steps": 2})
+    env = {**os.environ, "KILL_PLAN": "step:14", "PYTHONHASHSEED": "0"}
+    killed = subprocess.run([sys.executable, str(HELPER), "--config", "lb"], cwd=project, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    first_member = sorted((project / "saved_model").glob("lb-bi-fold*/last.pt"))
+    stamps = {path: path.stat().st_mtime_ns for path in first_member}
+    assert len(stamps) == 2 and not (project / "saved_model" / "lb" / "ensemble.json").exists()
+
+    assert train.main(["--config", "lb"]) == 2  # an existing pipeline is never started over silently
+    assert "--resume" in capsys.readouterr().err
+    assert train.main(["--config", "lb", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("done earlier") == 2  # the first member's two folds
+    assert "resuming from" in out  # the killed fold continues from its checkpoint
+    assert {path: path.stat().st_mtime_ns for path in first_member} == stamps
+    assert (project / "saved_model" / "lb" / "ensemble.json").is_file()
+
+
+@pytest.mark.parametrize("members, problem", [
+    ({"bi": ["training.epochs=0"]}, "ensemble.members.bi"),
+    ({"bi": ["run_name=other"]}, "may not set run_name"),
+    ({"bad name!": ["training.epochs=1"]}, "member name"),
+    ({"bi": "training.epochs=1"}, "list of key.path=value"),
+])
+def test_bad_members_stop_before_anything_trains(project, tiny_model_dir, capsys, members, problem):
+    leaderboard_project(project, tiny_model_dir, members=members)
+    assert train.main(["--config", "lb"]) == 2
+    err = capsys.readouterr().err
+    assert problem in err and len(err.strip().splitlines()) == 1
+    assert not (project / "saved_model").exists()
+
+
+def test_folds_flag_with_members_is_refused(project, tiny_model_dir, capsys):
+    leaderboard_project(project, tiny_model_dir)
+    assert train.main(["--config", "lb", "--folds", "3"]) == 2
+    assert "ensemble.folds" in capsys.readouterr().err
+
+
+def test_weights_flag_with_a_fitted_ensemble_is_refused(project, tiny_model_dir, capsys):
+    leaderboard_project(project, tiny_model_dir, members={"bi": ["model.kind=bi_encoder", "training.epochs=1"]})
+    assert train.main(["--config", "lb"]) == 0
+    assert inference.main(["--config", "lb", "--saved_model", "lb", "--weights", "1"]) == 2
+    assert "fitted ensemble" in capsys.readouterr().err
