@@ -162,3 +162,16 @@ def test_weights_flag_with_a_fitted_ensemble_is_refused(project, tiny_model_dir,
     assert train.main(["--config", "lb"]) == 0
     assert inference.main(["--config", "lb", "--saved_model", "lb", "--weights", "1"]) == 2
     assert "fitted ensemble" in capsys.readouterr().err
+
+
+def test_repeated_pairs_stay_in_one_fold_and_a_split_without_repeats_is_unchanged():
+    order = np.random.default_rng([3, 7919]).permutation(50)
+    plain = folds.split_folds(50, 4, 3, keys=list(range(50)))
+    assert [list(p) for p in plain] == [sorted(p) for p in np.array_split(order, 4)]  # as before grouping
+    keys = [i % 20 for i in range(50)]  # every pair 2-3 times
+    parts = folds.split_folds(50, 4, 3, keys=keys)
+    assert sorted(np.concatenate(parts)) == list(range(50))
+    where = {position: k for k, part in enumerate(parts) for position in part}
+    for key in set(keys):
+        assert len({where[i] for i in range(50) if keys[i] == key}) == 1
+    assert all(8 <= len(part) <= 18 for part in parts)

@@ -48,7 +48,7 @@ def check_dev_scores(table: PairTable, key: str, num_labels: int) -> None:
                         "constant labels: use a dev set with different scores")
 
 
-def _pair_key(first: str, second: str) -> tuple[str, str]:
+def pair_key(first: str, second: str) -> tuple[str, str]:
     """A pair as a set of two whitespace- and case-normalised sentences (order does not matter)."""
     a, b = (" ".join(s.split()).lower() for s in (first, second))
     return (a, b) if a <= b else (b, a)
@@ -56,8 +56,8 @@ def _pair_key(first: str, second: str) -> tuple[str, str]:
 
 def overlap(train: PairTable, dev: PairTable) -> tuple[int, int]:
     """(dev rows whose sentence pair is also in train, dev ids also in train)."""
-    seen = {_pair_key(a, b) for a, b in zip(train.sentence_1, train.sentence_2)}
-    pairs = sum(_pair_key(a, b) in seen for a, b in zip(dev.sentence_1, dev.sentence_2))
+    seen = {pair_key(a, b) for a, b in zip(train.sentence_1, train.sentence_2)}
+    pairs = sum(pair_key(a, b) in seen for a, b in zip(dev.sentence_1, dev.sentence_2))
     ids = len(set(dev.ids) & set(train.ids))
     return pairs, ids
 

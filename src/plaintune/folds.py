@@ -15,7 +15,7 @@ import json
 import shlex
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,10 +39,23 @@ def fold_run_name(run_name: str, fold: int) -> str:
     return f"{run_name}-fold{fold}"
 
 
-def split_folds(n: int, folds: int, seed: int) -> list[np.ndarray]:
-    """Positions 0..n-1 shuffled by the seed and cut into `folds` near-equal parts."""
+def split_folds(n: int, folds: int, seed: int, keys: Optional[Sequence] = None) -> list[np.ndarray]:
+    """Positions 0..n-1 shuffled by the seed and cut into `folds` near-equal parts.
+
+    Positions with equal `keys` (the same sentence pair twice in the data) go to the same part:
+    a pair trained on in one fold and held out in another would score memory, not the model."""
     order = np.random.default_rng([seed, 7919]).permutation(n)
-    return [np.sort(part) for part in np.array_split(order, folds)]
+    groups: dict = {}
+    for position in order:
+        groups.setdefault(keys[position] if keys is not None else position, []).append(position)
+    if len(groups) == n:  # no repeats: the plain cut (k-folds made before grouping existed are unchanged)
+        return [np.sort(part) for part in np.array_split(order, folds)]
+    parts: list[list[int]] = [[] for _ in range(folds)]
+    placed = 0
+    for members in groups.values():  # in shuffled order; each group goes where its first pair falls
+        parts[min(placed * folds // n, folds - 1)].extend(members)
+        placed += len(members)
+    return [np.sort(np.asarray(part, dtype=int)) for part in parts]
 
 
 def _pool(tables: dict) -> data.PairTable:
@@ -160,7 +173,10 @@ def cut_folds(cfg: Box, folds: int, request: RunRequest) -> tuple[data.PairTable
     if len(pooled) < 2 * folds:
         raise UserError(f"--folds: {len(pooled)} pooled pairs are too few for {folds} folds")
     folder = rundir.run_dir_for(cfg).with_name(f"{cfg.run_name}{FOLDS_SUFFIX}")
-    parts = split_folds(len(pooled), folds, cfg.seed)
+    parts = split_folds(len(pooled), folds, cfg.seed,
+                        [datacheck.pair_key(a, b) for a, b in zip(pooled.sentence_1, pooled.sentence_2)])
+    if any(len(part) == 0 for part in parts):
+        raise UserError(f"--folds: {folds} folds leave a fold empty: the pooled data has too few distinct pairs")
     check_same_split(folder, split_identity(cfg, pooled, folds), request.resume is not None, request.force,
                      request.overwrite)
     folder.mkdir(parents=True, exist_ok=True)
