@@ -105,3 +105,43 @@ def test_plateau_is_stepped_on_the_metric():
     scheduler.step(0.5)
     scheduler.step(0.4)  # worse (mode max) -> reduce
     assert optimizer.param_groups[0]["lr"] == 0.5
+
+
+def test_cosent_is_the_published_formula_and_only_the_order_counts():
+    """log(1 + sum_{y_i > y_j} exp(20 (s_j - s_i))), by brute force; ties add nothing; a monotone
+    change of the labels leaves it unchanged; scores in label order make it small."""
+    import math
+
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.rand(9, generator=generator) * 2 - 1
+    labels = torch.tensor([0.0, 1.2, 1.2, 3.0, 5.0, 2.2, 4.8, 0.4, 3.0])
+    brute = 1 + sum(math.exp(20 * (scores[j] - scores[i])) for i in range(9) for j in range(9)
+                    if labels[i] > labels[j])
+    loss = optim.build_loss("CoSENTLoss")
+    assert float(loss(scores, labels)) == pytest.approx(math.log(brute), rel=1e-5)
+    assert float(loss(scores, labels ** 3)) == pytest.approx(float(loss(scores, labels)), rel=1e-6)
+    assert float(loss(labels / 5, labels)) < float(loss(-labels / 5, labels))
+    assert float(loss(scores, torch.full((9,), 2.0))) == 0.0  # no ordered pair: log(1)
+
+
+def test_cosent_trains_a_bi_encoder_in_whole_batches(project, monkeypatch):
+    """The loss couples the pairs of a batch: every batch is one pass, whatever the micro-batch budget."""
+    import train
+    from plaintune import batching
+
+    seen = []
+    original = batching.MicroBatchCollator.__call__
+
+    def spy(self, items):
+        parts = original(self, items)
+        seen.append(len(parts))
+        return parts
+
+    monkeypatch.setattr(batching.MicroBatchCollator, "__call__", spy)
+    assert train.main(["--config", "t", "model.kind=bi_encoder", "training.loss=cosent", "training.epochs=1",
+                       "training.micro_batch_tokens=16"]) == 0
+    assert seen and set(seen) == {1}
+    seen.clear()  # the same budget cuts batches of a per-pair loss
+    assert train.main(["--config", "t", "model.kind=bi_encoder", "training.loss=mse", "training.epochs=1",
+                       "training.micro_batch_tokens=16", "--overwrite"]) == 0
+    assert max(seen) > 1

@@ -19,7 +19,7 @@ from .evaluate import AUTOCAST
 from .metrics import LOWER_IS_BETTER, followed_metric
 from .model import apply_freeze, build_model, build_tokenizer, check_vocabulary, init_head_bias
 from .objective import CONFIG_ATTRIBUTE, checkpoint_record, head_is_fresh, parse_record, resolve_objective
-from .optim import build_optimizer, build_scheduler
+from .optim import BATCH_LOSSES, build_optimizer, build_scheduler, canonical_loss
 from .resume import OpenedRun, check_same_data
 from .selection import SelectionRules
 from .train_state import Optimization, adapt_world_size, restore_bundle
@@ -60,6 +60,8 @@ def load_data(cfg: Box, opened: OpenedRun, force: bool, dist_info, device: torch
                                  bucket=training.bucket_batches, pool=training.bucket_pool,
                                  rank=dist_info.rank, world_size=dist_info.world_size)
     budget, overhead = micro_batch_budget(training.micro_batch_tokens, device)
+    if canonical_loss(training.loss) in BATCH_LOSSES:
+        budget = None  # the loss couples every pair of the batch
     return TrainData(tables, datasets, tokenizer,
                      train_loader(datasets["train"], sampler, num_labels, training.num_workers, pin, budget, overhead),
                      eval_loader(datasets["dev"], training.eval_batch_size, num_labels, training.num_workers, pin,

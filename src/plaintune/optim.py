@@ -20,20 +20,41 @@ def canonical_name(name: str) -> str:
 
 
 # --------------------------------------------------------------------- losses
+class CoSENTLoss(nn.Module):
+    """CoSENT (Su, 2022), the ranking loss of sentence-transformers' CoSENTLoss and AnglE:
+    log(1 + sum over pairs of the batch with label_i > label_j of exp(scale * (score_j - score_i))).
+
+    Only the order of the scores counts, which is what Pearson and Spearman reward; regressing
+    a cosine onto label/5 (MSE) also asks for an exact value the encoder need not produce. The
+    loss couples all pairs of a batch, so a batch is run in one pass (no micro-batches)."""
+
+    def __init__(self, scale: float = 20.0):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        differences = self.scale * (scores[None, :] - scores[:, None])  # [i, j] = score_j - score_i
+        ordered = differences[targets[:, None] > targets[None, :]]
+        return torch.logsumexp(torch.cat([ordered.new_zeros(1), ordered]), dim=0)
+
+
 REGRESSION_LOSSES = {
     "mse": nn.MSELoss,
     "l1": nn.L1Loss,
     "huber": nn.HuberLoss,
     "smoothl1": nn.SmoothL1Loss,
     "bce": nn.BCEWithLogitsLoss,  # on labels scaled to 0-1; needs model.output_activation: sigmoid
+    "cosent": CoSENTLoss,         # ranks the pairs of each batch; whole batches, no micro-batches
 }
+# Losses over the pairs of a batch: a batch must be one forward pass.
+BATCH_LOSSES = ("cosent",)
 LOSS_ALIASES = {"bcewithlogits": "bce", "binarycrossentropy": "bce"}
 CLASSIFICATION_LOSSES = {
     "crossentropy": nn.CrossEntropyLoss,
 }
 LOSSES = {**REGRESSION_LOSSES, **CLASSIFICATION_LOSSES}
 LOSS_NAMES = ("MSELoss (mse), L1Loss (l1), HuberLoss (huber), SmoothL1Loss (smooth_l1), BCEWithLogitsLoss (bce), "
-              "CrossEntropyLoss")
+              "CoSENTLoss (cosent), CrossEntropyLoss")
 
 
 def canonical_loss(name: str) -> str:

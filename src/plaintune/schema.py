@@ -175,7 +175,9 @@ SCHEMA: dict = {
                                check=above(0.0)),
         "loss": Field(str, "auto", "Loss between predictions and labels: MSELoss/mse, L1Loss/l1, "
                       "HuberLoss/huber, SmoothL1Loss/smooth_l1, BCEWithLogitsLoss/bce (with "
-                      "model.output_activation: sigmoid); CrossEntropyLoss for num_labels > 1. auto: bce for a "
+                      "model.output_activation: sigmoid), CoSENTLoss/cosent (ranks the pairs of each batch: "
+                      "for the bi-encoder, see bench/RESULTS.md; predictions keep their order, not the "
+                      "label scale); CrossEntropyLoss for num_labels > 1. auto: bce for a "
                       "sigmoid head, mse for a raw head or a bi-encoder, CrossEntropyLoss for classification."),
         "optimizer": Field(dict, {"name": "AdamW", "weight_decay": 0.01}, "{name: AdamW|Adam|SGD, ...keyword "
                            "arguments of the torch optimizer}. Biases and LayerNorm weights get no weight decay.",
