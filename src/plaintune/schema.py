@@ -204,10 +204,12 @@ SCHEMA: dict = {
         "max_grad_norm": Field(float, 1.0, "Gradients are clipped to this global norm; null disables.",
                                nullable=True, check=above(0.0)),
         "bucket_batches": Field(bool, False, "Group training pairs of similar length into batches (3% padding): "
-                                "the fastest batching, but batches then lean towards one genre. Measured on STS "
-                                "Benchmark dev: -0.0015 Pearson for the MiniLM bi-encoder (3-seed means; on in "
-                                "configs/default.yaml), -0.013 for a cross-encoder (one seed); see bench/RESULTS.md. "
-                                "false: random batches, run as length-sorted micro-batches."),
+                                "the fastest batching (1.5x random batches on CPU), but batches then lean towards "
+                                "one genre. Measured on STS Benchmark dev, 3-seed means: -0.0015 Pearson for the "
+                                "MiniLM bi-encoder, +0.003 for the MiniLM cross-encoder after 1 epoch; on in "
+                                "configs/default.yaml and configs/cross_encoder.yaml (bench/RESULTS.md). The "
+                                "default stays false so runs saved before keep resuming. false: random batches, "
+                                "run as length-sorted micro-batches."),
         "micro_batch_tokens": Field(object, "auto", "Each batch is sorted by length and run as micro-batches of "
                                     "at most this many padded tokens (pairs x longest pair), cut where that saves "
                                     "padding: the optimizer step is the same as one pass over the batch, with "
