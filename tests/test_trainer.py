@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -175,3 +179,49 @@ def test_is_better_only_for_finite_metrics():
     assert not is_better(nan, 0.2) and not is_better(inf, 0.2)
     assert is_better(0.1, None) and is_better(0.3, 0.2) and not is_better(0.2, 0.2)
     assert is_better(-0.5, nan)  # a best from an older bundle that kept a NaN
+
+
+
+def test_ema_validates_and_saves_the_moving_average_and_resumes_bit_identically(project, monkeypatch):
+    """training.ema: after each optimizer step a = d a + (1 - d) w (a = w after the first); best/ holds
+    the average, last.pt the raw weights and the average, and a resume continues both exactly."""
+    import torch
+    from safetensors.torch import load_file
+    from torch.optim.swa_utils import AveragedModel
+
+    given = []
+    update = AveragedModel.update_parameters
+
+    def spy(self, model):
+        given.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return update(self, model)
+
+    monkeypatch.setattr(AveragedModel, "update_parameters", spy)
+    decay = 0.8
+    assert train.main(["--config", "t", f"training.ema={decay}", "training.epochs=1"]) == 0
+    expected = given[0]
+    for weights in given[1:]:
+        expected = {k: decay * expected[k] + (1 - decay) * w if w.is_floating_point() else w
+                    for k, w in weights.items()}
+    best = load_file(str(project / "saved_model" / "t" / "best" / "model.safetensors"))
+    bundle = torch.load(project / "saved_model" / "t" / "last.pt", weights_only=True)
+    assert len(given) == bundle["train_state"]["global_step"] > 3
+    moved = 0
+    for key, value in best.items():
+        assert torch.allclose(value, expected[key], atol=1e-6), key
+        moved += not torch.equal(bundle["model_state_dict"][key], value)  # last.pt: the raw weights
+    assert moved > 0
+    assert int(bundle["ema_state_dict"]["n_averaged"]) == len(given)
+
+    monkeypatch.setattr(AveragedModel, "update_parameters", update)
+    args = ["--config", "t", f"training.ema={decay}", "training.epochs=2"]
+    assert train.main([*args, "run_name=full"]) == 0
+    helper = Path(__file__).parent / "crashing_train.py"  # SIGKILL after step 8; last.pt is from step 5
+    killed = subprocess.run([sys.executable, str(helper), *args, "run_name=cut"], cwd=project, timeout=300,
+                            env={**os.environ, "KILL_PLAN": "step:8", "PYTHONHASHSEED": "0"}, capture_output=True)
+    assert killed.returncode == -9
+    assert train.main([*args, "run_name=cut", "--resume"]) == 0
+    full = torch.load(project / "saved_model" / "full" / "last.pt", weights_only=True)
+    cut = torch.load(project / "saved_model" / "cut" / "last.pt", weights_only=True)
+    for key, tensor in full["ema_state_dict"].items():
+        assert torch.equal(tensor, cut["ema_state_dict"][key]), key

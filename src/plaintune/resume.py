@@ -24,7 +24,8 @@ IDENTITY_KEYS = ("seed", "model.name", "model.kind", "model.num_labels", "model.
                  "training.layer_lr_decay",
                  "model.config_overrides", "data.train_path", "data.dev_path", "data.columns",
                  "training.batch_size", "training.learning_rate", "training.loss", "training.optimizer",
-                 "training.scheduler", "training.bucket_batches", "training.bucket_pool", "training.grad_accum_steps")
+                 "training.scheduler", "training.bucket_batches", "training.bucket_pool", "training.grad_accum_steps",
+                 "training.ema")
 # Keys whose `auto` is resolved against the checkpoint (precision: auto keeps the checkpoint's), so
 # `auto` now against a concrete value then is no change.
 RESOLVED_AUTO_KEYS = ("training.precision",)

@@ -39,7 +39,7 @@ from .resume import open_run
 from .rundir import LAST_FILE, RunFiles, config_file, find_best_dir, run_inputs, run_outputs, start_run_dir
 from .runlock import RunLock
 from .tracking import Tracker, start_wandb, wandb_mode
-from .train_state import seed_everything
+from .train_state import build_ema, seed_everything
 from .trainer import Batches, Trainer
 from .validation import validate
 from .weights import load_weights
@@ -150,6 +150,7 @@ def train_run(cfg: Box, config_name: str, overrides: Sequence[str], request: Run
     steps_per_epoch = -(-len(data.train_loader.batch_sampler) // cfg.training.grad_accum_steps)
     optim = build_optimization(cfg, model, steps_per_epoch, device)
     train_model = wrap_for_training(model, cfg, dist_info, device)
+    optim.ema = build_ema(model, cfg.training.ema)  # on the model's device, from its current weights
 
     # 6. Everything loaded: now the run directory gets written, by this process alone (the lock).
     #    wandb starts first: a backend that cannot start stops the run before anything is touched.

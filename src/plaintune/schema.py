@@ -186,6 +186,10 @@ SCHEMA: dict = {
                            "plateau, warmup_ratio or warmup_steps, ...}. step takes step_size (epochs) and "
                            "gamma; plateau takes factor and patience and is stepped on the validation metric.",
                            open_keys=True),
+        "ema": Field(float, None, "Keep an exponential moving average of the weights with this decay per "
+                     "optimizer step (e.g. 0.99: about the last 100 steps); validation, best/ and top/ use the "
+                     "average, training continues on the raw weights (last.pt keeps both). null: off.",
+                     nullable=True, check=between(0.5, 0.99999)),
         "grad_accum_steps": Field(int, 1, "Batches whose gradients are summed into one optimizer step "
                                   "(effective batch = batch_size x grad_accum_steps x processes).",
                                   check=at_least(1)),

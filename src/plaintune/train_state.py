@@ -14,6 +14,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 FORMAT_VERSION = 1
 
@@ -61,6 +62,15 @@ class Optimization:
     scheduler: object
     scheduler_when: str            # "step": after every optimizer step; "metric": after each validation
     scaler: torch.amp.GradScaler   # enabled for fp16 only; a disabled scaler passes everything through
+    ema: Optional[AveragedModel] = None  # training.ema: the moving average validated and saved as best/
+
+
+def build_ema(model: nn.Module, decay: Optional[float]) -> Optional[AveragedModel]:
+    """torch's AveragedModel keeping an exponential moving average of `model`'s weights (and buffers),
+    on the model's device; None when training.ema is off."""
+    if decay is None:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def seed_everything(seed: int) -> None:
@@ -107,6 +117,7 @@ def make_bundle(model: nn.Module, optim: Optimization, state: TrainState, world_
         "format_version": FORMAT_VERSION,
         "scheduler_state_dict": optim.scheduler.state_dict(),
         "scaler_state_dict": optim.scaler.state_dict() if optim.scaler.is_enabled() else None,
+        "ema_state_dict": optim.ema.state_dict() if optim.ema is not None else None,
         "train_state": asdict(state),
         "rng_states": rng_states(),
         "rank_rng_states": rank_rng_states,
@@ -139,6 +150,11 @@ def restore_bundle(bundle: dict, model: nn.Module, optim: Optimization, steps_pe
             for _ in range(state.global_step):  # replay the schedule to where the run was
                 optim.scheduler.step()
         rebuilt.append("scheduler (replayed)")
+    if optim.ema is not None:
+        if bundle.get("ema_state_dict"):
+            optim.ema.load_state_dict(bundle["ema_state_dict"])
+        else:
+            rebuilt.append("weight average (training.ema; restarted from the checkpoint's weights)")
     if optim.scaler.is_enabled():
         if bundle.get("scaler_state_dict"):
             optim.scaler.load_state_dict(bundle["scaler_state_dict"])

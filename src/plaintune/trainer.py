@@ -159,6 +159,8 @@ class Trainer:
                 if optim.scheduler_when == "step":
                     optim.scheduler.step()
                 optim.optimizer.zero_grad(set_to_none=True)
+                if optim.ema is not None:
+                    optim.ema.update_parameters(distributed.unwrap_model(self.model))
                 state.global_step += 1
                 state.window_steps += 1
 
@@ -195,7 +197,7 @@ class Trainer:
         name = validation_name(state, mid_epoch)
         verdict = judge(state, metric, name, self.options.selection, followed,
                         epochs_left=mid_epoch or state.epoch < self.options.epochs)
-        model, meta = distributed.unwrap_model(self.model), self._model_meta()
+        model, meta = self._evaluated_model(), self._model_meta()
         if verdict.best and self.options.save_best:
             self._on_main(lambda: self.files.save_best(model, meta))
         if verdict.top_k_changed:
@@ -222,7 +224,8 @@ class Trainer:
         then gathered, row indices with values, into the whole set on every rank.
         """
         loader, labels = self.dev_loader, self.batches.dev_labels
-        outputs = predict(distributed.without_ddp(self.model), loader, self.device, self.options.autocast_dtype)
+        model = self.optim.ema.module if self.optim.ema is not None else distributed.without_ddp(self.model)
+        outputs = predict(model, loader, self.device, self.options.autocast_dtype)
         rows = np.fromiter((i for batch in loader.batch_sampler for i in batch), dtype=np.int64)
         logits = distributed.gather_rows(rows, outputs[rows], len(labels))
         dev_loss = float(self.objective.loss(torch.from_numpy(logits), torch.from_numpy(labels)))
@@ -281,6 +284,10 @@ class Trainer:
                                  self.dist.world_size, rank_rngs)
             self.files.save_last({**bundle, "run_ids": self.tracker.run_ids}, previous)
         distributed.barrier()
+
+    def _evaluated_model(self) -> nn.Module:
+        """What validation scores and best/ and top/ keep: the weight average with training.ema."""
+        return self.optim.ema.module if self.optim.ema is not None else distributed.unwrap_model(self.model)
 
     def _model_meta(self) -> dict:
         state, last = self.state, self.state.history[-1] if self.state.history else {}
