@@ -136,7 +136,8 @@ def run_hf_trainer(args, work: Path) -> dict:
 
     training_args = TrainingArguments(
         output_dir=str(work / "hf"), per_device_train_batch_size=32, per_device_eval_batch_size=128,
-        learning_rate=2e-5, num_train_epochs=3, warmup_ratio=0.1, weight_decay=0.01, eval_strategy="epoch",
+        learning_rate=2e-5, num_train_epochs=3, warmup_steps=int(0.1 * 3 * -(-len(train) // 32)),
+        weight_decay=0.01, eval_strategy="epoch",
         save_strategy="no", report_to=[], seed=args.seed, use_cpu=True, logging_steps=100,
         dataloader_num_workers=0, train_sampling_strategy="group_by_length")
     curve: list = []

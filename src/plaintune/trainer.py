@@ -224,7 +224,8 @@ class Trainer:
         then gathered, row indices with values, into the whole set on every rank.
         """
         loader, labels = self.dev_loader, self.batches.dev_labels
-        model = self.optim.ema.module if self.optim.ema is not None else distributed.without_ddp(self.model)
+        ema = getattr(self.optim, "ema", None)
+        model = ema.module if ema is not None else distributed.without_ddp(self.model)
         outputs = predict(model, loader, self.device, self.options.autocast_dtype)
         rows = np.fromiter((i for batch in loader.batch_sampler for i in batch), dtype=np.int64)
         logits = distributed.gather_rows(rows, outputs[rows], len(labels))
