@@ -175,3 +175,85 @@ def test_repeated_pairs_stay_in_one_fold_and_a_split_without_repeats_is_unchange
     for key in set(keys):
         assert len({where[i] for i in range(50) if keys[i] == key}) == 1
     assert all(8 <= len(part) <= 18 for part in parts)
+
+
+# ------------------------------------------------------------------ what a new user tried (review findings)
+
+def test_inference_may_not_write_over_an_ensemble(project, tiny_model_dir, capsys):
+    leaderboard_project(project, tiny_model_dir, members={"bi": ["model.kind=bi_encoder", "training.epochs=1"]})
+    assert train.main(["--config", "lb"]) == 0
+    spec = project / "saved_model" / "lb" / "ensemble.json"
+    before = spec.read_bytes()
+    assert inference.main(["--config", "lb", "--saved_model", "lb", f"inference.output_path={spec}"]) == 2
+    assert spec.read_bytes() == before
+    # nor may a plain training run start in the ensemble's directory
+    assert train.main(["--config", "t", "run_name=lb"]) == 2
+    assert "fitted ensemble" in capsys.readouterr().err
+
+
+def test_the_python_api_runs_the_pipeline_too(project, tiny_model_dir):
+    leaderboard_project(project, tiny_model_dir, members={"bi": ["model.kind=bi_encoder", "training.epochs=1"]})
+    summary = run.train("configs/lb.yaml")
+    assert set(summary["weights"]) == {"bi"} and (project / "saved_model" / "lb" / "ensemble.json").is_file()
+
+
+@pytest.mark.parametrize("override, problem", [("data.train_path=data/dev.csv", "data.train_path"),
+                                               ("ensemble.folds=3", "ensemble.folds"),
+                                               ("model.num_labels=3", "num_labels")])
+def test_a_member_may_not_change_what_members_share(project, tiny_model_dir, capsys, override, problem):
+    leaderboard_project(project, tiny_model_dir, members={"bi": ["model.kind=bi_encoder", override]})
+    assert train.main(["--config", "lb"]) == 2
+    err = capsys.readouterr().err
+    assert problem in err and "ensemble.members.bi" in err
+    assert not (project / "saved_model").exists()
+
+
+def test_resume_after_a_recipe_change_trains_finished_folds_on(project, tiny_model_dir, capsys):
+    """A finished fold is reused only while its recipe holds: more epochs continue its run and predict again."""
+    members = {"bi": ["model.kind=bi_encoder", "training.epochs=1"]}
+    leaderboard_project(project, tiny_model_dir, members=members)
+    assert train.main(["--config", "lb"]) == 0
+    leaderboard_project(project, tiny_model_dir, members={"bi": ["model.kind=bi_encoder", "training.epochs=2"]})
+    capsys.readouterr()
+    assert train.main(["--config", "lb", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("the config changed since (training.epochs)") == 2
+    bundle = __import__("torch").load(project / "saved_model" / "lb-bi-fold1" / "last.pt", weights_only=True)
+    assert bundle["epoch"] == 2
+    # a fold whose run was deleted is trained again rather than named in the fit
+    import shutil
+    shutil.rmtree(project / "saved_model" / "lb-bi-fold2")
+    assert train.main(["--config", "lb", "--resume"]) == 0
+    assert "has no best/ any more" in capsys.readouterr().out
+    assert (project / "saved_model" / "lb-bi-fold2" / "best").is_dir()
+
+
+def test_overwrite_removes_the_old_fit_first(project, tiny_model_dir, monkeypatch):
+    leaderboard_project(project, tiny_model_dir, members={"bi": ["model.kind=bi_encoder", "training.epochs=1"]})
+    assert train.main(["--config", "lb"]) == 0
+    spec = project / "saved_model" / "lb" / "ensemble.json"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(folds, "train_run", killed)
+    assert train.main(["--config", "lb", "--overwrite"]) != 0  # killed in its first fold
+    assert not spec.exists()  # never the old weights over the new members
+
+
+def test_cosent_needs_pairs_to_rank_and_its_dev_loss_is_chunked(project):
+    assert train.main(["--config", "t", "training.loss=cosent", "training.batch_size=1"]) == 2
+    from plaintune.objective import Objective
+    objective = Objective(1, "cosent", "cosine", kind="bi_encoder")
+    import torch
+    logits, labels = torch.rand(1000, 1), torch.rand(1000) * 5
+    chunks = [objective.loss(logits[i:i + 64], labels[i:i + 64]) for i in range(0, 1000, 64)]
+    assert float(objective.dev_loss(logits, labels)) == pytest.approx(float(torch.stack(chunks).mean()))
+
+
+def test_grouped_folds_are_balanced_and_never_empty():
+    keys = [i // 3 for i in range(99)] + list(range(1000, 1010))  # 33 triples and 10 singles
+    for seed in range(20):
+        parts = folds.split_folds(len(keys), 5, seed, keys=keys)
+        sizes = sorted(len(p) for p in parts)
+        assert sizes[0] > 0 and sizes[-1] - sizes[0] <= 3, sizes

@@ -14,7 +14,8 @@ from .hub import first_line
 
 def check_loss(cfg: dict) -> list[str]:
     """Problems with training.loss against the model's labels, head and kind."""
-    from .optim import CLASSIFICATION_LOSSES, LOSS_NAMES, LOSSES, REGRESSION_LOSSES, canonical_loss
+    from .optim import (BATCH_LOSSES, CLASSIFICATION_LOSSES, LOSS_NAMES, LOSSES, REGRESSION_LOSSES,
+                        canonical_loss)
 
     problems = []
     given, num_labels = cfg["training"]["loss"], cfg["model"]["num_labels"]
@@ -33,6 +34,10 @@ def check_loss(cfg: dict) -> list[str]:
     elif num_labels > 1 and loss in REGRESSION_LOSSES:
         problems.append(f"training.loss: {given} is for regression but model.num_labels is "
                         f"{num_labels}; use CrossEntropyLoss or set model.num_labels: 1")
+    if loss in BATCH_LOSSES and isinstance(cfg["training"].get("batch_size"), int) \
+            and cfg["training"]["batch_size"] < 2:
+        problems.append(f"training.loss: {given} ranks the pairs within each batch; training.batch_size "
+                        f"{cfg['training']['batch_size']} gives it none to rank (use 16 or more)")
     if activation == "sigmoid" and num_labels == 1 and cfg["data"].get("label_range") is None:
         problems.append("model.output_activation: sigmoid maps the head to data.label_range, which is null; "
                         "set data.label_range (e.g. [0.0, 5.0]) or model.output_activation: none")

@@ -27,6 +27,7 @@ from box import Box
 from scipy.optimize import nnls
 
 from . import atomic, data, rundir
+from .rundir import ENSEMBLE_FILE
 from .batching import BucketBatchSampler, micro_batch_budget, train_loader
 from .config import apply_overrides, to_plain
 from .datasets import make_dataset
@@ -36,9 +37,10 @@ from .model import build_model, build_tokenizer
 from .precision import resolve as resolve_precision
 from .validation import validate
 
-ENSEMBLE_FILE = "ensemble.json"
 FORMAT = "plaintune-ensemble"
 COMBINES = ("nnls", "lstsq", "mean")
+# What the members' out-of-fold predictions are aligned on: the pooled pairs and their labels.
+SHARED_DATA_KEYS = ("train_path", "dev_path", "columns", "encoding", "label_range")
 
 
 # ------------------------------------------------------------------- fitting
@@ -59,7 +61,7 @@ def fit(predictions: np.ndarray, labels: np.ndarray, method: str) -> tuple[np.nd
         weights = np.linalg.lstsq(centred, target, rcond=None)[0]
     else:
         raise ValueError(f"unknown combine method {method!r}")
-    if not np.any(weights > 0):
+    if method == "nnls" and not np.any(weights > 0):
         raise UserError("ensemble: no member's out-of-fold predictions correlate positively with the labels; "
                         "the members learned nothing (check each member's out-of-fold score above)")
     return weights, mean_y - float(mean_p @ weights)
@@ -101,9 +103,18 @@ def member_configs(cfg: Box, source: str) -> dict[str, Box]:
         except UserError as err:
             message = str(err)
             raise UserError(message if where in message else f"{where}: {message}") from None
-        if members[name].run_name != plain["run_name"] or members[name].output_dir != cfg.output_dir:
+        member = members[name]
+        if member.run_name != plain["run_name"] or member.output_dir != cfg.output_dir:
             raise UserError(f"{where}: a member may not set run_name or output_dir (its runs live under "
                             f"{cfg.output_dir}/{cfg.run_name}-{name}-fold*)")
+        shared = [f"data.{key}" for key in SHARED_DATA_KEYS if member.data[key] != cfg.data[key]]
+        shared += [f"ensemble.{key}" for key in ("folds", "combine") if member.ensemble[key] != cfg.ensemble[key]]
+        if shared:
+            raise UserError(f"{where}: a member may not set {', '.join(shared)}: every member is fitted on the same "
+                            "pooled pairs and folds; set them for the whole config")
+        if member.model.num_labels != 1:
+            raise UserError(f"{where}: model.num_labels {member.model.num_labels}; a fitted ensemble combines "
+                            "regression scores (num_labels: 1)")
     return members
 
 
@@ -173,7 +184,7 @@ def read_spec(directory: Path) -> Optional[tuple[list[Member], float]]:
         if spec.get("format") != FORMAT or not members or not all(m.runs for m in members):
             problem = "not a plaintune ensemble"
         elif not all(np.isfinite([m.weight for m in members])) or not np.isfinite(intercept):
-            problem = "its weights are not finite"
+            problem = "damaged (its weights are not finite)"
     except (OSError, ValueError, KeyError, TypeError):
         problem = "unreadable or damaged"
     if problem:
@@ -192,6 +203,7 @@ def expand(saved_models: Sequence[str], saved_root: Path) -> Optional[tuple[list
             spec = read_spec(candidate)
             if spec is not None:
                 members, intercept = spec
+                members = [m for m in members if m.weight != 0] or members  # a dropped member need not run
                 runs = [str(candidate.parent / run) for m in members for run in m.runs]
                 weights = [m.weight / len(m.runs) for m in members for _ in m.runs]
                 return runs, weights, intercept

@@ -51,10 +51,8 @@ def split_folds(n: int, folds: int, seed: int, keys: Optional[Sequence] = None) 
     if len(groups) == n:  # no repeats: the plain cut (k-folds made before grouping existed are unchanged)
         return [np.sort(part) for part in np.array_split(order, folds)]
     parts: list[list[int]] = [[] for _ in range(folds)]
-    placed = 0
-    for members in groups.values():  # in shuffled order; each group goes where its first pair falls
-        parts[min(placed * folds // n, folds - 1)].extend(members)
-        placed += len(members)
+    for members in sorted(groups.values(), key=len, reverse=True):  # largest groups first (stable: shuffled)
+        min(parts, key=len).extend(members)  # into the smallest part: near-equal sizes, none empty
     return [np.sort(np.asarray(part, dtype=int)) for part in parts]
 
 
@@ -110,6 +108,30 @@ def _out_of_fold(fold_cfg: Box, table: data.PairTable, device: torch.device) -> 
 
 
 SPLIT_FILE = "split.json"
+# Config sections that do not change what a fold's model predicts.
+NOT_RECIPE = ("inference", "logging", "ensemble", "checkpoint")
+
+
+def _recipe(cfg: Box) -> dict:
+    from .config import to_plain
+
+    return {key: value for key, value in to_plain(cfg).items() if key not in NOT_RECIPE}
+
+
+def _stale_reason(done_file: Path, fold_cfg: Box) -> Optional[str]:
+    """Why a finished fold's predictions no longer stand for this config (None: they do): its run is
+    gone, or the recipe changed since (e.g. more epochs: the run continues, then predicts again)."""
+    if rundir.find_best_dir(rundir.run_dir_for(fold_cfg)) is None:
+        return f"its run {rundir.run_dir_for(fold_cfg)} has no best/ any more"
+    try:
+        saved = json.loads(done_file.read_text(encoding="utf-8")).get("config")
+    except (OSError, ValueError, AttributeError):
+        return None  # _read_predictions names the damage
+    if saved is None:
+        return None  # written before predictions recorded their recipe
+    identity, other = check_drift(saved, _recipe(fold_cfg))
+    changed = identity + other
+    return f"the config changed since ({', '.join(changed)})" if changed else None
 
 
 def split_identity(cfg: Box, pooled: data.PairTable, folds: int) -> dict:
@@ -213,17 +235,20 @@ def run_folds(cfg: Box, config_name: str, overrides: Sequence[str], folds: int,
     for fold, held_out in enumerate(parts, start=1):
         fold_cfg, fold_overrides = _fold_config(cfg, fold, folder)
         done_file = folder / f"fold{fold}_predictions.json"
-        if resuming and done_file.is_file():
+        stale = _stale_reason(done_file, fold_cfg) if resuming and done_file.is_file() else None
+        if resuming and done_file.is_file() and stale is None:
             predictions = _read_predictions(done_file, len(held_out))
             print(f"fold {fold}/{folds}: done earlier ({fold_cfg.run_name})")
         else:
+            if stale:
+                print(f"fold {fold}/{folds}: done earlier, but {stale}: training it on and predicting again")
             started = bool(RunFiles(rundir.run_dir_for(fold_cfg)).resume_candidates())
             print(f"fold {fold}/{folds}: {fold_cfg.run_name}, {len(pooled) - len(held_out)} pairs to train on, "
                   f"{len(held_out)} held out")
             fold_request = replace(request, resume="" if resuming and started else None, resume_command=resume_cmd)
             train_run(fold_cfg, config_name, [*overrides, *fold_overrides], fold_request)
             predictions = _out_of_fold(fold_cfg, _subset(pooled, held_out), device)
-            atomic.write_text(done_file, json.dumps({"run": fold_cfg.run_name,
+            atomic.write_text(done_file, json.dumps({"run": fold_cfg.run_name, "config": _recipe(fold_cfg),
                                                      "predictions": predictions.tolist()}))
         out_of_fold[held_out] = predictions
         fold_metric = score(predictions, pooled.labels[held_out], cfg.model.num_labels)

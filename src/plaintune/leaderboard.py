@@ -7,6 +7,7 @@ fit their combination on the out-of-fold predictions, save it (see ensemble.py).
 """
 from __future__ import annotations
 
+import math
 import shlex
 import time
 from dataclasses import replace
@@ -17,6 +18,7 @@ from box import Box
 
 from . import data, distributed, rundir
 from .config import resolve_config_path
+from .errors import UserError
 from .ensemble import (COMBINES, ENSEMBLE_FILE, Member, check_ensemble_dir, cross_fitted, estimate_seconds, fit,
                        measure_speed, member_configs, write_spec)
 from .folds import FoldsResult, _pool, run_folds
@@ -36,6 +38,10 @@ def announce_budget(members: dict[str, Box], folds: int, device) -> None:
         speed = measure_speed(cfg, pooled, device)
         seconds = estimate_seconds(cfg, len(pooled), folds, speed)
         total += seconds
+        if not math.isfinite(seconds):
+            lines.append(f"  {name}: {cfg.model.kind}, {cfg.training.epochs} epoch(s) x {folds} folds "
+                         "(too few pairs to measure its speed)")
+            continue
         lines.append(f"  {name}: {cfg.model.kind}, {cfg.training.epochs} epoch(s) x {folds} folds, "
                      f"{speed:.0f} pairs/s measured -> about {_minutes(seconds)}")
     print(f"leaderboard: {len(members)} member(s) x {folds} folds on {len(pooled)} pooled train+dev pairs, "
@@ -46,11 +52,14 @@ def announce_budget(members: dict[str, Box], folds: int, device) -> None:
 def run_leaderboard(cfg: Box, config_name: str, overrides: Sequence[str], request: RunRequest = RunRequest()) -> dict:
     """Train the members, fit and save the ensemble; returns what ensemble.json records."""
     started = time.perf_counter()
-    source = str(resolve_config_path(config_name))
+    source = str(resolve_config_path(config_name)) if config_name != "CONFIG" else "config dict"
     members = member_configs(cfg, source)
     folds = cfg.ensemble.folds
     ensemble_dir = rundir.run_dir_for(cfg)
     check_ensemble_dir(ensemble_dir)
+    if request.overwrite and (ensemble_dir / ENSEMBLE_FILE).is_file():
+        # starting over: the old fit belongs to the old members and must not outlive them
+        (ensemble_dir / ENSEMBLE_FILE).unlink()
     _, device = distributed.setup(cfg.device)
     announce_budget(members, folds, device)
 
@@ -64,10 +73,21 @@ def run_leaderboard(cfg: Box, config_name: str, overrides: Sequence[str], reques
 
     first = next(iter(results.values()))
     labels, parts = first.pooled.labels, first.parts
+    for name, result in results.items():  # member_configs keeps the data shared; this is the proof
+        if result.pooled.ids != first.pooled.ids or not np.array_equal(result.pooled.labels, labels):
+            raise UserError(f"ensemble: member '{name}' was trained on other pooled pairs than the first member; "
+                            "every member must read the same data")
     matrix = np.stack([r.out_of_fold for r in results.values()], axis=1)
     scores = {f"member {name}": score(r.out_of_fold, labels, 1) for name, r in results.items()}
     for method in COMBINES:  # every combination, cross-fitted: which one wins is measured, not assumed
-        scores[f"ensemble {method} (cross-fitted)"] = score(cross_fitted(matrix, labels, parts, method), labels, 1)
+        try:
+            scores[f"ensemble {method} (cross-fitted)"] = score(cross_fitted(matrix, labels, parts, method),
+                                                                labels, 1)
+        except UserError as err:  # a side score that cannot be computed is reported, not fatal
+            if method == cfg.ensemble.combine:
+                raise
+            print(f"note: ensemble {method} not scored: {err}")
+            scores[f"ensemble {method} (cross-fitted)"] = None
     weights, intercept = fit(matrix, labels, cfg.ensemble.combine)
     ensemble = [Member(name, r.runs, float(w)) for (name, r), w in zip(results.items(), weights)]
     ensemble_dir.mkdir(parents=True, exist_ok=True)
@@ -76,7 +96,7 @@ def run_leaderboard(cfg: Box, config_name: str, overrides: Sequence[str], reques
     print(f"ensemble ({cfg.ensemble.combine}): " + ", ".join(f"{m.name} x {m.weight:.3f}" for m in ensemble)
           + f" + {intercept:.3f}")
     print("out-of-fold Pearson over all pooled pairs: "
-          + ", ".join(f"{what} {value:.4f}" for what, value in scores.items()))
+          + ", ".join(f"{what} {value:.4f}" for what, value in scores.items() if value is not None))
     print(f"leaderboard done in {_minutes(time.perf_counter() - started)}; ensemble in "
           f"{ensemble_dir / ENSEMBLE_FILE}")
     print(" ".join(["next: python inference.py --config", quoted[0], "--saved_model", shlex.quote(cfg.run_name),

@@ -23,7 +23,7 @@ from box import Box
 from . import formats
 from .config import with_values
 from .errors import UserError
-from .optim import build_loss, canonical_loss
+from .optim import BATCH_LOSSES, build_loss, canonical_loss
 
 ACTIVATIONS = ("none", "sigmoid", "cosine")  # cosine: the bi-encoder's similarity in [-1, 1]
 CONFIG_ATTRIBUTE = "plaintune_output"  # stored in the HF config.json of saved models
@@ -81,6 +81,15 @@ class Objective:
         if self.activation == "cosine":  # SBERT's CosineSimilarityLoss: the cosine regresses the unit label
             return self.loss_fn(logits, self.to_unit(labels))
         return self.loss_fn(logits, labels)
+
+    def dev_loss(self, logits: torch.Tensor, labels: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+        """The loss over a whole evaluation set. A loss over the pairs of a batch (cosent) is
+        averaged over consecutive chunks of `chunk` pairs: over the whole set at once it would
+        need memory and time quadratic in the set's size."""
+        if self.loss_name not in BATCH_LOSSES or len(labels) <= chunk:
+            return self.loss(logits, labels)
+        losses = [self.loss(logits[i:i + chunk], labels[i:i + chunk]) for i in range(0, len(labels), chunk)]
+        return torch.stack(losses).mean()
 
     def predictions(self, logits: np.ndarray) -> np.ndarray:
         """Scores in the label range (regression) or class ids (classification)."""

@@ -16,7 +16,7 @@ from . import datacheck, formats
 from .config import to_plain
 from .errors import UserError
 from .objective import Objective, record_from_bundle, resolve_objective
-from .rundir import LAST_FILE, RunFiles, read_newest_bundle, run_dir_for
+from .rundir import ENSEMBLE_FILE, LAST_FILE, RunFiles, read_newest_bundle, run_dir_for
 
 # Keys that define what a run *is*: changing them on resume makes it another run.
 IDENTITY_KEYS = ("seed", "model.name", "model.kind", "model.num_labels", "model.max_length", "model.from_scratch",
@@ -126,6 +126,8 @@ def open_run(cfg: Box, resume: Optional[str], force: bool, overwrite: bool, anno
     """The run directory and, with `resume` ('' for the run's newest bundle, or a path), the bundle
     to continue, checked to belong to this run. A fresh run never clobbers an existing one."""
     run_dir = run_dir_for(cfg)
+    if (run_dir / ENSEMBLE_FILE).is_file():
+        raise UserError(f"run_name: '{run_dir}' holds a fitted ensemble ({ENSEMBLE_FILE}); choose another run_name")
     files = RunFiles(run_dir)
     if resume is None:
         if files.resume_candidates() and not overwrite:

@@ -78,11 +78,18 @@ def train(config: ConfigLike, *overrides: str, resume: Union[bool, str] = False,
     """Train as `python train.py --config CONFIG OVERRIDES...` does.
 
     `config`: a name under configs/, a YAML path, or a dict of config keys. `resume`: True
-    continues the run's newest checkpoint, a path continues that bundle.
+    continues the run's newest checkpoint, a path continues that bundle. A config with
+    `ensemble.members` runs the leaderboard pipeline (as train.py does) and returns its summary
+    (weights, intercept, out-of-fold scores) instead of a TrainResult.
     """
     cfg, name, _ = _config(config, overrides, "train")
     resume_arg = None if resume is False else ("" if resume is True else str(resume))
-    return train_run(cfg, name, list(overrides), RunRequest(resume_arg, force, overwrite, trust_checkpoint))
+    request = RunRequest(resume_arg, force, overwrite, trust_checkpoint)
+    if cfg.ensemble.members:
+        from .leaderboard import run_leaderboard  # imports this module
+
+        return run_leaderboard(cfg, name, list(overrides), request)
+    return train_run(cfg, name, list(overrides), request)
 
 
 def predict(config: ConfigLike, saved_model: Union[str, Path, Sequence[Union[str, Path]]], *overrides: str,

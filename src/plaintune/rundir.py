@@ -77,6 +77,7 @@ def resolve_saved_model(value: str, saved_root: Path = Path("saved_model")) -> P
 
 
 LAST_FILE = "last.pt"
+ENSEMBLE_FILE = "ensemble.json"  # a fitted ensemble's directory (ensemble.py) holds it
 STEP_DIR = "checkpoints"
 STEP_PATTERN = re.compile(r"^step-(\d+)\.pt$")
 TOP_PATTERN = re.compile(r"^(epoch-\d+|step-\d+)$")  # top/'s model directories
@@ -210,7 +211,8 @@ def check_not_in_a_run(target: Path, key: str) -> None:
     """A file written into a run directory could replace its checkpoints or logs (last.pt, metrics.jsonl)."""
     for folder in Path(target).expanduser().resolve().parents:
         if (folder / LAST_FILE).is_file() or (folder / "best").is_dir() and (folder / "config.yaml").is_file() \
-                or (folder / "split.json").is_file():  # a k-fold's folder: its fold data and predictions
+                or (folder / "split.json").is_file() \
+                or (folder / ENSEMBLE_FILE).is_file():  # a k-fold's folder, a fitted ensemble
             raise UserError(f"{key}: '{target}' lies inside the run directory '{folder}', whose files are "
                             f"checkpoints and logs: choose another {key} (e.g. output/submission.csv)")
 

@@ -229,7 +229,7 @@ class Trainer:
         outputs = predict(model, loader, self.device, self.options.autocast_dtype)
         rows = np.fromiter((i for batch in loader.batch_sampler for i in batch), dtype=np.int64)
         logits = distributed.gather_rows(rows, outputs[rows], len(labels))
-        dev_loss = float(self.objective.loss(torch.from_numpy(logits), torch.from_numpy(labels)))
+        dev_loss = float(self.objective.dev_loss(torch.from_numpy(logits), torch.from_numpy(labels)))
         metrics = compute_metrics(self.objective.predictions(logits), labels, self.objective.num_labels,
                                   self.batches.dev_binary, self.options.binary_threshold)
         # Best and early stopping are decided from these on every rank: take rank 0's, so the
