@@ -56,6 +56,9 @@ VARIANTS = {
                      "training.bucket_batches=false"],
     "default_yaml_bucketed": ["model.kind=bi_encoder", "training.loss=mse", "training.learning_rate=5e-5",
                               "training.bucket_batches=true"],
+    # the same with an exponential moving average of the weights validated and saved
+    "default_yaml_ema": ["model.kind=bi_encoder", "training.loss=mse", "training.learning_rate=5e-5",
+                         "training.bucket_batches=true", "training.ema=0.99"],
     # the same with the CoSENT ranking loss instead of cosine-MSE
     "default_yaml_cosent": ["model.kind=bi_encoder", "training.loss=cosent", "training.learning_rate=5e-5",
                             "training.bucket_batches=true"],
