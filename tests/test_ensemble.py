@@ -257,3 +257,24 @@ def test_grouped_folds_are_balanced_and_never_empty():
         parts = folds.split_folds(len(keys), 5, seed, keys=keys)
         sizes = sorted(len(p) for p in parts)
         assert sizes[0] > 0 and sizes[-1] - sizes[0] <= 3, sizes
+
+
+def test_out_of_fold_predictions_are_made_as_inference_will_make_them(project, tiny_model_dir, capsys):
+    """inference.symmetric averages a cross-encoder's two orders at inference, so the out-of-fold
+    predictions the ensemble is fitted on are made that way too; switching it re-predicts the folds."""
+    cfg = base_config(tiny_model_dir)
+    cfg["run_name"] = "k"
+    cfg["model"]["kind"] = "cross_encoder"
+    write_config(project, cfg, "k")
+    assert train.main(["--config", "k", "--folds", "2"]) == 0
+    folder = project / "saved_model" / "k-folds"
+    plain = json.loads((folder / "fold1_predictions.json").read_text())["predictions"]
+    capsys.readouterr()
+    assert train.main(["--config", "k", "--folds", "2", "--resume", "inference.symmetric=true"]) == 0
+    assert capsys.readouterr().out.count("the config changed since (inference.symmetric)") == 2
+    symmetric = json.loads((folder / "fold1_predictions.json").read_text())["predictions"]
+    held_out = [f"data.predict_path={folder / 'fold1_dev.csv'}"]
+    by_hand = lambda *extra: run.predict("configs/k.yaml", "k-fold1", *held_out, *extra)["target"]  # noqa: E731
+    assert plain == pytest.approx(by_hand().tolist(), abs=1e-5)
+    assert symmetric == pytest.approx(by_hand("inference.symmetric=true").tolist(), abs=1e-5)
+    assert not np.allclose(plain, symmetric)

@@ -103,7 +103,8 @@ def _out_of_fold(fold_cfg: Box, table: data.PairTable, device: torch.device) -> 
     source = rundir.resolve_saved_model(fold_cfg.run_name, rundir.runs_root(fold_cfg))
     model, tokenizer, _ = load_model_for_inference(fold_cfg, source)
     model.to(device)
-    outputs = member_outputs(model, tokenizer, objective_for(model, fold_cfg, source), table, fold_cfg, device, False)
+    outputs = member_outputs(model, tokenizer, objective_for(model, fold_cfg, source), table, fold_cfg, device,
+                             fold_cfg.inference.symmetric)
     return outputs if outputs.ndim == 1 else outputs.argmax(axis=-1)
 
 
@@ -115,7 +116,12 @@ NOT_RECIPE = ("inference", "logging", "ensemble", "checkpoint")
 def _recipe(cfg: Box) -> dict:
     from .config import to_plain
 
-    return {key: value for key, value in to_plain(cfg).items() if key not in NOT_RECIPE}
+    plain = to_plain(cfg)
+    recipe = {key: value for key, value in plain.items() if key not in NOT_RECIPE}
+    # the out-of-fold predictions are made with it (as the ensemble's inference will be), so a change
+    # makes them stale
+    recipe["inference"] = {"symmetric": plain["inference"]["symmetric"]}
+    return recipe
 
 
 def _stale_reason(done_file: Path, fold_cfg: Box) -> Optional[str]:

@@ -61,9 +61,11 @@ def member_outputs(model, tokenizer, objective: Objective, table: data.PairTable
                    symmetric: bool) -> np.ndarray:
     """One model's outputs in a form that averages: scores (regression) or class probabilities.
 
-    With `symmetric`, also predicts every pair as (sentence_2, sentence_1) and averages the two.
+    With `symmetric`, also predicts every pair as (sentence_2, sentence_1) and averages the two
+    (a bi-encoder's cosine is symmetric already, so it predicts once).
     """
     autocast_dtype = AUTOCAST[inference_precision(cfg, device)[0]]
+    symmetric = symmetric and objective.kind != "bi_encoder"
     runs = []
     for swap in ((False, True) if symmetric else (False,)):
         dataset = make_dataset(table, tokenizer, cfg.model.max_length, objective.kind, swap=swap)
