@@ -199,7 +199,8 @@ def test_the_python_api_runs_the_pipeline_too(project, tiny_model_dir):
 
 @pytest.mark.parametrize("override, problem", [("data.train_path=data/dev.csv", "data.train_path"),
                                                ("ensemble.folds=3", "ensemble.folds"),
-                                               ("model.num_labels=3", "num_labels")])
+                                               ("model.num_labels=3", "num_labels"),
+                                               ("inference.symmetric=true", "inference.symmetric")])
 def test_a_member_may_not_change_what_members_share(project, tiny_model_dir, capsys, override, problem):
     leaderboard_project(project, tiny_model_dir, members={"bi": ["model.kind=bi_encoder", override]})
     assert train.main(["--config", "lb"]) == 2

@@ -109,6 +109,8 @@ def member_configs(cfg: Box, source: str) -> dict[str, Box]:
                             f"{cfg.output_dir}/{cfg.run_name}-{name}-fold*)")
         shared = [f"data.{key}" for key in SHARED_DATA_KEYS if member.data[key] != cfg.data[key]]
         shared += [f"ensemble.{key}" for key in ("folds", "combine") if member.ensemble[key] != cfg.ensemble[key]]
+        if member.inference.symmetric != cfg.inference.symmetric:  # the submission predicts every member alike
+            shared.append("inference.symmetric")
         if shared:
             raise UserError(f"{where}: a member may not set {', '.join(shared)}: every member is fitted on the same "
                             "pooled pairs and folds; set them for the whole config")
