@@ -32,7 +32,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     # `--saved_model A B key=value`: the greedy list also took the overrides; give them back.
     models = [m for m in args.saved_model if "=" not in m or Path(m).exists()]
-    args.overrides = [m for m in args.saved_model if m not in models] + args.overrides
+    # in the order they were given: a later override of the same key wins
+    given = list(argv) if argv is not None else sys.argv[1:]
+    taken = [m for m in args.saved_model if m not in models] + args.overrides
+    args.overrides = sorted(taken, key=lambda o: given.index(o) if o in given else len(given))
     if not models:
         parser.error("--saved_model needs at least one checkpoint, run name or path")
     args.saved_model = models

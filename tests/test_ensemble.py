@@ -200,7 +200,8 @@ def test_the_python_api_runs_the_pipeline_too(project, tiny_model_dir):
 @pytest.mark.parametrize("override, problem", [("data.train_path=data/dev.csv", "data.train_path"),
                                                ("ensemble.folds=3", "ensemble.folds"),
                                                ("model.num_labels=3", "num_labels"),
-                                               ("inference.symmetric=true", "inference.symmetric")])
+                                               ("inference.symmetric=true", "inference.symmetric"),
+                                               ("inference.precision=bf16", "inference.precision")])
 def test_a_member_may_not_change_what_members_share(project, tiny_model_dir, capsys, override, problem):
     leaderboard_project(project, tiny_model_dir, members={"bi": ["model.kind=bi_encoder", override]})
     assert train.main(["--config", "lb"]) == 2
@@ -271,11 +272,59 @@ def test_out_of_fold_predictions_are_made_as_inference_will_make_them(project, t
     folder = project / "saved_model" / "k-folds"
     plain = json.loads((folder / "fold1_predictions.json").read_text())["predictions"]
     capsys.readouterr()
+    runs = (project / "saved_model").glob("k-fold[0-9]/**/*")
+    stamps = {path: path.stat().st_mtime_ns for path in runs if path.is_file()}
     assert train.main(["--config", "k", "--folds", "2", "--resume", "inference.symmetric=true"]) == 0
-    assert capsys.readouterr().out.count("the config changed since (inference.symmetric)") == 2
+    out = capsys.readouterr().out
+    # a prediction-only change predicts again and trains nothing (no run file is touched)
+    assert out.count("the config changed since (inference.symmetric): predicting again") == 2
+    assert "pairs to train on" not in out
+    assert {path: path.stat().st_mtime_ns for path in stamps} == stamps
     symmetric = json.loads((folder / "fold1_predictions.json").read_text())["predictions"]
     held_out = [f"data.predict_path={folder / 'fold1_dev.csv'}"]
     by_hand = lambda *extra: run.predict("configs/k.yaml", "k-fold1", *held_out, *extra)["target"]  # noqa: E731
     assert plain == pytest.approx(by_hand().tolist(), abs=1e-5)
     assert symmetric == pytest.approx(by_hand("inference.symmetric=true").tolist(), abs=1e-5)
     assert not np.allclose(plain, symmetric)
+
+    # predictions recorded before the recipe held inference.symmetric were made in one order: under
+    # symmetric they are stale; under the plain order they stand
+    for fold in (1, 2):
+        done = folder / f"fold{fold}_predictions.json"
+        record = json.loads(done.read_text())
+        del record["config"]["inference"]
+        done.write_text(json.dumps({**record, "predictions": plain if fold == 1 else record["predictions"]}))
+    assert train.main(["--config", "k", "--folds", "2", "--resume", "inference.symmetric=true"]) == 0
+    assert capsys.readouterr().out.count("predicting again") == 2
+    assert json.loads((folder / "fold1_predictions.json").read_text())["predictions"] == pytest.approx(symmetric)
+    for fold in (1, 2):
+        done = folder / f"fold{fold}_predictions.json"
+        record = json.loads(done.read_text())
+        del record["config"]["inference"]
+        done.write_text(json.dumps(record))
+    assert train.main(["--config", "k", "--folds", "2", "--resume", "inference.symmetric=false"]) == 0
+    assert capsys.readouterr().out.count("done earlier (k-fold") == 2
+
+
+def test_a_bi_encoder_fold_is_not_predicted_again_when_symmetric_changes(project, tiny_model_dir, capsys):
+    leaderboard_project(project, tiny_model_dir, members={"bi": ["model.kind=bi_encoder", "training.epochs=1"]})
+    assert train.main(["--config", "lb"]) == 0
+    spec = json.loads((project / "saved_model" / "lb" / "ensemble.json").read_text())
+    assert spec["inference_symmetric"] is False
+    capsys.readouterr()
+    assert train.main(["--config", "lb", "--resume", "inference.symmetric=true"]) == 0
+    assert capsys.readouterr().out.count("done earlier (lb-bi-fold") == 2  # its cosine is symmetric already
+    assert json.loads((project / "saved_model" / "lb" / "ensemble.json").read_text())["inference_symmetric"] is True
+    # the submission predicts as the fit's out-of-fold predictions were made, or says how to refit
+    assert inference.main(["--config", "lb", "--saved_model", "lb"]) == 2
+    err = capsys.readouterr().err
+    assert "inference.symmetric=true" in err and "--resume" in err
+    assert inference.main(["--config", "lb", "--saved_model", "lb", "inference.symmetric=true"]) == 0
+
+
+def test_later_overrides_win_wherever_they_stand_on_the_command_line():
+    args = inference.parse_args(["--config", "c", "inference.symmetric=false", "--saved_model", "m",
+                                 "inference.symmetric=true"])
+    assert args.saved_model == ["m"] and args.overrides == ["inference.symmetric=false", "inference.symmetric=true"]
+    args = inference.parse_args(["--saved_model", "m", "a.b=1", "--config", "c", "a.b=2"])
+    assert args.overrides == ["a.b=1", "a.b=2"]

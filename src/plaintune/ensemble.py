@@ -109,8 +109,12 @@ def member_configs(cfg: Box, source: str) -> dict[str, Box]:
                             f"{cfg.output_dir}/{cfg.run_name}-{name}-fold*)")
         shared = [f"data.{key}" for key in SHARED_DATA_KEYS if member.data[key] != cfg.data[key]]
         shared += [f"ensemble.{key}" for key in ("folds", "combine") if member.ensemble[key] != cfg.ensemble[key]]
-        if member.inference.symmetric != cfg.inference.symmetric:  # the submission predicts every member alike
-            shared.append("inference.symmetric")
+        alike = [f"inference.{key}" for key in ("symmetric", "precision")
+                 if member.inference[key] != cfg.inference[key]]
+        if alike:
+            raise UserError(f"{where}: a member may not set {', '.join(alike)}: the submission predicts every member "
+                            "with the whole config's, and its out-of-fold predictions must be made the same way; "
+                            "set it for the whole config")
         if shared:
             raise UserError(f"{where}: a member may not set {', '.join(shared)}: every member is fitted on the same "
                             "pooled pairs and folds; set them for the whole config")
@@ -166,15 +170,29 @@ class Member:
     weight: float
 
 
-def write_spec(path: Path, members: list[Member], intercept: float, method: str, scores: dict) -> None:
+def write_spec(path: Path, members: list[Member], intercept: float, method: str, scores: dict,
+               symmetric: bool) -> None:
+    """`symmetric`: the inference.symmetric the out-of-fold predictions were made with, which the
+    submission must use too (the weights were fitted on those predictions)."""
     spec = {"format": FORMAT, "version": 1, "combine": method, "intercept": intercept,
             "members": [{"name": m.name, "runs": m.runs, "weight": m.weight} for m in members],
-            "out_of_fold": scores}
+            "inference_symmetric": symmetric, "out_of_fold": scores}
     atomic.write_text(path, json.dumps(atomic.json_safe(spec), indent=2))
 
 
-def read_spec(directory: Path) -> Optional[tuple[list[Member], float]]:
-    """(members, intercept) of an ensemble directory; None if `directory` holds no ensemble.json."""
+@dataclass
+class Fitted:
+    """A fitted ensemble as inference runs it: every fold model, its share of its member's weight."""
+
+    runs: list[str]
+    weights: list[float]
+    intercept: float
+    symmetric: bool   # the inference.symmetric its out-of-fold predictions were made with
+
+
+def read_spec(directory: Path) -> Optional[tuple[list[Member], float, bool]]:
+    """(members, intercept, inference.symmetric of the fit) of an ensemble directory; None if
+    `directory` holds no ensemble.json. A fit recorded before the key existed was made in one order."""
     path = directory / ENSEMBLE_FILE
     if not path.is_file():
         return None
@@ -183,6 +201,9 @@ def read_spec(directory: Path) -> Optional[tuple[list[Member], float]]:
         spec = json.loads(path.read_text(encoding="utf-8"))
         members = [Member(str(m["name"]), [str(r) for r in m["runs"]], float(m["weight"])) for m in spec["members"]]
         intercept = float(spec["intercept"])
+        symmetric = spec.get("inference_symmetric", False)
+        if not isinstance(symmetric, bool):
+            raise TypeError("inference_symmetric")
         if spec.get("format") != FORMAT or not members or not all(m.runs for m in members):
             problem = "not a plaintune ensemble"
         elif not all(np.isfinite([m.weight for m in members])) or not np.isfinite(intercept):
@@ -192,10 +213,10 @@ def read_spec(directory: Path) -> Optional[tuple[list[Member], float]]:
     if problem:
         raise UserError(f"--saved_model: '{path}' is {problem}; rerun python train.py --config <its config> "
                         "--resume to fit it again")
-    return members, intercept
+    return members, intercept, symmetric
 
 
-def expand(saved_models: Sequence[str], saved_root: Path) -> Optional[tuple[list[str], list[float], float]]:
+def expand(saved_models: Sequence[str], saved_root: Path) -> Optional[Fitted]:
     """`--saved_model DIR` naming one ensemble directory -> (the fold runs, their weights, the intercept):
     each member's weight is shared by its fold models, whose predictions are averaged."""
     if len(saved_models) != 1:
@@ -204,11 +225,11 @@ def expand(saved_models: Sequence[str], saved_root: Path) -> Optional[tuple[list
         if candidate.is_dir():
             spec = read_spec(candidate)
             if spec is not None:
-                members, intercept = spec
+                members, intercept, symmetric = spec
                 members = [m for m in members if m.weight != 0] or members  # a dropped member need not run
                 runs = [str(candidate.parent / run) for m in members for run in m.runs]
                 weights = [m.weight / len(m.runs) for m in members for _ in m.runs]
-                return runs, weights, intercept
+                return Fitted(runs, weights, intercept, symmetric)
     return None
 
 

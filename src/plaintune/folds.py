@@ -119,25 +119,38 @@ def _recipe(cfg: Box) -> dict:
     plain = to_plain(cfg)
     recipe = {key: value for key, value in plain.items() if key not in NOT_RECIPE}
     # the out-of-fold predictions are made with it (as the ensemble's inference will be), so a change
-    # makes them stale
-    recipe["inference"] = {"symmetric": plain["inference"]["symmetric"]}
+    # makes them stale; recorded as applied (a bi-encoder predicts once either way)
+    recipe["inference"] = {"symmetric": predicts_symmetric(cfg)}
     return recipe
 
 
-def _stale_reason(done_file: Path, fold_cfg: Box) -> Optional[str]:
-    """Why a finished fold's predictions no longer stand for this config (None: they do): its run is
-    gone, or the recipe changed since (e.g. more epochs: the run continues, then predicts again)."""
+def predicts_symmetric(cfg: Box) -> bool:
+    return bool(cfg.inference.symmetric) and cfg.model.kind != "bi_encoder"
+
+
+# Recipe keys that change only how a finished fold predicts: a change re-predicts, never retrains.
+PREDICTION_KEYS = ("inference.symmetric",)
+
+
+def _stale_reason(done_file: Path, fold_cfg: Box) -> tuple[Optional[str], bool]:
+    """(why a finished fold's predictions no longer stand for this config (None: they do), whether
+    predicting again is enough): its run is gone, or the recipe changed since (e.g. more epochs: the
+    run continues, then predicts again; inference.symmetric: it only predicts again)."""
     if rundir.find_best_dir(rundir.run_dir_for(fold_cfg)) is None:
-        return f"its run {rundir.run_dir_for(fold_cfg)} has no best/ any more"
+        return f"its run {rundir.run_dir_for(fold_cfg)} has no best/ any more", False
     try:
         saved = json.loads(done_file.read_text(encoding="utf-8")).get("config")
     except (OSError, ValueError, AttributeError):
-        return None  # _read_predictions names the damage
-    if saved is None:
-        return None  # written before predictions recorded their recipe
+        return None, False  # _read_predictions names the damage
+    if not isinstance(saved, dict):
+        return None, False  # written before predictions recorded their recipe
+    # predictions recorded before inference.symmetric applied to them were made in one order
+    saved = {**saved, "inference": saved.get("inference") or {"symmetric": False}}
     identity, other = check_drift(saved, _recipe(fold_cfg))
     changed = identity + other
-    return f"the config changed since ({', '.join(changed)})" if changed else None
+    if not changed:
+        return None, False
+    return f"the config changed since ({', '.join(changed)})", all(key in PREDICTION_KEYS for key in changed)
 
 
 def split_identity(cfg: Box, pooled: data.PairTable, folds: int) -> dict:
@@ -241,18 +254,22 @@ def run_folds(cfg: Box, config_name: str, overrides: Sequence[str], folds: int,
     for fold, held_out in enumerate(parts, start=1):
         fold_cfg, fold_overrides = _fold_config(cfg, fold, folder)
         done_file = folder / f"fold{fold}_predictions.json"
-        stale = _stale_reason(done_file, fold_cfg) if resuming and done_file.is_file() else None
+        stale, predict_only = _stale_reason(done_file, fold_cfg) if resuming and done_file.is_file() \
+            else (None, False)
         if resuming and done_file.is_file() and stale is None:
             predictions = _read_predictions(done_file, len(held_out))
             print(f"fold {fold}/{folds}: done earlier ({fold_cfg.run_name})")
         else:
             if stale:
-                print(f"fold {fold}/{folds}: done earlier, but {stale}: training it on and predicting again")
-            started = bool(RunFiles(rundir.run_dir_for(fold_cfg)).resume_candidates())
-            print(f"fold {fold}/{folds}: {fold_cfg.run_name}, {len(pooled) - len(held_out)} pairs to train on, "
-                  f"{len(held_out)} held out")
-            fold_request = replace(request, resume="" if resuming and started else None, resume_command=resume_cmd)
-            train_run(fold_cfg, config_name, [*overrides, *fold_overrides], fold_request)
+                print(f"fold {fold}/{folds}: done earlier, but {stale}: "
+                      f"{'predicting again' if predict_only else 'training it on and predicting again'}")
+            if not predict_only:
+                started = bool(RunFiles(rundir.run_dir_for(fold_cfg)).resume_candidates())
+                print(f"fold {fold}/{folds}: {fold_cfg.run_name}, {len(pooled) - len(held_out)} pairs to train on, "
+                      f"{len(held_out)} held out")
+                fold_request = replace(request, resume="" if resuming and started else None,
+                                       resume_command=resume_cmd)
+                train_run(fold_cfg, config_name, [*overrides, *fold_overrides], fold_request)
             predictions = _out_of_fold(fold_cfg, _subset(pooled, held_out), device)
             atomic.write_text(done_file, json.dumps({"run": fold_cfg.run_name, "config": _recipe(fold_cfg),
                                                      "predictions": predictions.tolist()}))

@@ -91,7 +91,8 @@ def run_leaderboard(cfg: Box, config_name: str, overrides: Sequence[str], reques
     weights, intercept = fit(matrix, labels, cfg.ensemble.combine)
     ensemble = [Member(name, r.runs, float(w)) for (name, r), w in zip(results.items(), weights)]
     ensemble_dir.mkdir(parents=True, exist_ok=True)
-    write_spec(ensemble_dir / ENSEMBLE_FILE, ensemble, intercept, cfg.ensemble.combine, scores)
+    write_spec(ensemble_dir / ENSEMBLE_FILE, ensemble, intercept, cfg.ensemble.combine, scores,
+               bool(cfg.inference.symmetric))
 
     print(f"ensemble ({cfg.ensemble.combine}): " + ", ".join(f"{m.name} x {m.weight:.3f}" for m in ensemble)
           + f" + {intercept:.3f}")

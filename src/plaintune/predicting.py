@@ -146,8 +146,14 @@ def run_inference(cfg: Box, saved_models: Sequence[str], weights: Optional[Seque
     if fitted is not None:  # an ensemble directory: its fold models, fitted weights and intercept
         if weights is not None:
             raise UserError(f"--weights: '{saved_models[0]}' is a fitted ensemble with its own weights; drop --weights")
-        print(f"--saved_model {saved_models[0]}: a fitted ensemble of {len(fitted[0])} models")
-        saved_models, weights, intercept = fitted
+        if fitted.symmetric != bool(cfg.inference.symmetric):
+            raise UserError(f"inference.symmetric: '{saved_models[0]}' was fitted on out-of-fold predictions made "
+                            f"with inference.symmetric={str(fitted.symmetric).lower()}; predict the same way "
+                            f"(inference.symmetric={str(fitted.symmetric).lower()}), or fit it again with "
+                            f"python train.py --config <its config> --resume inference.symmetric="
+                            f"{str(cfg.inference.symmetric).lower()}")
+        print(f"--saved_model {saved_models[0]}: a fitted ensemble of {len(fitted.runs)} models")
+        saved_models, weights, intercept = fitted.runs, fitted.weights, fitted.intercept
     else:
         weights, intercept = normalised_weights(weights, len(saved_models)), None
     table, test = read_inference_inputs(cfg, write)
