@@ -20,7 +20,7 @@ SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_every_shipped_config_validates(path, monkeypatch):
     monkeypatch.chdir(REPO)
-    data = yaml.safe_load(path.read_text())
+    data, _ = config_mod.read_yaml(path)
     if "program" in data:  # a wandb sweep spec, not a run config
         pytest.skip("sweep spec")
     cfg = validate(data, source=str(path))
@@ -45,11 +45,10 @@ def cfg_dict(tiny_model_dir) -> dict:
     return base_config(tiny_model_dir)
 
 
-def test_scientific_notation_string_is_a_float(cfg_dict):
+def test_a_number_given_as_a_string_in_python_is_named(cfg_dict):
+    """The 2e-5 rule lives in the YAML reader; a dict built in Python says what it means."""
     cfg_dict["training"]["learning_rate"] = "2e-5"
-    cfg = validate(cfg_dict)
-    assert cfg.training.learning_rate == pytest.approx(2e-5)
-    assert isinstance(cfg.training.learning_rate, float)
+    assert "training.learning_rate: expected a number, got '2e-5'" in problems_of(cfg_dict)
 
 
 def test_scientific_notation_in_a_config_file_reaches_the_optimizer_as_floats(project):
@@ -155,9 +154,9 @@ def test_component_names_and_arguments(cfg_dict, path, value, fragment):
     assert fragment in message
 
 
-def test_optimizer_kwargs_as_yaml_strings_accepted(cfg_dict):
-    cfg_dict["training"]["optimizer"] = {"name": "AdamW", "eps": "1e-8", "betas": [0.9, 0.98]}
-    validate(cfg_dict)
+def test_optimizer_kwargs_written_in_yaml_are_numbers(project):
+    cfg = config_mod.load_config("t", ["training.optimizer={name: AdamW, eps: 1e-8, betas: [0.9, 0.98]}"])
+    assert cfg.training.optimizer.eps == 1e-8 and isinstance(cfg.training.optimizer.eps, float)
 
 
 def test_all_problems_reported_at_once(cfg_dict):

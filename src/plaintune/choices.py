@@ -9,105 +9,102 @@ from __future__ import annotations
 
 import inspect
 
-from .hub import first_line
+import torch
+
+from .errors import Problem, first_line
+from .optim import (BATCH_LOSSES, CLASSIFICATION_LOSSES, LOSS_NAMES, LOSSES, OPTIMIZERS, REGRESSION_LOSSES,
+                    SCHEDULERS, build_scheduler, canonical_loss, canonical_name, canonical_scheduler, spec_options)
 
 
-def check_loss(cfg: dict) -> list[str]:
+def check_loss(cfg: dict) -> list[Problem]:
     """Problems with training.loss against the model's labels, head and kind."""
-    from .optim import (BATCH_LOSSES, CLASSIFICATION_LOSSES, LOSS_NAMES, LOSSES, REGRESSION_LOSSES,
-                        canonical_loss)
-
     problems = []
     given, num_labels = cfg["training"]["loss"], cfg["model"]["num_labels"]
     loss = canonical_loss(given)
     activation = cfg["model"].get("output_activation")
     if loss == "bce" and activation == "none":
-        problems.append("training.loss: BCEWithLogitsLoss scores labels scaled to 0-1 and needs "
-                        "model.output_activation: sigmoid (or auto)")
+        problems.append(Problem("training.loss", "BCEWithLogitsLoss scores labels scaled to 0-1 and needs "
+                        "model.output_activation: sigmoid (or auto)"))
     if loss == "auto":
         pass  # resolved with the output mapping once the model is built (see recipe.resolve_objective)
     elif loss not in LOSSES:
-        problems.append(f"training.loss: unknown loss '{given}'; valid: {LOSS_NAMES}, auto")
+        problems.append(Problem("training.loss", f"unknown loss '{given}'; valid: {LOSS_NAMES}, auto"))
     elif num_labels == 1 and loss in CLASSIFICATION_LOSSES:
-        problems.append(f"training.loss: {given} is for classification but model.num_labels is 1 "
-                        "(regression); use MSELoss or set model.num_labels")
+        problems.append(Problem("training.loss", f"{given} is for classification but model.num_labels is 1 "
+                        "(regression); use MSELoss or set model.num_labels"))
     elif num_labels > 1 and loss in REGRESSION_LOSSES:
-        problems.append(f"training.loss: {given} is for regression but model.num_labels is "
-                        f"{num_labels}; use CrossEntropyLoss or set model.num_labels: 1")
+        problems.append(Problem("training.loss", f"{given} is for regression but model.num_labels is "
+                        f"{num_labels}; use CrossEntropyLoss or set model.num_labels: 1"))
     if loss in BATCH_LOSSES and isinstance(cfg["training"].get("batch_size"), int) \
             and cfg["training"]["batch_size"] < 2:
-        problems.append(f"training.loss: {given} ranks the pairs within each batch; training.batch_size "
-                        f"{cfg['training']['batch_size']} gives it none to rank (use 16 or more)")
+        problems.append(Problem("training.loss", f"{given} ranks the pairs within each batch; training.batch_size "
+                        f"{cfg['training']['batch_size']} gives it none to rank (use 16 or more)"))
     if activation == "sigmoid" and num_labels == 1 and cfg["data"].get("label_range") is None:
-        problems.append("model.output_activation: sigmoid maps the head to data.label_range, which is null; "
-                        "set data.label_range (e.g. [0.0, 5.0]) or model.output_activation: none")
+        problems.append(Problem("model.output_activation", "sigmoid maps the head to data.label_range, which is null; "
+                        "set data.label_range (e.g. [0.0, 5.0]) or model.output_activation: none"))
     if cfg["model"].get("kind") == "bi_encoder":
         if num_labels != 1:
-            problems.append("model.kind: bi_encoder scores similarity; it needs model.num_labels: 1")
+            problems.append(Problem("model.kind", "bi_encoder scores similarity; it needs model.num_labels: 1"))
         if loss in ("bce", "crossentropy"):
-            problems.append(f"training.loss: the bi-encoder regresses the cosine; use MSELoss (not {given})")
+            problems.append(Problem("training.loss", f"the bi-encoder regresses the cosine; use MSELoss (not {given})"))
         # head_bias_init and head_lr_multiplier have no head to act on; they are ignored.
     return problems
 
 
-def check_optimizer(spec: dict, learning_rate: float, dry_run: bool = True) -> list[str]:
+def check_optimizer(spec: dict, learning_rate: float, dry_run: bool = True) -> list[Problem]:
     """Problems with training.optimizer: its name and keyword arguments; then, with `dry_run` and
     nothing wrong so far, whatever torch says about the values."""
-    from .optim import OPTIMIZERS, canonical_name, spec_options
-
     name = spec.get("name")
     if not isinstance(name, str) or canonical_name(name) not in OPTIMIZERS:
-        return [f"training.optimizer.name: unknown optimizer {name!r}; valid: AdamW, Adam, SGD"]
+        return [Problem("training.optimizer.name", f"unknown optimizer {name!r}; valid: AdamW, Adam, SGD")]
     problems = []
     cls = OPTIMIZERS[canonical_name(name)]
     accepted = set(inspect.signature(cls).parameters) - {"params", "lr"}
     for key, value in spec_options(spec).items():
         if key == "lr":
-            problems.append("training.optimizer.lr: set training.learning_rate instead")
+            problems.append(Problem("training.optimizer.lr", "set training.learning_rate instead"))
         elif key not in accepted:
-            problems.append(f"training.optimizer.{key}: not an argument of {cls.__name__}; "
-                            f"valid: {', '.join(sorted(accepted))}")
+            problems.append(Problem(f"training.optimizer.{key}", f"not an argument of {cls.__name__}; "
+                            f"valid: {', '.join(sorted(accepted))}"))
         elif isinstance(value, str):
-            problems.append(f"training.optimizer.{key}: expected a number, got {value!r}")
+            problems.append(Problem(f"training.optimizer.{key}", f"expected a number, got {value!r}"))
     if dry_run and not problems:
         problems += _try_optimizer(cls, spec, learning_rate)
     return problems
 
 
-def check_scheduler(spec: dict, epochs: int, dry_run: bool = True) -> list[str]:
+def check_scheduler(spec: dict, epochs: int, dry_run: bool = True) -> list[Problem]:
     """Problems with training.scheduler: its name, its options and their ranges; then, with
     `dry_run` and nothing wrong so far, whatever building it says."""
-    from .optim import SCHEDULERS, canonical_scheduler, spec_options
-
     name = spec.get("name")
     if not isinstance(name, str) or canonical_scheduler(name) not in SCHEDULERS:
-        return [f"training.scheduler.name: unknown scheduler {name!r}; valid: {', '.join(SCHEDULERS)}"]
+        return [Problem("training.scheduler.name", f"unknown scheduler {name!r}; valid: {', '.join(SCHEDULERS)}")]
     problems = []
     accepted = SCHEDULERS[canonical_scheduler(name)]
     options = spec_options(spec)
     for key, value in options.items():
         if key not in accepted:
-            problems.append(f"training.scheduler.{key}: not an option of the {name} scheduler; "
-                            f"valid: {', '.join(sorted(accepted))}")
+            problems.append(Problem(f"training.scheduler.{key}", f"not an option of the {name} scheduler; "
+                            f"valid: {', '.join(sorted(accepted))}"))
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            problems.append(f"training.scheduler.{key}: expected a number, got {value!r}")
+            problems.append(Problem(f"training.scheduler.{key}", f"expected a number, got {value!r}"))
         elif value < 0:
-            problems.append(f"training.scheduler.{key}: must be >= 0 (got {value})")
+            problems.append(Problem(f"training.scheduler.{key}", f"must be >= 0 (got {value})"))
         elif key in ("step_size", "patience", "cooldown") and value != int(value):
-            problems.append(f"training.scheduler.{key}: expected a whole number (got {value})")
+            problems.append(Problem(f"training.scheduler.{key}", f"expected a whole number (got {value})"))
         elif key == "step_size" and value < 1:
-            problems.append(f"training.scheduler.step_size: must be >= 1 epoch (got {value})")
+            problems.append(Problem("training.scheduler.step_size", f"must be >= 1 epoch (got {value})"))
     if "warmup_ratio" in options and "warmup_steps" in options:
-        problems.append("training.scheduler: give warmup_ratio or warmup_steps, not both")
+        problems.append(Problem("training.scheduler", "give warmup_ratio or warmup_steps, not both"))
     ratio = options.get("warmup_ratio")
     if isinstance(ratio, (int, float)) and ratio > 1:
-        problems.append(f"training.scheduler.warmup_ratio: must be between 0 and 1 (got {ratio})")
+        problems.append(Problem("training.scheduler.warmup_ratio", f"must be between 0 and 1 (got {ratio})"))
     if dry_run and not problems:
         problems += _try_scheduler(spec, epochs)
     return problems
 
 
-def check_component_choices(cfg: dict) -> list[str]:
+def check_component_choices(cfg: dict) -> list[Problem]:
     """Problems with loss/optimizer/scheduler names and their options (no model needed).
 
     Each dry run happens only when nothing before it was wrong, so one mistake is reported once."""
@@ -118,34 +115,28 @@ def check_component_choices(cfg: dict) -> list[str]:
     return problems
 
 
-def _try_optimizer(cls: type, spec: dict, learning_rate: float) -> list[str]:
+def _try_optimizer(cls: type, spec: dict, learning_rate: float) -> list[Problem]:
     """Build the optimizer over one dummy parameter, so values torch rejects (betas, eps, ...) are
     reported against the config before any model loads."""
-    import torch
-
-    from .optim import spec_options
-
     options = spec_options(spec)
     options.pop("weight_decay", None)
     try:
         cls([torch.nn.Parameter(torch.zeros(1))], lr=learning_rate,
             weight_decay=float(spec.get("weight_decay", 0.0) or 0.0), **options)
     except (ValueError, TypeError, RuntimeError) as err:
-        keys = ", ".join(f"training.optimizer.{k}" for k in spec if k != "name") or "training.optimizer"
-        return [f"{keys}: {cls.__name__} rejects these values ({first_line(err)})"]
+        options = ", ".join(f"training.optimizer.{k}" for k in spec if k != "name")
+        return [Problem("training.optimizer", f"{cls.__name__} rejects these values: {options or 'its defaults'} "
+                        f"({first_line(err)})")]
     return []
 
 
-def _try_scheduler(spec: dict, epochs: int) -> list[str]:
+def _try_scheduler(spec: dict, epochs: int) -> list[Problem]:
     """Build the scheduler over a dummy optimizer, for the same reason."""
-    import torch
-
-    from .optim import build_scheduler
-
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     try:
         build_scheduler(spec, optimizer, steps_per_epoch=10, epochs=epochs)
     except (ValueError, TypeError, RuntimeError, OverflowError) as err:
-        keys = ", ".join(f"training.scheduler.{k}" for k in spec if k != "name") or "training.scheduler"
-        return [f"{keys}: the {spec.get('name')} scheduler rejects these values ({first_line(err)})"]
+        options = ", ".join(f"training.scheduler.{k}" for k in spec if k != "name")
+        return [Problem("training.scheduler", f"the {spec.get('name')} scheduler rejects these values: "
+                        f"{options or 'its defaults'} ({first_line(err)})")]
     return []

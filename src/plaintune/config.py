@@ -15,9 +15,10 @@ from typing import Any, Iterable, Optional
 import yaml
 from box import Box
 
-from .errors import UserError
-from .schema import REQUIRED, SCHEMA
-from .validation import freeze, validate
+from . import yamlfile
+from .errors import UserError, run_cli
+from .schema import REQUIRED, SCHEMA, assign, lookup, owning_key
+from .validation import Origins, freeze, validate
 
 CONFIG_DIR = Path("configs")
 
@@ -42,138 +43,95 @@ def resolve_config_path(name: str) -> Path:
     raise UserError(f"config '{name}' not found (looked for {CONFIG_DIR / (name + '.yaml')} and {name}){hint}")
 
 
-MAX_CONFIG_NODES = 100_000  # a real config has a few hundred; aliases can make billions ("billion laughs")
-
-
-def _too_large(data: Any) -> bool:
-    """Whether `data`, with every alias expanded, holds more than MAX_CONFIG_NODES values.
-
-    PyYAML shares aliased objects, so loading is cheap, but anything that walks
-    or copies the config would expand them; count with a budget instead."""
-    budget = MAX_CONFIG_NODES
-    stack = [data]
-    while stack:
-        node = stack.pop()
-        budget -= 1
-        if budget < 0:
-            return True
-        if isinstance(node, dict):
-            stack.extend(node.values())
-            stack.extend(node.keys())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return False
-
-
-def read_yaml(path: Path) -> dict:
+def read_yaml(path: Path) -> tuple[dict, dict[str, int]]:
+    """A config file's mapping and the line of each key in it (duplicate keys refused)."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text; save the config as UTF-8") from None
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        line = f" line {where.line + 1}" if where is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise UserError(f"{path}:{line}: invalid YAML ({problem}); check indentation and quoting") from None
-    if _too_large(data):
-        raise UserError(f"{path}: the config expands to more than {MAX_CONFIG_NODES:,} values (YAML anchors and "
-                        "aliases nested into each other?); write the values out")
+    data, lines = yamlfile.parse(text, str(path))
     if data is None:
         raise UserError(f"{path}: the config is empty; start from configs/default.yaml")
     if not isinstance(data, dict):
         raise UserError(f"{path}: the top level must be a mapping of keys (got a {type(data).__name__}); "
                         "start from configs/default.yaml")
-    return data
+    return data, lines
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """`training.epochs=3` -> (['training', 'epochs'], 3). Values are read as YAML."""
+def parse_override(text: str) -> tuple[str, Any]:
+    """`training.epochs=3` -> ('training.epochs', 3). Values are read as YAML."""
     key, sep, raw = text.lstrip("-").partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
         raise UserError(f"override '{text}' must look like key.path=value, e.g. training.epochs=3")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+        value = yamlfile.load_value(raw, f"override '{key}=...'") if raw.strip() else None
+    except UserError as err:
+        if "invalid YAML" not in str(err):
+            raise
         raise UserError(f"override '{text[:200]}': cannot parse the value '{raw[:200]}' as YAML; quote it") from None
-    if _too_large(value):
-        raise UserError(f"override '{key}=...': the value expands to more than {MAX_CONFIG_NODES:,} values (YAML "
-                        "anchors and aliases nested into each other?); write the values out")
-    return key.split("."), value
+    return key, value
 
 
-def _schema_node(path: list[str]) -> Any:
-    node: Any = SCHEMA
-    for part in path:
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
+def _leaves_of(key: str, value: Any) -> list[str]:
+    """The dotted keys a value set at `key` sets: itself, or each key of a mapping given for a section."""
+    if isinstance(value, dict) and isinstance(lookup(SCHEMA, key), dict):
+        return [leaf for k, v in value.items() for leaf in _leaves_of(f"{key}.{k}", v)]
+    return [key]
 
 
-def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
-    """Apply `key.path=value` overrides. An override naming a whole section merges a mapping
-    into it (`training={epochs: 1}` keeps the other training keys); emptying a section is an error."""
-    data = copy.deepcopy(data)
+def overridden_keys(overrides: Iterable[str]) -> list[str]:
+    """The schema keys `overrides` set (a section given as a mapping sets each of its keys)."""
+    keys = []
     for text in overrides:
-        path, value = parse_override(text)
-        if isinstance(_schema_node(path), dict):
+        key, value = parse_override(text)
+        keys += [owning for leaf in _leaves_of(key, value) if (owning := owning_key(leaf))]
+    return keys
+
+
+def apply_overrides(data: dict, overrides: Iterable[str], origins: Optional[Origins] = None,
+                    origin: str = "command line") -> dict:
+    """Apply `key.path=value` overrides, noting in `origins` that `origin` set each key. An override
+    naming a whole section merges a mapping into it (`training={epochs: 1}` keeps the other training
+    keys); emptying a section is an error, and so is setting one key twice."""
+    data = copy.deepcopy(data)
+    given: dict[str, str] = {}
+    for text in overrides:
+        key, value = parse_override(text)
+        for leaf in _leaves_of(key, value):
+            clash = next((k for k in given if k == leaf or leaf.startswith(k + ".") or k.startswith(leaf + ".")),
+                         None)
+            if clash is not None:
+                raise UserError(f"{origin}: {leaf} is set twice ({given[clash]} and {text}); keep one")
+            given[leaf] = text
+        if isinstance(lookup(SCHEMA, key), dict):
             if not isinstance(value, dict):
-                raise UserError(f"override '{text}': {'.'.join(path)} is a section of keys; set one key "
-                                f"({'.'.join(path)}.KEY=value) or give a mapping ({'.'.join(path)}={{KEY: value}})")
-            node = data
-            for part in path:
-                child = node.get(part)
-                if not isinstance(child, dict):
-                    child = node[part] = {}
-                node = child
-            node.update(value)
-            continue
-        node = data
-        for i, part in enumerate(path[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise UserError(f"override '{text}': {'.'.join(path[:i + 1])} is not a section")
-            node = child
-        node[path[-1]] = value
+                raise UserError(f"{origin}: override '{text}': {key} is a section of keys; set one key "
+                                f"({key}.KEY=value) or give a mapping ({key}={{KEY: value}})")
+            value = {**(lookup(data, key) if isinstance(lookup(data, key), dict) else {}), **value}
+        parts = key.split(".")
+        for end in range(1, len(parts)):
+            above = lookup(data, ".".join(parts[:end]))
+            if above is not None and not isinstance(above, dict):
+                raise UserError(f"{origin}: override '{text}': {'.'.join(parts[:end])} is not a section")
+        assign(data, key, value)
+        if origins is not None:
+            origins.set(key, origin)
     return data
 
 
-def _blame_overrides(err: UserError, path: Path, overrides: list[str]) -> UserError:
-    """`err` with each problem about a key an override set marked "(set on the command line)"; when
-    every problem is, the command line (not the file) is named first."""
-    keys = [parse_override(text)[0] for text in overrides]
-    message = str(err).removeprefix(f"{path}: ")
-    count = re.match(r"\d+ problems: ", message)
-    message = message[count.end():] if count else message
-    blamed = []
-    for part in message.split("; "):
-        key = part.split(":", 1)[0].split("[")[0].strip()
-        if any(key == ".".join(k) or key.startswith(".".join(k) + ".") for k in keys):
-            part += " (set on the command line)"
-        blamed.append(part)
-    prefix = count.group(0) if count else ""
-    if all(p.endswith("(set on the command line)") for p in blamed if ":" in p) and keys:
-        return UserError(f"command line (over {path}): {prefix}" + "; ".join(blamed))
-    return UserError(f"{path}: {prefix}" + "; ".join(blamed))
-
-
-def load_config(name: str, overrides: Iterable[str] = (), purpose: Optional[str] = None) -> Box:
+def load_config(name: str, overrides: Iterable[str] = (), purpose: Optional[str] = None,
+                origin: str = "command line") -> Box:
     """Read configs/NAME.yaml (or a path), apply `key.path=value` overrides, validate; frozen.
 
-    A problem with a key an override set is blamed on the command line, not on the file."""
+    A problem is blamed on where its value came from: the file and the key's line, or `origin`
+    (the command line, or a Python call) for a key an override set."""
     path = resolve_config_path(name)
-    overrides = list(overrides)
-    data = apply_overrides(read_yaml(path), overrides)
-    try:
-        return validate(data, source=str(path), purpose=purpose)
-    except UserError as err:
-        raise _blame_overrides(err, path, overrides) from None
+    data, lines = read_yaml(path)
+    origins = Origins(str(path), lines)
+    return validate(apply_overrides(data, overrides, origins, origin), source=str(path), purpose=purpose,
+                    origins=origins)
 
 
 def to_plain(cfg: Any) -> Any:
@@ -192,16 +150,12 @@ def with_values(cfg: Box, values: dict[str, Any]) -> Box:
     they are not validated again."""
     plain = to_plain(cfg)
     for dotted, value in values.items():
-        *sections, key = dotted.split(".")
-        node = plain
-        for section in sections:
-            node = node[section]
-        node[key] = value
+        assign(plain, dotted, value)
     return freeze(plain)
 
 
 def dump_yaml(cfg: Box) -> str:
-    return yaml.safe_dump(to_plain(cfg), sort_keys=False, allow_unicode=True)
+    return yamlfile.dump(to_plain(cfg))
 
 
 def reference_markdown() -> str:
@@ -238,8 +192,6 @@ def update_readme(path: Path = Path("README.md")) -> None:
 
 if __name__ == "__main__":
     import sys
-
-    from .errors import run_cli
 
     if sys.argv[1:] == ["--update-readme"]:
         sys.exit(run_cli(lambda: update_readme() or 0))

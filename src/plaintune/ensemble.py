@@ -29,18 +29,17 @@ from scipy.optimize import nnls
 from . import atomic, data, rundir
 from .rundir import ENSEMBLE_FILE
 from .batching import BucketBatchSampler, micro_batch_budget, train_loader
-from .config import apply_overrides, to_plain
+from .config import apply_overrides, overridden_keys, to_plain
 from .datasets import make_dataset
 from .errors import UserError
 from .evaluate import AUTOCAST
 from .model import build_model, build_tokenizer
 from .precision import resolve as resolve_precision
+from .schema import LEAVES, SHARED
 from .validation import validate
 
 FORMAT = "plaintune-ensemble"
 COMBINES = ("nnls", "lstsq", "mean")
-# What the members' out-of-fold predictions are aligned on: the pooled pairs and their labels.
-SHARED_DATA_KEYS = ("train_path", "dev_path", "columns", "encoding", "label_range")
 
 
 # ------------------------------------------------------------------- fitting
@@ -98,26 +97,17 @@ def member_configs(cfg: Box, source: str) -> dict[str, Box]:
         plain["ensemble"]["members"] = {}
         plain["run_name"] = f"{cfg.run_name}-{name}"
         where = f"{source}: ensemble.members.{name}"
+        whole = sorted({key for key in overridden_keys(overrides) if SHARED in LEAVES[key].role})
+        if whole:
+            raise UserError(f"{where}: a member may not set {', '.join(whole)}: every member is fitted on the same "
+                            "pooled pairs and folds, predicted the same way and kept under "
+                            f"{cfg.output_dir}/{cfg.run_name}-{name}-fold*; set it for the whole config")
         try:
             members[name] = validate(apply_overrides(plain, overrides), source=where, purpose="train")
         except UserError as err:
             message = str(err)
             raise UserError(message if where in message else f"{where}: {message}") from None
         member = members[name]
-        if member.run_name != plain["run_name"] or member.output_dir != cfg.output_dir:
-            raise UserError(f"{where}: a member may not set run_name or output_dir (its runs live under "
-                            f"{cfg.output_dir}/{cfg.run_name}-{name}-fold*)")
-        shared = [f"data.{key}" for key in SHARED_DATA_KEYS if member.data[key] != cfg.data[key]]
-        shared += [f"ensemble.{key}" for key in ("folds", "combine") if member.ensemble[key] != cfg.ensemble[key]]
-        alike = [f"inference.{key}" for key in ("symmetric", "precision")
-                 if member.inference[key] != cfg.inference[key]]
-        if alike:
-            raise UserError(f"{where}: a member may not set {', '.join(alike)}: the submission predicts every member "
-                            "with the whole config's, and its out-of-fold predictions must be made the same way; "
-                            "set it for the whole config")
-        if shared:
-            raise UserError(f"{where}: a member may not set {', '.join(shared)}: every member is fitted on the same "
-                            "pooled pairs and folds; set them for the whole config")
         if member.model.num_labels != 1:
             raise UserError(f"{where}: model.num_labels {member.model.num_labels}; a fitted ensemble combines "
                             "regression scores (num_labels: 1)")

@@ -10,7 +10,8 @@ import argparse
 import signal
 import sys
 import traceback
-from typing import Callable, NoReturn
+from dataclasses import dataclass
+from typing import Callable, NoReturn, Sequence
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -20,6 +21,35 @@ EXIT_INTERRUPTED = 130
 
 class UserError(Exception):
     """A problem with the user's input: config, data file, checkpoint, model name."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a config, kept as data until it is printed: the key (dotted, '' for the
+    config as a whole), what is wrong and how to fix it, and where the value came from (a file and
+    line, the command line, a Python call)."""
+
+    key: str
+    message: str
+    origin: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.origin}: " if self.origin else ""
+        return f"{where}{self.key}: {self.message}" if self.key else f"{where}{self.message}"
+
+
+class ConfigError(UserError):
+    """Every problem with a config at once; the message is formatted from them, never parsed again."""
+
+    def __init__(self, problems: Sequence[Problem]):
+        self.problems = tuple(problems)
+        origins = {p.origin for p in self.problems}
+        count = f"{len(self.problems)} problems: " if len(self.problems) > 1 else ""
+        if len(origins) == 1 and len(self.problems) > 1 and self.problems[0].origin:
+            body = "; ".join(str(Problem(p.key, p.message)) for p in self.problems)
+            super().__init__(f"{self.problems[0].origin}: {count}{body}")
+        else:
+            super().__init__(count + "; ".join(map(str, self.problems)))
 
 
 class Interrupted(KeyboardInterrupt):
@@ -36,6 +66,12 @@ class Interrupted(KeyboardInterrupt):
     @property
     def exit_status(self) -> int:
         return 128 + self.signum
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none), for one-line errors."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -23,7 +23,7 @@ import torch
 from box import Box
 
 from . import atomic, data, datacheck, distributed, rundir
-from .config import with_values
+from .config import to_plain, with_values
 from .errors import UserError
 from .metrics import followed_metric, score
 from .objective import objective_for
@@ -31,6 +31,7 @@ from .predicting import load_model_for_inference, member_outputs
 from .resume import check_drift
 from .run import RunRequest, train_run
 from .rundir import RunFiles
+from .schema import LEARNED, LEAVES, PREDICTION, assign, keys_with, lookup
 
 FOLDS_SUFFIX = "-folds"
 
@@ -109,27 +110,19 @@ def _out_of_fold(fold_cfg: Box, table: data.PairTable, device: torch.device) -> 
 
 
 SPLIT_FILE = "split.json"
-# Config sections that do not change what a fold's model predicts.
-NOT_RECIPE = ("inference", "logging", "ensemble", "checkpoint")
-
-
 def _recipe(cfg: Box) -> dict:
-    from .config import to_plain
-
-    plain = to_plain(cfg)
-    recipe = {key: value for key, value in plain.items() if key not in NOT_RECIPE}
-    # the out-of-fold predictions are made with it (as the ensemble's inference will be), so a change
-    # makes them stale; recorded as applied (a bi-encoder predicts once either way)
-    recipe["inference"] = {"symmetric": predicts_symmetric(cfg)}
+    """What a fold's model and its out-of-fold predictions depend on: the keys the schema says shape
+    what is learned or predicted (IDENTITY, RECIPE, PREDICTION), as nested dicts."""
+    recipe: dict = {}
+    for key in keys_with(LEARNED):
+        assign(recipe, key, to_plain(lookup(cfg, key)))
+    # recorded as applied: a bi-encoder predicts once either way
+    assign(recipe, "inference.symmetric", predicts_symmetric(cfg))
     return recipe
 
 
 def predicts_symmetric(cfg: Box) -> bool:
     return bool(cfg.inference.symmetric) and cfg.model.kind != "bi_encoder"
-
-
-# Recipe keys that change only how a finished fold predicts: a change re-predicts, never retrains.
-PREDICTION_KEYS = ("inference.symmetric",)
 
 
 def _stale_reason(done_file: Path, fold_cfg: Box) -> tuple[Optional[str], bool]:
@@ -146,17 +139,15 @@ def _stale_reason(done_file: Path, fold_cfg: Box) -> tuple[Optional[str], bool]:
         return None, False  # written before predictions recorded their recipe
     # predictions recorded before inference.symmetric applied to them were made in one order
     saved = {**saved, "inference": saved.get("inference") or {"symmetric": False}}
-    identity, other = check_drift(saved, _recipe(fold_cfg))
+    identity, other = check_drift(saved, _recipe(fold_cfg), among=LEARNED)
     changed = identity + other
     if not changed:
         return None, False
-    return f"the config changed since ({', '.join(changed)})", all(key in PREDICTION_KEYS for key in changed)
+    return f"the config changed since ({', '.join(changed)})", all(PREDICTION in LEAVES[key].role for key in changed)
 
 
 def split_identity(cfg: Box, pooled: data.PairTable, folds: int) -> dict:
     """What the folds' files and runs depend on: the cut (K, seed, pooled rows) and the recipe."""
-    from .config import to_plain
-
     digest = hashlib.sha256(json.dumps([pooled.ids, pooled.sentence_1, pooled.sentence_2,
                                         pooled.labels.tolist()]).encode()).hexdigest()
     return {"folds": folds, "seed": cfg.seed, "pooled_rows": len(pooled), "pooled_sha256": digest,

@@ -11,11 +11,12 @@ file, or a pickle that would run code, is one error naming the file and the fix.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import stat
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -83,11 +84,31 @@ def read_json_object(path: Path, where: str = "", what: str = "valid JSON") -> d
     return obj
 
 
+# plaintune's record of how a saved head's output maps to a score (objective.py explains the mapping)
+ACTIVATIONS = ("none", "sigmoid", "cosine")  # cosine: the bi-encoder's similarity in [-1, 1]
+CONFIG_ATTRIBUTE = "plaintune_output"  # stored in the HF config.json of saved models
+
+
+def parse_record(record: object, where: str) -> Optional[dict]:
+    """A plaintune output record, checked; None when there is none."""
+
+    if record is None:
+        return None
+    ok = isinstance(record, dict) and record.get("activation") in ACTIVATIONS
+    if ok:
+        low, high = record.get("low", 0.0), record.get("high", 1.0)
+        ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high)) \
+            and low < high and record.get("kind", "cross_encoder") in ("cross_encoder", "bi_encoder")
+    if not ok:
+        raise UserError(f"{where}: '{CONFIG_ATTRIBUTE}' is malformed ({record!r}); expected {{activation: "
+                        f"none|sigmoid|cosine, low: number, high: larger number, kind: cross_encoder|bi_encoder}}: "
+                        "fix or remove it")
+    return record
+
+
 def check_model_config(path: Path, where: str = "") -> dict:
     """config.json of a model directory: an object naming its architecture, with a well-formed
     plaintune output record if it has one (inference maps the head's output by it)."""
-    from .objective import CONFIG_ATTRIBUTE, parse_record  # local: objective pulls in torch.nn's losses
-
     config = read_json_object(path, where)
     if not isinstance(config.get("model_type"), str) or not config["model_type"]:
         raise UserError(f"{_at(where)}'{path}' has no model_type (e.g. \"bert\"), so the architecture is "

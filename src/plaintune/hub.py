@@ -14,13 +14,7 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlparse
 
-from .errors import UserError
-
-
-def first_line(err: BaseException) -> str:
-    """The first line of an exception's message (its type name when it has none), for one-line errors."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+from .errors import UserError, first_line
 
 
 def _hub_reachable() -> bool:

@@ -19,7 +19,6 @@ from torch import nn
 from . import formats
 from .errors import UserError
 from .hub import first_line, is_load_failure, load_error, quiet_transformers, resolve_model_source
-from .optim import numeric
 
 
 def build_tokenizer(model_spec: dict):
@@ -102,7 +101,6 @@ def _override_value(key: str, current: Any, value: Any) -> Any:
         return value
     expected = _kind(current)
     if expected == "a number":
-        value = numeric(value)  # YAML reads 1e-12 as a string
         if _kind(value) == "a whole number":
             value = float(value)
     if _kind(value) != expected:

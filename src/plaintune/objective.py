@@ -21,12 +21,11 @@ import torch.nn.functional as F
 from box import Box
 
 from . import formats
+from .formats import ACTIVATIONS, CONFIG_ATTRIBUTE, parse_record
 from .config import with_values
 from .errors import UserError
 from .optim import BATCH_LOSSES, build_loss, canonical_loss
 
-ACTIVATIONS = ("none", "sigmoid", "cosine")  # cosine: the bi-encoder's similarity in [-1, 1]
-CONFIG_ATTRIBUTE = "plaintune_output"  # stored in the HF config.json of saved models
 
 
 class Objective:
@@ -114,23 +113,6 @@ class Objective:
 # records it (CONFIG_ATTRIBUTE in config.json, the config in a resume bundle); a model from
 # anywhere else has no record, and its output is taken raw, as transformers gives it. The
 # config's `auto` never reinterprets someone else's head.
-
-def parse_record(record: object, where: str) -> Optional[dict]:
-    """A plaintune output record, checked; None when there is none."""
-
-    if record is None:
-        return None
-    ok = isinstance(record, dict) and record.get("activation") in ACTIVATIONS
-    if ok:
-        low, high = record.get("low", 0.0), record.get("high", 1.0)
-        ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in (low, high)) \
-            and low < high and record.get("kind", "cross_encoder") in ("cross_encoder", "bi_encoder")
-    if not ok:
-        raise UserError(f"{where}: '{CONFIG_ATTRIBUTE}' is malformed ({record!r}); expected {{activation: "
-                        f"none|sigmoid|cosine, low: number, high: larger number, kind: cross_encoder|bi_encoder}}: "
-                        "fix or remove it")
-    return record
-
 
 def choose_activation(requested: str, record: Optional[dict], head_fresh: bool, has_range: bool,
                       record_wins: bool) -> tuple[str, str]:

@@ -91,21 +91,15 @@ def canonical_scheduler(name: str) -> str:
     return SCHEDULER_ALIASES.get(key, key)
 
 
-def numeric(value: Any) -> Any:
-    """YAML reads 1e-8 as a string; accept numbers written that way, and lists as tuples."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    if isinstance(value, (list, tuple)):
-        return tuple(numeric(v) for v in value)
-    return value
+def as_argument(value: Any) -> Any:
+    """A config value as a keyword argument: lists as tuples (betas=(0.9, 0.999)). Numbers arrive as
+    numbers: the YAML reader (yamlfile.py) reads 1e-8 as one."""
+    return tuple(as_argument(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def spec_options(spec: dict) -> dict:
-    """The keyword arguments of an optimizer or scheduler spec: everything but `name`, as numbers."""
-    return {k: numeric(v) for k, v in spec.items() if k != "name"}
+    """The keyword arguments of an optimizer or scheduler spec: everything but `name`."""
+    return {k: as_argument(v) for k, v in spec.items() if k != "name"}
 
 
 # ------------------------------------------------------------ parameter groups

@@ -1,7 +1,7 @@
 """Resuming a run: finding its bundle, and refusing one that belongs to another run.
 
 A bundle continues a run only if the config still describes the same run
-(IDENTITY_KEYS) and the data files are the same (their fingerprints); either
+(the schema's IDENTITY keys) and the data files are the same (their fingerprints); either
 check can be overridden with --force, and other config changes are noted.
 """
 from __future__ import annotations
@@ -16,58 +16,30 @@ from . import datacheck, formats
 from .config import to_plain
 from .errors import UserError
 from .objective import Objective, record_from_bundle, resolve_objective
+from .schema import IDENTITY, LEAVES, Role, lookup
 from .rundir import ENSEMBLE_FILE, LAST_FILE, RunFiles, read_newest_bundle, run_dir_for
 
-# Keys that define what a run *is*: changing them on resume makes it another run.
-IDENTITY_KEYS = ("seed", "model.name", "model.kind", "model.num_labels", "model.max_length", "model.from_scratch",
-                 "model.output_activation", "model.head_bias_init", "training.head_lr_multiplier",
-                 "training.layer_lr_decay",
-                 "model.config_overrides", "data.train_path", "data.dev_path", "data.columns",
-                 "training.batch_size", "training.learning_rate", "training.loss", "training.optimizer",
-                 "training.scheduler", "training.bucket_batches", "training.bucket_pool", "training.grad_accum_steps",
-                 "training.ema")
-# Keys whose `auto` is resolved against the checkpoint (precision: auto keeps the checkpoint's), so
-# `auto` now against a concrete value then is no change.
-RESOLVED_AUTO_KEYS = ("training.precision",)
+MISSING = object()
+EVERY_ROLE = Role(sum(role.value for role in Role))
 
 
-def _lookup(tree: dict, dotted: str):
-    node = tree
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
+def check_drift(saved: Optional[dict], current: dict, among: Role = EVERY_ROLE) -> tuple[list[str], list[str]]:
+    """(IDENTITY keys that differ, other keys that differ) between a checkpoint's config and now,
+    among the schema's keys whose role includes `among` (by default all of them).
 
-
-def _known_part(current, saved):
-    """`current` restricted to the sub-keys `saved` has (for mapping-valued keys such as data.columns)."""
-    if isinstance(current, dict) and isinstance(saved, dict):
-        return {k: v for k, v in current.items() if k in saved}
-    return current
-
-
-def check_drift(saved: Optional[dict], current: dict) -> tuple[list[str], list[str]]:
-    """(identity keys that differ, other keys that differ) between a checkpoint's config and now."""
+    The keys come from the schema's roles, never from a list kept here. A key the checkpoint's
+    plaintune did not have yet (a new option at its default) is no change, nor is a key whose
+    `auto` follows the checkpoint (training.precision)."""
     if not saved:
         return [], []
-    # A key the checkpoint's plaintune did not have yet (a new option at its default) is no change.
-    identity = [k for k in IDENTITY_KEYS
-                if _lookup(saved, k) != _known_part(_lookup(current, k), _lookup(saved, k))]
-
-    def leaves(tree: dict, prefix: str = "") -> dict:
-        out = {}
-        for key, value in tree.items():
-            if isinstance(value, dict) and key not in ("optimizer", "scheduler", "config_overrides", "columns"):
-                out.update(leaves(value, f"{prefix}{key}."))
-            else:
-                out[f"{prefix}{key}"] = value
-        return out
-
-    old, new = leaves(saved), leaves(current)
-    other = [k for k in sorted(old) if old.get(k) != _known_part(new.get(k), old.get(k)) and k not in identity
-             and not any(k.startswith(i + ".") for i in identity)
-             and not (k in RESOLVED_AUTO_KEYS and new.get(k) == "auto")]
+    identity, other = [], []
+    for key, spec in LEAVES.items():
+        if not spec.role & among:
+            continue
+        then, now = lookup(saved, key, MISSING), lookup(current, key, MISSING)
+        if then is MISSING or then == now or (spec.auto_follows_checkpoint and now == "auto"):
+            continue
+        (identity if IDENTITY in spec.role else other).append(key)
     return identity, other
 
 

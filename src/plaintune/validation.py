@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+from dataclasses import replace
 import math
 import re
 from pathlib import Path
@@ -16,8 +17,10 @@ from typing import Any, Iterable, Optional
 
 from box import Box
 
-from .errors import UserError
-from .schema import REQUIRED, SCHEMA, Field
+from .choices import check_component_choices
+from .errors import ConfigError, Problem
+from .schema import INFERENCE, LEAVES, REQUIRED, SCHEMA, Field, owning_key
+from .yamlfile import line_of
 
 # Which data files must exist for which command.
 REQUIRED_FILES = {
@@ -31,20 +34,12 @@ def freeze(data: dict) -> Box:
     return Box(data, frozen_box=True, default_box=False)
 
 
-def _all_leaf_paths(schema: dict, prefix: str = "") -> list[str]:
-    paths = []
-    for key, spec in schema.items():
-        full = f"{prefix}{key}"
-        paths += _all_leaf_paths(spec, full + ".") if isinstance(spec, dict) else [full]
-    return paths
-
-
 def _suggest(key: str, prefix: str, siblings: Iterable[str]) -> str:
     close = difflib.get_close_matches(key, list(siblings), n=1, cutoff=0.6)
     if close:
         return f"; did you mean {prefix}{close[0]}?"
     # Maybe it belongs in another section (e.g. training.seed -> seed).
-    elsewhere = [p for p in _all_leaf_paths(SCHEMA) if p.rsplit(".", 1)[-1] == key]
+    elsewhere = [p for p in LEAVES if p.rsplit(".", 1)[-1] == key]
     if elsewhere:
         return f"; did you mean {elsewhere[0]}?"
     return ""
@@ -53,11 +48,6 @@ def _suggest(key: str, prefix: str, siblings: Iterable[str]) -> str:
 def _coerce_kind(kind: type, value: Any, choices: Optional[tuple]) -> tuple[Any, Optional[str]]:
     """(`value` converted to `kind`, None) or (`value`, the problem)."""
     if kind is float:
-        if isinstance(value, str):
-            try:
-                value = float(value)  # PyYAML reads 2e-5 as a string
-            except ValueError:
-                return value, f"expected a number, got {value!r}"
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return value, f"expected a number, got {value!r}"
         value = float(value)
@@ -78,10 +68,10 @@ def _coerce_kind(kind: type, value: Any, choices: Optional[tuple]) -> tuple[Any,
     return value, None if isinstance(value, kind) else f"expected a {kind.__name__}, got {value!r}"
 
 
-def _coerce(field: Field, value: Any, where: str, problems: list[str]) -> Any:
+def _coerce(field: Field, value: Any, where: str, problems: list[Problem]) -> Any:
     if value is None:
         if not field.nullable:
-            problems.append(f"{where}: must not be empty/null")
+            problems.append(Problem(where, "must not be empty/null"))
         return value
     value, problem = _coerce_kind(field.kind, value, field.choices)
     if problem is None and field.choices is not None and value not in field.choices:
@@ -89,18 +79,18 @@ def _coerce(field: Field, value: Any, where: str, problems: list[str]) -> Any:
     elif problem is None and field.check is not None:
         problem = field.check(value)
     if problem:
-        problems.append(f"{where}: {problem}")
+        problems.append(Problem(where, problem))
     return value
 
 
-def _validate_section(data: Any, schema: dict, prefix: str, problems: list[str]) -> dict:
+def _validate_section(data: Any, schema: dict, prefix: str, problems: list[Problem]) -> dict:
     if not isinstance(data, dict):
-        problems.append(f"{prefix.rstrip('.') or 'config'}: expected a section of keys, got {data!r}")
+        problems.append(Problem(prefix.rstrip("."), f"expected a section of keys, got {data!r}"))
         data = {}
     out = {}
     for key in data:
         if key not in schema:
-            problems.append(f"{prefix}{key}: unknown key{_suggest(str(key), prefix, schema)}")
+            problems.append(Problem(f"{prefix}{key}", f"unknown key{_suggest(str(key), prefix, schema)}"))
     for key, spec in schema.items():
         where = f"{prefix}{key}"
         if isinstance(spec, dict):
@@ -112,7 +102,7 @@ def _validate_section(data: Any, schema: dict, prefix: str, problems: list[str])
                 value = {**({} if "name" in value else spec.default), **value}
             out[key] = _coerce(spec, value, where, problems)
         elif spec.default is REQUIRED:
-            problems.append(f"{where}: required key is missing")
+            problems.append(Problem(where, "required key is missing"))
         else:
             out[key] = copy.deepcopy(spec.default)
     return out
@@ -132,39 +122,40 @@ def _nonfinite_leaves(node: Any, where: str) -> list[str]:
     return []
 
 
-def _check_values(cfg: dict, problems: list[str]) -> None:
+def _check_values(cfg: dict, problems: list[Problem]) -> None:
     """Values that pass their type but cannot be: checks that span keys or need more than a type."""
     for section in ("model", "data", "training", "inference", "checkpoint"):
         for where in _nonfinite_leaves(cfg[section], section):
-            problems.append(f"{where}: must be a finite number, not NaN or infinity")
+            problems.append(Problem(where, "must be a finite number, not NaN or infinity"))
     if not 0 <= cfg["seed"] < 2**32:
-        problems.append(f"seed: must be between 0 and 2**32 - 1 (got {cfg['seed']})")
+        problems.append(Problem("seed", f"must be between 0 and 2**32 - 1 (got {cfg['seed']})"))
     name = cfg["run_name"]
     if not RUN_NAME.fullmatch(name) or name.strip(".") == "" or name != name.strip() or len(name) > 200:
-        problems.append(f"run_name: {name!r} is not a plain name (no '/', '\\', '..' or control characters, at "
-                        "most 200 characters); runs go under output_dir, so give just a name, e.g. "
-                        "run_name=roberta_lr3")
+        problems.append(Problem("run_name", f"{name!r} is not a plain name (no '/', '\\', '..' or control "
+                                "characters, at most 200 characters); runs go under output_dir, so give just a "
+                                "name, e.g. run_name=roberta_lr3"))
     label_range = cfg["data"]["label_range"]
     if isinstance(label_range, list) and len(label_range) == 2 and label_range[0] == label_range[1]:
-        problems.append(f"data.label_range: low and high are equal ({label_range}); labels need a range, e.g. "
-                        "[0.0, 5.0]")
+        problems.append(Problem("data.label_range", f"low and high are equal ({label_range}); labels need a "
+                                "range, e.g. [0.0, 5.0]"))
     if cfg["model"]["num_labels"] > 1 and cfg["training"]["metric"] in ("pearson", "spearman"):
-        problems.append(f"training.metric: {cfg['training']['metric']} correlates scores, but model.num_labels is "
-                        f"{cfg['model']['num_labels']} (classification); use accuracy, f1 or loss")
+        problems.append(Problem("training.metric", f"{cfg['training']['metric']} correlates scores, but "
+                                f"model.num_labels is {cfg['model']['num_labels']} (classification); use "
+                                "accuracy, f1 or loss"))
     columns = cfg["data"]["columns"]
     read = {key: columns[key] for key in ("id", "sentence_1", "sentence_2", "label")}
     seen: dict = {}
     for key, column in read.items():
         if column in seen:
-            problems.append(f"data.columns.{key}: '{column}' is also data.columns.{seen[column]}; each role needs "
-                            "its own column")
+            problems.append(Problem(f"data.columns.{key}", f"'{column}' is also data.columns.{seen[column]}; "
+                                    "each role needs its own column"))
         seen.setdefault(column, key)
     if columns["target"] == columns["id"]:
-        problems.append(f"data.columns.target: '{columns['target']}' is the id column; predictions would overwrite "
-                        "the ids: name the template's score column (e.g. target)")
+        problems.append(Problem("data.columns.target", f"'{columns['target']}' is the id column; predictions "
+                                "would overwrite the ids: name the template's score column (e.g. target)"))
 
 
-def _check_files(cfg: dict, purpose: Optional[str], base: Path, problems: list[str]) -> None:
+def _check_files(cfg: dict, purpose: Optional[str], base: Path, problems: list[Problem]) -> None:
     data = cfg["data"]
     keys = list(REQUIRED_FILES.get(purpose, ()))
     if purpose == "train" and data.get("test_path"):
@@ -172,44 +163,70 @@ def _check_files(cfg: dict, purpose: Optional[str], base: Path, problems: list[s
     for key in keys:
         value = data.get(key)
         if isinstance(value, str) and not (base / value).is_file():
-            problems.append(f"data.{key}: file '{value}' does not exist; fix the path or override it "
-                            f"(data.{key}=path/to/file.csv)")
+            problems.append(Problem(f"data.{key}", f"file '{value}' does not exist; fix the path or override it "
+                                    f"(data.{key}=path/to/file.csv)"))
+
+
+# ---------------------------------------------------------------- where values came from
+
+class Origins:
+    """Where each key's value came from, so a problem is blamed on what the user actually wrote:
+    a file (with the key's line), or the keys set elsewhere (the command line, a Python call)."""
+
+    def __init__(self, source: str, lines: Optional[dict[str, int]] = None):
+        self.source = source
+        self.lines = dict(lines or {})
+        self.set_by: dict[str, str] = {}
+
+    def set(self, dotted: str, origin: str) -> None:
+        """`dotted` (a key or a whole section) now holds a value given by `origin`."""
+        for key in [k for k in self.set_by if k == dotted or k.startswith(dotted + ".")]:
+            del self.set_by[key]
+        self.set_by[dotted] = origin
+
+    def of(self, dotted: str) -> str:
+        if not dotted:
+            return self.source
+        parts = dotted.split(".")
+        for end in range(len(parts), 0, -1):  # the key, or a section set as a whole
+            origin = self.set_by.get(".".join(parts[:end]))
+            if origin is not None:
+                return origin
+        below = [origin for key, origin in self.set_by.items() if key.startswith(dotted + ".")]
+        if below and len(set(below)) == 1 and not any(k.startswith(dotted + ".") for k in self.lines):
+            return below[0]  # a section only an override wrote (a mistyped top-level key on the command line)
+        line = line_of(self.lines, dotted)
+        return f"{self.source}:{line}" if line is not None else self.source
 
 
 # ---------------------------------------------------------------- the whole config
 
-# Keys inference reads from the training and checkpoint sections; the rest there only training reads.
-INFERENCE_READS = ("training.eval_batch_size", "training.precision", "training.num_workers")
-
-
-def _training_only(problem: str) -> bool:
-    """Whether a problem is about the value of a key that only training reads (typos still count)."""
-    key = problem.split(":", 1)[0]
-    return (key.startswith(("training.", "checkpoint.", "logging.", "data.augment.", "data.max_overlap"))
-            and key not in INFERENCE_READS and "unknown key" not in problem)
+def _read_at_inference(problem: Problem) -> bool:
+    """Whether a problem can matter to inference: its key is one inference reads, or unknown (typos
+    and misplaced sections always count)."""
+    key = owning_key(problem.key)
+    return key is None or INFERENCE in LEAVES[key].role
 
 
 def validate(data: dict, source: str = "config", purpose: Optional[str] = None,
-             base: Path = Path(".")) -> Box:
+             base: Path = Path("."), origins: Optional[Origins] = None) -> Box:
     """Check `data` against the schema and return it completed with defaults, frozen (see `freeze`).
 
-    `purpose` ('train' or 'inference') adds checks that the files that command
-    reads exist. All problems are raised together in one `UserError`.
-    """
-    problems: list[str] = []
+    `purpose` ('train' or 'inference') adds checks that the files that command reads exist;
+    inference ignores problems with keys only training reads (their roles say which). All problems
+    are raised together in one `ConfigError`, each blamed on where its value came from (`origins`,
+    else `source`)."""
+    problems: list[Problem] = []
     cfg = _validate_section(data, SCHEMA, "", problems)
-    if purpose == "inference":  # a nonsense value in a key only training reads never blocks inference
-        problems = [p for p in problems if not _training_only(p)]
+    if purpose == "inference":
+        problems = [p for p in problems if _read_at_inference(p)]
     if not problems:
         _check_values(cfg, problems)
     if not problems:
-        # Keys only training reads (loss, optimizer, scheduler) never block inference.
-        if purpose != "inference":
-            from .choices import check_component_choices  # imports torch: only when all else is right
-
+        if purpose != "inference":  # loss, optimizer and scheduler: only training reads them
             problems += check_component_choices(cfg)
         _check_files(cfg, purpose, base, problems)
     if problems:
-        count = f"{len(problems)} problems: " if len(problems) > 1 else ""
-        raise UserError(f"{source}: {count}" + "; ".join(problems))
+        origins = origins or Origins(source)
+        raise ConfigError([replace(p, origin=origins.of(p.key)) for p in problems])
     return freeze(cfg)
