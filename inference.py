@@ -52,12 +52,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
 
     def body() -> int:
-        from plaintune.config import load_config, resolve_config_path
-        from plaintune.predicting import run_inference
+        from plaintune import api  # after argument parsing: --help stays instant
 
-        cfg = load_config(args.config, args.overrides, purpose="inference")
-        run_inference(cfg, args.saved_model, args.weights, trust=args.trust_checkpoint,
-                      config_path=resolve_config_path(args.config))
+        api.predict(args.config, args.saved_model, *args.overrides, weights=args.weights,
+                    trust_checkpoint=args.trust_checkpoint, write=True, overrides_origin="command line")
         return 0
 
     return run_cli(body, debug=args.debug)

@@ -51,26 +51,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
 
     def body() -> int:
-        from plaintune.config import load_config
-        from plaintune.errors import UserError
-        from plaintune.run import RunRequest, train_run
+        from plaintune import api  # after argument parsing: --help stays instant
 
-        cfg = load_config(args.config, args.overrides, purpose="train")
-        request = RunRequest(args.resume, args.force, args.overwrite, args.trust_checkpoint)
-        if args.folds is not None and cfg.ensemble.members:
-            raise UserError("--folds: this config has ensemble.members, which trains every member as a k-fold "
-                            "of ensemble.folds folds; drop --folds (set ensemble.folds=K to change K)")
-        if args.folds is not None:
-            from plaintune.folds import run_folds
-
-            run_folds(cfg, args.config, args.overrides, args.folds, request)
-            return 0
-        if cfg.ensemble.members:
-            from plaintune.leaderboard import run_leaderboard
-
-            run_leaderboard(cfg, args.config, args.overrides, request)
-            return 0
-        train_run(cfg, args.config, args.overrides, request)
+        resume = False if args.resume is None else (True if args.resume == "" else args.resume)
+        api.train(args.config, *args.overrides, resume=resume, overwrite=args.overwrite, force=args.force,
+                  trust_checkpoint=args.trust_checkpoint, folds=args.folds, overrides_origin="command line")
         return 0
 
     return run_cli(body, debug=args.debug)

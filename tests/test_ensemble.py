@@ -15,7 +15,7 @@ import pytest
 import inference
 import train
 from conftest import base_config, write_config
-from plaintune import ensemble, folds, run
+from plaintune import api, ensemble, folds
 from plaintune.errors import UserError
 
 HELPER = Path(__file__).parent / "crashing_train.py"
@@ -110,7 +110,7 @@ def test_one_command_trains_fits_and_inference_applies_the_fit(project, tiny_mod
                            "inference.clip=null"]) == 0
     written = pd.read_csv(project / "output" / "sub.csv")["target"].to_numpy()
     # by hand: each member is the mean of its fold models, then the fitted weights and intercept
-    frame = lambda names: run.predict("configs/lb.yaml", names)["target"].to_numpy()  # noqa: E731
+    frame = lambda names: api.predict("configs/lb.yaml", names)["target"].to_numpy()  # noqa: E731
     by_hand = spec["intercept"] + sum(m["weight"] * frame(m["runs"]) for m in spec["members"])
     assert written == pytest.approx(by_hand, abs=1e-5)
 
@@ -193,7 +193,7 @@ def test_inference_may_not_write_over_an_ensemble(project, tiny_model_dir, capsy
 
 def test_the_python_api_runs_the_pipeline_too(project, tiny_model_dir):
     leaderboard_project(project, tiny_model_dir, members={"bi": ["model.kind=bi_encoder", "training.epochs=1"]})
-    summary = run.train("configs/lb.yaml")
+    summary = api.train("configs/lb.yaml")
     assert set(summary["weights"]) == {"bi"} and (project / "saved_model" / "lb" / "ensemble.json").is_file()
 
 
@@ -282,7 +282,7 @@ def test_out_of_fold_predictions_are_made_as_inference_will_make_them(project, t
     assert {path: path.stat().st_mtime_ns for path in stamps} == stamps
     symmetric = json.loads((folder / "fold1_predictions.json").read_text())["predictions"]
     held_out = [f"data.predict_path={folder / 'fold1_dev.csv'}"]
-    by_hand = lambda *extra: run.predict("configs/k.yaml", "k-fold1", *held_out, *extra)["target"]  # noqa: E731
+    by_hand = lambda *extra: api.predict("configs/k.yaml", "k-fold1", *held_out, *extra)["target"]  # noqa: E731
     assert plain == pytest.approx(by_hand().tolist(), abs=1e-5)
     assert symmetric == pytest.approx(by_hand("inference.symmetric=true").tolist(), abs=1e-5)
     assert not np.allclose(plain, symmetric)

@@ -1,8 +1,8 @@
 """plaintune: config-driven fine-tuning of Hugging Face models for sentence-pair tasks.
 
-`train` and `predict` are the Python API (see run.py); the commands train.py and
-inference.py run the same code. They are imported on first use, so that
-`python -m plaintune.checkpoint` and `import plaintune` stay light.
+`train` and `predict` are the Python API (api.py); the commands train.py and inference.py call
+the same two functions. They are imported on first use, so that `python -m plaintune.checkpoint`
+and `import plaintune` stay light.
 """
 from .errors import UserError
 
@@ -10,12 +10,8 @@ __all__ = ["train", "predict", "TrainResult", "UserError"]
 
 
 def __getattr__(name: str):
-    if name in ("train", "predict"):
-        from . import run
+    if name in ("train", "predict", "TrainResult"):
+        from . import api
 
-        return getattr(run, name)
-    if name == "TrainResult":
-        from .run import TrainResult
-
-        return TrainResult
+        return getattr(api, name)
     raise AttributeError(f"module 'plaintune' has no attribute {name!r}")

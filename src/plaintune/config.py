@@ -66,7 +66,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise UserError(f"override '{text}' must look like key.path=value, e.g. training.epochs=3")
     try:
-        value = yamlfile.load_value(raw, f"override '{key}=...'") if raw.strip() else None
+        value = yamlfile.load_value(raw, f"override '{key}=...'", key) if raw.strip() else None
     except UserError as err:
         if "invalid YAML" not in str(err):
             raise
@@ -94,17 +94,11 @@ def apply_overrides(data: dict, overrides: Iterable[str], origins: Optional[Orig
                     origin: str = "command line") -> dict:
     """Apply `key.path=value` overrides, noting in `origins` that `origin` set each key. An override
     naming a whole section merges a mapping into it (`training={epochs: 1}` keeps the other training
-    keys); emptying a section is an error, and so is setting one key twice."""
+    keys); emptying a section is an error. A key given twice takes the later value, as on any command
+    line (a key written twice inside one override's YAML mapping is an error, as in a file)."""
     data = copy.deepcopy(data)
-    given: dict[str, str] = {}
     for text in overrides:
         key, value = parse_override(text)
-        for leaf in _leaves_of(key, value):
-            clash = next((k for k in given if k == leaf or leaf.startswith(k + ".") or k.startswith(leaf + ".")),
-                         None)
-            if clash is not None:
-                raise UserError(f"{origin}: {leaf} is set twice ({given[clash]} and {text}); keep one")
-            given[leaf] = text
         if isinstance(lookup(SCHEMA, key), dict):
             if not isinstance(value, dict):
                 raise UserError(f"{origin}: override '{text}': {key} is a section of keys; set one key "

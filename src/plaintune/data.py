@@ -37,6 +37,21 @@ class PairTable:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def take(self, positions: Sequence[int]) -> "PairTable":
+        """The rows at `positions`, in that order (the optional columns too)."""
+        pick = lambda values: None if values is None else [values[i] for i in positions]  # noqa: E731
+        array = lambda values: None if values is None else values[np.asarray(positions, dtype=int)]  # noqa: E731
+        return PairTable(path=self.path, ids=pick(self.ids), sentence_1=pick(self.sentence_1),
+                         sentence_2=pick(self.sentence_2), labels=array(self.labels), binary=array(self.binary),
+                         binary_problem=self.binary_problem, sources=pick(self.sources))
+
+
+def pool(first: PairTable, second: PairTable) -> PairTable:
+    """Two labelled tables as one (train and dev pooled for k-fold), first's rows first."""
+    return PairTable(path=f"{first.path} + {second.path}", ids=first.ids + second.ids,
+                     sentence_1=first.sentence_1 + second.sentence_1, sentence_2=first.sentence_2 + second.sentence_2,
+                     labels=np.concatenate([first.labels, second.labels]))
+
 
 def _rows_text(lines: Sequence[int]) -> str:
     shown = ", ".join(str(n) for n in lines[:MAX_LISTED])

@@ -119,9 +119,7 @@ def measure_speed(cfg: Box, table: data.PairTable, device: torch.device, rows: i
     few real batches after one warm-up batch (the optimizer step is a small share of a step)."""
     tokenizer = build_tokenizer(cfg.model)
     picked = np.random.default_rng(cfg.seed).permutation(len(table))[:rows]
-    sample = data.PairTable(path=table.path, ids=[table.ids[i] for i in picked],
-                            sentence_1=[table.sentence_1[i] for i in picked],
-                            sentence_2=[table.sentence_2[i] for i in picked], labels=table.labels[picked])
+    sample = table.take(picked)
     dataset = make_dataset(sample, tokenizer, cfg.model.max_length, cfg.model.kind)
     budget, overhead = micro_batch_budget(cfg.training.micro_batch_tokens, device)
     loader = train_loader(dataset, BucketBatchSampler(dataset.lengths, min(cfg.training.batch_size, rows // 3),

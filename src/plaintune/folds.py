@@ -57,16 +57,8 @@ def split_folds(n: int, folds: int, seed: int, keys: Optional[Sequence] = None) 
     return [np.sort(np.asarray(part, dtype=int)) for part in parts]
 
 
-def _pool(tables: dict) -> data.PairTable:
-    """Train and dev (read with the usual checks), pooled."""
-    train, dev = tables["train"], tables["dev"]
-    return data.PairTable(path=f"{train.path} + {dev.path}", ids=train.ids + dev.ids,
-                          sentence_1=train.sentence_1 + dev.sentence_1, sentence_2=train.sentence_2 + dev.sentence_2,
-                          labels=np.concatenate([train.labels, dev.labels]))
-
-
 def _write_part(table: data.PairTable, positions: np.ndarray, path: Path, columns: Box) -> None:
-    part = _subset(table, positions)
+    part = table.take(positions)
     frame = pd.DataFrame({columns.id: part.ids, columns.sentence_1: part.sentence_1,
                           columns.sentence_2: part.sentence_2, columns.label: part.labels})
     atomic.write_with(path, lambda tmp: frame.to_csv(tmp, index=False, encoding="utf-8"))
@@ -84,10 +76,6 @@ def _read_predictions(path: Path, rows: int) -> np.ndarray:
     return values
 
 
-def _subset(table: data.PairTable, positions: np.ndarray) -> data.PairTable:
-    return data.PairTable(path=table.path, ids=[table.ids[i] for i in positions],
-                          sentence_1=[table.sentence_1[i] for i in positions],
-                          sentence_2=[table.sentence_2[i] for i in positions], labels=table.labels[positions])
 
 
 def _fold_config(cfg: Box, fold: int, folder: Path) -> tuple[Box, list[str]]:
@@ -201,7 +189,7 @@ def cut_folds(cfg: Box, folds: int, request: RunRequest) -> tuple[data.PairTable
         raise UserError("--folds: run_name contains {time}; give the folds a fixed run_name so they can resume")
     tables = data.read_tables(cfg)  # the user's own files: their overlap is checked before any fold file exists
     datacheck.check_overlap(tables["train"], tables["dev"], cfg.data.max_overlap)
-    pooled = _pool(tables)
+    pooled = data.pool(tables["train"], tables["dev"])
     if len(pooled) < 2 * folds:
         raise UserError(f"--folds: {len(pooled)} pooled pairs are too few for {folds} folds")
     folder = rundir.run_dir_for(cfg).with_name(f"{cfg.run_name}{FOLDS_SUFFIX}")
@@ -261,7 +249,7 @@ def run_folds(cfg: Box, config_name: str, overrides: Sequence[str], folds: int,
                 fold_request = replace(request, resume="" if resuming and started else None,
                                        resume_command=resume_cmd)
                 train_run(fold_cfg, config_name, [*overrides, *fold_overrides], fold_request)
-            predictions = _out_of_fold(fold_cfg, _subset(pooled, held_out), device)
+            predictions = _out_of_fold(fold_cfg, pooled.take(held_out), device)
             atomic.write_text(done_file, json.dumps({"run": fold_cfg.run_name, "config": _recipe(fold_cfg),
                                                      "predictions": predictions.tolist()}))
         out_of_fold[held_out] = predictions

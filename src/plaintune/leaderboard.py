@@ -21,7 +21,7 @@ from .config import resolve_config_path
 from .errors import UserError
 from .ensemble import (COMBINES, ENSEMBLE_FILE, Member, check_ensemble_dir, cross_fitted, estimate_seconds, fit,
                        measure_speed, member_configs, write_spec)
-from .folds import FoldsResult, _pool, run_folds
+from .folds import FoldsResult, run_folds
 from .metrics import score
 from .run import RunRequest
 
@@ -32,7 +32,8 @@ def _minutes(seconds: float) -> str:
 
 def announce_budget(members: dict[str, Box], folds: int, device) -> None:
     """The plan and its time, from each member's speed measured on a few real batches here."""
-    pooled = _pool(data.read_tables(next(iter(members.values()))))
+    tables = data.read_tables(next(iter(members.values())))
+    pooled = data.pool(tables["train"], tables["dev"])
     total, lines = 0.0, []
     for name, cfg in members.items():
         speed = measure_speed(cfg, pooled, device)
@@ -102,7 +103,8 @@ def run_leaderboard(cfg: Box, config_name: str, overrides: Sequence[str], reques
           f"{ensemble_dir / ENSEMBLE_FILE}")
     print(" ".join(["next: python inference.py --config", quoted[0], "--saved_model", shlex.quote(cfg.run_name),
                     *quoted[1:]]))
-    return {"weights": dict(zip(results, map(float, weights))), "intercept": intercept, "out_of_fold": scores}
+    return {"weights": dict(zip(results, map(float, weights))), "intercept": intercept, "out_of_fold": scores,
+            "runs": [run for result in results.values() for run in result.runs]}
 
 
 def _member_overrides(cfg: Box, name: str) -> list[str]:

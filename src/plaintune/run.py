@@ -1,6 +1,4 @@
-"""train(...) and predict(...): what train.py, inference.py and `import plaintune` run.
-
-`train_run` builds the components in dependency order, then hands them to the Trainer:
+"""One training run: `train_run` builds the components in dependency order, then hands them to the Trainer:
 
     1. processes and device           distributed.setup
     2. run directory and resume       resume.open_run: the bundle, checked to belong to this run
@@ -16,24 +14,22 @@ from __future__ import annotations
 
 import shlex
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
-import pandas as pd
 from box import Box
 
 from . import distributed, precision
 from .batching import eval_loader
 from .build import (TrainData, build_optimization, load_data, load_model, loop_options, restore_state,
                     wrap_for_training)
-from .config import apply_overrides, dump_yaml, load_config, resolve_config_path, to_plain, with_values
+from .config import dump_yaml, to_plain, with_values
 from .errors import UserError
 from .evaluate import predict as predict_outputs
 from .guard import check_outputs
 from .metrics import compute_metrics, followed_metric, shown
-from .predicting import run_inference
 from .report import check_report_folder, write_error_report
 from .resume import open_run
 from .rundir import LAST_FILE, RunFiles, config_file, find_best_dir, run_inputs, run_outputs, start_run_dir
@@ -41,11 +37,7 @@ from .runlock import RunLock
 from .tracking import Tracker, start_wandb, wandb_mode
 from .train_state import build_ema, seed_everything
 from .trainer import Batches, Trainer
-from .validation import validate
 from .weights import load_weights
-
-ConfigLike = Union[str, Path, dict]
-
 
 @dataclass
 class TrainResult:
@@ -57,62 +49,10 @@ class TrainResult:
     best_epoch: Optional[float]   # an int at an epoch end, a fraction for a mid-epoch validation
     history: list  # one dict per validation: epoch, step, the metric, loss
     stopped_early: bool = False
-
-
-def _config(config: ConfigLike, overrides: Sequence[str], purpose: str):
-    """(validated config, the name the printed commands use, the config file if any)."""
-    if not isinstance(config, (str, Path, dict)):
-        raise UserError(f"config: expected a config name, a YAML path or a dict, got {type(config).__name__}")
-    wrong = [o for o in overrides if not isinstance(o, str)]
-    if wrong:
-        raise UserError(f"overrides: each is one 'key.path=value' string, given as its own argument "
-                        f"(train('default', 'training.epochs=1')); got {wrong[0]!r}")
-    if isinstance(config, dict):
-        return validate(apply_overrides(config, overrides), source="config dict", purpose=purpose), "CONFIG", None
-    name = str(config)
-    return load_config(name, overrides, purpose=purpose), name, resolve_config_path(name)
-
-
-def train(config: ConfigLike, *overrides: str, resume: Union[bool, str] = False, overwrite: bool = False,
-          force: bool = False, trust_checkpoint: bool = False) -> TrainResult:
-    """Train as `python train.py --config CONFIG OVERRIDES...` does.
-
-    `config`: a name under configs/, a YAML path, or a dict of config keys. `resume`: True
-    continues the run's newest checkpoint, a path continues that bundle. A config with
-    `ensemble.members` runs the leaderboard pipeline (as train.py does) and returns its summary
-    (weights, intercept, out-of-fold scores) instead of a TrainResult.
-    """
-    cfg, name, _ = _config(config, overrides, "train")
-    resume_arg = None if resume is False else ("" if resume is True else str(resume))
-    request = RunRequest(resume_arg, force, overwrite, trust_checkpoint)
-    if cfg.ensemble.members:
-        from .leaderboard import run_leaderboard  # imports this module
-
-        return run_leaderboard(cfg, name, list(overrides), request)
-    return train_run(cfg, name, list(overrides), request)
-
-
-def predict(config: ConfigLike, saved_model: Union[str, Path, Sequence[Union[str, Path]]], *overrides: str,
-            output_path: Optional[Union[str, Path]] = None, weights: Optional[Sequence[float]] = None,
-            trust_checkpoint: bool = False) -> pd.DataFrame:
-    """Predict data.predict_path with a saved model (or an ensemble: a list of them).
-
-    Returns the id column and `target`, the predictions before rounding and clipping. With
-    `output_path`, also writes the submission there (rounded and clipped as inference.py does).
-    """
-    if output_path is not None:
-        overrides = (*overrides, f"inference.output_path={output_path}")
-    cfg, _, config_path = _config(config, overrides, "inference")
-    models = [saved_model] if isinstance(saved_model, (str, Path)) else saved_model
-    if not isinstance(models, (list, tuple)) or not models or not all(isinstance(m, (str, Path)) for m in models):
-        raise UserError(f"saved_model: expected a run name or checkpoint path, or a non-empty list of them; got "
-                        f"{saved_model!r}")
-    if weights is not None and (not isinstance(weights, (list, tuple)) or
-                                not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)):
-        raise UserError(f"weights: expected a list of numbers, one per saved model; got {weights!r}")
-    models = [str(m) for m in models]
-    return run_inference(cfg, models, list(weights) if weights is not None else None, trust=trust_checkpoint,
-                         config_path=config_path, write=output_path is not None)
+    kind: str = "run"             # "run", "k-fold" or "leaderboard"
+    runs: list = field(default_factory=list)     # the runs a k-fold or a leaderboard trained
+    scores: dict = field(default_factory=dict)   # out-of-fold scores: each fold's, each member's, each combination's
+    ensemble: Optional[dict] = None              # a leaderboard's fitted combination (weights, intercept)
 
 
 @dataclass(frozen=True)

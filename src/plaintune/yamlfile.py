@@ -50,8 +50,9 @@ def _walk(node: yaml.Node, where: str, lines: dict[str, int], label: str) -> Non
                 line = key_node.start_mark.line + 1
                 dotted = f"{where}.{key}" if where else str(key)
                 if key in seen:
-                    raise UserError(f"{label}: {dotted} is written twice (line {seen[key]} and line {line}); "
-                                    "keep one: YAML would silently use the later one")
+                    where_twice = f"line {seen[key]} and line {line}" if seen[key] != line else f"twice on line {line}"
+                    raise UserError(f"{label}: {dotted} is written twice ({where_twice}); keep one: YAML would "
+                                    "silently use the later one")
                 seen[key] = line
                 lines.setdefault(dotted, line)
                 stack.append((value_node, dotted))
@@ -59,16 +60,16 @@ def _walk(node: yaml.Node, where: str, lines: dict[str, int], label: str) -> Non
             stack.extend((item, where) for item in node.value)
 
 
-def parse(text: str, label: str) -> tuple[Any, dict[str, int]]:
-    """(the YAML document in `text`, {dotted key: line}). `label` names the text in errors
-    (a file path, or an override)."""
+def parse(text: str, label: str, prefix: str = "") -> tuple[Any, dict[str, int]]:
+    """(the YAML document in `text`, {dotted key: line}). `label` names the text in errors (a file
+    path, or an override); `prefix` is the dotted key the document is the value of (an override's)."""
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return None, {}
         lines: dict[str, int] = {}
-        _walk(node, "", lines, label)
+        _walk(node, prefix, lines, label)
         return loader.construct_document(node), lines
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
@@ -79,9 +80,9 @@ def parse(text: str, label: str) -> tuple[Any, dict[str, int]]:
         loader.dispose()
 
 
-def load_value(text: str, label: str) -> Any:
-    """One YAML value (an override's right-hand side)."""
-    return parse(text, label)[0]
+def load_value(text: str, label: str, key: str = "") -> Any:
+    """One YAML value (the right-hand side of an override of `key`)."""
+    return parse(text, label, key)[0]
 
 
 def dump(data: Any) -> str:

@@ -1,0 +1,116 @@
+"""The public entry point: `plaintune.train` and `plaintune.predict`.
+
+train.py and inference.py parse their arguments and call these two functions, as a notebook does;
+each config kind goes through the same door: a single run, a k-fold (`folds=K`) and a leaderboard
+pipeline (a config with `ensemble.members`), each ending in one `TrainResult`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import pandas as pd
+from box import Box
+
+from . import rundir
+from .config import apply_overrides, load_config, resolve_config_path
+from .errors import UserError
+from .folds import FOLDS_SUFFIX, run_folds
+from .leaderboard import run_leaderboard
+from .metrics import followed_metric, score
+from .predicting import run_inference
+from .run import RunRequest, TrainResult, train_run
+from .validation import Origins, validate
+
+ConfigLike = Union[str, Path, dict]
+PYTHON_CALL = "overrides given to plaintune"
+
+
+def load(config: ConfigLike, overrides: Sequence[str], purpose: str,
+         origin: str = PYTHON_CALL) -> tuple[Box, str, Optional[Path]]:
+    """(validated config, the name the printed commands use, the config file if any); each problem is
+    blamed on the file's line or on `origin` for a key an override set."""
+    if not isinstance(config, (str, Path, dict)):
+        raise UserError(f"config: expected a config name, a YAML path or a dict, got {type(config).__name__}")
+    wrong = [o for o in overrides if not isinstance(o, str)]
+    if wrong:
+        raise UserError(f"overrides: each is one 'key.path=value' string, given as its own argument "
+                        f"(train('default', 'training.epochs=1')); got {wrong[0]!r}")
+    if isinstance(config, dict):
+        origins = Origins("config dict")
+        return validate(apply_overrides(config, overrides, origins, origin), source="config dict", purpose=purpose,
+                        origins=origins), "CONFIG", None
+    name = str(config)
+    return load_config(name, overrides, purpose=purpose, origin=origin), name, resolve_config_path(name)
+
+
+def _resume_argument(resume: object) -> Optional[str]:
+    if resume is False or resume is None:
+        return None
+    if resume is True:
+        return ""
+    if isinstance(resume, (str, Path)) and str(resume):
+        return str(resume)
+    raise UserError(f"resume: expected True, False or the path of a resume bundle, got {resume!r}")
+
+
+def train(config: ConfigLike, *overrides: str, resume: Union[bool, str, Path] = False, overwrite: bool = False,
+          force: bool = False, trust_checkpoint: bool = False, folds: Optional[int] = None,
+          overrides_origin: str = PYTHON_CALL) -> TrainResult:
+    """Train as `python train.py --config CONFIG OVERRIDES...` does.
+
+    `config`: a name under configs/, a YAML path, or a dict of config keys. `resume`: True continues
+    the run's newest checkpoint, a path continues that bundle. `folds=K` trains a K-fold over train
+    and dev pooled; a config with `ensemble.members` runs the leaderboard pipeline. Every kind returns
+    a `TrainResult`: a k-fold's and a leaderboard's `best_metric` is the out-of-fold score (for a
+    leaderboard, that of the combination inference applies), `runs` lists the runs trained.
+    `overrides_origin` names where the overrides came from in error messages (the scripts say
+    "command line")."""
+    cfg, name, _ = load(config, overrides, "train", overrides_origin)
+    request = RunRequest(_resume_argument(resume), force, overwrite, trust_checkpoint)
+    if folds is not None and (not isinstance(folds, int) or isinstance(folds, bool)):
+        raise UserError(f"folds: expected a whole number of folds (e.g. 5), got {folds!r}")
+    if folds is not None and cfg.ensemble.members:
+        raise UserError("--folds: this config has ensemble.members, which trains every member as a k-fold of "
+                        "ensemble.folds folds; drop --folds (set ensemble.folds=K to change K)")
+    if folds is not None:
+        result = run_folds(cfg, name, list(overrides), folds, request)
+        metric = followed_metric("auto", cfg.model.num_labels)
+        overall = score(result.out_of_fold, result.pooled.labels, cfg.model.num_labels)
+        per_fold = {f"fold {k}": score(result.out_of_fold[part], result.pooled.labels[part], cfg.model.num_labels)
+                    for k, part in enumerate(result.parts, start=1)}
+        folder = rundir.run_dir_for(cfg).with_name(f"{cfg.run_name}{FOLDS_SUFFIX}")
+        return TrainResult(folder, metric, overall, None, [], kind="k-fold", runs=list(result.runs),
+                           scores={f"out-of-fold {metric}": overall, **per_fold})
+    if cfg.ensemble.members:
+        summary = run_leaderboard(cfg, name, list(overrides), request)
+        scores = dict(summary.get("out_of_fold", {}))
+        applied = summary.get("applied") or f"ensemble {cfg.ensemble.combine} (cross-fitted)"
+        return TrainResult(rundir.run_dir_for(cfg), "pearson", scores.get(applied), None, [], kind="leaderboard",
+                           runs=list(summary.get("runs", [])), scores=scores,
+                           ensemble={k: v for k, v in summary.items() if k not in ("out_of_fold",)})
+    return train_run(cfg, name, list(overrides), request)
+
+
+def predict(config: ConfigLike, saved_model: Union[str, Path, Sequence[Union[str, Path]]], *overrides: str,
+            output_path: Optional[Union[str, Path]] = None, weights: Optional[Sequence[float]] = None,
+            trust_checkpoint: bool = False, write: Optional[bool] = None,
+            overrides_origin: str = PYTHON_CALL) -> pd.DataFrame:
+    """Predict data.predict_path with a saved model, a fitted ensemble's directory, or a list of models.
+
+    Returns the id column and `target`, the predictions before rounding and clipping. The submission
+    (rounded and clipped as inference.py writes it) is written to `output_path` when one is given, or
+    to inference.output_path with `write=True` (what inference.py does)."""
+    if output_path is not None:
+        overrides = (*overrides, f"inference.output_path={output_path}")
+    cfg, _, config_path = load(config, overrides, "inference", overrides_origin)
+    models = [saved_model] if isinstance(saved_model, (str, Path)) else saved_model
+    if not isinstance(models, (list, tuple)) or not models or not all(isinstance(m, (str, Path)) for m in models):
+        raise UserError(f"saved_model: expected a run name or checkpoint path, or a non-empty list of them; got "
+                        f"{saved_model!r}")
+    if weights is not None and (not isinstance(weights, (list, tuple)) or
+                                not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)):
+        raise UserError(f"weights: expected a list of numbers, one per saved model; got {weights!r}")
+    return run_inference(cfg, [str(m) for m in models], list(weights) if weights is not None else None,
+                         trust=trust_checkpoint, config_path=config_path,
+                         write=output_path is not None if write is None else write)
