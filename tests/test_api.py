@@ -39,7 +39,10 @@ def test_api_takes_a_dict_and_raises_user_errors(project, tiny_model_dir):
         plaintune.train(cfg, "training.epochs=0")
     with pytest.raises(plaintune.UserError, match="already has a checkpoint"):
         plaintune.train(cfg, "training.epochs=1", "run_name=d")
-    assert plaintune.train(cfg, "training.epochs=2", "run_name=d", resume=True).best_epoch in (1, 2)
+    resumed = plaintune.train(cfg, "training.epochs=2", "run_name=d", resume=True)
+    pearsons = [h["pearson"] for h in resumed.history]
+    assert len(pearsons) == 2 and resumed.best_epoch == 1 + int(np.argmax(pearsons))
+    assert resumed.best_metric == max(pearsons)
     path = project / "out" / "s.csv"
     frame = plaintune.predict(cfg, "d", output_path=path)
     assert path.is_file() and len(frame) == len(pd.read_csv(path))

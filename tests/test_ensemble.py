@@ -193,8 +193,18 @@ def test_inference_may_not_write_over_an_ensemble(project, tiny_model_dir, capsy
 
 def test_the_python_api_runs_the_pipeline_too(project, tiny_model_dir):
     leaderboard_project(project, tiny_model_dir, members={"bi": ["model.kind=bi_encoder", "training.epochs=1"]})
-    summary = api.train("configs/lb.yaml")
-    assert set(summary["weights"]) == {"bi"} and (project / "saved_model" / "lb" / "ensemble.json").is_file()
+    result = api.train("configs/lb.yaml")
+    assert result.kind == "leaderboard" and result.run_dir.resolve() == project / "saved_model" / "lb"
+    assert set(result.ensemble["weights"]) == {"bi"} and (result.run_dir / "ensemble.json").is_file()
+    assert result.runs == ["lb-bi-fold1", "lb-bi-fold2"] and result.best_metric is not None
+
+
+def test_the_python_api_runs_a_k_fold(project):
+    result = api.train("t", "training.epochs=1", folds=2)
+    assert result.kind == "k-fold" and result.runs == ["t-fold1", "t-fold2"]
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert result.best_metric == pytest.approx(summary["out_of_fold_pearson"])
+    assert [result.scores[f"fold {k}"] for k in (1, 2)] == pytest.approx([f["pearson"] for f in summary["folds"]])
 
 
 @pytest.mark.parametrize("override, problem", [("data.train_path=data/dev.csv", "data.train_path"),

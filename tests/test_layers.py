@@ -15,7 +15,7 @@ LAYERS = [
     ("config", {"yamlfile", "optim", "choices", "validation", "config"}),
     ("files", {"atomic", "formats", "weights", "modelcard", "rundir", "runlock", "guard", "hub", "precision",
                "distributed"}),
-    ("components", {"data", "datacheck", "pairs", "batching", "biencoder", "model", "objective", "metrics",
+    ("components", {"data", "datacheck", "datasets", "evaluate", "batching", "biencoder", "model", "objective", "metrics",
                     "forward", "report", "tracking"}),
     ("loop", {"train_state", "selection", "stopping", "trainer"}),
     ("run", {"build", "resume", "ensemble", "predicting", "run"}),

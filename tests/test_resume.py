@@ -149,6 +149,9 @@ def test_seed_style_bundle_resumes(project, capsys, prefix, tiny_model_dir):
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    # one real step, so the bundle carries moments (and a step count) to remap onto plaintune's groups
+    model(input_ids=torch.tensor([[101, 2023, 102]])).logits.sum().backward()
+    optimizer.step()
     path = project / "seed.pt"
     torch.save({"model_state_dict": {prefix + k: v for k, v in model.state_dict().items()},
                 "optimizer_state_dict": optimizer.state_dict(), "epoch": 1, "loss": 0.5}, path)
@@ -160,6 +163,9 @@ def test_seed_style_bundle_resumes(project, capsys, prefix, tiny_model_dir):
         assert "strip DDP 'module.'" in out
     saved = bundle(project, "t")
     assert saved["epoch"] == 2 and saved["train_state"]["global_step"] == 12  # one more epoch of 6 steps
+    # the seed's moments were continued, not dropped: every parameter's AdamW count is 1 + 6 steps
+    counts = {float(s["step"]) for s in saved["optimizer_state_dict"]["state"].values()}
+    assert counts == {7.0}
 
 
 def test_config_drift_refused_unless_forced(project, capsys):

@@ -26,7 +26,7 @@ def check_loss(cfg: dict) -> list[Problem]:
         problems.append(Problem("training.loss", "BCEWithLogitsLoss scores labels scaled to 0-1 and needs "
                         "model.output_activation: sigmoid (or auto)"))
     if loss == "auto":
-        pass  # resolved with the output mapping once the model is built (see recipe.resolve_objective)
+        pass  # resolved with the output mapping once the model is built (objective.resolve_objective)
     elif loss not in LOSSES:
         problems.append(Problem("training.loss", f"unknown loss '{given}'; valid: {LOSS_NAMES}, auto"))
     elif num_labels == 1 and loss in CLASSIFICATION_LOSSES:

@@ -64,7 +64,7 @@ def read_bundle(path: Path) -> dict:
     return obj
 
 
-def find_resume_bundle(resume: str, saver: RunFiles) -> tuple[Path, dict]:
+def find_resume_bundle(resume: str, files: RunFiles) -> tuple[Path, dict]:
     """`--resume PATH` reads that bundle; `--resume` the run's newest readable one."""
     if resume:
         path = Path(resume)
@@ -76,9 +76,9 @@ def find_resume_bundle(resume: str, saver: RunFiles) -> tuple[Path, dict]:
         if not path.is_file():
             raise UserError(f"--resume: checkpoint '{resume}' does not exist")
         return path, read_bundle(path)
-    candidates = saver.resume_candidates()
+    candidates = files.resume_candidates()
     if not candidates:
-        raise UserError(f"--resume: no checkpoint in {saver.run_dir}/ to resume (no {LAST_FILE}); "
+        raise UserError(f"--resume: no checkpoint in {files.run_dir}/ to resume (no {LAST_FILE}); "
                         "start the run without --resume")
     return read_newest_bundle(candidates, read_bundle)
 

@@ -49,10 +49,10 @@ def validation_name(state: TrainState, mid_epoch: bool) -> str:
     return f"step-{state.global_step:08d}" if mid_epoch else f"epoch-{state.epoch:03d}"
 
 
-def judge(state: TrainState, metric: float, name: str, rules: SelectionRules, followed: str,
-          epochs_left: bool) -> Verdict:
-    """Record what validation `name` scoring `metric` (the value of the `followed` metric)
-    means for best, top-k and early stopping."""
+def record_validation(state: TrainState, metric: float, name: str, rules: SelectionRules, followed: str,
+                      epochs_left: bool) -> Verdict:
+    """Update `state` (best, patience count, top-k) for validation `name` scoring `metric` (the value
+    of the `followed` metric), and say what that means for best/, top/ and early stopping."""
     best = is_better(metric, state.best_metric, followed)
     # Early stopping counts validations without a gain above min_delta over the best so far.
     significant = best and (state.best_metric is None or not math.isfinite(state.best_metric)

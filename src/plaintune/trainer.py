@@ -25,7 +25,7 @@ from .evaluate import predict
 from .metrics import LOWER_IS_BETTER, compute_metrics, shown
 from .objective import Objective
 from .rundir import RunFiles
-from .selection import SelectionRules, follow, judge, validation_name
+from .selection import SelectionRules, follow, record_validation, validation_name
 from .stopping import StopRequest, divergence_message, weights_finite
 from .tracking import Throughput, Tracker
 from .train_state import Optimization, TrainState, make_bundle, rng_states
@@ -183,7 +183,7 @@ class Trainer:
 
     # ------------------------------------------------------------ validation
     def validate_and_select(self, mid_epoch: bool, batches: int = 1) -> None:
-        """Validate, log, then keep best/ and top/ and decide early stopping (see selection.judge)."""
+        """Validate, log, then keep best/ and top/ and decide early stopping (selection.record_validation)."""
         state = self.state
         self.ensure_finite(check_weights=True)  # a diverged model must not become best/
         started = time.perf_counter()
@@ -195,7 +195,7 @@ class Trainer:
         self.tracker.log("eval", state.global_step, position,
                          {**metrics, "eval_s": time.perf_counter() - started, "train_samples_per_s": self._train_speed})
         name = validation_name(state, mid_epoch)
-        verdict = judge(state, metric, name, self.options.selection, followed,
+        verdict = record_validation(state, metric, name, self.options.selection, followed,
                         epochs_left=mid_epoch or state.epoch < self.options.epochs)
         model, meta = self._evaluated_model(), self._model_meta()
         if verdict.best and self.options.save_best:
