@@ -4,7 +4,8 @@
 sees either the old complete file or the new complete file, never a torn one.
 
 Temporaries are named `.NAME.XXXXXXXX.tmp` next to their target, so a run can
-find and delete what a killed write left behind (`stale_temporaries`).
+find and delete what a killed write left behind (ownership.stale_temporaries: only
+plaintune's own names in its own folders).
 """
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import contextlib
 import errno
 import math
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,8 +22,6 @@ from .errors import UserError
 
 PathLike = Union[str, Path]
 
-# mkstemp/mkdtemp names: prefix ".NAME.", 8 random characters, suffix ".tmp".
-TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 # A failed write with less free space than this left on its file system ran out of space,
 # whatever the writer's exception says (torch.save reports it as "unexpected pos N vs M").
 FULL_DISK_BYTES = 1 << 20
@@ -244,17 +242,3 @@ def write_into_dir(target: PathLike, fill: Callable[[Path], None], remove: Itera
         raise mapped from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def stale_temporaries(root: PathLike) -> list[Path]:
-    """Temporaries of this module's writes anywhere under `root` (a write that never finished:
-    its target still holds the previous complete version). A temporary directory is listed
-    once, not the files inside it."""
-    found = []
-    for folder, dirs, files in os.walk(root):
-        for name in list(dirs):
-            if TEMP_NAME.match(name):
-                found.append(Path(folder) / name)
-                dirs.remove(name)  # removed whole; no need to look inside
-        found += [Path(folder) / name for name in files if TEMP_NAME.match(name)]
-    return sorted(found)

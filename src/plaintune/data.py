@@ -6,8 +6,6 @@ fix the CSV without reading code. Line numbers count the header as line 1.
 from __future__ import annotations
 
 import csv
-import os
-import stat
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -15,6 +13,7 @@ import numpy as np
 import pandas as pd
 from box import Box
 
+from . import paths
 from .errors import UserError
 
 MISSING_TEXT = {"", "nan", "null", "none", "n/a", "na", "<na>"}
@@ -60,16 +59,7 @@ def _rows_text(lines: Sequence[int]) -> str:
 
 
 def _check_exists(path: str, key: str) -> None:
-    where = f"{key}: '{path}'"
-    try:  # os.stat, not Path.is_file: newer Pythons answer False for "permission denied"
-        exists = stat.S_ISREG(os.stat(path).st_mode)
-    except PermissionError:  # a folder on the way cannot be searched: the file may well exist
-        raise UserError(f"{where}: permission denied; make it and its folders readable, or copy it "
-                        "somewhere readable") from None
-    except (OSError, ValueError):
-        exists = False
-    if not exists:
-        raise UserError(f"{where} does not exist; fix the path or override it ({key}=path/to/file.csv)")
+    paths.require(path, key, (paths.FILE,), fix=f"fix the path or override it ({key}=path/to/file.csv)")
 
 
 def _read_rows(path: str, where: str, encoding: str) -> tuple[list[list[str]], list[int]]:

@@ -32,7 +32,8 @@ from .batching import BucketBatchSampler, micro_batch_budget, train_loader
 from .config import apply_overrides, overridden_keys, to_plain
 from .datasets import make_dataset
 from .errors import UserError
-from .evaluate import AUTOCAST
+from .evaluate import AUTOCAST, postprocess
+from .metrics import score
 from .model import build_model, build_tokenizer
 from .precision import resolve as resolve_precision
 from .schema import LEAVES, SHARED
@@ -70,14 +71,91 @@ def apply(predictions: np.ndarray, weights: Sequence[float], intercept: float) -
     return predictions @ np.asarray(weights, dtype=np.float64) + intercept
 
 
-def cross_fitted(predictions: np.ndarray, labels: np.ndarray, parts: Sequence[np.ndarray], method: str) -> np.ndarray:
-    """Each part's combined predictions from weights fitted on the other parts: an honest score."""
+def check_weights(weights: Sequence[float], intercept: float, method: str, where: str) -> None:
+    """A combination inference can apply: finite, not all zero (every prediction would be the
+    intercept), non-negative unless `method` is lstsq (which may invert a member by design)."""
+    values = np.asarray(weights, dtype=np.float64)
+    if values.size == 0 or not np.all(np.isfinite(values)) or not np.isfinite(intercept):
+        problem = "its weights or intercept are not finite numbers"
+    elif not np.any(values != 0):
+        problem = "all its weights are zero (every prediction would be the intercept)"
+    elif method != "lstsq" and np.any(values < 0):
+        problem = f"it has negative weights, which only combine: lstsq may fit (this is {method})"
+    else:
+        return
+    raise UserError(f"{where}: {problem}")
+
+
+def submission_values(predictions: np.ndarray, weights: Sequence[float], intercept: float,
+                      clip: Optional[Sequence[float]], decimals: Optional[int]) -> np.ndarray:
+    """What inference writes for these member predictions: the weighted sum plus the intercept
+    (predicting.combine), then the submission's clipping and rounding (evaluate.postprocess)."""
+    return postprocess(apply(predictions, weights, intercept), clip, decimals)
+
+
+BEST_MEMBER = "best_member"  # a candidate beside COMBINES: the single member with the best out-of-fold score
+
+
+def fit_candidate(predictions: np.ndarray, labels: np.ndarray, method: str) -> tuple[np.ndarray, float]:
+    """(weights, intercept) of `method`: one of COMBINES, or BEST_MEMBER (weight 1 on the member whose
+    predictions score best against `labels`, intercept 0: that member's own predictions)."""
+    if method != BEST_MEMBER:
+        return fit(predictions, labels, method)
+    scores = [score(predictions[:, k], labels, 1) for k in range(predictions.shape[1])]
+    finite = [s if np.isfinite(s) else -np.inf for s in scores]
+    weights = np.zeros(predictions.shape[1])
+    weights[int(np.argmax(finite))] = 1.0
+    return weights, 0.0
+
+
+def cross_fitted(predictions: np.ndarray, labels: np.ndarray, parts: Sequence[np.ndarray], method: str,
+                 clip: Optional[Sequence[float]] = None, decimals: Optional[int] = None) -> np.ndarray:
+    """Each part's submission values (as inference makes them: `submission_values`) from a
+    combination fitted on the other parts, the same way the final one is fitted: an honest score."""
     out = np.full(len(labels), np.nan)
     for held_out in parts:
         rest = np.setdiff1d(np.arange(len(labels)), held_out)
-        weights, intercept = fit(predictions[rest], labels[rest], method)
-        out[held_out] = apply(predictions[held_out], weights, intercept)
+        weights, intercept = fit_candidate(predictions[rest], labels[rest], method)
+        out[held_out] = submission_values(predictions[held_out], weights, intercept, clip, decimals)
     return out
+
+
+@dataclass
+class Choice:
+    """Which combination the ensemble applies, and why (recorded in ensemble.json)."""
+
+    requested: str            # ensemble.combine
+    applied: str              # requested, or what beat it out of fold (another method, BEST_MEMBER)
+    scores: dict              # cross-fitted Pearson of every candidate (None: could not be fitted)
+    reason: str
+
+
+def choose(predictions: np.ndarray, labels: np.ndarray, parts: Sequence[np.ndarray], requested: str,
+           clip: Optional[Sequence[float]] = None, decimals: Optional[int] = None) -> Choice:
+    """Score every candidate cross-fitted (COMBINES and the best single member) as inference would
+    apply it, and pick `requested` unless the best member scores higher out of fold: then the
+    best-scoring candidate is applied instead (never a combination that does worse than one member)."""
+    scores: dict = {}
+    for method in (*COMBINES, BEST_MEMBER):
+        try:
+            value = score(cross_fitted(predictions, labels, parts, method, clip, decimals), labels, 1)
+        except UserError:  # e.g. nnls with no positively correlated member on some part
+            value = None
+        scores[method] = float(value) if value is not None and np.isfinite(value) else None
+    ranked = sorted((value, method) for method, value in scores.items() if value is not None)
+    if not ranked:
+        raise UserError("ensemble: no combination of the members gives a finite out-of-fold Pearson; the members "
+                        "learned nothing (check each member's out-of-fold score above)")
+    best_value, best_method = ranked[-1]
+    own, single = scores[requested], scores[BEST_MEMBER]
+    if own is not None and (single is None or own >= single):
+        return Choice(requested, requested, scores, f"ensemble.combine {requested} scores {own:.4f} out of fold "
+                      f"(cross-fitted), not below the best single member")
+    why = "could not be fitted" if own is None else f"scores {own:.4f}"
+    return Choice(requested, best_method, scores, f"ensemble.combine {requested} {why} out of fold (cross-fitted), "
+                  f"below the best single member ({single:.4f}); applying {best_method} ({best_value:.4f}) instead"
+                  if single is not None else f"ensemble.combine {requested} {why} out of fold (cross-fitted); "
+                  f"applying {best_method} ({best_value:.4f}) instead")
 
 
 # ------------------------------------------------------------------- members
@@ -158,13 +236,17 @@ class Member:
     weight: float
 
 
-def write_spec(path: Path, members: list[Member], intercept: float, method: str, scores: dict,
-               symmetric: bool) -> None:
+def write_spec(path: Path, members: list[Member], intercept: float, choice: Choice, scores: dict,
+               symmetric: bool, clip: Optional[Sequence[float]], decimals: Optional[int]) -> None:
     """`symmetric`: the inference.symmetric the out-of-fold predictions were made with, which the
-    submission must use too (the weights were fitted on those predictions)."""
-    spec = {"format": FORMAT, "version": 1, "combine": method, "intercept": intercept,
+    submission must use too (the weights were fitted on those predictions). `clip`/`decimals`: the
+    inference.clip and inference.round the cross-fitted scores were computed with."""
+    check_weights([m.weight for m in members], intercept, choice.applied, f"ensemble ({choice.applied})")
+    spec = {"format": FORMAT, "version": 1, "combine": choice.requested, "applied": choice.applied,
+            "why": choice.reason, "intercept": intercept,
             "members": [{"name": m.name, "runs": m.runs, "weight": m.weight} for m in members],
-            "inference_symmetric": symmetric, "out_of_fold": scores}
+            "inference_symmetric": symmetric, "scored_with": {"clip": clip, "round": decimals},
+            "out_of_fold": scores}
     atomic.write_text(path, json.dumps(atomic.json_safe(spec), indent=2))
 
 
@@ -192,16 +274,37 @@ def read_spec(directory: Path) -> Optional[tuple[list[Member], float, bool]]:
         symmetric = spec.get("inference_symmetric", False)
         if not isinstance(symmetric, bool):
             raise TypeError("inference_symmetric")
+        method = spec.get("applied", spec.get("combine"))
         if spec.get("format") != FORMAT or not members or not all(m.runs for m in members):
             problem = "not a plaintune ensemble"
-        elif not all(np.isfinite([m.weight for m in members])) or not np.isfinite(intercept):
-            problem = "damaged (its weights are not finite)"
+        else:
+            check_weights([m.weight for m in members], intercept, method, "weights")
     except (OSError, ValueError, KeyError, TypeError):
         problem = "unreadable or damaged"
+    except UserError as err:
+        problem = f"damaged ({err})"
     if problem:
         raise UserError(f"--saved_model: '{path}' is {problem}; rerun python train.py --config <its config> "
                         "--resume to fit it again")
     return members, intercept, symmetric
+
+
+def member_run_dir(root: Path, run: str, spec_path: Path) -> Path:
+    """A member run of an ensemble: a folder directly inside the ensemble's output_dir (`root`),
+    never elsewhere (an absolute path, ../, a symlink that leads out)."""
+    relative = Path(run)
+    inside = not relative.is_absolute() and ".." not in relative.parts and run.strip() not in ("", ".")
+    target = root / relative
+    if inside:
+        try:
+            inside = target.resolve().is_relative_to(root.resolve())
+        except (OSError, RuntimeError):  # a symlink loop
+            inside = False
+    if not inside:
+        raise UserError(f"--saved_model: '{spec_path}' names member run '{run}', which is not a folder inside the "
+                        f"ensemble's output_dir '{root}'; an ensemble loads only runs beside it: fit it again with "
+                        "python train.py --config <its config> --resume")
+    return target
 
 
 def expand(saved_models: Sequence[str], saved_root: Path) -> Optional[Fitted]:
@@ -214,8 +317,14 @@ def expand(saved_models: Sequence[str], saved_root: Path) -> Optional[Fitted]:
             spec = read_spec(candidate)
             if spec is not None:
                 members, intercept, symmetric = spec
-                members = [m for m in members if m.weight != 0] or members  # a dropped member need not run
-                runs = [str(candidate.parent / run) for m in members for run in m.runs]
+                members = [m for m in members if m.weight != 0]  # a dropped member need not run
+                spec_path = candidate / ENSEMBLE_FILE
+                runs = [str(member_run_dir(candidate.parent, run, spec_path)) for m in members for run in m.runs]
+                for run in runs:  # the fit used each fold's best model: another one (last.pt) is not that member
+                    if rundir.find_best_dir(Path(run)) is None:
+                        raise UserError(f"--saved_model {saved_models[0]}: member run '{run}' has no complete best/ "
+                                        "(its best model, which the ensemble was fitted on); finish it with "
+                                        "python train.py --config <its config> --resume, or restore best/")
                 weights = [m.weight / len(m.runs) for m in members for _ in m.runs]
                 return Fitted(runs, weights, intercept, symmetric)
     return None

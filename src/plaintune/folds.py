@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from box import Box
 
-from . import atomic, data, datacheck, distributed, rundir
+from . import atomic, data, datacheck, distributed, ownership, rundir
 from .config import to_plain, with_values
 from .errors import UserError
 from .metrics import followed_metric, score
@@ -32,6 +32,7 @@ from .resume import check_drift
 from .run import RunRequest, train_run
 from .rundir import RunFiles
 from .schema import LEARNED, LEAVES, PREDICTION, assign, keys_with, lookup
+from .runlock import RunLock
 
 FOLDS_SUFFIX = "-folds"
 
@@ -175,31 +176,40 @@ def check_same_split(folder: Path, identity: dict, resume: bool, force: bool, ov
                         "belong to the old one: restore those values, or start over with --overwrite")
 
 
-def cut_folds(cfg: Box, folds: int, request: RunRequest) -> tuple[data.PairTable, list[np.ndarray], Path]:
+def folds_folder(cfg: Box) -> Path:
+    """`<output_dir>/<run_name>-folds/`: the split and every fold's CSVs and predictions."""
+    return rundir.run_dir_for(cfg).with_name(f"{cfg.run_name}{FOLDS_SUFFIX}")
+
+
+def cut_folds(cfg: Box, folds: int, request: RunRequest,
+              key: str = "--folds") -> tuple[data.PairTable, list[np.ndarray], Path]:
     """Check that k-fold can run, pool train and dev, cut them, and write each fold's CSVs
-    under `<run_name>-folds/` (refused if they would change an existing k-fold's)."""
+    under `<run_name>-folds/` (refused if they would change an existing k-fold's). The caller
+    holds the folder's lock. `key`: what set the number of folds (--folds, ensemble.folds)."""
     if folds < 2:
-        raise UserError(f"--folds: {folds} folds; k-fold needs at least 2 (e.g. --folds 5)")
+        raise UserError(f"{key}: {folds} folds; k-fold needs at least 2 (e.g. {key} 5)")
     if request.resume:
-        raise UserError("--folds: --resume takes no path with --folds; each fold resumes from its own run")
+        raise UserError("--resume takes no path with k-fold; each fold resumes from its own run")
     if not cfg.checkpoint.save_best:
-        raise UserError("--folds: checkpoint.save_best is false; each fold's best model is needed for its "
+        raise UserError(f"{key}: checkpoint.save_best is false; each fold's best model is needed for its "
                         "out-of-fold predictions and the ensemble")
     if "{time}" in cfg.run_name:
-        raise UserError("--folds: run_name contains {time}; give the folds a fixed run_name so they can resume")
+        raise UserError(f"{key}: run_name contains {{time}}; give the folds a fixed run_name so they can resume")
     tables = data.read_tables(cfg)  # the user's own files: their overlap is checked before any fold file exists
     datacheck.check_overlap(tables["train"], tables["dev"], cfg.data.max_overlap)
     pooled = data.pool(tables["train"], tables["dev"])
     if len(pooled) < 2 * folds:
-        raise UserError(f"--folds: {len(pooled)} pooled pairs are too few for {folds} folds")
-    folder = rundir.run_dir_for(cfg).with_name(f"{cfg.run_name}{FOLDS_SUFFIX}")
+        raise UserError(f"{key}: {len(pooled)} pooled train+dev pairs are too few for {folds} folds; set {key} to "
+                        f"at most {len(pooled) // 2}")
+    folder = folds_folder(cfg)
     parts = split_folds(len(pooled), folds, cfg.seed,
                         [datacheck.pair_key(a, b) for a, b in zip(pooled.sentence_1, pooled.sentence_2)])
     if any(len(part) == 0 for part in parts):
-        raise UserError(f"--folds: {folds} folds leave a fold empty: the pooled data has too few distinct pairs")
+        raise UserError(f"{key}: {folds} folds leave a fold empty: the pooled data has too few distinct pairs; "
+                        f"lower {key}")
     check_same_split(folder, split_identity(cfg, pooled, folds), request.resume is not None, request.force,
                      request.overwrite)
-    folder.mkdir(parents=True, exist_ok=True)
+    ownership.claim(folder, ownership.FOLDS)  # the marker before the first file
     atomic.write_text(folder / SPLIT_FILE, json.dumps(split_identity(cfg, pooled, folds), indent=2))
     for fold, held_out in enumerate(parts, start=1):
         trained_on = np.sort(np.concatenate([p for k, p in enumerate(parts, start=1) if k != fold]))
@@ -217,12 +227,26 @@ class FoldsResult:
 
 
 def run_folds(cfg: Box, config_name: str, overrides: Sequence[str], folds: int,
-              request: RunRequest = RunRequest(), announce_next: bool = True) -> FoldsResult:
-    """Train `folds` runs and report the out-of-fold metric; see the module docstring."""
+              request: RunRequest = RunRequest(), announce_next: bool = True, key: str = "--folds") -> FoldsResult:
+    """Train `folds` runs and report the out-of-fold metric; see the module docstring. `key`: what set
+    the number of folds, named in errors (--folds, or ensemble.folds for a leaderboard member).
+
+    The k-fold's folder is locked before its first file is written: of two k-folds started at once
+    on one run_name, the one that loses the lock has written nothing."""
     dist_info, device = distributed.setup(cfg.device)
     if dist_info.enabled:
-        raise UserError("--folds: run k-fold in one process (python train.py ...), not under torchrun")
-    pooled, parts, folder = cut_folds(cfg, folds, request)
+        raise UserError(f"{key}: run k-fold in one process (python train.py ...), not under torchrun")
+    ownership.check_owned(folds_folder(cfg), ownership.FOLDS)
+    lock = RunLock(folds_folder(cfg), cfg.run_name).acquire()
+    try:
+        return _run_folds_locked(cfg, config_name, overrides, folds, request, announce_next, key, device)
+    finally:
+        lock.release()
+
+
+def _run_folds_locked(cfg: Box, config_name: str, overrides: Sequence[str], folds: int, request: RunRequest,
+                      announce_next: bool, key: str, device: torch.device) -> FoldsResult:
+    pooled, parts, folder = cut_folds(cfg, folds, request, key)
     name = followed_metric("auto", cfg.model.num_labels)
     quoted = [shlex.quote(config_name), *map(shlex.quote, overrides)]
     resume_cmd = request.resume_command or " ".join(["python", "train.py", "--config", *quoted, "--folds",

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
-import stat
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
+from . import paths
 from .errors import UserError
 
 # Bundle keys whose value is the model's state dict, in order of preference.
@@ -47,15 +46,16 @@ def unreadable_error(path: Path, err: OSError, where: str = "") -> UserError:
 
 
 def stat_path(path: Path, where: str = "") -> tuple[bool, bool]:
-    """(is_dir, is_file); a folder on the way that cannot be searched is "permission denied",
-    not "does not exist" (os.stat, since newer Pythons' Path.is_file answers False for it)."""
-    try:
-        mode = os.stat(path).st_mode
-    except PermissionError as err:
-        raise unreadable_error(path, err, where) from None
-    except (OSError, ValueError):
-        return False, False
-    return stat.S_ISDIR(mode), stat.S_ISREG(mode)
+    """(is_dir, is_file), (False, False) for a path that does not exist; a path that exists as
+    something else (a device such as /dev/null, a symlink loop, a pipe) or that cannot be reached
+    ("permission denied") is one error naming it, not "does not exist"."""
+    kind, detail = paths.path_kind(path)
+    if kind == paths.DENIED:
+        raise unreadable_error(Path(path), PermissionError(13, "Permission denied"), where)
+    if kind in (paths.DEVICE, paths.LOOP, paths.OTHER):
+        raise UserError(f"{_at(where)}'{path}' is {detail}, not a checkpoint file or directory; give the "
+                        "checkpoint's path")
+    return kind == paths.DIR, kind == paths.FILE
 
 
 JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean",
@@ -217,19 +217,48 @@ def _read_dir(path: Path, trust: bool) -> tuple[dict, str]:
     raise UserError(f"checkpoint directory '{path}' holds no model.safetensors or pytorch_model.bin")
 
 
+EMA_KEY = "ema_state_dict"  # a plaintune bundle's weight average (training.ema): AveragedModel's state dict
+
+
+def ema_weights(bundle: dict) -> Optional[dict]:
+    """The averaged weights of a bundle trained with training.ema (None without): the model a run
+    with EMA validates and saves as best/, not the raw weights it steps."""
+    average = bundle.get(EMA_KEY)
+    if not isinstance(average, dict) or not average:
+        return None
+    weights = {key[len("module."):]: value for key, value in average.items()
+               if isinstance(key, str) and key.startswith("module.") and isinstance(value, torch.Tensor)}
+    return weights or None
+
+
+def _check_key_types(obj: dict, path: Path) -> None:
+    """A dict of tensors whose keys are not parameter names (e.g. 0, 1, 2: a list saved as a dict)."""
+    odd = [key for key, value in obj.items() if not isinstance(key, str) and isinstance(value, torch.Tensor)]
+    if odd:
+        raise UserError(f"checkpoint '{path}' holds tensors under keys that are not parameter names ({odd[0]!r}: "
+                        f"{type(odd[0]).__name__}); a state dict maps names such as 'bert.embeddings...' to "
+                        "tensors: save model.state_dict()")
+
+
 def find_state_dict(obj: object, path: Path) -> tuple[dict, str]:
-    """Find the model's state dict inside whatever torch.load returned."""
+    """Find the model's state dict inside whatever torch.load returned. A plaintune bundle trained
+    with training.ema gives its averaged weights (what its best/ holds), not the raw ones."""
     if isinstance(obj, torch.nn.Module):
         return obj.state_dict(), "pickled whole model"
     if _is_tensor_dict(obj):
         return dict(obj), "state dict"
     if isinstance(obj, dict):
+        _check_key_types(obj, path)
+        if "model_state_dict" in obj and ema_weights(obj) is not None:
+            return ema_weights(obj), f"bundle['{EMA_KEY}'] (the training.ema weight average, as best/ holds)"
         for key in BUNDLE_KEYS:
             inner = obj.get(key)
             if isinstance(inner, torch.nn.Module):
                 return inner.state_dict(), f"bundle['{key}'] (pickled model)"
             if _is_tensor_dict(inner):
                 return dict(inner), f"bundle['{key}']"
+            if isinstance(inner, dict):
+                _check_key_types(inner, path)
         tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
         if tensors and len(tensors) >= len(obj) // 2:
             return tensors, "state dict (non-tensor entries ignored)"

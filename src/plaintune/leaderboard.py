@@ -11,19 +11,22 @@ import math
 import shlex
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from box import Box
 
-from . import data, distributed, rundir
+from . import data, distributed, ownership, rundir
 from .config import resolve_config_path
 from .errors import UserError
-from .ensemble import (COMBINES, ENSEMBLE_FILE, Member, check_ensemble_dir, cross_fitted, estimate_seconds, fit,
+from .ensemble import (ENSEMBLE_FILE, Member, check_ensemble_dir, choose, estimate_seconds, fit_candidate,
                        measure_speed, member_configs, write_spec)
+from .evaluate import postprocess
 from .folds import FoldsResult, run_folds
 from .metrics import score
 from .run import RunRequest
+from .runlock import RunLock
 
 
 def _minutes(seconds: float) -> str:
@@ -51,13 +54,27 @@ def announce_budget(members: dict[str, Box], folds: int, device) -> None:
 
 
 def run_leaderboard(cfg: Box, config_name: str, overrides: Sequence[str], request: RunRequest = RunRequest()) -> dict:
-    """Train the members, fit and save the ensemble; returns what ensemble.json records."""
-    started = time.perf_counter()
+    """Train the members, fit and save the ensemble; returns what ensemble.json records.
+
+    The ensemble's directory is checked to be plaintune's and locked before anything is written:
+    of two pipelines started at once on one run_name, the one that loses the lock writes nothing."""
     source = str(resolve_config_path(config_name)) if config_name != "CONFIG" else "config dict"
     members = member_configs(cfg, source)
-    folds = cfg.ensemble.folds
     ensemble_dir = rundir.run_dir_for(cfg)
+    ownership.check_owned(ensemble_dir, ownership.ENSEMBLE)
     check_ensemble_dir(ensemble_dir)
+    lock = RunLock(ensemble_dir, cfg.run_name).acquire()
+    try:
+        return _run_locked(cfg, config_name, overrides, request, members, ensemble_dir)
+    finally:
+        lock.release()
+
+
+def _run_locked(cfg: Box, config_name: str, overrides: Sequence[str], request: RunRequest,
+                members: dict[str, Box], ensemble_dir: Path) -> dict:
+    started = time.perf_counter()
+    folds = cfg.ensemble.folds
+    ownership.claim(ensemble_dir, ownership.ENSEMBLE)
     if request.overwrite and (ensemble_dir / ENSEMBLE_FILE).is_file():
         # starting over: the old fit belongs to the old members and must not outlive them
         (ensemble_dir / ENSEMBLE_FILE).unlink()
@@ -70,7 +87,7 @@ def run_leaderboard(cfg: Box, config_name: str, overrides: Sequence[str], reques
     for n, (name, member_cfg) in enumerate(members.items(), start=1):
         print(f"member {n}/{len(members)}: {name} ({member_cfg.model.kind}), runs {member_cfg.run_name}-fold1..{folds}")
         results[name] = run_folds(member_cfg, config_name, [*overrides, *_member_overrides(cfg, name)], folds,
-                                  request, announce_next=False)
+                                  request, announce_next=False, key="ensemble.folds")
 
     first = next(iter(results.values()))
     labels, parts = first.pooled.labels, first.parts
@@ -79,32 +96,31 @@ def run_leaderboard(cfg: Box, config_name: str, overrides: Sequence[str], reques
             raise UserError(f"ensemble: member '{name}' was trained on other pooled pairs than the first member; "
                             "every member must read the same data")
     matrix = np.stack([r.out_of_fold for r in results.values()], axis=1)
-    scores = {f"member {name}": score(r.out_of_fold, labels, 1) for name, r in results.items()}
-    for method in COMBINES:  # every combination, cross-fitted: which one wins is measured, not assumed
-        try:
-            scores[f"ensemble {method} (cross-fitted)"] = score(cross_fitted(matrix, labels, parts, method),
-                                                                labels, 1)
-        except UserError as err:  # a side score that cannot be computed is reported, not fatal
-            if method == cfg.ensemble.combine:
-                raise
-            print(f"note: ensemble {method} not scored: {err}")
-            scores[f"ensemble {method} (cross-fitted)"] = None
-    weights, intercept = fit(matrix, labels, cfg.ensemble.combine)
+    clip, decimals = cfg.inference.clip, cfg.inference.round
+    # Every candidate is scored cross-fitted, exactly as inference will apply it (weights fitted without
+    # the part scored, the intercept, inference.clip and inference.round): which one wins is measured.
+    choice = choose(matrix, labels, parts, cfg.ensemble.combine, clip, decimals)
+    scores = {f"member {name}": score(postprocess(r.out_of_fold, clip, decimals), labels, 1)
+              for name, r in results.items()}
+    scores.update({f"ensemble {method} (cross-fitted)": value for method, value in choice.scores.items()})
+    weights, intercept = fit_candidate(matrix, labels, choice.applied)
     ensemble = [Member(name, r.runs, float(w)) for (name, r), w in zip(results.items(), weights)]
-    ensemble_dir.mkdir(parents=True, exist_ok=True)
-    write_spec(ensemble_dir / ENSEMBLE_FILE, ensemble, intercept, cfg.ensemble.combine, scores,
-               bool(cfg.inference.symmetric))
+    write_spec(ensemble_dir / ENSEMBLE_FILE, ensemble, float(intercept), choice, scores,
+               bool(cfg.inference.symmetric), clip, decimals)
 
-    print(f"ensemble ({cfg.ensemble.combine}): " + ", ".join(f"{m.name} x {m.weight:.3f}" for m in ensemble)
+    if choice.applied != choice.requested:
+        print(f"warning: {choice.reason}")
+    print(f"ensemble ({choice.applied}): " + ", ".join(f"{m.name} x {m.weight:.3f}" for m in ensemble)
           + f" + {intercept:.3f}")
-    print("out-of-fold Pearson over all pooled pairs: "
+    print("out-of-fold Pearson over all pooled pairs (clipped and rounded as the submission): "
           + ", ".join(f"{what} {value:.4f}" for what, value in scores.items() if value is not None))
     print(f"leaderboard done in {_minutes(time.perf_counter() - started)}; ensemble in "
           f"{ensemble_dir / ENSEMBLE_FILE}")
     print(" ".join(["next: python inference.py --config", quoted[0], "--saved_model", shlex.quote(cfg.run_name),
                     *quoted[1:]]))
-    return {"weights": dict(zip(results, map(float, weights))), "intercept": intercept, "out_of_fold": scores,
-            "runs": [run for result in results.values() for run in result.runs]}
+    return {"weights": dict(zip(results, map(float, weights))), "intercept": float(intercept), "out_of_fold": scores,
+            "runs": [run for result in results.values() for run in result.runs], "combine": choice.requested,
+            "applied": choice.applied}
 
 
 def _member_overrides(cfg: Box, name: str) -> list[str]:

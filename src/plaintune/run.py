@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 import numpy as np
 from box import Box
 
-from . import distributed, precision
+from . import distributed, ownership, precision
 from .batching import eval_loader
 from .build import (TrainData, build_optimization, load_data, load_model, loop_options, restore_state,
                     wrap_for_training)
@@ -32,7 +32,8 @@ from .guard import check_outputs
 from .metrics import compute_metrics, followed_metric, shown
 from .report import check_report_folder, write_error_report
 from .resume import open_run
-from .rundir import LAST_FILE, RunFiles, config_file, find_best_dir, run_inputs, run_outputs, start_run_dir
+from .rundir import (LAST_FILE, RunFiles, config_file, find_best_dir, run_dir_for, run_inputs, run_outputs,
+                     start_run_dir)
 from .runlock import RunLock
 from .tracking import Tracker, start_wandb, wandb_mode
 from .train_state import build_ema, seed_everything
@@ -79,9 +80,27 @@ def train_run(cfg: Box, config_name: str, overrides: Sequence[str], request: Run
     if run_name != cfg.run_name:
         overrides = [*overrides, f"run_name={run_name}"]
     cfg = with_values(cfg, {"run_name": run_name})
-    # 2. Where the run writes; never clobber a previous run by accident, nor the run's own inputs.
+    # 2. Where the run writes: a directory plaintune made (or will make), held by this process alone
+    #    (the lock) before anything is written or read from it; never clobber a previous run by
+    #    accident, nor the run's own inputs.
+    run_dir = run_dir_for(cfg)
+    if is_main:
+        ownership.check_owned(run_dir, ownership.RUN, announce=True)
+    lock = RunLock(run_dir, cfg.run_name).acquire() if is_main else None
+    try:
+        return _train_locked(cfg, config_name, overrides, request, dist_info, device, started, run_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+        distributed.cleanup()
+
+
+def _train_locked(cfg: Box, config_name: str, overrides: Sequence[str], request: RunRequest, dist_info, device,
+                  started: float, run_dir: Path) -> TrainResult:
+    """train_run's steps 2-6, with the run directory locked."""
+    is_main = dist_info.is_main
     opened = open_run(cfg, request.resume, request.force, request.overwrite, announce=is_main)
-    cfg, run_dir, bundle = opened.cfg, opened.run_dir, opened.bundle
+    cfg, bundle = opened.cfg, opened.bundle
     check_outputs(run_outputs(run_dir), run_inputs(cfg, fresh=bundle is None, config_path=config_file(config_name)))
     check_report_folder(run_dir / "report", "run_name")
     chosen, why = precision.for_training(cfg.training.precision, device, (bundle or {}).get("config"))
@@ -99,16 +118,15 @@ def train_run(cfg: Box, config_name: str, overrides: Sequence[str], request: Run
     train_model = wrap_for_training(model, cfg, dist_info, device)
     optim.ema = build_ema(model, cfg.training.ema)  # on the model's device, from its current weights
 
-    # 6. Everything loaded: now the run directory gets written, by this process alone (the lock).
+    # 6. Everything loaded: now the run directory gets written (this process holds its lock).
     #    wandb starts first: a backend that cannot start stops the run before anything is touched.
-    lock = RunLock(run_dir, cfg.run_name).acquire() if is_main else None
     wandb_sink = tracker = None
     try:
         if is_main:
             wandb_sink = start_wandb(run_dir, cfg.logging, cfg.run_name, to_plain(cfg),
                                      (bundle.get("run_ids") or {}).get("wandb") if bundle is not None else None)
             start_run_dir(run_dir, dump_yaml(cfg), clear=request.overwrite and request.resume is None,
-                          load_report=load_report)
+                          load_report=load_report)  # marks it as plaintune's first
         state = None
         if bundle is not None:
             state = restore_state(bundle, model, optim, cfg, dist_info, steps_per_epoch,
@@ -133,9 +151,6 @@ def train_run(cfg: Box, config_name: str, overrides: Sequence[str], request: Run
             tracker.close()
         elif wandb_sink is not None:
             wandb_sink.close()
-        if lock is not None:
-            lock.release()
-        distributed.cleanup()
     return TrainResult(run_dir, options.metric_name, state.best_metric, state.best_epoch,
                        [dict(record) for record in state.history], state.stopped_early)
 

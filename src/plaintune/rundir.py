@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import torch
 from box import Box
 
-from . import atomic, modelcard
+from . import atomic, modelcard, ownership
 from .config import resolve_config_path
 from .errors import UserError
 from .formats import SHARD_INDEXES, WEIGHT_FILES, check_checkpoint_dir, stat_path
@@ -151,9 +151,10 @@ class RunFiles:
                     shutil.rmtree(path, ignore_errors=True)
 
     def remove_stale_temporaries(self) -> list[Path]:
-        """Temporary files and directories a killed save left anywhere in the run directory
-        (last.pt's, best/'s, top/epoch-N's, checkpoints/'s ...): never complete, safe to delete."""
-        stale = atomic.stale_temporaries(self.run_dir) if self.run_dir.is_dir() else []
+        """Temporary files and directories a killed save left in the run directory (last.pt's,
+        best/'s, top/epoch-N's ...): never complete, safe to delete. Only plaintune's own names in
+        plaintune's own folders (ownership.py): a user's file that looks like a temporary stays."""
+        stale = ownership.stale_temporaries(self.run_dir, ownership.RUN) if self.run_dir.is_dir() else []
         for path in stale:
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
         return stale
@@ -175,7 +176,8 @@ def read_newest_bundle(candidates: list[Path], reader: Callable[[Path], dict],
             failures.append(str(path))
             warn(f"warning: skipping unreadable checkpoint {path} ({err})")
     raise UserError(f"--resume: no readable checkpoint ({', '.join(failures)} could not be read); start the run "
-                    "again without --resume, or give a bundle with --resume PATH")
+                    "over with --overwrite (this deletes its checkpoints; without --resume), or give a readable "
+                    "bundle with --resume PATH")
 
 
 # ------------------------------------------------------------- where runs live
@@ -229,7 +231,10 @@ def run_inputs(cfg: Box, fresh: bool, config_path: Optional[Path] = None) -> dic
 
 
 def clear_run(run_dir: Path) -> None:
-    """--overwrite: remove a previous run's checkpoints and logs (only the files plaintune writes)."""
+    """--overwrite: remove a previous run's checkpoints and logs (only the files plaintune writes, only
+    in a directory marked as plaintune's)."""
+    if ownership.read_marker(run_dir) is None:  # check_owned and claim come first; never a user's folder
+        raise UserError(f"--overwrite: '{run_dir}' is not marked as a plaintune run directory; nothing deleted")
     for name in (LAST_FILE, "metrics.jsonl", "curves.png", "load_report.txt"):
         (run_dir / name).unlink(missing_ok=True)
     for name in ("best", "best.old", "checkpoints", "top", "tensorboard", "report"):
@@ -237,9 +242,9 @@ def clear_run(run_dir: Path) -> None:
 
 
 def start_run_dir(run_dir: Path, config_text: str, clear: bool, load_report: Optional[str]) -> None:
-    """Rank 0, under the run's lock: remove what killed saves left, clear for --overwrite, write
-    config.yaml (and what a warm start loaded)."""
-    RunFiles(run_dir).remove_stale_temporaries()
+    """Rank 0, under the run's lock, after ownership.check_owned: mark the directory, remove what
+    killed saves left, clear for --overwrite, write config.yaml (and what a warm start loaded)."""
+    ownership.claim(run_dir, ownership.RUN)  # the marker first: the directory is plaintune's from now on
     if clear:
         clear_run(run_dir)
     atomic.write_text(run_dir / "config.yaml", config_text)

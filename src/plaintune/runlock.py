@@ -44,7 +44,7 @@ class RunLock:
         self.path = Path(run_dir) / LOCK_FILE
         self.run_name = run_name
         self.fd: Optional[int] = None
-        self.created_dir = False
+        self.created: list[Path] = []   # folders this lock made (the run's, output_dir ...), innermost first
 
     def _refuse(self, pid: Optional[int], host: str) -> UserError:
         who = f"pid {pid}" + (f" on {host}" if host and host != socket.gethostname() else "") if pid else "another process"
@@ -53,11 +53,25 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         try:
+            return self._acquire()
+        except UserError:
+            self._remove_created()  # the loser of a race leaves nothing behind
+            raise
+
+    def _remove_created(self) -> None:
+        for folder in self.created:  # a run that stopped before writing anything leaves no empty directory
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty: a run wrote into it
+
+    def _acquire(self) -> "RunLock":
+        try:
             import fcntl
         except ImportError:  # Windows: no flock; the pid file alone
             fcntl = None
         try:
-            self.created_dir = not self.path.parent.exists()
+            self.created = [folder for folder in (self.path.parent, *self.path.parent.parents) if not folder.exists()]
             self.path.parent.mkdir(parents=True, exist_ok=True)
             while True:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -102,11 +116,7 @@ class RunLock:
             pass
         os.close(self.fd)  # closing releases the flock
         self.fd = None
-        if self.created_dir:  # a run that stopped before writing anything leaves no empty directory
-            try:
-                self.path.parent.rmdir()
-            except OSError:
-                pass
+        self._remove_created()
 
     def __enter__(self) -> "RunLock":
         return self.acquire()

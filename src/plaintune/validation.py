@@ -17,6 +17,7 @@ from typing import Any, Iterable, Optional
 
 from box import Box
 
+from . import paths
 from .choices import check_component_choices
 from .errors import ConfigError, Problem
 from .schema import INFERENCE, LEAVES, REQUIRED, SCHEMA, Field, owning_key
@@ -162,8 +163,15 @@ def _check_files(cfg: dict, purpose: Optional[str], base: Path, problems: list[P
         keys.append("test_path")
     for key in keys:
         value = data.get(key)
-        if isinstance(value, str) and not (base / value).is_file():
+        if not isinstance(value, str):
+            continue
+        kind, detail = paths.path_kind(base / value)
+        if kind == paths.MISSING:
             problems.append(Problem(f"data.{key}", f"file '{value}' does not exist; fix the path or override it "
+                                    f"(data.{key}=path/to/file.csv)"))
+        elif kind not in (paths.FILE, paths.DENIED):  # a folder, a device, a loop: not a data file
+            what = "a directory" if kind == paths.DIR else detail
+            problems.append(Problem(f"data.{key}", f"'{value}' is {what}, not a file; give the CSV file "
                                     f"(data.{key}=path/to/file.csv)"))
 
 
