@@ -338,3 +338,129 @@ def test_later_overrides_win_wherever_they_stand_on_the_command_line():
     assert args.saved_model == ["m"] and args.overrides == ["inference.symmetric=false", "inference.symmetric=true"]
     args = inference.parse_args(["--saved_model", "m", "a.b=1", "--config", "c", "a.b=2"])
     assert args.overrides == ["a.b=1", "a.b=2"]
+
+
+# ------------------------------------------------------------------ honesty: scored as inference applies it
+
+def honesty_members(seed: int = 5, n: int = 600, folds_count: int = 5):
+    """A good member, a useless one (noise, plus an offset that changes from fold model to fold model:
+    what a collapsed regression head gives), and an anti-correlated one."""
+    rng = np.random.default_rng(seed)
+    labels = np.clip(rng.normal(2.6, 1.4, n), 0, 5)
+    parts = folds.split_folds(n, folds_count, seed)
+    good = labels * 0.5 + 1.2 + rng.normal(0, 0.9, n)
+    useless = rng.normal(0, 0.002, n)
+    for k, part in enumerate(parts):
+        useless[part] += 0.01 * k
+    anti = 5 - labels + rng.normal(0, 1.5, n)
+    return np.stack([good, useless, anti], axis=1), labels, parts
+
+
+def pearson(a, b):
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def direct_cross_fitted(predictions, labels, parts, method, clip, decimals):
+    """The same score computed without ensemble.py: scipy's nnls on centred columns, numpy's lstsq,
+    the plain mean, the best member by Pearson; then inference's combine and the submission's clip/round."""
+    from scipy.optimize import nnls as scipy_nnls
+
+    from plaintune.evaluate import postprocess
+    from plaintune.predicting import combine
+
+    out = np.full(len(labels), np.nan)
+    for held in parts:
+        rest = np.setdiff1d(np.arange(len(labels)), held)
+        x, y = predictions[rest], labels[rest]
+        if method == "mean":
+            w, b = np.full(x.shape[1], 1 / x.shape[1]), 0.0
+        elif method == "best_member":
+            w, b = np.eye(x.shape[1])[int(np.argmax([pearson(x[:, k], y) for k in range(x.shape[1])]))], 0.0
+        else:
+            xc, yc = x - x.mean(axis=0), y - y.mean()
+            w = scipy_nnls(xc, yc)[0] if method == "nnls" else np.linalg.lstsq(xc, yc, rcond=None)[0]
+            b = y.mean() - x.mean(axis=0) @ w
+        members = [predictions[held][:, k] for k in range(predictions.shape[1])]
+        out[held] = postprocess(combine(members, list(w), 1, float(b)), clip, decimals)
+    return out
+
+
+@pytest.mark.parametrize("method", ["nnls", "lstsq", "mean", "best_member"])
+@pytest.mark.parametrize("clip, decimals", [([0.0, 5.0], 1), (None, None), ([1.0, 4.0], 0)])
+def test_the_cross_fitted_score_is_what_inference_would_write(method, clip, decimals):
+    predictions, labels, parts = honesty_members()
+    ours = ensemble.cross_fitted(predictions, labels, parts, method, clip, decimals)
+    direct = direct_cross_fitted(predictions, labels, parts, method, clip, decimals)
+    assert ours == pytest.approx(direct, abs=1e-9)
+    if clip is not None:
+        assert ours.min() >= clip[0] and ours.max() <= clip[1]
+
+
+def test_a_combination_below_the_best_member_is_not_applied_silently():
+    """nnls gives the useless member's fold-to-fold offsets a large weight: cross-fitted, it scores
+    below the good member alone, so the good member (or a better non-negative combination) is applied."""
+    predictions, labels, parts = honesty_members()
+    choice = ensemble.choose(predictions, labels, parts, "nnls", [0.0, 5.0], 1)
+    best_single = choice.scores["best_member"]
+    assert best_single == pytest.approx(pearson(direct_cross_fitted(predictions, labels, parts, "best_member",
+                                                                    [0.0, 5.0], 1), labels))
+    assert choice.scores["nnls"] < best_single  # the case the issue reported
+    assert choice.applied in ("best_member", "mean") and choice.scores[choice.applied] >= best_single
+    assert "below the best single member" in choice.reason and "nnls" in choice.reason
+    weights, intercept = ensemble.fit_candidate(predictions, labels, choice.applied)
+    ensemble.check_weights(weights, intercept, choice.applied, "test")
+    assert list(weights) == [1.0, 0.0, 0.0] or choice.applied == "mean"
+    # a combination that does beat the best member is kept as requested
+    good = np.stack([predictions[:, 0], labels + np.random.default_rng(1).normal(0, 1.0, len(labels))], axis=1)
+    kept = ensemble.choose(good, labels, parts, "nnls", [0.0, 5.0], 1)
+    assert kept.applied == "nnls" and kept.scores["nnls"] >= kept.scores["best_member"]
+
+
+def test_the_pipeline_records_what_it_applied_and_why(project, tiny_model_dir, capsys):
+    leaderboard_project(project, tiny_model_dir, members={"bi": ["model.kind=bi_encoder", "training.epochs=1"],
+                                                          "useless": ["model.kind=bi_encoder", "training.epochs=1",
+                                                                      "training.learning_rate=1e-9"]})
+    assert train.main(["--config", "lb"]) == 0
+    out = capsys.readouterr().out
+    spec = json.loads((project / "saved_model" / "lb" / "ensemble.json").read_text())
+    assert spec["combine"] == "nnls" and spec["applied"] in ("nnls", "lstsq", "mean", "best_member")
+    applied = spec["out_of_fold"][f"ensemble {spec['applied']} (cross-fitted)"]
+    assert applied >= spec["out_of_fold"]["ensemble best_member (cross-fitted)"]
+    assert spec["why"] and spec["scored_with"] == {"clip": [0.0, 5.0], "round": 1}
+    if spec["applied"] != "nnls":
+        assert "warning: ensemble.combine nnls" in out
+
+
+@pytest.mark.parametrize("weights, problem", [([0, 0], "all its weights are zero"), ([1, -0.5], "negative weights"),
+                                              ([1, None], "unreadable or damaged")])
+def test_loaded_weights_are_checked(tmp_path, weights, problem):
+    spec = {"format": "plaintune-ensemble", "combine": "nnls", "intercept": 0.0,
+            "members": [{"name": f"m{k}", "runs": [f"r{k}"], "weight": w} for k, w in enumerate(weights)]}
+    (tmp_path / "ensemble.json").write_text(json.dumps(spec))
+    with pytest.raises(UserError, match=problem):
+        ensemble.read_spec(tmp_path)
+
+
+@pytest.mark.parametrize("run", ["../outside", "/abs/run", "escape", "a/../../b", ""])
+def test_member_runs_must_lie_inside_the_output_dir(tmp_path, run):
+    root = tmp_path / "saved_model"
+    (root / "ens").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (root / "escape").symlink_to(tmp_path / "elsewhere")
+    spec = {"format": "plaintune-ensemble", "combine": "nnls", "intercept": 0.0,
+            "members": [{"name": "m", "runs": [run], "weight": 1.0}]}
+    (root / "ens" / "ensemble.json").write_text(json.dumps(spec))
+    with pytest.raises(UserError, match="not a folder inside the ensemble's output_dir"):
+        ensemble.expand(["ens"], root)
+
+
+def test_a_member_fold_without_best_is_an_error_not_its_last_pt(tmp_path):
+    root = tmp_path / "saved_model"
+    (root / "ens").mkdir(parents=True)
+    (root / "m-fold1").mkdir()
+    (root / "m-fold1" / "last.pt").write_bytes(b"x")
+    spec = {"format": "plaintune-ensemble", "combine": "nnls", "intercept": 0.0,
+            "members": [{"name": "m", "runs": ["m-fold1"], "weight": 1.0}]}
+    (root / "ens" / "ensemble.json").write_text(json.dumps(spec))
+    with pytest.raises(UserError, match="has no complete best/"):
+        ensemble.expand(["ens"], root)

@@ -67,6 +67,9 @@ def train(config: ConfigLike, *overrides: str, resume: Union[bool, str, Path] = 
     `overrides_origin` names where the overrides came from in error messages (the scripts say
     "command line")."""
     cfg, name, _ = load(config, overrides, "train", overrides_origin)
+    for flag, value in (("overwrite", overwrite), ("force", force), ("trust_checkpoint", trust_checkpoint)):
+        if not isinstance(value, bool):
+            raise UserError(f"{flag}: expected True or False; got {type(value).__name__} {value!r}")
     request = RunRequest(_resume_argument(resume), force, overwrite, trust_checkpoint)
     if folds is not None and (not isinstance(folds, int) or isinstance(folds, bool)):
         raise UserError(f"folds: expected a whole number of folds (e.g. 5), got {folds!r}")

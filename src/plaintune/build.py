@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from box import Box
 
-from . import datacheck
+from . import datacheck, paths
 from .batching import BucketBatchSampler, eval_loader, micro_batch_budget, train_loader
 from .data import read_tables, with_swapped_pairs
 from .datasets import make_dataset
@@ -78,6 +78,8 @@ def load_model(cfg: Box, opened: OpenedRun, data: TrainData, trust: bool, announ
     record = parse_record(getattr(model.config, CONFIG_ATTRIBUTE, None), f"model.name '{cfg.model.name}'")
     fresh_keys = None if cfg.model.from_scratch else getattr(model, "plaintune_fresh_keys", set())
     if cfg.model.init_from and bundle is None:
+        paths.require(cfg.model.init_from, "model.init_from", (paths.FILE, paths.DIR),
+                      fix="give a checkpoint file or directory (model.init_from=path)")
         rules = LoadRules(cfg.model.key_rules, cfg.model.allow_missing, cfg.model.allow_unexpected,
                           cfg.model.allow_nonfinite)
         report = load_weights(model, cfg.model.init_from, rules, trust)

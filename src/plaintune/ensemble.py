@@ -134,7 +134,8 @@ def choose(predictions: np.ndarray, labels: np.ndarray, parts: Sequence[np.ndarr
            clip: Optional[Sequence[float]] = None, decimals: Optional[int] = None) -> Choice:
     """Score every candidate cross-fitted (COMBINES and the best single member) as inference would
     apply it, and pick `requested` unless the best member scores higher out of fold: then the
-    best-scoring candidate is applied instead (never a combination that does worse than one member)."""
+    best-scoring candidate is applied instead (never a combination that does worse than one member;
+    lstsq, which may invert a member, only when it was requested)."""
     scores: dict = {}
     for method in (*COMBINES, BEST_MEMBER):
         try:
@@ -142,7 +143,9 @@ def choose(predictions: np.ndarray, labels: np.ndarray, parts: Sequence[np.ndarr
         except UserError:  # e.g. nnls with no positively correlated member on some part
             value = None
         scores[method] = float(value) if value is not None and np.isfinite(value) else None
-    ranked = sorted((value, method) for method, value in scores.items() if value is not None)
+    # lstsq may invert a member; it replaces a requested non-negative combination never, only the user picks it
+    eligible = {method for method in scores if method != "lstsq" or requested == "lstsq"}
+    ranked = sorted((value, method) for method, value in scores.items() if value is not None and method in eligible)
     if not ranked:
         raise UserError("ensemble: no combination of the members gives a finite out-of-fold Pearson; the members "
                         "learned nothing (check each member's out-of-fold score above)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -94,6 +95,11 @@ def parse_record(record: object, where: str) -> Optional[dict]:
 
     if record is None:
         return None
+    # plaintune has written activation, low and high since the record exists (kind and max_length came later)
+    missing = [key for key in ("activation", "low", "high") if key not in record] if isinstance(record, dict) else []
+    if missing:
+        raise UserError(f"{where}: '{CONFIG_ATTRIBUTE}' lacks {', '.join(missing)} ({record!r}); expected "
+                        "{activation: none|sigmoid|cosine, low: number, high: larger number}: fix or remove it")
     ok = isinstance(record, dict) and record.get("activation") in ACTIVATIONS
     if ok:
         low, high = record.get("low", 0.0), record.get("high", 1.0)
@@ -165,11 +171,19 @@ def _check_readable(path: Path) -> None:
         raise unreadable_error(path, err) from None
 
 
+def quiet_torch_load(path: Path, **options) -> object:
+    """torch.load on the CPU without torch's "Detected pickle protocol N" warning, whose two lines
+    would precede the one error line a file that is not a checkpoint ends with."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected pickle protocol")
+        return torch.load(path, map_location="cpu", **options)
+
+
 def load_torch_file(path: Path, trust: bool) -> object:
     """What torch.load returns, with `weights_only=True`; pickled objects only if `trust`."""
     _check_readable(path)  # a file that cannot be opened is not "corrupt"
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return quiet_torch_load(path, weights_only=True)
     except pickle.UnpicklingError as err:
         # Only "Unsupported global" means well-formed pickled objects; anything else is damage.
         if "Unsupported global" not in str(err):
@@ -179,7 +193,7 @@ def load_torch_file(path: Path, trust: bool) -> object:
                             "with torch.save(model)); unpickling can run code, so it is refused: if you trust "
                             "its origin, rerun with --trust-checkpoint") from None
         try:
-            return torch.load(path, map_location="cpu", weights_only=False)
+            return quiet_torch_load(path, weights_only=False)
         except Exception as load_err:  # the pickle needs classes this environment lacks
             raise UserError(f"checkpoint '{path}': cannot unpickle ({type(load_err).__name__}: "
                             f"{str(load_err).splitlines()[0] if str(load_err) else ''}); save a state_dict "

@@ -10,13 +10,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Union
 
+from . import paths
 from .errors import UserError
 
 PathLike = Union[str, Path]
 
 
-def _resolved(path: PathLike) -> Path:
-    return Path(path).expanduser().resolve()
+def _resolved(path: PathLike, key: str) -> Path:
+    kind, detail = paths.path_kind(Path(path).expanduser())
+    if kind == paths.LOOP:
+        raise UserError(f"{key}: '{path}' is {detail}; fix the link or give another path")
+    try:
+        return Path(path).expanduser().resolve()
+    except (OSError, RuntimeError) as err:  # a loop further down the path
+        raise UserError(f"{key}: '{path}' cannot be resolved ({err}); fix the path") from None
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -26,9 +33,9 @@ def _inside(path: Path, folder: Path) -> bool:
 def check_outputs(outputs: Iterable[tuple[str, PathLike, bool]], inputs: Mapping[str, Optional[PathLike]]) -> None:
     """Refuse outputs that are inputs. `outputs` holds (key that chose it, path, is_tree): a file, or
     a directory whose contents get replaced (is_tree). `inputs` maps a key to a path (None: unused)."""
-    read = {key: _resolved(path) for key, path in inputs.items() if path}
+    read = {key: _resolved(path, key) for key, path in inputs.items() if path}
     for out_key, out_path, is_tree in outputs:
-        target = _resolved(out_path)
+        target = _resolved(out_path, out_key)
         for in_key, source in read.items():
             if source == target or (is_tree and _inside(source, target)):
                 what = "is" if source == target else "holds"

@@ -193,7 +193,7 @@ def checkpoint_record(source: Path) -> Optional[dict]:
     if source.suffix == ".safetensors":
         return None
     try:  # memory-mapped: only the small config entry is read
-        bundle = torch.load(source, map_location="cpu", weights_only=True, mmap=True)
+        bundle = formats.quiet_torch_load(source, weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 - unreadable or pickled files are reported by the weight loader
         return None
     return record_from_bundle(bundle)

@@ -27,10 +27,9 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-import torch
 import yaml
 
-from . import atomic, paths
+from . import atomic, formats, paths
 from .errors import UserError
 
 MARKER = ".plaintune-run"
@@ -93,7 +92,7 @@ def _json_object(path: Path) -> Optional[dict]:
 def _is_plaintune_bundle(path: Path) -> bool:
     """A resume bundle plaintune wrote: its format_version and train_state (mmap: no tensor is read)."""
     try:
-        bundle = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        bundle = formats.quiet_torch_load(path, weights_only=True, mmap=True)
     except Exception:  # any unreadable file is simply no proof
         return False
     return isinstance(bundle, dict) and isinstance(bundle.get("format_version"), int) and \

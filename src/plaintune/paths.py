@@ -27,7 +27,7 @@ def path_kind(path: Union[str, Path]) -> tuple[str, str]:
         return DENIED, err.strerror or "permission denied"
     except OSError as err:
         if err.errno == errno.ELOOP:
-            return LOOP, "a symbolic link that points (through others) back to itself"
+            return LOOP, "a symbolic link loop (it points, through others, back to itself)"
         if err.errno == errno.ENOTDIR:
             return MISSING, "a part of the path on the way is a file, not a folder"
         return MISSING, err.strerror or "not found"
@@ -38,12 +38,12 @@ def path_kind(path: Union[str, Path]) -> tuple[str, str]:
     if stat.S_ISDIR(mode):
         return DIR, ""
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return DEVICE, "a device, not a file"
+        return DEVICE, "a device"
     if stat.S_ISFIFO(mode):
-        return OTHER, "a named pipe, not a file"
+        return OTHER, "a named pipe"
     if stat.S_ISSOCK(mode):
-        return OTHER, "a socket, not a file"
-    return OTHER, "not a regular file"
+        return OTHER, "a socket"
+    return OTHER, "a special file"
 
 
 def _what(kind: str, detail: str) -> str:

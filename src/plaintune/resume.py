@@ -12,7 +12,7 @@ from typing import Optional
 
 from box import Box
 
-from . import datacheck, formats
+from . import datacheck, formats, paths
 from .config import to_plain
 from .errors import UserError
 from .objective import Objective, record_from_bundle, resolve_objective
@@ -68,7 +68,8 @@ def find_resume_bundle(resume: str, files: RunFiles) -> tuple[Path, dict]:
     """`--resume PATH` reads that bundle; `--resume` the run's newest readable one."""
     if resume:
         path = Path(resume)
-        if path.is_dir():
+        if paths.require(path, "--resume", (paths.FILE, paths.DIR),
+                         fix="give a resume bundle (a run directory or its last.pt)") == paths.DIR:
             if not (path / LAST_FILE).is_file():
                 raise UserError(f"--resume: directory '{resume}' holds no {LAST_FILE}; give a resume bundle (a run "
                                 f"directory or its {LAST_FILE}); to start from a model's weights use model.init_from")

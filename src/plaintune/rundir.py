@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import torch
 from box import Box
 
-from . import atomic, modelcard, ownership
+from . import atomic, modelcard, ownership, paths
 from .config import resolve_config_path
 from .errors import UserError
 from .formats import SHARD_INDEXES, WEIGHT_FILES, check_checkpoint_dir, stat_path
@@ -62,6 +62,9 @@ def resolve_saved_model(value: str, saved_root: Path = Path("saved_model")) -> P
                                                             for n in WEIGHT_FILES + SHARD_INDEXES):
                 check_checkpoint_dir(candidate, where)
                 return candidate
+            for name in ("best", "best.old"):  # an unreadable best/ is named, not passed over for last.pt
+                if (candidate / name).is_dir():
+                    paths.check_readable(candidate / name, where)
             best = find_best_dir(candidate)
             if best is not None:
                 check_checkpoint_dir(best, where)

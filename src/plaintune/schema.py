@@ -311,8 +311,8 @@ SCHEMA: dict = {
                            "about doubles CPU inference on CPUs with AVX-512 BF16 (predictions within 0.001 "
                            "dev Pearson of fp32, bench/RESULTS.md).",
                            nullable=True, choices=("auto", "fp32", "bf16", "fp16")),
-        "round": Field(RUNTIME | INFERENCE, int, 1, "Decimals of the written target; null keeps full precision.", nullable=True,
-                       check=at_least(0)),
+        "round": Field(RUNTIME | INFERENCE, int, 1, "Decimals of the written target (0-15: a float64 holds no more); "
+                       "null keeps full precision.", nullable=True, check=between(0, 15)),
         "clip": Field(RUNTIME | INFERENCE, list, [0.0, 5.0], "[low, high] the predictions are clipped to; null disables.",
                       nullable=True, check=_pair_of_numbers),
     },
