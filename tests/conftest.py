@@ -133,6 +133,8 @@ def bad_checkpoints(tmp_path_factory, tiny_model_dir) -> Path:
         "hf_output_string": {"config.json": json.dumps({**config, "plaintune_output": "sigmoid"})},
         "hf_output_low_above_high": {"config.json": json.dumps(
             {**config, "plaintune_output": {"activation": "sigmoid", "low": 5.0, "high": 0.0}})},
+        "hf_output_lacking_keys": {"config.json": json.dumps(
+            {**config, "plaintune_output": {"activation": "sigmoid"}})},
         "hf_output_not_numbers": {"config.json": json.dumps(
             {**config, "plaintune_output": {"activation": "sigmoid", "low": "0", "high": "5"}})},
         "hf_output_unknown_activation": {"config.json": json.dumps(

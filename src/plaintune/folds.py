@@ -181,6 +181,13 @@ def folds_folder(cfg: Box) -> Path:
     return rundir.run_dir_for(cfg).with_name(f"{cfg.run_name}{FOLDS_SUFFIX}")
 
 
+def check_fold_count(pooled_rows: int, folds: int, key: str) -> None:
+    """Each fold needs at least two held-out pairs (a Pearson of one pair is undefined)."""
+    if pooled_rows < 2 * folds:
+        raise UserError(f"{key}: {pooled_rows} pooled train+dev pairs are too few for {folds} folds; set {key} to "
+                        f"at most {pooled_rows // 2}")
+
+
 def cut_folds(cfg: Box, folds: int, request: RunRequest,
               key: str = "--folds") -> tuple[data.PairTable, list[np.ndarray], Path]:
     """Check that k-fold can run, pool train and dev, cut them, and write each fold's CSVs
@@ -198,9 +205,7 @@ def cut_folds(cfg: Box, folds: int, request: RunRequest,
     tables = data.read_tables(cfg)  # the user's own files: their overlap is checked before any fold file exists
     datacheck.check_overlap(tables["train"], tables["dev"], cfg.data.max_overlap)
     pooled = data.pool(tables["train"], tables["dev"])
-    if len(pooled) < 2 * folds:
-        raise UserError(f"{key}: {len(pooled)} pooled train+dev pairs are too few for {folds} folds; set {key} to "
-                        f"at most {len(pooled) // 2}")
+    check_fold_count(len(pooled), folds, key)
     folder = folds_folder(cfg)
     parts = split_folds(len(pooled), folds, cfg.seed,
                         [datacheck.pair_key(a, b) for a, b in zip(pooled.sentence_1, pooled.sentence_2)])

@@ -23,7 +23,7 @@ from .errors import UserError
 from .ensemble import (ENSEMBLE_FILE, Member, check_ensemble_dir, choose, estimate_seconds, fit_candidate,
                        measure_speed, member_configs, write_spec)
 from .evaluate import postprocess
-from .folds import FoldsResult, run_folds
+from .folds import FoldsResult, check_fold_count, run_folds
 from .metrics import score
 from .run import RunRequest
 from .runlock import RunLock
@@ -60,6 +60,9 @@ def run_leaderboard(cfg: Box, config_name: str, overrides: Sequence[str], reques
     of two pipelines started at once on one run_name, the one that loses the lock writes nothing."""
     source = str(resolve_config_path(config_name)) if config_name != "CONFIG" else "config dict"
     members = member_configs(cfg, source)
+    # checked before anything is written or measured (the members' k-folds check it again)
+    tables = data.read_tables(next(iter(members.values())))
+    check_fold_count(len(data.pool(tables["train"], tables["dev"])), cfg.ensemble.folds, "ensemble.folds")
     ensemble_dir = rundir.run_dir_for(cfg)
     ownership.check_owned(ensemble_dir, ownership.ENSEMBLE)
     check_ensemble_dir(ensemble_dir)
