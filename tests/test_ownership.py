@@ -134,13 +134,13 @@ def test_output_dir_problems_name_output_dir(project, capsys, monkeypatch):
                         real_access(path, mode, **kw))
     (project / "locked").mkdir()
     with pytest.raises(UserError, match=r"output_dir: cannot write in 'locked'"):
-        ownership.check_owned(project / "locked" / "t", ownership.RUN)
+        ownership.check_owned(Path("locked") / "t", ownership.RUN)
     assert not (project / "locked" / "t").exists()
 
 
 # ---------------------------------------------------------------- simultaneous starts
 
-ROUNDS = 4
+ROUNDS = 3
 
 
 def race(project: Path, mode: str) -> list[tuple[dict, dict]]:
@@ -160,7 +160,8 @@ def race(project: Path, mode: str) -> list[tuple[dict, dict]]:
         codes = sorted([str(first["code"]), str(second["code"])])
         assert codes == ["2", "stopped"], (first, second)
         winner, loser = (first, second) if first["code"] == "stopped" else (second, first)
-        assert "is being trained right now by pid" in loser["stderr"], loser["stderr"]
+        assert "is being trained right now by" in loser["stderr"], loser["stderr"]  # pid, or "another process"
+        assert "already" not in loser["stderr"]
         rounds.append((winner, loser))
     return rounds
 
