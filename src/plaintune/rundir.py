@@ -217,7 +217,8 @@ def check_not_in_a_run(target: Path, key: str) -> None:
     for folder in Path(target).expanduser().resolve().parents:
         if (folder / LAST_FILE).is_file() or (folder / "best").is_dir() and (folder / "config.yaml").is_file() \
                 or (folder / "split.json").is_file() \
-                or (folder / ENSEMBLE_FILE).is_file():  # a k-fold's folder, a fitted ensemble
+                or (folder / ENSEMBLE_FILE).is_file() \
+                or (folder / ownership.MARKER).is_file():  # a k-fold's folder, a fitted ensemble, any marked
             raise UserError(f"{key}: '{target}' lies inside the run directory '{folder}', whose files are "
                             f"checkpoints and logs: choose another {key} (e.g. output/submission.csv)")
 
