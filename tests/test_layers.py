@@ -11,9 +11,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "plaintune"
 
 # Lowest first. A module may import its own layer and the layers below, never one above.
 LAYERS = [
-    ("base", {"errors", "schema"}),
+    ("base", {"errors", "schema", "paths"}),
     ("config", {"yamlfile", "optim", "choices", "validation", "config"}),
-    ("files", {"atomic", "formats", "weights", "modelcard", "rundir", "runlock", "guard", "hub", "precision",
+    ("files", {"atomic", "formats", "weights", "modelcard", "ownership", "rundir", "runlock", "guard", "hub", "precision",
                "distributed"}),
     ("components", {"data", "datacheck", "datasets", "evaluate", "batching", "biencoder", "model", "objective", "metrics",
                     "forward", "report", "tracking"}),
