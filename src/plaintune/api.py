@@ -88,7 +88,7 @@ def train(config: ConfigLike, *overrides: str, resume: Union[bool, str, Path] = 
     if cfg.ensemble.members:
         summary = run_leaderboard(cfg, name, list(overrides), request)
         scores = dict(summary.get("out_of_fold", {}))
-        applied = summary.get("applied") or f"ensemble {cfg.ensemble.combine} (cross-fitted)"
+        applied = f"ensemble {summary.get('applied', cfg.ensemble.combine)} (cross-fitted)"
         return TrainResult(rundir.run_dir_for(cfg), "pearson", scores.get(applied), None, [], kind="leaderboard",
                            runs=list(summary.get("runs", [])), scores=scores,
                            ensemble={k: v for k, v in summary.items() if k not in ("out_of_fold",)})

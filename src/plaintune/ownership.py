@@ -31,13 +31,13 @@ import yaml
 
 from . import atomic, formats, paths
 from .errors import UserError
+from .runlock import LOCK_FILE
 
 MARKER = ".plaintune-run"
 MARKER_FORMAT = "plaintune-run-dir"
 RUN, FOLDS, ENSEMBLE = "run", "folds", "ensemble"
 KIND_NAMES = {RUN: "a training run's directory", FOLDS: "a k-fold's folder (split and fold files)",
               ENSEMBLE: "a fitted ensemble's directory"}
-LOCK_NAME = ".lock"  # runlock.LOCK_FILE; a lower layer cannot import it from there
 
 # What plaintune writes, per kind of directory and subfolder: only temporaries of these names are its own.
 _RUN_TARGETS = re.compile(r"^(last\.pt|config\.yaml|load_report\.txt|metrics\.jsonl|curves\.png|best|"
@@ -143,7 +143,7 @@ def legacy_evidence(directory: Path, kind: str) -> Optional[str]:
 def _foreign_entries(directory: Path) -> list[str]:
     """What `directory` holds besides plaintune's lock, marker and temporaries."""
     return sorted(name for name in os.listdir(directory)
-                  if name not in (LOCK_NAME, MARKER) and not _TEMP.match(name))
+                  if name not in (LOCK_FILE, MARKER) and not _TEMP.match(name))
 
 
 def check_output_dir(output_dir: Path, key: str = "output_dir") -> None:
