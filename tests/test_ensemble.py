@@ -198,7 +198,7 @@ def test_the_python_api_runs_the_pipeline_too(project, tiny_model_dir):
     assert set(result.ensemble["weights"]) == {"bi"} and (result.run_dir / "ensemble.json").is_file()
     assert result.runs == ["lb-bi-fold1", "lb-bi-fold2"]
     spec = json.loads((result.run_dir / "ensemble.json").read_text())
-    assert result.best_metric == result.scores[f"ensemble {spec['applied']} (cross-fitted)"] is not None
+    assert result.best_metric == result.scores[f"ensemble {spec['applied']} (cross-fitted)"]
 
 
 def test_the_python_api_runs_a_k_fold(project):
