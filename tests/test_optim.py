@@ -27,7 +27,7 @@ class Tiny(nn.Module):
 
 
 @pytest.mark.parametrize("spec,cls", [
-    ({"name": "AdamW", "weight_decay": 0.01, "eps": "1e-7", "betas": [0.9, 0.98]}, torch.optim.AdamW),
+    ({"name": "AdamW", "weight_decay": 0.01, "eps": 1e-7, "betas": [0.9, 0.98]}, torch.optim.AdamW),
     ({"name": "adam"}, torch.optim.Adam),
     ({"name": "SGD", "momentum": 0.9}, torch.optim.SGD),
 ])
