@@ -20,8 +20,8 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 setup: $(BIN)/.installed
 
 demo: setup
-	$(BIN)/python train.py --config default --overwrite
-	$(BIN)/python inference.py --config default --saved_model default
+	$(BIN)/python train.py --config default data.dir=data/demo --overwrite
+	$(BIN)/python inference.py --config default --saved_model default data.dir=data/demo
 
 test: setup
 	$(BIN)/python -m pytest

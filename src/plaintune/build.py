@@ -13,7 +13,7 @@ from box import Box
 
 from . import datacheck, paths
 from .batching import BucketBatchSampler, eval_loader, micro_batch_budget, train_loader
-from .data import read_tables, with_swapped_pairs
+from .data import describe_files, read_tables, with_swapped_pairs
 from .datasets import make_dataset
 from .evaluate import AUTOCAST
 from .metrics import LOWER_IS_BETTER, followed_metric
@@ -40,6 +40,8 @@ class TrainData:
 def load_data(cfg: Box, opened: OpenedRun, force: bool, dist_info, device: torch.device) -> TrainData:
     """Check every CSV before the model loads, then tokenize once and build the loaders."""
     tables = read_tables(cfg)
+    if dist_info.is_main:
+        print("\n".join(describe_files(cfg, tables)))
     datacheck.check_followed_metric(tables["dev"], "data.dev_path", cfg)
     for role in ("dev", "test"):
         if role in tables and tables[role].binary_problem and dist_info.is_main:

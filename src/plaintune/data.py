@@ -240,5 +240,18 @@ def read_tables(cfg: Box) -> dict:
     return tables
 
 
-__all__ = ["PairTable", "read_pairs",
+def describe_files(cfg: Box, tables: dict) -> list[str]:
+    """One line per data file the run reads, with its rows, so a run never trains on the demo set (or
+    last month's export) without saying so. The predict file is counted too: inference will read it."""
+    lines = [f"data: {role:<7} {table.path}  ({len(table):,} rows)" for role, table in tables.items()]
+    predict = cfg.data.predict_path
+    try:
+        rows = f"{len(read_csv_checked(predict, 'data.predict_path', cfg.data.encoding)):,} rows"
+    except UserError:
+        rows = "not readable yet; inference needs it"
+    lines.append(f"data: {'predict':<7} {predict}  ({rows})")
+    return lines
+
+
+__all__ = ["PairTable", "read_pairs", "describe_files",
            "read_csv_checked", "require_columns", "check_class_labels", "with_swapped_pairs", "read_tables"]

@@ -166,6 +166,11 @@ SCHEMA: dict = {
                           "[\"classifier.*\"]).", check=_list_of_str),
     },
     "data": {
+        "dir": Field(RUNTIME | INFERENCE | SHARED, str, None, "Folder that relative data paths (train_path, dev_path, "
+                     "test_path, predict_path, submission_template) are read from; null: the working directory. "
+                     "Applied when the config is read: the run's saved config.yaml records the joined paths and "
+                     "dir null. The shipped configs read data/ (your competition files); data.dir=data/demo runs "
+                     "them on the demo set.", nullable=True),
         "train_path": Field(IDENTITY | INFERENCE | SHARED, str, "data/train.csv", "Labelled training pairs (CSV)."),
         "dev_path": Field(IDENTITY | INFERENCE | SHARED, str, "data/dev.csv", "Labelled validation pairs; all of it is scored each epoch "
                           "and picks the best checkpoint."),

@@ -156,6 +156,22 @@ def _check_values(cfg: dict, problems: list[Problem]) -> None:
                                 "would overwrite the ids: name the template's score column (e.g. target)"))
 
 
+DATA_FILE_KEYS = ("train_path", "dev_path", "test_path", "predict_path", "submission_template")
+
+
+def _apply_data_dir(cfg: dict) -> None:
+    """Join data.dir onto the relative data paths once, then clear it: the config (and the run's saved
+    config.yaml, read again by inference) holds the paths the run really reads."""
+    folder = cfg["data"]["dir"]
+    if folder is None:
+        return
+    for key in DATA_FILE_KEYS:
+        value = cfg["data"][key]
+        if isinstance(value, str) and not Path(value).expanduser().is_absolute():
+            cfg["data"][key] = str(Path(folder) / value)
+    cfg["data"]["dir"] = None
+
+
 def _check_files(cfg: dict, purpose: Optional[str], base: Path, problems: list[Problem]) -> None:
     data = cfg["data"]
     keys = list(REQUIRED_FILES.get(purpose, ()))
@@ -167,8 +183,9 @@ def _check_files(cfg: dict, purpose: Optional[str], base: Path, problems: list[P
             continue
         kind, detail = paths.path_kind(base / value)
         if kind == paths.MISSING:
-            problems.append(Problem(f"data.{key}", f"file '{value}' does not exist; fix the path or override it "
-                                    f"(data.{key}=path/to/file.csv)"))
+            problems.append(Problem(f"data.{key}", f"file '{value}' does not exist; put your file there, set "
+                                    "data.dir to the folder that holds your files (data.dir=data/demo: the demo "
+                                    f"set), or override data.{key}=path/to/file.csv"))
         elif kind not in (paths.FILE, paths.DENIED):  # a folder, a device, a loop: not a data file
             what = "a directory" if kind == paths.DIR else detail
             problems.append(Problem(f"data.{key}", f"'{value}' is {what}, not a file; give the CSV file "
@@ -229,6 +246,7 @@ def validate(data: dict, source: str = "config", purpose: Optional[str] = None,
     if purpose == "inference":
         problems = [p for p in problems if _read_at_inference(p)]
     if not problems:
+        _apply_data_dir(cfg)
         _check_values(cfg, problems)
     if not problems:
         if purpose != "inference":  # loss, optimizer and scheduler: only training reads them
