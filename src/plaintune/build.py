@@ -115,7 +115,7 @@ def build_optimization(cfg: Box, model: torch.nn.Module, steps_per_epoch: int, d
                                 training.layer_lr_decay)
     maximize = followed_metric(training.metric, cfg.model.num_labels) not in LOWER_IS_BETTER
     scheduler, scheduler_when = build_scheduler(training.scheduler, optimizer, steps_per_epoch, training.epochs,
-                                                maximize)
+                                                maximize, training.max_steps)
     # fp16 needs loss scaling; for every other precision the scaler passes everything through.
     scaler = torch.amp.GradScaler(device.type, enabled=training.precision == "fp16")
     return Optimization(optimizer, scheduler, scheduler_when, scaler)
@@ -150,9 +150,10 @@ def restore_state(bundle: dict, model: torch.nn.Module, optim: Optimization, cfg
         rescale_learning_rate(optim, cfg.training.learning_rate / saved_lr)
         say(f"note: training.learning_rate {cfg.training.learning_rate:g} instead of the checkpoint's {saved_lr:g}: "
             "the schedule continues from where it was, scaled to the new rate")
-    epochs = cfg.training.epochs
-    if state.epoch >= epochs or state.stopped_early:
-        where = "nothing left to train" + (" (it stopped early)" if state.stopped_early else "")
+    epochs, max_steps = cfg.training.epochs, cfg.training.max_steps
+    if state.epoch >= epochs or state.stopped_early or (max_steps and state.global_step >= max_steps):
+        where = "nothing left to train" + (" (it stopped early)" if state.stopped_early else
+                                           f" (training.max_steps {max_steps} reached)" if state.epoch < epochs else "")
     elif state.step_in_epoch >= batches:
         where = f"the validation that ends epoch {state.epoch + 1}/{epochs}"
     else:
@@ -178,7 +179,7 @@ def loop_options(cfg: Box, device: torch.device, dist_info, resume_command: str)
     training = cfg.training
     selection = SelectionRules(patience=training.early_stopping.patience, min_delta=training.early_stopping.min_delta,
                                keep_top_k=cfg.checkpoint.keep_top_k)
-    return LoopOptions(epochs=training.epochs, grad_accum_steps=training.grad_accum_steps,
+    return LoopOptions(epochs=training.epochs, max_steps=training.max_steps or 0, grad_accum_steps=training.grad_accum_steps,
                        max_grad_norm=training.max_grad_norm, log_every_n_steps=training.log_every_n_steps,
                        save_every_n_steps=cfg.checkpoint.every_n_steps,
                        eval_every_n_steps=training.eval_every_n_steps or 0, save_best=cfg.checkpoint.save_best,

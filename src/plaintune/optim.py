@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -163,14 +163,15 @@ def _fused_supported(cls: type, model: nn.Module) -> bool:
 
 
 def build_scheduler(spec: dict, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int,
-                    maximize: bool = True):
+                    maximize: bool = True, max_steps: Optional[int] = None):
     """Return (scheduler, when) where `when` is 'step' (after each optimizer step) or 'metric'
-    (after each validation, given the metric; `maximize` False for a metric where lower is better)."""
+    (after each validation, given the metric; `maximize` False for a metric where lower is better).
+    `max_steps` (training.max_steps) cuts the run short: warm-up and decay span the steps it will take."""
     import transformers
 
     kind = canonical_scheduler(spec["name"])
     options = spec_options(spec)
-    total = max(1, steps_per_epoch * epochs)
+    total = max(1, min(steps_per_epoch * epochs, max_steps or steps_per_epoch * epochs))
     warmup = int(options.get("warmup_steps", round(options.get("warmup_ratio", 0.0) * total)))
     if kind == "linear":
         return transformers.get_linear_schedule_with_warmup(optimizer, warmup, total), "step"

@@ -202,6 +202,8 @@ def finish(cfg: Box, trainer: Trainer, data: TrainData, run_dir: Path, started: 
         if state.best_metric is not None else f"no validation gave a finite dev {name}"
     stopped = f" (early stop at epoch {state.history[-1]['epoch']:g})" if state.stopped_early and state.history \
         else ""
+    if trainer.steps_done() and state.epoch < cfg.training.epochs:
+        stopped += f" (training.max_steps: stopped after {state.global_step} optimizer steps)"
     lines = [f"done in {(time.perf_counter() - started) / 60:.1f} min: {best}{stopped}",
              f"  best model:  {best_dir or '(none saved)'}",
              f"  resume file: {run_dir / LAST_FILE}",

@@ -204,6 +204,10 @@ SCHEMA: dict = {
     },
     "training": {
         "epochs": Field(RECIPE, int, 5, "Number of passes over the training set.", check=at_least(1)),
+        "max_steps": Field(RECIPE, int, None, "Stop after this many optimizer steps (a quick try on a big data set), "
+                           "even mid-epoch; the run then validates, saves and finishes as a complete run, and the "
+                           "lr schedule spans the shorter run. k-fold folds and --resume honour it. null: "
+                           "training.epochs decides.", nullable=True, check=at_least(1)),
         "batch_size": Field(IDENTITY, int, 32, "Pairs per optimizer step.", check=at_least(1)),
         "eval_batch_size": Field(RUNTIME | INFERENCE, int, 64, "Pairs per forward pass in validation and inference (length-sorted; "
                                  "on CPU 64 measured faster than 128 or 256).",

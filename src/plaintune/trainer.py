@@ -36,6 +36,7 @@ class LoopOptions:
     """How the loop runs: flat values the run builder reads from the config, and where it runs."""
 
     epochs: int
+    max_steps: int = 0                # stop after this many optimizer steps, even mid-epoch (0: epochs decide)
     grad_accum_steps: int = 1
     max_grad_norm: Optional[float] = 1.0
     log_every_n_steps: int = 10
@@ -99,10 +100,13 @@ class Trainer:
         `Interrupted` (exit 130 / 143); a second signal aborts at once without saving.
         """
         with self.stop.caught():
-            while self.state.epoch < self.options.epochs and not self.state.stopped_early:
+            while self.state.epoch < self.options.epochs and not self.state.stopped_early \
+                    and not self.steps_done():
                 self.train_epoch()
                 if self.stop.agreed or self.state.stopped_early:
                     break
+                if self.steps_done() and self.state.step_in_epoch < len(self.sampler):
+                    break  # training.max_steps ended the run mid-epoch; train_epoch validated and saved
                 self.state.epoch += 1
                 self.state.step_in_epoch = 0
                 self.validate_and_select(mid_epoch=False)
@@ -115,6 +119,10 @@ class Trainer:
                       f"{self.files.last_path}\nresume with: {self.options.resume_command}", file=sys.stderr)
             raise Interrupted(self.stop.agreed)
         return self.state
+
+    def steps_done(self) -> bool:
+        """Whether training.max_steps optimizer steps are taken (never, without it)."""
+        return bool(self.options.max_steps) and self.state.global_step >= self.options.max_steps
 
     def train_epoch(self) -> None:
         """One pass over this rank's batches, resuming at `state.step_in_epoch` (always an
@@ -168,15 +176,18 @@ class Trainer:
                     self.log_train(speed.window(), batches)
                     bar.set_postfix(loss=f"{state.loss:.4f}", lr=f"{self._lr():.2e}")
                 epoch_ends = state.step_in_epoch >= batches  # the epoch-end validation and save follow
-                if _due(options.eval_every_n_steps, state.global_step) and not epoch_ends:
+                # training.max_steps reached mid-epoch: validate and save as an epoch end would
+                last_step = self.steps_done() and not epoch_ends
+                if (_due(options.eval_every_n_steps, state.global_step) or last_step) and not epoch_ends:
                     # before a stop request is honoured: a validation that is due belongs to this step,
                     # and the resumed run, which starts after it, would never make up for it
                     started = time.perf_counter()
                     self.validate_and_select(mid_epoch=True, batches=batches)
                     speed.exclude(time.perf_counter() - started)  # samples/s is the training's alone
-                if state.stopped_early or (_due(options.save_every_n_steps, state.global_step) and not epoch_ends):
+                if state.stopped_early or last_step or \
+                        (_due(options.save_every_n_steps, state.global_step) and not epoch_ends):
                     self.save_last()
-                if state.stopped_early or self.stop.agree():
+                if state.stopped_early or self.steps_done() or self.stop.agree():
                     break
         self.state.window_loss = float(self._window_loss)
         self._train_speed = speed.overall()
@@ -196,7 +207,7 @@ class Trainer:
                          {**metrics, "eval_s": time.perf_counter() - started, "train_samples_per_s": self._train_speed})
         name = validation_name(state, mid_epoch)
         verdict = record_validation(state, metric, name, self.options.selection, followed,
-                        epochs_left=mid_epoch or state.epoch < self.options.epochs)
+                                    epochs_left=not self.steps_done() and (mid_epoch or state.epoch < self.options.epochs))
         model, meta = self._evaluated_model(), self._model_meta()
         if verdict.best and self.options.save_best:
             self._on_main(lambda: self.files.save_best(model, meta))
