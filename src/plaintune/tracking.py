@@ -6,10 +6,12 @@ Only rank 0 creates a tracker with sinks under DDP.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
-import time
 import os
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -112,15 +114,30 @@ def wandb_mode(requested: str) -> str:
         return requested
     if env:
         return WANDB_ENV_MODES[env.lower()]
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    netrc = Path.home() / ".netrc"
+    return "online" if wandb_has_credentials() else "offline"
+
+
+def wandb_has_credentials() -> bool:
+    """Whether wandb finds credentials for its server, by wandb's own lookup (WANDB_API_KEY, an
+    identity token file, its settings files, .netrc under the host of WANDB_BASE_URL, so a self-hosted
+    server counts), without prompting and without the network. Its log lines are not the user's."""
     try:
-        if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
-            return "online"
-    except OSError:
-        pass
-    return "offline"
+        import wandb
+    except ImportError:
+        return False  # WandbSink names the missing package
+    chatter = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            return bool(wandb.login(prompt=False, verify=False, host=os.environ.get("WANDB_BASE_URL") or None))
+    except Exception as err:  # noqa: BLE001 - e.g. a key of the wrong format (AuthenticationError)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"logging.wandb: wandb's credentials are unusable ({first}); fix them with wandb login "
+                        "--relogin, or set logging.wandb.mode=offline or disabled") from None
+    finally:
+        # login keeps the credentials it found for the session, and would answer the next question
+        # (another WANDB_BASE_URL, a notebook's next run) from them; wandb.init looks them up again.
+        if wandb.run is None:
+            wandb.teardown()
 
 
 def wandb_settings(spec: dict, run_name: str, run_dir: Path) -> dict:
@@ -148,13 +165,14 @@ class WandbSink:
             Path(settings["dir"]).mkdir(parents=True, exist_ok=True)
             self.run = wandb.init(**settings, config=config, mode=self.mode, id=run_id,
                                   resume="allow" if run_id else None,
-                                  settings=wandb.Settings(console="off", quiet=True))
+                                  settings=wandb.Settings(console="off", silent=True))
         except Exception as err:  # noqa: BLE001 - wandb raises many kinds (network, auth, validation)
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise UserError(f"logging.wandb: wandb could not start in {self.mode} mode ({first}); check your wandb "
                             "login, network and WANDB_* variables, or set logging.wandb.mode=offline (upload later "
                             "with wandb sync) or disabled") from None
         self.run_id = self.run.id
+        self.files_dir = Path(settings["dir"]) / "wandb"  # where wandb keeps its run folders
 
     def log(self, kind: str, step: int, epoch: float, metrics: dict) -> None:
         data = {f"{kind}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -168,13 +186,29 @@ class WandbSink:
     def close(self) -> None:
         import wandb
 
-        run_dir = getattr(self.run, "dir", None)
+        url = getattr(self.run, "url", None) if self.mode != "offline" else None  # offline: wandb warns
         self.run.finish()
         # wandb's background service keeps the settings (WANDB_DIR, ...) it started with; a later run
         # in this process (a notebook, k-fold) must start from the environment as it is then.
         wandb.teardown()
-        if self.mode == "offline" and run_dir:
-            print(f"wandb: offline run saved; upload it with: wandb sync {Path(run_dir).parent}")
+        drop_symlinks(self.files_dir)
+        print(self.end_line(url))
+
+    def end_line(self, url: Optional[str]) -> str:
+        """wandb's whole report, one line: where the run is, or how to upload every part of it (a
+        resumed run writes one offline folder per session, all of the same run id)."""
+        if self.mode != "offline":
+            return f"wandb: {url or self.run_id}"
+        parts = sorted(self.files_dir.glob(f"offline-run-*-{self.run_id}"))
+        return f"wandb: offline run {self.run_id}; upload it with: wandb sync {' '.join(map(str, parts))}"
+
+
+def drop_symlinks(folder: Path) -> None:
+    """Remove the convenience links wandb makes (latest-run, debug.log): a run directory holds plain
+    files only, so it copies to and from Drive and other mounts that have no links."""
+    for path in [*folder.glob("*"), *folder.glob("*/logs/*"), *folder.glob("*/files/*")] if folder.is_dir() else []:
+        if path.is_symlink():
+            path.unlink(missing_ok=True)
 
 
 def start_wandb(run_dir: Path, logging_spec: dict, run_name: str, config: dict,
