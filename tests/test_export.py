@@ -3,6 +3,9 @@ bi-encoder, CrossEncoder and AutoModelForSequenceClassification for a cross-enco
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -34,6 +37,13 @@ def test_bi_encoder_best_is_a_sentence_transformers_model(project):
     best = project / "saved_model" / "t" / "best"
     modules = json.loads((best / "modules.json").read_text())
     assert [m["type"].rsplit(".", 1)[-1] for m in modules][:2] == ["Transformer", "Pooling"]
+    # In a fresh process, as a user loads it: no load report of missing / newly initialised tensors
+    # (a pooler, which mean pooling never uses, reads as a broken export).
+    fresh = subprocess.run([sys.executable, "-c", "import sys; from sentence_transformers import SentenceTransformer; "
+                            "SentenceTransformer(sys.argv[1], device='cpu'); print('loaded')", str(best)],
+                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    report = fresh.stdout + fresh.stderr
+    assert "loaded" in fresh.stdout and "MISSING" not in report and "newly initialized" not in report, report
     model = SentenceTransformer(str(best), device="cpu")
     assert model.max_seq_length == 48  # the trained model.max_length, not 512
     pairs = pairs_of(project)

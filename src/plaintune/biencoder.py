@@ -53,7 +53,12 @@ class BiEncoder(nn.Module):
 
     def save_pretrained(self, path, **kwargs) -> None:
         self.encoder.save_pretrained(path, **kwargs)
-        write_sentence_transformers_files(Path(path), self.config.hidden_size, self.max_seq_length, self.normalize)
+        # An encoder built without its pooler (add_pooling_layer=False: mean pooling never uses it) is
+        # loaded the same way by sentence-transformers, instead of with a fresh pooler and a load
+        # report of "newly initialized" tensors that reads as a broken export.
+        model_args = {"add_pooling_layer": False} if getattr(self.encoder, "pooler", "none") is None else {}
+        write_sentence_transformers_files(Path(path), self.config.hidden_size, self.max_seq_length, self.normalize,
+                                          model_args)
 
 
 def base_normalizes(source: str) -> bool:
@@ -67,9 +72,11 @@ def base_normalizes(source: str) -> bool:
 
 
 def write_sentence_transformers_files(folder: Path, hidden_size: int, max_seq_length: Optional[int],
-                                      normalize: bool) -> None:
+                                      normalize: bool, model_args: Optional[dict] = None) -> None:
     """modules.json and the module configs that make `folder` (an encoder saved with save_pretrained)
-    a sentence-transformers model computing what plaintune computes: mean pooling over the tokens."""
+    a sentence-transformers model computing what plaintune computes: mean pooling over the tokens.
+    `model_args`: keyword arguments its Transformer module passes to from_pretrained ("model_args":
+    the key every sentence-transformers version reads)."""
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
     if normalize:
@@ -80,7 +87,8 @@ def write_sentence_transformers_files(folder: Path, hidden_size: int, max_seq_le
                "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False,
                "pooling_mode_mean_sqrt_len_tokens": False}
     files = {"modules.json": modules, "1_Pooling/config.json": pooling,
-             "sentence_bert_config.json": {"max_seq_length": max_seq_length or 512, "do_lower_case": False},
+             "sentence_bert_config.json": {"max_seq_length": max_seq_length or 512, "do_lower_case": False,
+                                           **({"model_args": model_args} if model_args else {})},
              "config_sentence_transformers.json": {"similarity_fn_name": "cosine"}}
     for name, content in files.items():
         (folder / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
