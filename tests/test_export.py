@@ -87,7 +87,10 @@ def test_model_card_and_legacy_meta_name(project):
     assert train.main(["--config", "t", "training.epochs=1"]) == 0
     best = project / "saved_model" / "t" / "best"
     card = (best / "README.md").read_text()
-    assert "pearson" in card and "data/train.csv" in card and "AutoModelForSequenceClassification" in card
+    assert "pearson" in card and "AutoModelForSequenceClassification" in card
+    assert f"`{project / 'data' / 'train.csv'}`" in card  # absolute: the card travels with the model
+    assert "1 epoch," in card and "1 epochs" not in card
+    assert "trained under fp32" in card and "within 1e-5" in card and "bf16" in card
     meta = json.loads((best / "plaintune_state.json").read_text())
     assert {"pearson", "spearman", "loss"} <= set(meta["metrics"])
     # a run written before the rename (trainer_state.json) is still found and loaded

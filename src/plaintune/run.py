@@ -158,10 +158,14 @@ def _train_locked(cfg: Box, config_name: str, overrides: Sequence[str], request:
 def model_card(cfg: Box, objective) -> dict:
     """The run's facts that every saved model's README.md states (see modelcard.py)."""
     training = cfg.training
+    length = f"{training.epochs} epoch{'s' if training.epochs != 1 else ''}" + \
+        (f" (at most {training.max_steps} optimizer steps)" if training.max_steps else "")
     recipe = (f"loss {training.loss}, {training.optimizer.name} lr {training.learning_rate:g}, batch "
-              f"{training.batch_size}, {training.epochs} epochs, max_length {cfg.model.max_length}, seed {cfg.seed}")
+              f"{training.batch_size}, {length}, max_length {cfg.model.max_length}, seed {cfg.seed}")
+    # absolute: the card travels with the model, away from the directory the run started in
     return {"run_name": cfg.run_name, "base_model": cfg.model.name, "kind": cfg.model.kind,
-            "train_path": cfg.data.train_path, "dev_path": cfg.data.dev_path, "recipe": recipe,
+            "train_path": str(Path(cfg.data.train_path).resolve()), "dev_path": str(Path(cfg.data.dev_path).resolve()),
+            "recipe": recipe, "precision": training.precision,
             "mapping": objective.describe(), "max_length": cfg.model.max_length, "num_labels": cfg.model.num_labels}
 
 
