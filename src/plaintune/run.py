@@ -26,6 +26,7 @@ from .batching import eval_loader
 from .build import (TrainData, build_optimization, load_data, load_model, loop_options, restore_state,
                     wrap_for_training)
 from .config import dump_yaml, to_plain, with_values
+from .diskuse import disk_line, drop_resume_bundles
 from .errors import UserError
 from .evaluate import predict as predict_outputs
 from .guard import check_outputs
@@ -208,9 +209,14 @@ def finish(cfg: Box, trainer: Trainer, data: TrainData, run_dir: Path, started: 
         else ""
     if trainer.steps_done() and state.epoch < cfg.training.epochs:
         stopped += f" (training.max_steps: stopped after {state.global_step} optimizer steps)"
+    kept = cfg.checkpoint.keep_last_after_finish
+    if not kept:
+        drop_resume_bundles(run_dir)
     lines = [f"done in {(time.perf_counter() - started) / 60:.1f} min: {best}{stopped}",
              f"  best model:  {best_dir or '(none saved)'}",
-             f"  resume file: {run_dir / LAST_FILE}",
+             f"  resume file: {run_dir / LAST_FILE}" if kept else
+             "  resume file: deleted, the run is finished (checkpoint.keep_last_after_finish: false)",
+             f"  {disk_line(run_dir)}",
              f"  metrics:     {run_dir / 'metrics.jsonl'}, {run_dir / 'curves.png'}"]
     if cfg.logging.tensorboard:
         lines.append(f"  tensorboard: tensorboard --logdir {run_dir / 'tensorboard'}")

@@ -292,6 +292,12 @@ SCHEMA: dict = {
         "keep_last": Field(RUNTIME, int, 1, "Resume bundles kept: last.pt plus keep_last - 1 older ones under "
                            "checkpoints/ (a resume falls back to them if the newest is unreadable).",
                            check=at_least(1)),
+        "keep_last_after_finish": Field(RUNTIME, bool, True, "false: once the run has finished (every epoch, or "
+                                        "training.max_steps, or an early stop), delete its resume bundles "
+                                        "(last.pt and checkpoints/, about 3x the model's size with AdamW); best/ "
+                                        "and top/ stay. Until then --resume works as always. "
+                                        "configs/leaderboard.yaml sets false: its ten runs would keep 2.7 GB of "
+                                        "bundles for the MiniLM."),
         "keep_top_k": Field(RUNTIME, int, 0, "Also keep the models of the k best validations as HF directories under "
                                     "top/ (0: only best/).",
                             check=at_least(0)),
