@@ -19,3 +19,12 @@ def test_a_finished_run_can_drop_its_resume_bundles(project, capsys):
     line = next(line for line in out.splitlines() if "on disk:" in line)
     assert "best" in line and "last.pt" not in line
     assert inference.main(["--config", "t", "--saved_model", "t"]) == 0  # best/ is all inference needs
+
+
+def test_a_kfold_prints_one_line_per_fold_and_one_next(project, capsys):
+    assert train.main(["--config", "t", "training.epochs=1", "--folds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("next:") == 1 and out.count("done in") == 2
+    done = [line for line in out.splitlines() if "done in" in line]
+    assert all(line.startswith(("t-fold1: ", "t-fold2: ")) and "on disk:" in line for line in done)
+    assert "best model:" not in out and "resume file:" not in out

@@ -203,6 +203,7 @@ def cut_folds(cfg: Box, folds: int, request: RunRequest,
     if "{time}" in cfg.run_name:
         raise UserError(f"{key}: run_name contains {{time}}; give the folds a fixed run_name so they can resume")
     tables = data.read_tables(cfg)  # the user's own files: their overlap is checked before any fold file exists
+    print("\n".join(data.describe_files(cfg, tables)))
     datacheck.check_overlap(tables["train"], tables["dev"], cfg.data.max_overlap)
     pooled = data.pool(tables["train"], tables["dev"])
     check_fold_count(len(pooled), folds, key)
@@ -276,7 +277,7 @@ def _run_folds_locked(cfg: Box, config_name: str, overrides: Sequence[str], fold
                 print(f"fold {fold}/{folds}: {fold_cfg.run_name}, {len(pooled) - len(held_out)} pairs to train on, "
                       f"{len(held_out)} held out")
                 fold_request = replace(request, resume="" if resuming and started else None,
-                                       resume_command=resume_cmd)
+                                       resume_command=resume_cmd, quiet=True)
                 train_run(fold_cfg, config_name, [*overrides, *fold_overrides], fold_request)
             predictions = _out_of_fold(fold_cfg, pooled.take(held_out), device)
             atomic.write_text(done_file, json.dumps({"run": fold_cfg.run_name, "config": _recipe(fold_cfg),

@@ -66,6 +66,7 @@ class RunRequest:
     overwrite: bool = False           # start over where the run has checkpoints
     trust: bool = False               # unpickle a whole-model checkpoint for model.init_from
     resume_command: Optional[str] = None   # printed after Ctrl-C (k-fold prints its own)
+    quiet: bool = False               # one of many runs (a k-fold's fold): one summary line, no next: command
 
 
 def train_run(cfg: Box, config_name: str, overrides: Sequence[str], request: RunRequest = RunRequest()) -> TrainResult:
@@ -146,7 +147,8 @@ def _train_locked(cfg: Box, config_name: str, overrides: Sequence[str], request:
         state = trainer.fit()
         if is_main:
             finish(cfg, trainer, data, run_dir, started,
-                   command("inference.py", config_name, overrides, "--saved_model", cfg.run_name))
+                   None if request.quiet else command("inference.py", config_name, overrides, "--saved_model",
+                                                      cfg.run_name))
     finally:
         if tracker is not None:
             tracker.close()
@@ -176,8 +178,10 @@ def command(script: str, config_name: str, overrides: Sequence[str], *extra: str
                      *map(shlex.quote, extra)])
 
 
-def finish(cfg: Box, trainer: Trainer, data: TrainData, run_dir: Path, started: float, next_command: str) -> None:
-    """Score the best model on test_path (if any) and print where everything is."""
+def finish(cfg: Box, trainer: Trainer, data: TrainData, run_dir: Path, started: float,
+           next_command: Optional[str]) -> None:
+    """Score the best model on test_path (if any) and print where everything is (without a
+    `next_command`, one of many runs: one line, the caller prints what comes next)."""
     state, name = trainer.state, trainer.options.metric_name
     if state.best_metric is None and state.history and cfg.checkpoint.save_best:
         print(f"warning: no validation gave a finite dev {name} ({len(state.history)} validations: the model "
@@ -194,8 +198,10 @@ def finish(cfg: Box, trainer: Trainer, data: TrainData, run_dir: Path, started: 
         return trainer.objective.predictions(outputs)
 
     if best_dir is not None and cfg.model.num_labels == 1:
-        print(write_error_report(run_dir / "report", data.tables["dev"], best_predictions("dev"),
-                                 cfg.data.binary_threshold))
+        written = write_error_report(run_dir / "report", data.tables["dev"], best_predictions("dev"),
+                                     cfg.data.binary_threshold)
+        if next_command is not None:  # one of many runs: its report is in its folder, not on the console
+            print(written)
     if "test" in data.datasets and best_dir is not None:
         test = data.tables["test"]
         metrics = compute_metrics(best_predictions("test"), test.labels, cfg.model.num_labels, test.binary,
@@ -218,6 +224,9 @@ def finish(cfg: Box, trainer: Trainer, data: TrainData, run_dir: Path, started: 
              "  resume file: deleted, the run is finished (checkpoint.keep_last_after_finish: false)",
              f"  {disk_line(run_dir)}",
              f"  metrics:     {run_dir / 'metrics.jsonl'}, {run_dir / 'curves.png'}"]
+    if next_command is None:
+        print(f"{cfg.run_name}: {lines[0]}; {disk_line(run_dir).replace(f' in {run_dir}', '')}")
+        return
     if cfg.logging.tensorboard:
         lines.append(f"  tensorboard: tensorboard --logdir {run_dir / 'tensorboard'}")
     lines.append(f"next: {next_command}")
