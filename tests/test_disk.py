@@ -28,3 +28,11 @@ def test_a_kfold_prints_one_line_per_fold_and_one_next(project, capsys):
     done = [line for line in out.splitlines() if "done in" in line]
     assert all(line.startswith(("t-fold1: ", "t-fold2: ")) and "on disk:" in line for line in done)
     assert "best model:" not in out and "resume file:" not in out
+
+
+def test_a_one_validation_plot_says_how_to_get_a_curve():
+    from plaintune.tracking import curves_hint
+
+    one = [{"kind": "train", "step": 1}, {"kind": "eval", "step": 2}]
+    assert "training.eval_every_n_steps" in curves_hint(one)
+    assert curves_hint([*one, {"kind": "eval", "step": 4}]) is None

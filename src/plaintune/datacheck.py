@@ -131,5 +131,6 @@ def warn_poor_coverage(tokenizer, table: PairTable, model_name: str) -> None:
     print(f"warning: the tokenizer of model.name '{model_name}' covers this data poorly: "
           f"{stats['unknown']:.1%} unknown tokens, {stats['single']:.0%} single-character pieces, "
           f"{stats['per_char']:.2f} tokens per character (text in the model's language: ~0%, ~30%, ~0.3); "
-          "expect poor scores. Use a model for this language (e.g. klue/roberta-small for Korean: save it with "
-          "save_pretrained where you have network and set model.name to that directory)")
+          "expect poor scores. Use a model for this language, as a cross-encoder (for Korean: python train.py "
+          "--config roberta_small, klue/roberta-small; without the hub, save it with save_pretrained where you "
+          "have network and set model.name to that directory)")

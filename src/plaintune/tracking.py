@@ -221,6 +221,13 @@ def start_wandb(run_dir: Path, logging_spec: dict, run_name: str, config: dict,
     return WandbSink(run_dir, logging_spec["wandb"], run_name, config, run_id, mode)
 
 
+def curves_hint(records: list[dict]) -> Optional[str]:
+    """What the plot says when its validation panel is a single dot (a one-epoch run)."""
+    if sum(r.get("kind") == "eval" for r in records) == 1:
+        return "one validation so far: set training.eval_every_n_steps to validate within an epoch"
+    return None
+
+
 def plot_curves(records: list[dict], path: Path, metric: str) -> None:
     """PNG of train loss, validation loss, validation metric and lr against step."""
     import matplotlib
@@ -247,6 +254,9 @@ def plot_curves(records: list[dict], path: Path, metric: str) -> None:
         axis.set_title(title)
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
+    hint = curves_hint(records)
+    if hint:
+        fig.suptitle(hint, fontsize=9)
     fig.tight_layout()
     atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
     plt.close(fig)
