@@ -1,4 +1,4 @@
-"""What a finished run keeps on disk: checkpoint.keep_last_after_finish, and the size it reports."""
+"""What a finished run prints and keeps: disk (checkpoint.keep_last_after_finish), quiet k-fold lines, the plot hint."""
 from __future__ import annotations
 
 import inference
