@@ -14,7 +14,7 @@ LAYERS = [
     ("base", {"errors", "schema", "paths"}),
     ("config", {"yamlfile", "optim", "choices", "validation", "config"}),
     ("files", {"atomic", "formats", "weights", "modelcard", "ownership", "rundir", "runlock", "guard", "hub", "precision",
-               "distributed"}),
+               "distributed", "diskuse"}),
     ("components", {"data", "datacheck", "datasets", "evaluate", "batching", "biencoder", "model", "objective", "metrics",
                     "forward", "report", "tracking"}),
     ("loop", {"train_state", "selection", "stopping", "trainer"}),
