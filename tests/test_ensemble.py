@@ -14,7 +14,9 @@ import pytest
 
 import inference
 import train
-from conftest import base_config, write_config
+import torch
+
+from conftest import DEMO, base_config, write_config
 from plaintune import api, ensemble, folds
 from plaintune.errors import UserError
 
@@ -132,6 +134,8 @@ def test_a_killed_pipeline_resumes_without_retraining_finished_members(project, 
     assert train.main(["--config", "lb", "--resume"]) == 0
     out = capsys.readouterr().out
     assert out.count("done earlier") == 2  # the first member's two folds
+    # the time budget counts only the work left: the first member is done, the second has 2 folds to go
+    assert "bi: its 2 folds are done" in out and "2 folds, " in out.split("bi: its 2 folds are done")[1]
     assert "resuming from" in out  # the killed fold continues from its checkpoint
     assert {path: path.stat().st_mtime_ns for path in first_member} == stamps
     assert (project / "saved_model" / "lb" / "ensemble.json").is_file()
@@ -466,3 +470,36 @@ def test_a_member_fold_without_best_is_an_error_not_its_last_pt(tmp_path):
     (root / "ens" / "ensemble.json").write_text(json.dumps(spec))
     with pytest.raises(UserError, match="has no complete best/"):
         ensemble.expand(["ens"], root)
+
+
+def test_the_time_budget_counts_the_work_left_and_max_steps(tiny_model_dir):
+    from plaintune.config import with_values
+    from plaintune.validation import validate
+
+    cfg = validate(base_config(tiny_model_dir))
+    cfg = with_values(cfg, {"training.epochs": 2, "training.batch_size": 10})
+    whole = ensemble.estimate_seconds(cfg, 100, 5, speed=10.0)
+    assert ensemble.estimate_seconds(cfg, 100, 5, speed=10.0, folds_left=2) == pytest.approx(whole * 2 / 5)
+    # 80 pairs x 2 epochs to train per fold, and 20 held-out pairs validated each epoch at a third of the cost
+    assert whole == pytest.approx(5 * (160 + 2 * 20 / 3) / 10.0)
+    capped = with_values(cfg, {"training.max_steps": 3})
+    assert ensemble.estimate_seconds(capped, 100, 5, speed=10.0) == pytest.approx(5 * (30 + 2 * 20 / 3) / 10.0)
+
+
+def test_the_measured_speed_is_a_median_of_whole_steps(tiny_model_dir, monkeypatch):
+    """One slow batch (another process on the machine) does not move the median much."""
+    from plaintune import data as data_mod
+    from plaintune.validation import validate
+
+    cfg = validate(base_config(tiny_model_dir))
+    table = data_mod.read_pairs(str(DEMO / "train.csv"), "data.train_path", cfg.data.columns)
+    steps = []
+    real_step = torch.optim.AdamW.step
+
+    def counted(self, *args, **kwargs):
+        steps.append(1)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", counted)
+    speed = ensemble.measure_speed(cfg, table, torch.device("cpu"), rows=64)
+    assert speed > 0 and len(steps) >= 5  # the optimizer's update is part of what is timed

@@ -15,7 +15,7 @@ from box import Box
 from . import rundir
 from .config import apply_overrides, load_config, resolve_config_path
 from .errors import UserError
-from .folds import FOLDS_SUFFIX, run_folds
+from .folds import folds_folder, run_folds
 from .leaderboard import run_leaderboard
 from .metrics import followed_metric, score
 from .predicting import run_inference
@@ -82,7 +82,7 @@ def train(config: ConfigLike, *overrides: str, resume: Union[bool, str, Path] = 
         overall = score(result.out_of_fold, result.pooled.labels, cfg.model.num_labels)
         per_fold = {f"fold {k}": score(result.out_of_fold[part], result.pooled.labels[part], cfg.model.num_labels)
                     for k, part in enumerate(result.parts, start=1)}
-        folder = rundir.run_dir_for(cfg).with_name(f"{cfg.run_name}{FOLDS_SUFFIX}")
+        folder = folds_folder(cfg)
         return TrainResult(folder, metric, overall, None, [], kind="k-fold", runs=list(result.runs),
                            scores={f"out-of-fold {metric}": overall, **per_fold})
     if cfg.ensemble.members:

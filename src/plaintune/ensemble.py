@@ -195,39 +195,53 @@ def member_configs(cfg: Box, source: str) -> dict[str, Box]:
     return members
 
 
-def measure_speed(cfg: Box, table: data.PairTable, device: torch.device, rows: int = 96) -> float:
-    """Training pairs per second of this member's recipe on this machine: forward and backward on a
-    few real batches after one warm-up batch (the optimizer step is a small share of a step)."""
+def measure_speed(cfg: Box, table: data.PairTable, device: torch.device, rows: int = 256,
+                  warmup_batches: int = 2) -> float:
+    """Training pairs per second of this member's recipe on this machine: whole optimizer steps
+    (forward, backward, AdamW's update) on real batches; the first `warmup_batches` are not timed
+    (allocator and kernel warm-up), and the speed is the median over the timed batches, so one slow
+    batch (another process, a page fault) does not skew the estimate the way a single total did."""
     tokenizer = build_tokenizer(cfg.model)
     picked = np.random.default_rng(cfg.seed).permutation(len(table))[:rows]
-    sample = table.take(picked)
-    dataset = make_dataset(sample, tokenizer, cfg.model.max_length, cfg.model.kind)
+    dataset = make_dataset(table.take(picked), tokenizer, cfg.model.max_length, cfg.model.kind)
     budget, overhead = micro_batch_budget(cfg.training.micro_batch_tokens, device)
-    loader = train_loader(dataset, BucketBatchSampler(dataset.lengths, min(cfg.training.batch_size, rows // 3),
-                                                      cfg.seed, bucket=cfg.training.bucket_batches),
+    batch_size = max(1, min(cfg.training.batch_size, len(picked) // (warmup_batches + 3)))
+    loader = train_loader(dataset, BucketBatchSampler(dataset.lengths, batch_size, cfg.seed,
+                                                      bucket=cfg.training.bucket_batches),
                           1, micro_batch_tokens=budget, pass_overhead=overhead)
     model = build_model(cfg.model).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-12)  # the update's cost, not its effect
+    optimizer.speed_probe = True  # so global step hooks (profilers, the crash tests) can tell it from training
     dtype = AUTOCAST[resolve_precision(cfg.training.precision, device)[0]]
-    timed, started = 0, None
+    per_pair = []
     for n, batch in enumerate(loader):
-        if n == 1:
-            started = time.perf_counter()
+        started, pairs = time.perf_counter(), 0
         for part in batch:
             inputs = {k: v.to(device) for k, v in part.items() if k not in ("labels", "index")}
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 logits = model(**inputs).logits
             logits.float().square().mean().backward()
-            timed += part["labels"].shape[0] if n >= 1 else 0
-    del model
-    return timed / max(time.perf_counter() - started, 1e-9) if started else float("nan")
+            pairs += part["labels"].shape[0]
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if n >= warmup_batches and pairs:
+            per_pair.append((time.perf_counter() - started) / pairs)
+    del model, optimizer
+    return 1.0 / float(np.median(per_pair)) if per_pair else float("nan")
 
 
-def estimate_seconds(cfg: Box, pooled_rows: int, folds: int, speed: float) -> float:
-    """A member's k-fold: each fold trains on (K-1)/K of the pool for its epochs and validates its part
-    every epoch (a forward pass, about a third of a training step's work per pair)."""
+def estimate_seconds(cfg: Box, pooled_rows: int, folds: int, speed: float, folds_left: Optional[int] = None) -> float:
+    """A member's k-fold, or the `folds_left` of its folds not finished yet: each fold trains on (K-1)/K
+    of the pool for its epochs (or training.max_steps steps, if fewer) and validates its part every
+    epoch (a forward pass, about a third of a training step's work per pair)."""
     held_out = pooled_rows / folds
-    per_fold = cfg.training.epochs * ((pooled_rows - held_out) + held_out / 3) / speed
-    return folds * per_fold
+    trained = (pooled_rows - held_out) * cfg.training.epochs
+    if cfg.training.max_steps is not None:
+        trained = min(trained, cfg.training.max_steps * cfg.training.batch_size * cfg.training.grad_accum_steps)
+    per_fold = (trained + cfg.training.epochs * held_out / 3) / speed
+    return (folds if folds_left is None else folds_left) * per_fold
 
 
 # ------------------------------------------------------------------- the spec file

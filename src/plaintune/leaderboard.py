@@ -23,7 +23,7 @@ from .errors import UserError
 from .ensemble import (ENSEMBLE_FILE, Member, check_ensemble_dir, choose, estimate_seconds, fit_candidate,
                        measure_speed, member_configs, write_spec)
 from .evaluate import postprocess
-from .folds import FoldsResult, check_fold_count, run_folds
+from .folds import FoldsResult, check_fold_count, folds_folder, run_folds
 from .metrics import score
 from .run import RunRequest
 from .runlock import RunLock
@@ -34,22 +34,29 @@ def _minutes(seconds: float) -> str:
 
 
 def announce_budget(members: dict[str, Box], folds: int, device) -> None:
-    """The plan and its time, from each member's speed measured on a few real batches here."""
+    """The plan and its time, from each member's speed measured on real batches here; a resumed
+    pipeline counts only the folds that have no out-of-fold predictions yet."""
     tables = data.read_tables(next(iter(members.values())))
     pooled = data.pool(tables["train"], tables["dev"])
     total, lines = 0.0, []
     for name, cfg in members.items():
+        left = sum(not (folds_folder(cfg) / f"fold{k}_predictions.json").is_file() for k in range(1, folds + 1))
+        if left == 0:
+            lines.append(f"  {name}: its {folds} folds are done")
+            continue
         speed = measure_speed(cfg, pooled, device)
-        seconds = estimate_seconds(cfg, len(pooled), folds, speed)
-        total += seconds
+        seconds = estimate_seconds(cfg, len(pooled), folds, speed, folds_left=left)
+        todo = f"{left} of {folds} folds left" if left < folds else f"{folds} folds"
         if not math.isfinite(seconds):
-            lines.append(f"  {name}: {cfg.model.kind}, {cfg.training.epochs} epoch(s) x {folds} folds "
+            lines.append(f"  {name}: {cfg.model.kind}, {cfg.training.epochs} epoch(s) x {todo} "
                          "(too few pairs to measure its speed)")
             continue
-        lines.append(f"  {name}: {cfg.model.kind}, {cfg.training.epochs} epoch(s) x {folds} folds, "
+        total += seconds
+        lines.append(f"  {name}: {cfg.model.kind}, {cfg.training.epochs} epoch(s) x {todo}, "
                      f"{speed:.0f} pairs/s measured -> about {_minutes(seconds)}")
     print(f"leaderboard: {len(members)} member(s) x {folds} folds on {len(pooled)} pooled train+dev pairs, "
-          f"about {_minutes(total)} on {device} (estimated from the measured speeds):")
+          f"about {_minutes(total)} left on {device} (estimated from the measured speeds; another load on this "
+          "machine makes it longer):")
     print("\n".join(lines))
 
 
