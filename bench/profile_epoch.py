@@ -27,12 +27,14 @@ def main() -> None:
     import sys
 
     sys.path.insert(0, str(ROOT / "src"))
-    from plaintune import batching, data, datasets
-    from plaintune.batching import PASS_OVERHEAD_TOKENS_CPU, BucketBatchSampler, MicroBatchCollator
-    from plaintune.objective import Objective
-    from plaintune.evaluate import predict
-    from plaintune.model import build_model, build_tokenizer
-    from plaintune.optim import build_optimizer
+    from plaintune.data import batching
+    from plaintune.data import tables as data
+    from plaintune.data import tokenized as datasets
+    from plaintune.data.batching import PASS_OVERHEAD_TOKENS_CPU, TrainBatchSampler, MicroBatchCollator
+    from plaintune.model.objective import Objective
+    from plaintune.inference.outputs import model_outputs
+    from plaintune.model.loading import build_model, build_tokenizer
+    from plaintune.model.optim import build_optimizer
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "stsb")
@@ -65,7 +67,7 @@ def main() -> None:
     with timed("tokenize (once)"):
         train_set = datasets.PairDataset(train, tokenizer, 128)
         dev_set = datasets.PairDataset(dev, tokenizer, 128)
-    sampler = BucketBatchSampler(train_set.lengths, 32, seed=42, bucket=args.bucketed)
+    sampler = TrainBatchSampler(train_set.lengths, 32, seed=42, bucket=args.bucketed)
     collate = MicroBatchCollator(datasets.PadCollator(train_set.pad_id), args.micro_batch_tokens or None,
                                  PASS_OVERHEAD_TOKENS_CPU)
     objective = Objective(1, "bce", "sigmoid")
@@ -89,7 +91,7 @@ def main() -> None:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     with timed("evaluate dev (1500 pairs)"):
-        predict(model, batching.eval_loader(dev_set, 64, 1), torch.device("cpu"), dtype)
+        model_outputs(model, batching.eval_loader(dev_set, 64, 1), torch.device("cpu"), dtype)
     with tempfile.TemporaryDirectory() as tmp:
         with timed("save best/ (safetensors)"):
             model.save_pretrained(tmp)

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
 
 import train  # noqa: E402
-from plaintune.trainer import Trainer  # noqa: E402
+from plaintune.training.trainer import Trainer  # noqa: E402
 
 mode, _, count = os.environ.get("KILL_PLAN", "").partition(":")
 target = int(count or 0)

@@ -36,8 +36,8 @@ import torch.distributed as dist  # noqa: E402
 from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
 
 import train  # noqa: E402
-from plaintune import distributed  # noqa: E402
-from plaintune.objective import Objective  # noqa: E402
+from plaintune.training import distributed  # noqa: E402
+from plaintune.model.objective import Objective  # noqa: E402
 
 RANK = int(os.environ["RANK"])
 

@@ -41,7 +41,9 @@ def main() -> None:
     os.chdir(project)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import train
-    from plaintune import folds, leaderboard, run
+    from plaintune.kfold import folds
+    from plaintune.kfold import leaderboard
+    from plaintune.training import run
 
     if mode == "single":
         original = run.start_run_dir

@@ -17,12 +17,12 @@ from hypothesis import strategies as st
 import inference
 import train
 from conftest import base_config, write_config
-from plaintune.config import to_plain
-from plaintune.data import read_pairs
+from plaintune.config.load import to_plain
+from plaintune.data.tables import read_pairs
 from plaintune.errors import UserError
-from plaintune.optim import OPTIMIZERS, canonical_name
+from plaintune.model.optim import OPTIMIZERS, canonical_name
 from plaintune.schema import SCHEMA
-from plaintune.validation import validate
+from plaintune.config.validation import validate
 
 # Every YAML file under tests/bad_inputs/ holds cases (one file per theme).
 CASES = [case for path in sorted((Path(__file__).parent / "bad_inputs").glob("*.yaml"))

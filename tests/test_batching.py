@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from plaintune.batching import BucketBatchSampler, SortedBatchSampler, padding_fraction, split_by_length
+from plaintune.data.batching import TrainBatchSampler, SortedBatchSampler, padding_fraction, split_by_length
 
 
 @pytest.fixture
@@ -15,7 +15,7 @@ def lengths():
 
 @pytest.mark.parametrize("bucket", [True, False])
 def test_every_index_once_per_epoch(lengths, bucket):
-    sampler = BucketBatchSampler(lengths, 32, seed=1, bucket=bucket, pool=8)
+    sampler = TrainBatchSampler(lengths, 32, seed=1, bucket=bucket, pool=8)
     for epoch in range(3):
         sampler.set_epoch(epoch)
         seen = [i for batch in sampler for i in batch]
@@ -24,14 +24,14 @@ def test_every_index_once_per_epoch(lengths, bucket):
 
 
 def test_deterministic_from_seed_and_varies_by_epoch(lengths):
-    a = BucketBatchSampler(lengths, 32, seed=1).epoch_batches(0)
-    assert a == BucketBatchSampler(lengths, 32, seed=1).epoch_batches(0)
-    assert a != BucketBatchSampler(lengths, 32, seed=2).epoch_batches(0)
-    assert a != BucketBatchSampler(lengths, 32, seed=1).epoch_batches(1)
+    a = TrainBatchSampler(lengths, 32, seed=1).epoch_batches(0)
+    assert a == TrainBatchSampler(lengths, 32, seed=1).epoch_batches(0)
+    assert a != TrainBatchSampler(lengths, 32, seed=2).epoch_batches(0)
+    assert a != TrainBatchSampler(lengths, 32, seed=1).epoch_batches(1)
 
 
 def test_resume_position_skips_exactly_the_consumed_batches(lengths):
-    sampler = BucketBatchSampler(lengths, 32, seed=3)
+    sampler = TrainBatchSampler(lengths, 32, seed=3)
     sampler.set_epoch(2)
     full = list(sampler)
     sampler.set_epoch(2, start=7)
@@ -41,7 +41,7 @@ def test_resume_position_skips_exactly_the_consumed_batches(lengths):
 def test_ddp_shards_disjoint_and_complete(lengths):
     shards = []
     for rank in range(3):
-        sampler = BucketBatchSampler(lengths, 16, seed=5, rank=rank, world_size=3)
+        sampler = TrainBatchSampler(lengths, 16, seed=5, rank=rank, world_size=3)
         sampler.set_epoch(1)
         shards.append(list(sampler))
     assert len({len(s) for s in shards}) == 1  # equal step counts on every rank
@@ -52,8 +52,8 @@ def test_ddp_shards_disjoint_and_complete(lengths):
 
 
 def test_bucketing_cuts_padding_and_keeps_batches_mixed(lengths):
-    random_batches = BucketBatchSampler(lengths, 32, seed=0, bucket=False).epoch_batches(0)
-    bucketed = BucketBatchSampler(lengths, 32, seed=0, bucket=True, pool=16).epoch_batches(0)
+    random_batches = TrainBatchSampler(lengths, 32, seed=0, bucket=False).epoch_batches(0)
+    bucketed = TrainBatchSampler(lengths, 32, seed=0, bucket=True, pool=16).epoch_batches(0)
     assert padding_fraction(lengths, bucketed) < padding_fraction(lengths, random_batches) / 3
     # batch order is shuffled: batch max lengths are not monotone
     maxima = [lengths[b].max() for b in bucketed]
@@ -106,7 +106,7 @@ def test_micro_batch_cut_is_complete_within_budget_and_optimal(case):
 
 
 def test_micro_batches_cut_padding_of_random_batches(lengths):
-    random_batches = BucketBatchSampler(lengths, 32, seed=0, bucket=False).epoch_batches(0)
+    random_batches = TrainBatchSampler(lengths, 32, seed=0, bucket=False).epoch_batches(0)
     cut = [[batch[i] for i in run] for batch in random_batches
            for run in split_by_length(lengths[batch].tolist(), 2048, 64)]
     assert padding_fraction(lengths, cut) < padding_fraction(lengths, random_batches) / 2

@@ -74,12 +74,12 @@ def test_inference_accepts_every_saved_model_form(project):
 
 def test_inference_restores_input_order(project, tiny_model_dir):
     """Sorted-by-length batching must not reorder predictions: compare with one-by-one forwards."""
-    from plaintune.config import load_config
-    from plaintune.batching import eval_loader
-    from plaintune.data import read_pairs
-    from plaintune.datasets import PadCollator, PairDataset
-    from plaintune.evaluate import predict
-    from plaintune.predicting import load_model_for_inference
+    from plaintune.config.load import load_config
+    from plaintune.data.batching import eval_loader
+    from plaintune.data.tables import read_pairs
+    from plaintune.data.tokenized import PadCollator, PairDataset
+    from plaintune.inference.outputs import model_outputs
+    from plaintune.inference.predicting import load_model_for_inference
 
     cfg = load_config("t")
     model, tokenizer, _ = load_model_for_inference(cfg, tiny_model_dir)
@@ -88,7 +88,7 @@ def test_inference_restores_input_order(project, tiny_model_dir):
     assert len(set(dataset.lengths.tolist())) > 3  # lengths vary, so sorting really reorders
     loader = eval_loader(dataset, 7, 1)
     assert [i for batch in loader.batch_sampler for i in batch] != list(range(len(dataset)))
-    batched = predict(model, loader, torch.device("cpu"))
+    batched = model_outputs(model, loader, torch.device("cpu"))
     collate = PadCollator(dataset.pad_id)
     with torch.inference_mode():
         single = []
@@ -172,8 +172,8 @@ def test_classification_head(project, tiny_model_dir):
 def test_nan_metric_never_counts_as_best(project, capsys, monkeypatch):
     """A run whose every validation scores NaN (a model predicting a constant) keeps no best/, says
     so, and still ends normally with its resumable last.pt."""
-    from plaintune.metrics import is_better
-    from plaintune.objective import Objective
+    from plaintune.training.metrics import is_better
+    from plaintune.model.objective import Objective
 
     assert is_better(0.1, None) and not is_better(float("nan"), None)
     assert not is_better(float("nan"), 0.2) and not is_better(float("inf"), 0.2)
@@ -198,7 +198,7 @@ def test_nan_metric_never_counts_as_best(project, capsys, monkeypatch):
     ("checkpoint", ["inspect", "x.pt", "--config", "t", "--bogus"], "unrecognized argument: --bogus"),
 ])
 def test_usage_mistakes_are_one_error_line(project, capsys, command, argv, expect):
-    from plaintune import checkpoint
+    from plaintune.checkpoint import command as checkpoint
 
     main = {"train": train.main, "inference": inference.main, "checkpoint": checkpoint.main}[command]
     with pytest.raises(SystemExit) as stopped:
@@ -209,7 +209,7 @@ def test_usage_mistakes_are_one_error_line(project, capsys, command, argv, expec
 
 
 def test_checkpoint_overrides_may_follow_config(project, capsys):
-    from plaintune import checkpoint
+    from plaintune.checkpoint import command as checkpoint
 
     assert train.main(["--config", "t", "training.epochs=1"]) == 0
     capsys.readouterr()

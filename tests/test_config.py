@@ -7,11 +7,11 @@ import yaml
 from box import BoxError
 
 from conftest import REPO, base_config
-from plaintune import config as config_mod
-from plaintune.config import load_config
+from plaintune.config import load as config_mod
+from plaintune.config.load import load_config
 from plaintune.errors import UserError
-from plaintune.optim import build_optimizer
-from plaintune.validation import validate
+from plaintune.model.optim import build_optimizer
+from plaintune.config.validation import validate
 from plaintune.schema import SCHEMA
 
 SHIPPED = sorted((REPO / "configs").glob("*.yaml"))

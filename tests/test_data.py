@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from plaintune.batching import padding_fraction
-from plaintune.data import read_pairs
-from plaintune.datasets import PadCollator, PairDataset
+from plaintune.data.batching import padding_fraction
+from plaintune.data.tables import read_pairs
+from plaintune.data.tokenized import PadCollator, PairDataset
 from plaintune.errors import UserError
 
 COLUMNS = {"id": "id", "sentence_1": "sentence_1", "sentence_2": "sentence_2", "label": "label",

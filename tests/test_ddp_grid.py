@@ -133,20 +133,20 @@ def launch(project: Path, world: int, cases: list[dict]) -> dict:
 
 def one_process_metrics(project: Path, run: str, dev_path: str) -> dict:
     """Every metric of the saved best/ weights on the dev file, evaluated in this (one) process."""
-    from plaintune.config import load_config
-    from plaintune.batching import eval_loader
-    from plaintune.data import read_pairs
-    from plaintune.datasets import PairDataset
-    from plaintune.evaluate import predict
-    from plaintune.metrics import compute_metrics
-    from plaintune.objective import objective_for
-    from plaintune.predicting import load_model_for_inference
+    from plaintune.config.load import load_config
+    from plaintune.data.batching import eval_loader
+    from plaintune.data.tables import read_pairs
+    from plaintune.data.tokenized import PairDataset
+    from plaintune.inference.outputs import model_outputs
+    from plaintune.training.metrics import compute_metrics
+    from plaintune.model.objective import objective_for
+    from plaintune.inference.predicting import load_model_for_inference
 
     cfg = load_config("t")  # model.name is the tiny model; the architecture comes from best/config.json
     best = project / "saved_model" / run / "best"
     model, tokenizer, _ = load_model_for_inference(cfg, best)
     dev = read_pairs(dev_path, "k", cfg.data.columns)
-    outputs = predict(model, eval_loader(PairDataset(dev, tokenizer, cfg.model.max_length), 16, 1),
+    outputs = model_outputs(model, eval_loader(PairDataset(dev, tokenizer, cfg.model.max_length), 16, 1),
                       torch.device("cpu"))
     scores = objective_for(model, cfg, best).predictions(outputs)  # scores, as validation
     return compute_metrics(scores, dev.labels, 1, dev.binary, cfg.data.binary_threshold)
@@ -220,7 +220,7 @@ def test_ddp_grid_finishes_and_scores_like_one_process(project, spread_model_dir
 
 
 def test_gather_rows_in_one_process_keeps_nan_and_refuses_gaps():
-    from plaintune.distributed import gather_rows
+    from plaintune.training.distributed import gather_rows
 
     merged = gather_rows(np.array([2, 0, 1]), np.array([[2.0], [np.nan], [1.0]], dtype=np.float32), 3)
     assert np.isnan(merged[0, 0]) and merged[1, 0] == 1.0 and merged[2, 0] == 2.0
@@ -232,11 +232,11 @@ def test_gather_rows_in_one_process_keeps_nan_and_refuses_gaps():
 @pytest.mark.parametrize("world", [2, 3, 4])
 def test_every_rank_gets_its_batches_even_with_fewer_batches_than_ranks(rows, world):
     """A rank with fewer batches than len(sampler) says would leave the others in the gradient all-reduce."""
-    from plaintune.batching import BucketBatchSampler
+    from plaintune.data.batching import TrainBatchSampler
 
     shards = []
     for rank in range(world):
-        sampler = BucketBatchSampler(np.arange(rows) + 5, 4, seed=1, rank=rank, world_size=world)
+        sampler = TrainBatchSampler(np.arange(rows) + 5, 4, seed=1, rank=rank, world_size=world)
         sampler.set_epoch(1)
         shards.append(list(sampler))
         assert len(shards[-1]) == len(sampler) >= 1

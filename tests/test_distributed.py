@@ -25,7 +25,7 @@ def torchrun(project, *args: str, nproc: int = 2) -> subprocess.CompletedProcess
 def test_process_group_gets_the_configured_timeout(project, monkeypatch):
     from datetime import timedelta
 
-    from plaintune import distributed
+    from plaintune.training import distributed
     from plaintune.errors import UserError
 
     made = {}
@@ -62,18 +62,18 @@ def test_ddp_run_completes_and_its_metric_matches_one_process(project):
     assert [r["epoch"] for r in lines if r["kind"] == "eval"] == [1, 2]
 
     # The dev metric logged under DDP equals a one-process evaluation of the same weights.
-    from plaintune.config import load_config
-    from plaintune.batching import eval_loader
-    from plaintune.data import read_pairs
-    from plaintune.datasets import PairDataset
-    from plaintune.evaluate import predict
-    from plaintune.metrics import compute_metrics
-    from plaintune.predicting import load_model_for_inference
+    from plaintune.config.load import load_config
+    from plaintune.data.batching import eval_loader
+    from plaintune.data.tables import read_pairs
+    from plaintune.data.tokenized import PairDataset
+    from plaintune.inference.outputs import model_outputs
+    from plaintune.training.metrics import compute_metrics
+    from plaintune.inference.predicting import load_model_for_inference
 
     cfg = load_config("t")
     model, tokenizer, _ = load_model_for_inference(cfg, project / "saved_model" / "ddp" / "best")
     dev = read_pairs("data/dev.csv", "k", cfg.data.columns)
-    outputs = predict(model, eval_loader(PairDataset(dev, tokenizer, 48), 16, 1), torch.device("cpu"))
+    outputs = model_outputs(model, eval_loader(PairDataset(dev, tokenizer, 48), 16, 1), torch.device("cpu"))
     meta = json.loads((project / "saved_model" / "ddp" / "best" / "plaintune_state.json").read_text())
     assert compute_metrics(outputs, dev.labels, 1)["pearson"] == pytest.approx(meta["value"], abs=1e-5)
 
@@ -121,8 +121,8 @@ def test_gradient_accumulation_equals_the_big_batch(project, tiny_model_dir):
 def test_micro_batches_equal_one_pass_over_the_batch(project):
     """A batch cut into length-sorted micro-batches takes the same optimizer step as one pass."""
     sixteen_rows(project)
-    from plaintune.batching import MicroBatchCollator
-    from plaintune.datasets import PadCollator
+    from plaintune.data.batching import MicroBatchCollator
+    from plaintune.data.tokenized import PadCollator
 
     items = [{"index": i, "input_ids": [1] * n, "label": 0.0} for i, n in enumerate([9, 30, 4, 17])]
     parts = MicroBatchCollator(PadCollator(0), max_tokens=40, pass_overhead=0)(items)

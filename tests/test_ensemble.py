@@ -17,7 +17,9 @@ import train
 import torch
 
 from conftest import DEMO, base_config, write_config
-from plaintune import api, ensemble, folds
+from plaintune import api
+from plaintune.kfold import ensemble
+from plaintune.kfold import folds
 from plaintune.errors import UserError
 
 HELPER = Path(__file__).parent / "crashing_train.py"
@@ -261,7 +263,7 @@ def test_overwrite_removes_the_old_fit_first(project, tiny_model_dir, monkeypatc
 
 def test_cosent_needs_pairs_to_rank_and_its_dev_loss_is_chunked(project):
     assert train.main(["--config", "t", "training.loss=cosent", "training.batch_size=1"]) == 2
-    from plaintune.objective import Objective
+    from plaintune.model.objective import Objective
     objective = Objective(1, "cosent", "cosine", kind="bi_encoder")
     import torch
     logits, labels = torch.rand(1000, 1), torch.rand(1000) * 5
@@ -371,8 +373,8 @@ def direct_cross_fitted(predictions, labels, parts, method, clip, decimals):
     the plain mean, the best member by Pearson; then inference's combine and the submission's clip/round."""
     from scipy.optimize import nnls as scipy_nnls
 
-    from plaintune.evaluate import postprocess
-    from plaintune.predicting import combine
+    from plaintune.inference.outputs import postprocess
+    from plaintune.inference.predicting import combine
 
     out = np.full(len(labels), np.nan)
     for held in parts:
@@ -473,8 +475,8 @@ def test_a_member_fold_without_best_is_an_error_not_its_last_pt(tmp_path):
 
 
 def test_the_time_budget_counts_the_work_left_and_max_steps(tiny_model_dir):
-    from plaintune.config import with_values
-    from plaintune.validation import validate
+    from plaintune.config.load import with_values
+    from plaintune.config.validation import validate
 
     cfg = validate(base_config(tiny_model_dir))
     cfg = with_values(cfg, {"training.epochs": 2, "training.batch_size": 10})
@@ -488,8 +490,8 @@ def test_the_time_budget_counts_the_work_left_and_max_steps(tiny_model_dir):
 
 def test_the_measured_speed_is_a_median_of_whole_steps(tiny_model_dir, monkeypatch):
     """One slow batch (another process on the machine) does not move the median much."""
-    from plaintune import data as data_mod
-    from plaintune.validation import validate
+    from plaintune.data import tables as data_mod
+    from plaintune.config.validation import validate
 
     cfg = validate(base_config(tiny_model_dir))
     table = data_mod.read_pairs(str(DEMO / "train.csv"), "data.train_path", cfg.data.columns)

@@ -14,7 +14,7 @@ import torch
 
 import inference
 import train
-from plaintune.rundir import find_best_dir
+from plaintune.rundir.layout import find_best_dir
 
 pytest.importorskip("sentence_transformers")
 

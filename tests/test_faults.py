@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import train
-from plaintune import atomic
+from plaintune.rundir import atomic
 from plaintune.errors import UserError
-from plaintune.rundir import RunFiles
+from plaintune.rundir.layout import RunFiles
 
 
 def temporaries(folder: Path) -> list[Path]:

@@ -145,7 +145,7 @@ def test_resuming_a_tutorial_bundle_keeps_its_raw_head(foreign, project, capsys)
 
 def test_converting_a_plaintune_bundle_keeps_its_mapping(project):
     """convert writes a Hugging Face directory; a sigmoid run's last.pt must not become a 'foreign' raw model."""
-    from plaintune.checkpoint import main as checkpoint_main
+    from plaintune.checkpoint.command import main as checkpoint_main
 
     assert train.main(["--config", "t", "training.epochs=1", "model.output_activation=sigmoid"]) == 0
     last = project / "saved_model" / "t" / "last.pt"

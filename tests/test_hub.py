@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from plaintune import hub
+from plaintune.model import hub
 from plaintune.errors import UserError
 
 

@@ -9,19 +9,24 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "plaintune"
 
-# Lowest first. A module may import its own layer and the layers below, never one above.
+# Lowest first. A module may import its own layer and the layers below, never one above. The packages
+# group modules by topic (config/, checkpoint/, rundir/, data/, model/, training/, inference/, kfold/);
+# the ranks here say which way their imports point.
 LAYERS = [
     ("base", {"errors", "schema", "paths"}),
-    ("config", {"yamlfile", "optim", "choices", "validation", "config"}),
-    ("files", {"atomic", "formats", "weights", "modelcard", "ownership", "rundir", "runlock", "guard", "hub", "precision",
-               "distributed", "diskuse"}),
-    ("components", {"data", "datacheck", "datasets", "evaluate", "batching", "biencoder", "model", "objective", "metrics",
-                    "forward", "report", "tracking"}),
-    ("loop", {"train_state", "selection", "stopping", "trainer"}),
-    ("run", {"build", "resume", "ensemble", "predicting", "run"}),
-    ("multi", {"folds", "leaderboard"}),
-    ("api", {"api", "__init__", "checkpoint"}),
+    ("config", {"config.yamlfile", "model.optim", "config.choices", "config.validation", "config.load"}),
+    ("files", {"rundir.atomic", "checkpoint.formats", "checkpoint.weights", "rundir.modelcard", "rundir.lock",
+               "rundir.ownership", "rundir.layout", "rundir.guard", "rundir.diskuse", "model.hub",
+               "model.precision", "training.distributed"}),
+    ("components", {"data.tables", "data.checks", "data.tokenized", "inference.outputs", "data.batching",
+                    "model.biencoder", "model.loading", "model.objective", "training.metrics", "inference.report",
+                    "training.tracking"}),
+    ("loop", {"training.state", "training.selection", "training.stopping", "training.trainer"}),
+    ("run", {"training.build", "training.resume", "kfold.ensemble", "inference.predicting", "training.run"}),
+    ("multi", {"kfold.folds", "kfold.leaderboard"}),
+    ("api", {"api", "__init__", "checkpoint.command", "checkpoint.__main__", "config.__main__"}),
 ]
+PACKAGES = {"config", "checkpoint", "rundir", "data", "model", "training", "inference", "kfold"}
 LAYER_OF = {module: rank for rank, (_, modules) in enumerate(LAYERS) for module in modules}
 
 
@@ -29,25 +34,30 @@ def module_name(path: Path) -> str:
     return ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
 
 
-def imports(path: Path) -> list[tuple[str, list[str], int]]:
-    """(imported project module, names taken from it, line) for every import in the file, at any depth."""
+MODULES = {module_name(p) for p in PACKAGE.rglob("*.py")}
+
+
+def imports(path: Path, here: str = "") -> list[tuple[str, list[str], int]]:
+    """(imported project module, names taken from it, line) for every import in the file, at any depth
+    (inside functions too). `from plaintune.pkg import mod` counts as importing the module pkg.mod."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    here = module_name(path).split(".")
+    parts = (here or module_name(path)).split(".")
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             if node.level:
-                base = here[:len(here) - node.level]
+                base = parts[:len(parts) - node.level]
                 target = ".".join(base + ([node.module] if node.module else []))
-            elif (node.module or "").startswith("plaintune"):
+            elif node.module == "plaintune" or (node.module or "").startswith("plaintune."):
                 target = node.module.removeprefix("plaintune").lstrip(".")
             else:
                 continue
-            names = [alias.name for alias in node.names]
-            if not node.module or target == "":  # `from . import x, y`: modules
-                found += [(f"{target}.{n}".lstrip("."), [], node.lineno) for n in names]
-            else:
-                found.append((target, names, node.lineno))
+            for alias in node.names:
+                module = f"{target}.{alias.name}".lstrip(".")
+                if module in MODULES:
+                    found.append((module, [], node.lineno))
+                else:
+                    found.append((target, [alias.name], node.lineno))
         elif isinstance(node, ast.Import):
             found += [(a.name.removeprefix("plaintune").lstrip("."), [], node.lineno) for a in node.names
                       if a.name.startswith("plaintune.")]
@@ -55,7 +65,7 @@ def imports(path: Path) -> list[tuple[str, list[str], int]]:
 
 
 def graph() -> dict[str, set[str]]:
-    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or p.parent == PACKAGE}
     edges = {name: set() for name in modules}
     for name, path in modules.items():
         for target, _, _ in imports(path):
@@ -86,12 +96,18 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str]:
     return []
 
 
-def test_the_checker_sees_imports_inside_functions(tmp_path):
+def test_the_checker_sees_every_kind_of_import(tmp_path):
     source = tmp_path / "x.py"
-    source.write_text("def f():\n    from .run import train\n    from . import folds\n")
-    PACKAGE_SAVED = module_name  # noqa: F841 - the parser needs only the file
-    tree = ast.parse(source.read_text())
-    assert sum(isinstance(n, ast.ImportFrom) for n in ast.walk(tree)) == 2
+    source.write_text("def f():\n    from plaintune.training.run import train_run\n"
+                      "    from plaintune.kfold import folds\n    from .. import api\n"
+                      "class C:\n    def g(self):\n        import plaintune.rundir.lock\n")
+    found = {(target, tuple(names)) for target, names, _ in imports(source, here="model.loading")}
+    assert found == {("training.run", ("train_run",)), ("kfold.folds", ()), ("api", ()), ("rundir.lock", ())}
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) == []
 
 
 def test_no_import_cycle():
@@ -109,9 +125,15 @@ def test_every_module_has_a_layer():
     assert sorted(set(graph()) - set(LAYER_OF)) == []
 
 
+def test_package_inits_hold_no_code():
+    """A package's __init__ is empty, so importing one module never drags in its siblings."""
+    assert {p.parent.name for p in PACKAGE.glob("*/__init__.py")} == PACKAGES
+    assert [p for p in PACKAGE.glob("*/__init__.py") if p.read_text().strip()] == []
+
+
 @pytest.mark.parametrize("name", sorted(LAYER_OF))
 def test_no_module_imports_a_higher_layer(name):
-    path = PACKAGE / f"{name}.py"
+    path = PACKAGE / (name.replace(".", "/") + ".py")
     if not path.is_file():
         pytest.skip("no such module")
     upward = [f"line {line}: {target} ({LAYERS[LAYER_OF[target]][0]})" for target, _, line in imports(path)

@@ -15,12 +15,12 @@ from safetensors.torch import save_file
 import inference
 import train
 from conftest import base_config, write_config
-from plaintune import checkpoint
-from plaintune.formats import read_state_dict
-from plaintune.rundir import resolve_saved_model
-from plaintune.weights import LoadRules, load_into, load_weights, map_keys
+from plaintune.checkpoint import command as checkpoint
+from plaintune.checkpoint.formats import read_state_dict
+from plaintune.rundir.layout import resolve_saved_model
+from plaintune.checkpoint.weights import LoadRules, load_into, load_weights, map_keys
 from plaintune.errors import UserError
-from plaintune.model import build_model, build_model_config, build_tokenizer
+from plaintune.model.loading import build_model, build_model_config, build_tokenizer
 
 
 def _mangle(state: dict, kind: str) -> dict:
@@ -176,9 +176,9 @@ def test_warm_start_into_a_changed_model(project, tiny_model_dir, capsys):
     cfg["model"].update({"from_scratch": True, "config_overrides": {"num_hidden_layers": 3},
                          "init_from": str(tiny_model_dir), "allow_missing": ["bert.encoder.layer.2.*"]})
     write_config(project, cfg, "warm")
-    from plaintune.weights import LoadRules, load_weights
-    from plaintune.config import load_config
-    from plaintune.model import build_model
+    from plaintune.checkpoint.weights import LoadRules, load_weights
+    from plaintune.config.load import load_config
+    from plaintune.model.loading import build_model
     from transformers import AutoModelForSequenceClassification
 
     loaded = load_config("warm")
@@ -291,7 +291,8 @@ def test_unreadable_files_say_permission_denied(project, bad_checkpoints, tiny_m
     import builtins
     from pathlib import Path
 
-    from plaintune import data, formats as checkpoint_formats
+    from plaintune.data import tables as data
+    from plaintune.checkpoint import formats as checkpoint_formats
 
     real_open, real_read_text = builtins.open, Path.read_text
     weights = bad_checkpoints / "good.pt"

@@ -11,7 +11,7 @@ import torch
 
 import inference
 import train
-from plaintune import optim
+from plaintune.model import optim
 
 
 def test_plateau_on_the_dev_loss_lowers_the_rate_when_the_loss_rises():

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import train
-from plaintune.metrics import compute_metrics, followed_metric, is_better
-from plaintune.trainer import Trainer
+from plaintune.training.metrics import compute_metrics, followed_metric, is_better
+from plaintune.training.trainer import Trainer
 
 
 def reference_pearson(x, y) -> float:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from plaintune import optim
+from plaintune.model import optim
 
 
 @pytest.mark.parametrize("name,cls", [
@@ -127,7 +127,7 @@ def test_cosent_is_the_published_formula_and_only_the_order_counts():
 def test_cosent_trains_a_bi_encoder_in_whole_batches(project, monkeypatch):
     """The loss couples the pairs of a batch: every batch is one pass, whatever the micro-batch budget."""
     import train
-    from plaintune import batching
+    from plaintune.data import batching
 
     seen = []
     original = batching.MicroBatchCollator.__call__

@@ -10,7 +10,7 @@ import yaml
 import inference
 import train
 from conftest import REPO
-from plaintune.config import load_config
+from plaintune.config.load import load_config
 from plaintune.errors import UserError
 
 

@@ -16,8 +16,9 @@ import pytest
 
 import train
 from conftest import REPO, base_config, write_config
-from plaintune import folds, ownership
-from plaintune.datacheck import pair_key
+from plaintune.kfold import folds
+from plaintune.rundir import ownership
+from plaintune.data.checks import pair_key
 from plaintune.errors import UserError
 
 

@@ -7,7 +7,7 @@ import torch
 
 import inference
 import train
-from plaintune import precision
+from plaintune.model import precision
 from conftest import write_config, base_config
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)

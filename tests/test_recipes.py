@@ -10,7 +10,7 @@ import torch
 
 import inference
 import train
-from plaintune.objective import Objective
+from plaintune.model.objective import Objective
 
 
 def test_label_scaling_round_trip():
@@ -46,9 +46,9 @@ def test_sigmoid_head_trains_predicts_in_range_and_is_remembered(project, capsys
 
 
 def test_head_bias_starts_at_the_label_mean(project, tiny_model_dir):
-    from plaintune.config import load_config
-    from plaintune.model import build_model
-    from plaintune.model import init_head_bias
+    from plaintune.config.load import load_config
+    from plaintune.model.loading import build_model
+    from plaintune.model.loading import init_head_bias
 
     objective = Objective(1, "bce", "sigmoid")
     spec = load_config("t").model
@@ -108,7 +108,7 @@ def test_swap_augmentation_doubles_the_training_pairs(project):
 
 
 def test_swapped_table():
-    from plaintune.data import PairTable, with_swapped_pairs
+    from plaintune.data.tables import PairTable, with_swapped_pairs
 
     table = PairTable("p", ["x"], ["A."], ["B."], np.array([3.0], dtype=np.float32))
     both = with_swapped_pairs(table)

@@ -10,7 +10,7 @@ import pytest
 
 import inference
 import train
-from plaintune.metrics import compute_metrics
+from plaintune.training.metrics import compute_metrics
 
 
 def check_report(folder, frame: pd.DataFrame, predictions: np.ndarray) -> None:

@@ -8,7 +8,11 @@ import pytest
 
 import train
 from conftest import base_config, write_config
-from plaintune import api, config as config_mod, ensemble, resume, schema
+from plaintune import api
+from plaintune.config import load as config_mod
+from plaintune.kfold import ensemble
+from plaintune.training import resume
+from plaintune import schema
 from plaintune.errors import ConfigError, Problem, UserError
 from plaintune.schema import IDENTITY, INFERENCE, LEAVES, MEANINGS, PREDICTION, SHARED, Field, Role
 

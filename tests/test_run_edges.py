@@ -6,7 +6,9 @@ import pytest
 import torch
 
 import train
-from plaintune import api, checkpoint, formats
+from plaintune import api
+from plaintune.checkpoint import command as checkpoint
+from plaintune.checkpoint import formats
 from plaintune.errors import UserError
 
 
@@ -67,7 +69,7 @@ def test_a_truncated_last_pt_advises_what_works(project, capsys):
 
 
 def test_a_fresh_start_while_the_run_trains_gets_the_locks_message(project, capsys):
-    from plaintune.runlock import RunLock
+    from plaintune.rundir.lock import RunLock
 
     assert train.main(["--config", "t", "training.epochs=1"]) == 0
     with RunLock(project / "saved_model" / "t", "t"):  # as a training process holds it

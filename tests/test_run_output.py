@@ -31,7 +31,7 @@ def test_a_kfold_prints_one_line_per_fold_and_one_next(project, capsys):
 
 
 def test_a_one_validation_plot_says_how_to_get_a_curve():
-    from plaintune.tracking import curves_hint
+    from plaintune.training.tracking import curves_hint
 
     one = [{"kind": "train", "step": 1}, {"kind": "eval", "step": 2}]
     assert "training.eval_every_n_steps" in curves_hint(one)

@@ -14,17 +14,17 @@ import torch
 from torch import nn
 
 import train
-from plaintune.config import load_config
-from plaintune.batching import eval_loader
-from plaintune.data import read_pairs
-from plaintune.datasets import PairDataset
-from plaintune.objective import Objective
-from plaintune.evaluate import predict
-from plaintune.metrics import compute_metrics
-from plaintune.batching import BucketBatchSampler
-from plaintune.tracking import Tracker
-from plaintune.rundir import RunFiles
-from plaintune.trainer import Batches, LoopOptions, Trainer
+from plaintune.config.load import load_config
+from plaintune.data.batching import eval_loader
+from plaintune.data.tables import read_pairs
+from plaintune.data.tokenized import PairDataset
+from plaintune.model.objective import Objective
+from plaintune.inference.outputs import model_outputs
+from plaintune.training.metrics import compute_metrics
+from plaintune.data.batching import TrainBatchSampler
+from plaintune.training.tracking import Tracker
+from plaintune.rundir.layout import RunFiles
+from plaintune.training.trainer import Batches, LoopOptions, Trainer
 
 
 def pearson(predictions, labels) -> float:
@@ -61,7 +61,7 @@ def test_validation_pearson_is_over_the_whole_set(project, tiny_model_dir):
     loader = eval_loader(dataset, batch_size=6, num_labels=1)
 
     model = BatchShiftedModel()
-    outputs = predict(model, loader, torch.device("cpu"))
+    outputs = model_outputs(model, loader, torch.device("cpu"))
     whole = pearson(outputs, table.labels)
     per_batch = np.nanmean([pearson(outputs[b], table.labels[b]) for b in loader.batch_sampler])
     assert abs(whole - per_batch) > 0.1, "the fixture must tell the two apart"
@@ -106,7 +106,7 @@ def test_training_is_reproducible_from_the_seed(project):
 
 
 def test_bucket_sampler_len_matches_steps(project):
-    sampler = BucketBatchSampler(np.arange(48) % 7 + 5, 8, seed=0)
+    sampler = TrainBatchSampler(np.arange(48) % 7 + 5, 8, seed=0)
     assert len(sampler) == 6
 
 
@@ -172,7 +172,7 @@ def test_non_finite_metric_is_never_best_nor_top_k_and_is_no_improvement(project
 
 
 def test_is_better_only_for_finite_metrics():
-    from plaintune.metrics import is_better
+    from plaintune.training.metrics import is_better
 
     nan, inf = float("nan"), float("inf")
     assert not is_better(nan, None) and not is_better(inf, None) and not is_better(-inf, None)

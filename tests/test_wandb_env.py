@@ -7,7 +7,7 @@ import pytest
 
 import train
 from plaintune.errors import UserError
-from plaintune.tracking import wandb_mode
+from plaintune.training.tracking import wandb_mode
 
 KEY = "k" * 40  # the shape of a wandb API key
 

@@ -4,14 +4,14 @@
 the same two functions. They are imported on first use, so that `python -m plaintune.checkpoint`
 and `import plaintune` stay light.
 """
-from .errors import UserError
+from plaintune.errors import UserError
 
 __all__ = ["train", "predict", "TrainResult", "UserError"]
 
 
 def __getattr__(name: str):
     if name in ("train", "predict", "TrainResult"):
-        from . import api
+        from plaintune import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'plaintune' has no attribute {name!r}")

@@ -12,15 +12,15 @@ from typing import Optional, Sequence, Union
 import pandas as pd
 from box import Box
 
-from . import rundir
-from .config import apply_overrides, load_config, resolve_config_path
-from .errors import UserError
-from .folds import folds_folder, run_folds
-from .leaderboard import run_leaderboard
-from .metrics import followed_metric, score
-from .predicting import run_inference
-from .run import RunRequest, TrainResult, train_run
-from .validation import Origins, validate
+from plaintune.rundir import layout as rundir
+from plaintune.config.load import apply_overrides, load_config, resolve_config_path
+from plaintune.errors import UserError
+from plaintune.kfold.folds import folds_folder, run_folds
+from plaintune.kfold.leaderboard import run_leaderboard
+from plaintune.training.metrics import followed_metric, score
+from plaintune.inference.predicting import predict_submission
+from plaintune.training.run import RunRequest, TrainResult, train_run
+from plaintune.config.validation import Origins, validate
 
 ConfigLike = Union[str, Path, dict]
 PYTHON_CALL = "overrides given to plaintune"
@@ -114,6 +114,6 @@ def predict(config: ConfigLike, saved_model: Union[str, Path, Sequence[Union[str
     if weights is not None and (not isinstance(weights, (list, tuple)) or
                                 not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)):
         raise UserError(f"weights: expected a list of numbers, one per saved model; got {weights!r}")
-    return run_inference(cfg, [str(m) for m in models], list(weights) if weights is not None else None,
+    return predict_submission(cfg, [str(m) for m in models], list(weights) if weights is not None else None,
                          trust=trust_checkpoint, config_path=config_path,
                          write=output_path is not None if write is None else write)

@@ -14,7 +14,7 @@ import stat
 from pathlib import Path
 from typing import Union
 
-from .errors import UserError
+from plaintune.errors import UserError
 
 FILE, DIR, MISSING, DEVICE, LOOP, DENIED, OTHER = "file", "directory", "missing", "device", "loop", "denied", "other"
 

@@ -1,0 +1,194 @@
+"""Config files: find one, read its YAML safely, apply `key.path=value` overrides, load it validated.
+
+The loaded config is a frozen Box (see validation.py): code that needs other
+values builds a copy with `with_values`. `python -m plaintune.config` prints the
+README's config reference (`--update-readme` rewrites it in README.md).
+"""
+from __future__ import annotations
+
+import copy
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import yaml
+from box import Box
+
+from plaintune.config import yamlfile
+from plaintune.errors import UserError, run_cli
+from plaintune.schema import REQUIRED, SCHEMA, assign, lookup, owning_key
+from plaintune.config.validation import Origins, freeze, validate
+
+CONFIG_DIR = Path("configs")
+
+
+def _is_sweep(path: Path) -> bool:
+    """A wandb sweep spec (configs/sweep.yaml) lives beside the training configs but is not one."""
+    try:
+        return re.search(r"^(program|method):", path.read_text(encoding="utf-8", errors="ignore"), re.M) is not None
+    except OSError:
+        return False
+
+
+def resolve_config_path(name: str) -> Path:
+    """`NAME` is configs/NAME.yaml, or a path to a YAML file."""
+    candidates = [Path(name)] if name.endswith((".yaml", ".yml")) or os.sep in name else []
+    candidates += [CONFIG_DIR / f"{name}.yaml", CONFIG_DIR / f"{name}.yml", Path(name)]
+    for path in candidates:
+        if path.is_file():
+            return path
+    shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if not _is_sweep(p)) if CONFIG_DIR.is_dir() else []
+    hint = f"; shipped configs: {', '.join(shipped)}" if shipped else ""
+    raise UserError(f"config '{name}' not found (looked for {CONFIG_DIR / (name + '.yaml')} and {name}){hint}")
+
+
+def read_yaml(path: Path) -> tuple[dict, dict[str, int]]:
+    """A config file's mapping and the line of each key in it (duplicate keys refused)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text; save the config as UTF-8") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from None
+    data, lines = yamlfile.parse(text, str(path))
+    if data is None:
+        raise UserError(f"{path}: the config is empty; start from configs/default.yaml")
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the top level must be a mapping of keys (got a {type(data).__name__}); "
+                        "start from configs/default.yaml")
+    return data, lines
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`training.epochs=3` -> ('training.epochs', 3). Values are read as YAML."""
+    key, sep, raw = text.lstrip("-").partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UserError(f"override '{text}' must look like key.path=value, e.g. training.epochs=3")
+    try:
+        value = yamlfile.load_value(raw, f"override '{key}=...'", key) if raw.strip() else None
+    except UserError as err:
+        if "invalid YAML" not in str(err):
+            raise
+        raise UserError(f"override '{text[:200]}': cannot parse the value '{raw[:200]}' as YAML; quote it") from None
+    return key, value
+
+
+def _leaves_of(key: str, value: Any) -> list[str]:
+    """The dotted keys a value set at `key` sets: itself, or each key of a mapping given for a section."""
+    if isinstance(value, dict) and isinstance(lookup(SCHEMA, key), dict):
+        return [leaf for k, v in value.items() for leaf in _leaves_of(f"{key}.{k}", v)]
+    return [key]
+
+
+def overridden_keys(overrides: Iterable[str]) -> list[str]:
+    """The schema keys `overrides` set (a section given as a mapping sets each of its keys)."""
+    keys = []
+    for text in overrides:
+        key, value = parse_override(text)
+        keys += [owning for leaf in _leaves_of(key, value) if (owning := owning_key(leaf))]
+    return keys
+
+
+def apply_overrides(data: dict, overrides: Iterable[str], origins: Optional[Origins] = None,
+                    origin: str = "command line") -> dict:
+    """Apply `key.path=value` overrides, noting in `origins` that `origin` set each key. An override
+    naming a whole section merges a mapping into it (`training={epochs: 1}` keeps the other training
+    keys); emptying a section is an error. A key given twice takes the later value, as on any command
+    line (a key written twice inside one override's YAML mapping is an error, as in a file)."""
+    data = copy.deepcopy(data)
+    for text in overrides:
+        key, value = parse_override(text)
+        if isinstance(lookup(SCHEMA, key), dict):
+            if not isinstance(value, dict):
+                raise UserError(f"{origin}: override '{text}': {key} is a section of keys; set one key "
+                                f"({key}.KEY=value) or give a mapping ({key}={{KEY: value}})")
+            value = {**(lookup(data, key) if isinstance(lookup(data, key), dict) else {}), **value}
+        parts = key.split(".")
+        for end in range(1, len(parts)):
+            above = lookup(data, ".".join(parts[:end]))
+            if above is not None and not isinstance(above, dict):
+                raise UserError(f"{origin}: override '{text}': {'.'.join(parts[:end])} is not a section")
+        assign(data, key, value)
+        if origins is not None:
+            origins.set(key, origin)
+    return data
+
+
+def load_config(name: str, overrides: Iterable[str] = (), purpose: Optional[str] = None,
+                origin: str = "command line") -> Box:
+    """Read configs/NAME.yaml (or a path), apply `key.path=value` overrides, validate; frozen.
+
+    A problem is blamed on where its value came from: the file and the key's line, or `origin`
+    (the command line, or a Python call) for a key an override set."""
+    path = resolve_config_path(name)
+    data, lines = read_yaml(path)
+    origins = Origins(str(path), lines)
+    return validate(apply_overrides(data, overrides, origins, origin), source=str(path), purpose=purpose,
+                    origins=origins)
+
+
+def to_plain(cfg: Any) -> Any:
+    """The config as plain dicts and lists (for YAML, checkpoints and loggers)."""
+    if isinstance(cfg, dict):  # a Box is a dict
+        return {key: to_plain(value) for key, value in cfg.items()}
+    if isinstance(cfg, (list, tuple)):  # a frozen Box holds its lists as tuples
+        return [to_plain(value) for value in cfg]
+    return cfg
+
+
+def with_values(cfg: Box, values: dict[str, Any]) -> Box:
+    """A frozen copy of `cfg` with `values` set ({"data.train_path": "f.csv"}); `cfg` stays as it was.
+
+    The values are the code's own decisions (a resolved loss, a fold's files), not user input, so
+    they are not validated again."""
+    plain = to_plain(cfg)
+    for dotted, value in values.items():
+        assign(plain, dotted, value)
+    return freeze(plain)
+
+
+def dump_yaml(cfg: Box) -> str:
+    return yamlfile.dump(to_plain(cfg))
+
+
+def reference_markdown() -> str:
+    """The config reference table for the README, generated from the schema."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+
+    def walk(schema: dict, prefix: str) -> None:
+        for key, spec in schema.items():
+            if isinstance(spec, dict):
+                walk(spec, f"{prefix}{key}.")
+                continue
+            default = "(required)" if spec.default is REQUIRED else yaml.safe_dump(
+                spec.default, default_flow_style=True).strip().removesuffix("...").strip()
+            rows.append(f"| `{prefix}{key}` | `{default}` | {spec.doc} |")
+
+    walk(SCHEMA, "")
+    return "\n".join(rows)
+
+
+def update_readme(path: Path = Path("README.md")) -> None:
+    """Replace the README's config reference block with the current table."""
+    start, end = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise UserError(f"--update-readme: cannot read '{path}' ({err.strerror}); run it in the repository's "
+                        "root, where README.md is") from None
+    if start not in text or end not in text:
+        raise UserError(f"--update-readme: '{path}' has no config-reference block to replace")
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    path.write_text(f"{head}{start}{reference_markdown()}\n\n{end}{tail}", encoding="utf-8")
+
+
+def main(argv: Optional[list] = None) -> int:
+    """`python -m plaintune.config`: print the config reference; `--update-readme` rewrites it in place."""
+    import sys
+
+    if (sys.argv[1:] if argv is None else argv) == ["--update-readme"]:
+        return run_cli(lambda: update_readme() or 0)
+    print(reference_markdown())
+    return 0

@@ -1,0 +1,100 @@
+"""Tokenized pair datasets (token ids computed once) and dynamic padding of a batch."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from plaintune.data.tables import PairTable
+
+
+class PairDataset(Dataset):
+    """Sentence pairs tokenized once; items are unpadded token id lists."""
+
+    def __init__(self, table: PairTable, tokenizer, max_length: int, swap: bool = False):
+        first, second = (table.sentence_2, table.sentence_1) if swap else (table.sentence_1, table.sentence_2)
+        encoded = tokenizer(first, second, truncation="longest_first", max_length=max_length)
+        self.input_ids: list[list[int]] = encoded["input_ids"]
+        self.token_type_ids: Optional[list[list[int]]] = encoded.get("token_type_ids")
+        self.labels = table.labels
+        self.lengths = np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64,
+                                   count=len(self.input_ids))
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, index: int) -> dict:
+        item = {"index": index, "input_ids": self.input_ids[index]}
+        if self.token_type_ids is not None:
+            item["token_type_ids"] = self.token_type_ids[index]
+        if self.labels is not None:
+            item["label"] = float(self.labels[index])
+        return item
+
+
+class SeparatePairDataset(Dataset):
+    """Both sentences tokenized on their own (for the bi-encoder); items carry `input_ids` and
+    `input_ids_b`. `lengths` is the longer side, which is what padding costs."""
+
+    def __init__(self, table: PairTable, tokenizer, max_length: int, swap: bool = False):
+        first, second = (table.sentence_2, table.sentence_1) if swap else (table.sentence_1, table.sentence_2)
+        self.input_ids = tokenizer(first, truncation=True, max_length=max_length)["input_ids"]
+        self.input_ids_b = tokenizer(second, truncation=True, max_length=max_length)["input_ids"]
+        self.labels = table.labels
+        self.lengths = np.array([max(len(a), len(b)) for a, b in zip(self.input_ids, self.input_ids_b)],
+                                dtype=np.int64)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, index: int) -> dict:
+        item = {"index": index, "input_ids": self.input_ids[index], "input_ids_b": self.input_ids_b[index]}
+        if self.labels is not None:
+            item["label"] = float(self.labels[index])
+        return item
+
+
+def make_dataset(table: PairTable, tokenizer, max_length: int, kind: str = "cross_encoder", swap: bool = False):
+    """The dataset a model kind reads: joint pairs (cross-encoder) or separate sentences (bi-encoder)."""
+    cls = SeparatePairDataset if kind == "bi_encoder" else PairDataset
+    return cls(table, tokenizer, max_length, swap=swap)
+
+
+class PadCollator:
+    """Pads a batch to its own longest sequence (dynamic padding), for each side present
+    (`input_ids`, and `input_ids_b` for bi-encoder items)."""
+
+    def __init__(self, pad_id: int, label_dtype: torch.dtype = torch.float32):
+        self.pad_id = pad_id
+        self.label_dtype = label_dtype
+
+    def _pad(self, items: list[dict], suffix: str, batch: dict) -> None:
+        key = f"input_ids{suffix}"
+        width = max(len(item[key]) for item in items)
+        input_ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(items), width), dtype=torch.long)
+        has_types = f"token_type_ids{suffix}" in items[0]
+        token_type_ids = torch.zeros((len(items), width), dtype=torch.long) if has_types else None
+        for row, item in enumerate(items):
+            n = len(item[key])
+            input_ids[row, :n] = torch.tensor(item[key])
+            attention_mask[row, :n] = 1
+            if has_types:
+                token_type_ids[row, :n] = torch.tensor(item[f"token_type_ids{suffix}"])
+        batch[key] = input_ids
+        batch[f"attention_mask{suffix}"] = attention_mask
+        if has_types:
+            batch[f"token_type_ids{suffix}"] = token_type_ids
+
+    def __call__(self, items: list[dict]) -> dict:
+        batch = {"index": torch.tensor([item["index"] for item in items])}
+        for suffix in ("", "_b"):
+            if f"input_ids{suffix}" in items[0]:
+                self._pad(items, suffix, batch)
+        if "label" in items[0]:
+            batch["labels"] = torch.tensor([item["label"] for item in items], dtype=self.label_dtype)
+        return batch

@@ -1,0 +1,256 @@
+"""Inference: load each saved model through the common load path, predict, combine an ensemble,
+write the submission. `plaintune.predict` (api.py), which inference.py calls, runs `predict_submission`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from box import Box
+
+from plaintune.data import tables as data
+from plaintune.training import distributed
+from plaintune.kfold import ensemble
+from plaintune.model import precision
+from plaintune.rundir import layout as rundir
+from plaintune.data.batching import eval_loader
+from plaintune.data.tokenized import make_dataset
+from plaintune.errors import UserError
+from plaintune.inference.outputs import AUTOCAST, postprocess, model_outputs, write_submission
+from plaintune.training.metrics import compute_metrics, shown
+from plaintune.inference.report import check_report_folder, write_error_report
+from plaintune.rundir.guard import check_outputs
+from plaintune.model.loading import build_model, build_tokenizer, check_vocabulary
+from plaintune.config.load import with_values
+from plaintune.model.objective import CONFIG_ATTRIBUTE, Objective, checkpoint_record, objective_for, trained_max_length
+from plaintune.checkpoint.weights import LoadRules, load_weights
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return path.is_dir() and any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json",
+                                                                 "vocab.txt", "spiece.model"))
+
+
+def load_model_for_inference(cfg: Box, source: Path, trust: bool = False):
+    """(model, tokenizer, report) for a checkpoint: the architecture from the checkpoint's own
+    config.json when it has one, else from model.name; weights through the common load path."""
+    spec = dict(cfg.model)
+    if source.is_dir() and (source / "config.json").is_file():
+        spec["name"] = str(source)
+        saved = json.loads((source / "config.json").read_text(encoding="utf-8")).get(CONFIG_ATTRIBUTE) or {}
+        spec["kind"] = saved.get("kind", spec["kind"])  # the checkpoint knows what it is
+    else:
+        record = checkpoint_record(source)  # a plaintune resume bundle also knows its model kind
+        if record is not None:
+            spec["kind"] = record.get("kind", spec["kind"])
+    model = build_model(spec, pretrained=False)
+
+    rules = LoadRules(cfg.model.key_rules, allow_missing=(), allow_unexpected=cfg.model.allow_unexpected,
+                      allow_nonfinite=cfg.model.allow_nonfinite)
+    hint = ("inference needs every tensor of the model; is it a checkpoint of another model or task? (this "
+            f"config: model.name={cfg.model.name}, model.num_labels={cfg.model.num_labels})")
+    report = load_weights(model, source, rules, trust=trust, strict_hint=hint)
+    tokenizer = build_tokenizer({"name": str(source)} if _has_tokenizer(source) else cfg.model)
+    check_vocabulary(model, tokenizer, cfg)
+    return model.eval(), tokenizer, report
+
+
+def member_outputs(model, tokenizer, objective: Objective, table: data.PairTable, cfg: Box, device: torch.device,
+                   symmetric: bool) -> np.ndarray:
+    """One model's outputs in a form that averages: scores (regression) or class probabilities.
+
+    With `symmetric`, also predicts every pair as (sentence_2, sentence_1) and averages the two
+    (a bi-encoder's cosine is symmetric already, so it predicts once).
+    """
+    autocast_dtype = AUTOCAST[inference_precision(cfg, device)[0]]
+    symmetric = symmetric and objective.kind != "bi_encoder"
+    runs = []
+    for swap in ((False, True) if symmetric else (False,)):
+        dataset = make_dataset(table, tokenizer, cfg.model.max_length, objective.kind, swap=swap)
+        logits = model_outputs(model, eval_loader(dataset, cfg.training.eval_batch_size, objective.num_labels),
+                         device, autocast_dtype)
+        runs.append(objective.predictions(logits) if objective.regression else softmax(logits))
+    return np.mean(runs, axis=0)
+
+
+def inference_precision(cfg: Box, device: torch.device) -> tuple[str, str]:
+    """(precision, why): inference.precision, or training.precision when it is null; auto chooses for `device`."""
+    return precision.resolve(cfg.inference.precision or cfg.training.precision, device)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def normalised_weights(weights: Optional[Sequence[float]], members: int) -> Optional[list[float]]:
+    """--weights checked and scaled to sum 1 (huge weights would overflow inside the average)."""
+    if weights is None:
+        return None
+    if len(weights) != members:
+        raise UserError(f"--weights: {len(weights)} weights for {members} models; give one per model")
+    if not all(math.isfinite(w) for w in [*weights, sum(weights)]):
+        raise UserError(f"--weights: {' '.join(map(str, weights))} are not all finite numbers; "
+                        "give weights such as 1 2")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise UserError("--weights: weights must be >= 0 and not all zero")
+    total = math.fsum(weights)
+    return [w / total for w in weights]
+
+
+def read_inference_inputs(cfg: Box, write: bool) -> tuple[data.PairTable, Optional[data.PairTable]]:
+    """The pairs to predict and, when data.test_path is set, the labelled test pairs; with `write`,
+    the submission template is checked too. All before any model loads."""
+    columns, num_labels = cfg.data.columns, cfg.model.num_labels
+    table = data.read_pairs(cfg.data.predict_path, "data.predict_path", columns, cfg.data.encoding,
+                            labelled=None, unique_ids=True)  # labels when it has them: an error report
+    if write:
+        template = data.read_csv_checked(cfg.data.submission_template, "data.submission_template",
+                                         cfg.data.encoding)
+        data.require_columns(template, f"data.submission_template: '{cfg.data.submission_template}'",
+                             {"id": columns.id})
+    test = None
+    if cfg.data.test_path:
+        test = data.read_pairs(cfg.data.test_path, "data.test_path", columns, cfg.data.encoding, labelled=True,
+                               label_range=cfg.data.label_range if num_labels == 1 else None)
+    return table, test
+
+
+def check_inference_outputs(cfg: Box, saved_models: Sequence[str], sources: Sequence[Path],
+                            config_path: Optional[Path]) -> None:
+    """The submission may not overwrite any input of this inference, nor land inside a run directory."""
+    inputs = {f"data.{key}": cfg.data[key] for key in ("predict_path", "submission_template", "test_path",
+                                                       "train_path", "dev_path")}
+    inputs["--config"] = config_path
+    inputs.update({f"--saved_model {name}": source for name, source in zip(saved_models, sources)})
+    output = Path(cfg.inference.output_path)
+    report = output.with_name(f"{output.stem}_report")  # written when the predict file has labels
+    check_outputs([("inference.output_path", output, False), ("inference.output_path", report, True)], inputs)
+    check_report_folder(report, "inference.output_path")
+    rundir.check_not_in_a_run(Path(cfg.inference.output_path), "inference.output_path")
+
+
+def predict_submission(cfg: Box, saved_models: Sequence[str], weights: Optional[Sequence[float]] = None,
+                  trust: bool = False, config_path: Optional[Path] = None, write: bool = True) -> pd.DataFrame:
+    """Predict data.predict_path with one model or a (weighted) ensemble; with `write`, also write the
+    submission to inference.output_path. Returns the id column and `target`: the predictions before
+    rounding and clipping (class ids for classification).
+
+    Every input is checked before any model loads; each member goes through the
+    common load path. With labels in data.test_path, each member's and the
+    ensemble's metric are printed.
+    """
+    fitted = ensemble.expand(saved_models, rundir.runs_root(cfg))
+    if fitted is not None:  # an ensemble directory: its fold models, fitted weights and intercept
+        if weights is not None:
+            raise UserError(f"--weights: '{saved_models[0]}' is a fitted ensemble with its own weights; drop --weights")
+        if fitted.symmetric != bool(cfg.inference.symmetric):
+            raise UserError(f"inference.symmetric: '{saved_models[0]}' was fitted on out-of-fold predictions made "
+                            f"with inference.symmetric={str(fitted.symmetric).lower()}; predict the same way "
+                            f"(inference.symmetric={str(fitted.symmetric).lower()}), or fit it again with "
+                            f"python train.py --config <its config> --resume inference.symmetric="
+                            f"{str(cfg.inference.symmetric).lower()}")
+        print(f"--saved_model {saved_models[0]}: a fitted ensemble of {len(fitted.runs)} models")
+        saved_models, weights, intercept = fitted.runs, fitted.weights, fitted.intercept
+    else:
+        weights, intercept = normalised_weights(weights, len(saved_models)), None
+    table, test = read_inference_inputs(cfg, write)
+    sources = [rundir.resolve_saved_model(name, rundir.runs_root(cfg)) for name in saved_models]
+    if write:
+        check_inference_outputs(cfg, saved_models, sources, config_path)
+    _, device = distributed.setup(cfg.device)
+    predicted, tested = predict_members(cfg, sources, table, test, device, trust)
+
+    num_labels = cfg.model.num_labels
+    values = combine(predicted, weights, num_labels, intercept)
+    bad = ~np.isfinite(values) if num_labels == 1 else np.zeros(len(values), dtype=bool)
+    if bad.any():  # checked before clipping, which would turn inf into a plausible score
+        first = table.ids[int(np.flatnonzero(bad)[0])]
+        raise UserError(f"--saved_model {' '.join(saved_models)}: {int(bad.sum())} of {len(values)} predictions "
+                        f"are not finite (first id '{first}'); the model's outputs overflow or it diverged: try "
+                        "inference.precision=fp32, or check the checkpoint with python -m plaintune.checkpoint "
+                        "inspect")
+    columns = cfg.data.columns
+    if write:
+        written = postprocess(values, cfg.inference.clip, cfg.inference.round) if num_labels == 1 else values
+        write_submission(cfg.data.submission_template, table.ids, written, cfg.inference.output_path,
+                         columns.id, columns.target, cfg.data.encoding, integer=num_labels > 1)
+        print(f"wrote {len(values)} predictions to {cfg.inference.output_path}")
+        if table.labels is not None and num_labels == 1:
+            output = Path(cfg.inference.output_path)
+            print(write_error_report(output.with_name(f"{output.stem}_report"), table, values,
+                                     cfg.data.binary_threshold))
+    if test is not None:
+        report_test_scores(cfg, saved_models, tested, weights, test, intercept)
+    return pd.DataFrame({columns.id: table.ids, columns.target: values})
+
+
+def predict_members(cfg: Box, sources: Sequence[Path], table: data.PairTable, test: Optional[data.PairTable],
+                    device: torch.device, trust: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each member's outputs on the predict pairs and (if any) the test pairs, one model in memory at a time."""
+    predicted, tested = [], []
+    loading = predicting = 0.0
+    for source in sources:
+        started = time.perf_counter()
+        model, tokenizer, report = load_model_for_inference(cfg, source, trust)
+        print(f"checkpoint: {report.summary()}")
+        model.to(device)
+        objective = objective_for(model, cfg, source)
+        member_cfg = with_trained_length(cfg, model, source)
+        loading += time.perf_counter() - started
+        started = time.perf_counter()
+        predicted.append(member_outputs(model, tokenizer, objective, table, member_cfg, device,
+                                        cfg.inference.symmetric))
+        predicting += time.perf_counter() - started  # tokenizing and predicting, not loading
+        if test is not None:
+            tested.append(member_outputs(model, tokenizer, objective, test, member_cfg, device,
+                                         cfg.inference.symmetric))
+        del model
+    pairs = len(table)
+    print(f"predicted {pairs} pairs with {len(sources)} model(s){' (symmetric)' if cfg.inference.symmetric else ''} "
+          f"in {predicting:.1f} s ({pairs * len(sources) / max(predicting, 1e-9):.1f} pairs/s per model, "
+          f"{'%s (%s)' % inference_precision(cfg, device)}; loading took {loading:.1f} s)")
+    return predicted, tested
+
+
+def with_trained_length(cfg: Box, model: torch.nn.Module, source: Path) -> Box:
+    """`cfg` with model.max_length set to the length a plaintune checkpoint was trained with: pairs
+    truncated otherwise would be scored unlike in training (and unlike sentence-transformers)."""
+    trained = trained_max_length(model, source)
+    if trained is None or trained == cfg.model.max_length:
+        return cfg
+    print(f"note: model.max_length {trained} (what {source} was trained with; the config says "
+          f"{cfg.model.max_length})")
+    return with_values(cfg, {"model.max_length": trained})
+
+
+def combine(outputs: list[np.ndarray], weights: Optional[Sequence[float]], num_labels: int,
+            intercept: Optional[float] = None) -> np.ndarray:
+    """The (weighted) mean of the members' scores, or the class of the mean probabilities; with an
+    `intercept` (a fitted ensemble), the weighted sum plus it."""
+    if intercept is not None:
+        return ensemble.apply(np.stack(outputs, axis=1), weights, intercept)
+    mixed = np.average(np.stack(outputs), axis=0, weights=weights)
+    return mixed if num_labels == 1 else mixed.argmax(axis=-1)
+
+
+def report_test_scores(cfg: Box, saved_models: Sequence[str], tested: list[np.ndarray],
+                       weights: Optional[Sequence[float]], test: data.PairTable,
+                       intercept: Optional[float] = None) -> None:
+    num_labels = cfg.model.num_labels
+
+    def scores(predictions: np.ndarray) -> str:
+        metrics = compute_metrics(predictions, test.labels, num_labels, test.binary, cfg.data.binary_threshold)
+        return shown(metrics)
+
+    if len(tested) > 1:
+        for source, outputs in zip(saved_models, tested):
+            print(f"  member {source}: test {scores(outputs if num_labels == 1 else outputs.argmax(axis=-1))}")
+    label = "ensemble " if len(tested) > 1 else ""
+    print(f"{label}test {scores(combine(tested, weights, num_labels, intercept))}  ({cfg.data.test_path}, {len(test)} pairs)")

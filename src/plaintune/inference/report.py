@@ -1,0 +1,97 @@
+"""Where a model goes wrong: the error report on a labelled set (the dev set after training, or a
+labelled predict file at inference).
+
+    report/summary.json     every metric, and the spread of the predictions against the labels'
+    report/by_source.csv    the metrics per `source` value (genre), with counts, worst first
+    report/worst_pairs.csv  the pairs with the largest errors, both sentences
+    report/scatter.png      prediction against label
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from plaintune.rundir import atomic
+from plaintune.data.tables import PairTable
+from plaintune.errors import UserError
+from plaintune.training.metrics import compute_metrics
+
+WORST = 20
+
+
+def check_report_folder(folder: Path, key: str) -> None:
+    """Before any work: the report's folder must be creatable (not an existing file)."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{key}: the error report goes to '{folder}/', but that is a file; move or delete it")
+
+
+def by_source(table: PairTable, predictions: np.ndarray, threshold: float) -> pd.DataFrame:
+    """Metrics per source value, the lowest Pearson first (rows without a source count as '(none)')."""
+    sources = np.asarray(table.sources if table.sources is not None else ["(all)"] * len(table), dtype=object)
+    sources = np.where(pd.isna(sources) | (sources == ""), "(none)", sources)
+    rows = []
+    for source in sorted(set(sources.tolist())):
+        mask = sources == source
+        binary = table.binary[mask] if table.binary is not None else None
+        metrics = compute_metrics(predictions[mask], table.labels[mask], 1, binary, threshold)
+        rows.append({"source": source, "pairs": int(mask.sum()), **metrics,
+                     "mean_abs_error": float(np.mean(np.abs(predictions[mask] - table.labels[mask])))})
+    # weakest first; sources too small for a correlation (NaN) last
+    return pd.DataFrame(rows).sort_values("pearson", na_position="last", kind="stable").reset_index(drop=True)
+
+
+def worst_pairs(table: PairTable, predictions: np.ndarray, count: int = WORST) -> pd.DataFrame:
+    errors = predictions - table.labels
+    order = np.argsort(-np.abs(np.nan_to_num(errors, nan=np.inf)), kind="stable")[:count]
+    return pd.DataFrame({"id": [table.ids[i] for i in order],
+                         "source": [table.sources[i] if table.sources else None for i in order],
+                         "sentence_1": [table.sentence_1[i] for i in order],
+                         "sentence_2": [table.sentence_2[i] for i in order],
+                         "label": table.labels[order], "prediction": predictions[order], "error": errors[order]})
+
+
+def _scatter(path: Path, labels: np.ndarray, predictions: np.ndarray, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(5, 5))
+    axis.scatter(labels, predictions, s=6, alpha=0.4)
+    low = float(np.nanmin([labels.min(), np.nanmin(predictions)]))
+    high = float(np.nanmax([labels.max(), np.nanmax(predictions)]))
+    axis.plot([low, high], [low, high], "k--", linewidth=1)
+    axis.set_xlabel("label")
+    axis.set_ylabel("prediction")
+    axis.set_title(title)
+    fig.tight_layout()
+    atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
+    plt.close(fig)
+
+
+def write_error_report(folder: Path, table: PairTable, predictions: np.ndarray, threshold: float = 3.0) -> str:
+    """Write the report for regression `predictions` of `table` (labelled) into `folder`; return
+    the one line that points to it."""
+    predictions = np.asarray(predictions, dtype=np.float64)
+    labels = table.labels.astype(np.float64)
+    folder.mkdir(parents=True, exist_ok=True)
+    metrics = compute_metrics(predictions, labels, 1, table.binary, threshold)
+    spread = float(np.nanstd(predictions) / labels.std()) if labels.std() > 0 else float("nan")
+    summary = {"file": table.path, "pairs": len(table), **metrics,
+               "prediction_mean": float(np.nanmean(predictions)), "prediction_std": float(np.nanstd(predictions)),
+               "label_mean": float(labels.mean()), "label_std": float(labels.std()), "spread_ratio": spread}
+    atomic.write_text(folder / "summary.json", json.dumps(atomic.json_safe(summary), indent=2) + "\n")
+    sources = by_source(table, predictions, threshold)
+    atomic.write_with(folder / "by_source.csv", lambda tmp: sources.to_csv(tmp, index=False))
+    worst = worst_pairs(table, predictions)
+    atomic.write_with(folder / "worst_pairs.csv", lambda tmp: worst.to_csv(tmp, index=False))
+    _scatter(folder / "scatter.png", labels, predictions, f"{Path(table.path).name}: pearson {metrics['pearson']:.3f}")
+    weakest = sources.iloc[0]
+    squashed = " (squashed toward the mean)" if spread < 0.8 else ""
+    where = f"; weakest source '{weakest['source']}' pearson {weakest['pearson']:.3f} over {weakest['pairs']} pairs" \
+        if len(sources) > 1 and np.isfinite(weakest["pearson"]) else ""
+    return (f"error report: {folder}/ (pearson {metrics['pearson']:.4f}; predictions spread {spread:.2f}x the "
+            f"labels'{squashed}{where})")

@@ -1,0 +1,225 @@
+"""A run directory is plaintune's own: a marker file says so, and nothing else is written into.
+
+plaintune writes `<dir>/.plaintune-run` (a small JSON: its format and the directory's kind) when
+it creates a run directory, a k-fold's folder or an ensemble's directory. Before a run writes
+anything it checks (`check_owned`, read-only):
+
+- a directory that does not exist yet, or is empty (nothing but plaintune's lock and temporaries),
+  is fine: the run creates or fills it and marks it;
+- a directory with the marker is plaintune's, if the marker's kind fits (a single run never takes
+  over a k-fold's folder or an ensemble's directory, nor the other way round);
+- a directory without the marker is refused, with or without --overwrite, naming it, unless its
+  files prove that an earlier plaintune (before the marker existed) made it. The proof is read
+  from the files' contents, not their names: a resume bundle with plaintune's format_version and
+  train_state, a best/ whose plaintune_state.json and config.json parse, a config.yaml whose
+  run_name is the directory's own name with plaintune's sections, a k-fold's split.json, an
+  ensemble.json in plaintune's format. Such a directory is adopted (marked) on its first run.
+
+Temporaries a killed write left (`.NAME.XXXXXXXX.tmp`, see atomic.py) are removed only where
+plaintune writes them and only for the names plaintune writes, never in a user's subfolder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from plaintune.rundir import atomic
+from plaintune.checkpoint import formats
+from plaintune import paths
+from plaintune.errors import UserError
+from plaintune.rundir.lock import LOCK_FILE
+
+MARKER = ".plaintune-run"
+MARKER_FORMAT = "plaintune-run-dir"
+RUN, FOLDS, ENSEMBLE = "run", "folds", "ensemble"
+KIND_NAMES = {RUN: "a training run's directory", FOLDS: "a k-fold's folder (split and fold files)",
+              ENSEMBLE: "a fitted ensemble's directory"}
+
+# What plaintune writes, per kind of directory and subfolder: only temporaries of these names are its own.
+_RUN_TARGETS = re.compile(r"^(last\.pt|config\.yaml|load_report\.txt|metrics\.jsonl|curves\.png|best|"
+                          r"\.plaintune-run)$")
+_TOP_TARGETS = re.compile(r"^(epoch-\d+|step-\d+)$")
+_REPORT_TARGETS = re.compile(r"^(summary\.json|by_source\.csv|worst_pairs\.csv|scatter\.png)$")
+_FOLDS_TARGETS = re.compile(r"^(split\.json|summary\.json|fold\d+_(train|dev)\.csv|fold\d+_predictions\.json|"
+                            r"\.plaintune-run)$")
+_ENSEMBLE_TARGETS = re.compile(r"^(ensemble\.json|\.plaintune-run)$")
+_TEMP = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]{8}\.tmp$")
+_ANY = re.compile(r".")  # best/ is written whole by plaintune (a model directory): every temporary in it is its own
+OWN_FOLDERS = {RUN: {".": _RUN_TARGETS, "top": _TOP_TARGETS, "report": _REPORT_TARGETS, "best": _ANY,
+                     "checkpoints": re.compile(r"^step-\d+\.pt$")},
+               FOLDS: {".": _FOLDS_TARGETS}, ENSEMBLE: {".": _ENSEMBLE_TARGETS}}
+
+
+# ------------------------------------------------------------------- the marker
+
+def read_marker(directory: Path) -> Optional[dict]:
+    """The marker's content; None if `directory` has none. A damaged marker is an error."""
+    path = Path(directory) / MARKER
+    if not path.is_file():
+        return None
+    try:
+        marker = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(marker, dict) or marker.get("format") != MARKER_FORMAT or marker.get("kind") not in KIND_NAMES:
+            raise ValueError
+    except (OSError, ValueError):
+        raise UserError(f"'{path}' is not plaintune's run marker (damaged or written by something else); if "
+                        f"'{directory}' is a plaintune run, delete that file and rerun to adopt it, else choose "
+                        "another run_name") from None
+    return marker
+
+
+def write_marker(directory: Path, kind: str) -> None:
+    """Mark `directory` as plaintune's (under the run's lock, before anything else is written)."""
+    if read_marker(directory) is None:
+        atomic.write_text(Path(directory) / MARKER, json.dumps({"format": MARKER_FORMAT, "version": 1,
+                                                                "kind": kind}) + "\n")
+
+
+# ------------------------------------------------------------------- proof of an earlier plaintune
+
+def _json_object(path: Path) -> Optional[dict]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _is_plaintune_bundle(path: Path) -> bool:
+    """A resume bundle plaintune wrote: its format_version and train_state (mmap: no tensor is read)."""
+    try:
+        bundle = formats.quiet_torch_load(path, weights_only=True, mmap=True)
+    except Exception:  # any unreadable file is simply no proof
+        return False
+    return isinstance(bundle, dict) and isinstance(bundle.get("format_version"), int) and \
+        isinstance(bundle.get("train_state"), dict) and "model_state_dict" in bundle
+
+
+def _is_plaintune_model_dir(path: Path) -> bool:
+    meta = _json_object(path / "plaintune_state.json") or _json_object(path / "trainer_state.json")
+    config = _json_object(path / "config.json")
+    return meta is not None and config is not None and any(key in meta for key in ("epoch", "step", "global_step"))
+
+
+def _is_plaintune_config(path: Path, run_name: str) -> bool:
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    return isinstance(config, dict) and config.get("run_name") == run_name and all(
+        isinstance(config.get(section), dict) for section in ("model", "data", "training", "checkpoint"))
+
+
+def legacy_evidence(directory: Path, kind: str) -> Optional[str]:
+    """The file whose content proves an earlier plaintune made `directory` (as `kind`), or None."""
+    directory = Path(directory)
+    if kind == RUN:
+        for name in ("best", "best.old"):
+            if _is_plaintune_model_dir(directory / name):
+                return f"{name}/plaintune_state.json"
+        bundles = [directory / "last.pt"] + sorted((directory / "checkpoints").glob("step-*.pt"))
+        for bundle in bundles:
+            if bundle.is_file() and _is_plaintune_bundle(bundle):
+                return str(bundle.relative_to(directory))
+        if _is_plaintune_config(directory / "config.yaml", directory.name):
+            return "config.yaml"
+    elif kind == FOLDS:
+        split = _json_object(directory / "split.json")
+        if split is not None and {"folds", "seed", "pooled_sha256"} <= set(split):
+            return "split.json"
+    elif kind == ENSEMBLE:
+        spec = _json_object(directory / "ensemble.json")
+        if spec is not None and spec.get("format") == "plaintune-ensemble":
+            return "ensemble.json"
+    return None
+
+
+# ------------------------------------------------------------------- the check before any write
+
+def _foreign_entries(directory: Path) -> list[str]:
+    """What `directory` holds besides plaintune's lock, marker and temporaries."""
+    return sorted(name for name in os.listdir(directory)
+                  if name not in (LOCK_FILE, MARKER) and not _TEMP.match(name))
+
+
+def check_output_dir(output_dir: Path, key: str = "output_dir") -> None:
+    """`output_dir` (where runs live) must be a folder, or creatable as one, and writable."""
+    probe = Path(output_dir).expanduser()
+    for folder in (probe, *probe.parents):
+        kind, detail = paths.path_kind(folder)
+        if kind == paths.MISSING:
+            continue
+        if kind == paths.DIR:
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise UserError(f"{key}: cannot write in '{folder}' (permission denied); choose a writable "
+                                f"{key}=..., or make it writable")
+            return
+        what = "a file" if kind == paths.FILE else ("permission denied" if kind == paths.DENIED else detail)
+        where = f"'{output_dir}'" if folder == probe else f"'{output_dir}' (its folder '{folder}' is {what})"
+        raise UserError(f"{key}: {where} is not a folder{'' if folder != probe else f' ({what})'}; choose "
+                        f"another {key}=... (a folder where runs live)")
+
+
+def check_owned(directory: Path, kind: str, key: str = "run_name", announce: bool = True) -> None:
+    """Before a run writes anything into `directory`: refuse it unless plaintune made it (see the
+    module docstring). Read-only; `claim` marks it once the run holds its lock."""
+    directory = Path(directory)
+    check_output_dir(directory.parent)
+    kind_found, detail = paths.path_kind(directory)
+    if kind_found == paths.MISSING:
+        return
+    if kind_found != paths.DIR:
+        what = "a file" if kind_found == paths.FILE else detail
+        raise UserError(f"{key}: '{directory}' is {what}, not a run directory; choose another {key}=...")
+    if not os.access(directory, os.R_OK | os.W_OK | os.X_OK):
+        raise UserError(f"{key}: cannot write in '{directory}' (permission denied); make it writable, or choose "
+                        f"another {key}=...")
+    marker = read_marker(directory)
+    if marker is not None:
+        if marker["kind"] != kind:
+            raise UserError(f"{key}: '{directory}' is {KIND_NAMES[marker['kind']]}, not {KIND_NAMES[kind]}; "
+                            f"choose another {key}=...")
+        return
+    if not _foreign_entries(directory):
+        return  # empty: nothing of anyone's to harm
+    evidence = legacy_evidence(directory, kind)
+    if evidence is None:
+        shown = ", ".join(_foreign_entries(directory)[:4])
+        raise UserError(f"{key}: '{directory}' exists and was not made by plaintune (no {MARKER} marker; it holds "
+                        f"{shown}); plaintune writes only into folders it created: choose another {key}=... or "
+                        "another output_dir, or move that folder away")
+    if announce:
+        print(f"note: '{directory}' was made by an earlier plaintune ({evidence}); marking it as plaintune's")
+
+
+def claim(directory: Path, kind: str) -> list[Path]:
+    """Under the run's lock: mark `directory` as plaintune's and remove the temporaries killed writes
+    left in it; returns what was removed."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    removed = stale_temporaries(directory, kind)
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    write_marker(directory, kind)
+    return removed
+
+
+def stale_temporaries(directory: Path, kind: str) -> list[Path]:
+    """Temporaries of plaintune's own writes in plaintune's own folders of `directory`: a write
+    that never finished (its target still holds the previous complete version)."""
+    found = []
+    for folder, targets in OWN_FOLDERS[kind].items():
+        where = Path(directory) / folder
+        if not where.is_dir() or where.is_symlink():
+            continue
+        for name in os.listdir(where):
+            match = _TEMP.match(name)
+            if match and targets.match(match.group("target")):
+                found.append(where / name)
+    return sorted(found)

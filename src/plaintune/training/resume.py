@@ -1,0 +1,126 @@
+"""Resuming a run: finding its bundle, and refusing one that belongs to another run.
+
+A bundle continues a run only if the config still describes the same run
+(the schema's IDENTITY keys) and the data files are the same (their fingerprints); either
+check can be overridden with --force, and other config changes are noted.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from box import Box
+
+from plaintune.data import checks as datacheck
+from plaintune.checkpoint import formats
+from plaintune import paths
+from plaintune.config.load import to_plain
+from plaintune.errors import UserError
+from plaintune.model.objective import Objective, record_from_bundle, resolve_objective
+from plaintune.schema import IDENTITY, LEAVES, Role, lookup
+from plaintune.rundir.layout import ENSEMBLE_FILE, LAST_FILE, RunFiles, read_newest_bundle, run_dir_for
+
+MISSING = object()
+EVERY_ROLE = Role(sum(role.value for role in Role))
+
+
+def check_drift(saved: Optional[dict], current: dict, among: Role = EVERY_ROLE) -> tuple[list[str], list[str]]:
+    """(IDENTITY keys that differ, other keys that differ) between a checkpoint's config and now,
+    among the schema's keys whose role includes `among` (by default all of them).
+
+    The keys come from the schema's roles, never from a list kept here. A key the checkpoint's
+    plaintune did not have yet (a new option at its default) is no change, nor is a key whose
+    `auto` follows the checkpoint (training.precision)."""
+    if not saved:
+        return [], []
+    identity, other = [], []
+    for key, spec in LEAVES.items():
+        if not spec.role & among:
+            continue
+        then, now = lookup(saved, key, MISSING), lookup(current, key, MISSING)
+        if then is MISSING or then == now or (spec.auto_follows_checkpoint and now == "auto"):
+            continue
+        (identity if IDENTITY in spec.role else other).append(key)
+    return identity, other
+
+
+def check_same_data(bundle: dict, fingerprints: dict, force: bool, announce: bool) -> None:
+    """--resume on data that changed since the checkpoint is another run: refused unless --force."""
+    changes = datacheck.changed_files(bundle.get("data_fingerprints"), fingerprints)
+    if changes and not force:
+        raise UserError(f"--resume: the data changed since the checkpoint: {'; '.join(changes)}; restore it, or pass "
+                        "--force to continue on the new data (batch order and epoch length then differ)")
+    if changes and announce:
+        print(f"warning: resuming on changed data (--force): {'; '.join(changes)}")
+
+
+def read_bundle(path: Path) -> dict:
+    """A resume bundle (or a plain state dict) read with weights_only=True."""
+    obj = formats.load_torch_file(path, trust=False)
+    if not isinstance(obj, dict):
+        raise UserError(f"--resume: '{path}' holds a {type(obj).__name__}, not a training bundle")
+    if "model_state_dict" not in obj:
+        state, fmt = formats.find_state_dict(obj, path)
+        obj = {"model_state_dict": state, "_format": fmt}
+    return obj
+
+
+def find_resume_bundle(resume: str, files: RunFiles) -> tuple[Path, dict]:
+    """`--resume PATH` reads that bundle; `--resume` the run's newest readable one."""
+    if resume:
+        path = Path(resume)
+        if paths.require(path, "--resume", (paths.FILE, paths.DIR),
+                         fix="give a resume bundle (a run directory or its last.pt)") == paths.DIR:
+            if not (path / LAST_FILE).is_file():
+                raise UserError(f"--resume: directory '{resume}' holds no {LAST_FILE}; give a resume bundle (a run "
+                                f"directory or its {LAST_FILE}); to start from a model's weights use model.init_from")
+            path = path / LAST_FILE
+        if not path.is_file():
+            raise UserError(f"--resume: checkpoint '{resume}' does not exist")
+        return path, read_bundle(path)
+    candidates = files.resume_candidates()
+    if not candidates:
+        raise UserError(f"--resume: no checkpoint in {files.run_dir}/ to resume (no {LAST_FILE}); "
+                        "start the run without --resume")
+    return read_newest_bundle(candidates, read_bundle)
+
+
+@dataclass
+class OpenedRun:
+    """Where a run writes, and the bundle it continues (None: a fresh run)."""
+
+    cfg: Box                          # with a resumed run's output mapping and loss filled in
+    run_dir: Path
+    bundle: Optional[dict] = None
+    bundle_path: Optional[Path] = None
+    objective: Optional[Objective] = None   # a resumed run's: the head continues as it was trained
+
+
+def open_run(cfg: Box, resume: Optional[str], force: bool, overwrite: bool, announce: bool) -> OpenedRun:
+    """The run directory and, with `resume` ('' for the run's newest bundle, or a path), the bundle
+    to continue, checked to belong to this run. A fresh run never clobbers an existing one."""
+    run_dir = run_dir_for(cfg)
+    if (run_dir / ENSEMBLE_FILE).is_file():
+        raise UserError(f"run_name: '{run_dir}' holds a fitted ensemble ({ENSEMBLE_FILE}); choose another run_name")
+    files = RunFiles(run_dir)
+    if resume is None:
+        if files.resume_candidates() and not overwrite:
+            raise UserError(f"run_name: '{cfg.run_name}' already has a checkpoint in {run_dir}/; continue it with "
+                            f"--resume, start over with --overwrite, or choose another run_name=...")
+        return OpenedRun(cfg, run_dir)
+    bundle_path, bundle = find_resume_bundle(resume, files)
+    # The head continues as it was trained: plaintune's recorded mapping, raw for a foreign bundle.
+    objective, cfg = resolve_objective(cfg, record_from_bundle(bundle), head_fresh=False, record_wins=False,
+                                       announce=announce)
+    identity, other = check_drift(bundle.get("config"), to_plain(cfg))
+    if identity and not force:
+        raise UserError(f"--resume: the config differs from the checkpoint's in {', '.join(identity)}, which "
+                        "makes it a different run; restore those values, or pass --force to continue anyway")
+    if announce:
+        if identity:
+            print(f"warning: resuming despite changed {', '.join(identity)} (--force)")
+        if other:
+            print(f"note: config changes since the checkpoint: {', '.join(other)}")
+        print(f"resuming from {bundle_path}")
+    return OpenedRun(cfg, run_dir, bundle, bundle_path, objective)
