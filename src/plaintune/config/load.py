@@ -67,9 +67,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise UserError(f"override '{text}' must look like key.path=value, e.g. training.epochs=3")
     try:
         value = yamlfile.load_value(raw, f"override '{key}=...'", key) if raw.strip() else None
-    except UserError as err:
-        if "invalid YAML" not in str(err):
-            raise
+    except yamlfile.InvalidYaml:
         raise UserError(f"override '{text[:200]}': cannot parse the value '{raw[:200]}' as YAML; quote it") from None
     return key, value
 

@@ -20,6 +20,10 @@ from plaintune.errors import UserError
 MAX_NODES = 100_000  # a real config has a few hundred; aliases can make billions
 
 
+class InvalidYaml(UserError):
+    """Text that is not YAML at all (as opposed to YAML that says something twice or too much)."""
+
+
 class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader with YAML 1.2's floats (add_implicit_resolver copies the table for this class)."""
 
@@ -75,7 +79,7 @@ def parse(text: str, label: str, prefix: str = "") -> tuple[Any, dict[str, int]]
         where = getattr(err, "problem_mark", None)
         line = f":{where.line + 1}" if where is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise UserError(f"{label}{line}: invalid YAML ({problem}); check indentation and quoting") from None
+        raise InvalidYaml(f"{label}{line}: invalid YAML ({problem}); check indentation and quoting") from None
     finally:
         loader.dispose()
 

@@ -39,7 +39,7 @@ from plaintune.training.metrics import score
 from plaintune.model.loading import build_model, build_tokenizer
 from plaintune.model.precision import resolve as resolve_precision
 from plaintune.schema import LEAVES, SHARED
-from plaintune.config.validation import validate
+from plaintune.config.validation import Origins, validate
 
 FORMAT = "plaintune-ensemble"
 COMBINES = ("nnls", "lstsq", "mean")
@@ -185,11 +185,10 @@ def member_configs(cfg: Box, source: str) -> dict[str, Box]:
             raise UserError(f"{where}: a member may not set {', '.join(whole)}: every member is fitted on the same "
                             "pooled pairs and folds, predicted the same way and kept under "
                             f"{cfg.output_dir}/{cfg.run_name}-{name}-fold*; set it for the whole config")
-        try:
-            members[name] = validate(apply_overrides(plain, overrides), source=where, purpose="train")
-        except UserError as err:
-            message = str(err)
-            raise UserError(message if where in message else f"{where}: {message}") from None
+        # a problem is blamed on the member's override that set the key, else on the config file
+        origins = Origins(source)
+        members[name] = validate(apply_overrides(plain, overrides, origins, where), source=source, purpose="train",
+                                 origins=origins)
         member = members[name]
         if member.model.num_labels != 1:
             raise UserError(f"{where}: model.num_labels {member.model.num_labels}; a fitted ensemble combines "
