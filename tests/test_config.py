@@ -12,7 +12,7 @@ from plaintune.config.load import load_config
 from plaintune.errors import UserError
 from plaintune.model.optim import build_optimizer
 from plaintune.config.validation import validate
-from plaintune.schema import SCHEMA
+from plaintune.schema import LEAVES, SCHEMA
 
 SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
 
@@ -231,23 +231,27 @@ def test_dump_round_trips(project):
     assert config_mod.to_plain(again) == config_mod.to_plain(cfg)
 
 
-def test_readme_documents_every_key():
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+def test_config_reference_page_is_current():
+    """docs/config.md is the generated page, byte for byte: a key added to the schema, a changed default,
+    doc or role makes this fail until `python -m plaintune.config --update-docs` is run."""
+    page = (REPO / "docs" / "config.md").read_text(encoding="utf-8")
+    assert page == config_mod.reference_page(), \
+        "docs/config.md is stale: regenerate it with python -m plaintune.config --update-docs"
+    for key, spec in LEAVES.items():
+        row = next((line for line in page.splitlines() if line.startswith(f"| `{key}` |")), None)
+        assert row is not None, f"docs/config.md lacks {key}"
+        assert row.split(" | ")[1] == config_mod.role_label(spec.role)
+    assert "| `training.learning_rate` | identity | `2.0e-05` |" in page
+    assert "| `data.augment.swap` | identity | `false` |" in page
 
-    def keys(schema: dict, prefix: str = ""):
-        for key, spec in schema.items():
-            if isinstance(spec, dict):
-                yield from keys(spec, f"{prefix}{key}.")
-            else:
-                yield f"{prefix}{key}"
 
-    undocumented = [k for k in keys(SCHEMA) if f"`{k}`" not in readme]
-    assert not undocumented, f"README config reference lacks {undocumented}; paste python -m plaintune.config"
-
-
-def test_readme_reference_table_is_current():
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    block = readme.split("<!-- config-reference:start -->\n", 1)[1].split("<!-- config-reference:end -->", 1)[0]
-    assert block.strip() == config_mod.reference_markdown().strip(), \
-        "README config reference is stale: regenerate it with python -m plaintune.config"
-    assert "| `training.learning_rate` | `2.0e-05` |" in block
+def test_update_docs_rewrites_the_page_and_refuses_unknown_arguments(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert config_mod.main(["--update-docs"]) == 2          # no docs/ here: one line, exit 2
+    assert "run it in the repository's root" in capsys.readouterr().err
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "config.md").write_text("stale", encoding="utf-8")
+    assert config_mod.main(["--update-docs"]) == 0
+    assert (tmp_path / "docs" / "config.md").read_text(encoding="utf-8") == config_mod.reference_page()
+    assert config_mod.main(["--update-readme"]) == 2
+    assert "--update-docs" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 
 The loaded config is a frozen Box (see validation.py): code that needs other
 values builds a copy with `with_values`. `python -m plaintune.config` prints the
-README's config reference (`--update-readme` rewrites it in README.md).
+config reference (`--update-docs` rewrites docs/config.md).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from box import Box
 
 from plaintune.config import yamlfile
 from plaintune.errors import UserError, run_cli
-from plaintune.schema import REQUIRED, SCHEMA, assign, lookup, owning_key
+from plaintune.schema import INFERENCE, MEANINGS, REQUIRED, SCHEMA, SHARED, Role, assign, leaves, lookup, owning_key
 from plaintune.config.validation import Origins, freeze, validate
 
 CONFIG_DIR = Path("configs")
@@ -150,43 +150,77 @@ def dump_yaml(cfg: Box) -> str:
     return yamlfile.dump(to_plain(cfg))
 
 
+def role_label(role: Role) -> str:
+    """A key's role as the reference shows it: its meaning first, then inference/shared."""
+    return ", ".join(flag.name.lower() for flag in (*MEANINGS, INFERENCE, SHARED) if flag in role)
+
+
 def reference_markdown() -> str:
-    """The config reference table for the README, generated from the schema."""
-    rows = ["| key | default | meaning |", "|---|---|---|"]
-
-    def walk(schema: dict, prefix: str) -> None:
-        for key, spec in schema.items():
-            if isinstance(spec, dict):
-                walk(spec, f"{prefix}{key}.")
-                continue
-            default = "(required)" if spec.default is REQUIRED else yaml.safe_dump(
-                spec.default, default_flow_style=True).strip().removesuffix("...").strip()
-            rows.append(f"| `{prefix}{key}` | `{default}` | {spec.doc} |")
-
-    walk(SCHEMA, "")
+    """The config reference table (key, role, default, meaning), generated from the schema."""
+    rows = ["| key | role | default | meaning |", "|---|---|---|---|"]
+    for key, spec in leaves():
+        default = "(required)" if spec.default is REQUIRED else yaml.safe_dump(
+            spec.default, default_flow_style=True).strip().removesuffix("...").strip()
+        rows.append(f"| `{key}` | {role_label(spec.role)} | `{default}` | {spec.doc} |")
     return "\n".join(rows)
 
 
-def update_readme(path: Path = Path("README.md")) -> None:
-    """Replace the README's config reference block with the current table."""
-    start, end = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise UserError(f"--update-readme: cannot read '{path}' ({err.strerror}); run it in the repository's "
-                        "root, where README.md is") from None
-    if start not in text or end not in text:
-        raise UserError(f"--update-readme: '{path}' has no config-reference block to replace")
-    head, rest = text.split(start, 1)
-    tail = rest.split(end, 1)[1]
-    path.write_text(f"{head}{start}{reference_markdown()}\n\n{end}{tail}", encoding="utf-8")
+REFERENCE_PAGE = Path("docs") / "config.md"
+REFERENCE_INTRO = """\
+# Config reference
+
+Generated from `src/plaintune/schema.py` by `python -m plaintune.config --update-docs`; do not edit by
+hand (`tests/test_config.py` fails when this page and the schema differ).
+
+A config is one YAML file (`configs/NAME.yaml`, or any path) plus `key.path=value` overrides on the
+command line or as strings to `plaintune.train(...)`. Unknown keys, wrong types, out-of-range values and
+a key written twice in one YAML mapping are errors, all reported at once with the file and line (or the
+command line, or the Python call) they came from. `2e-5`, which YAML reads as a string, is the number.
+
+The role says what changing a key means:
+
+| role | changing it... |
+|---|---|
+| identity | makes another run: `--resume` refuses it, naming the keys (`--force` continues anyway); a finished k-fold or leaderboard fold trains again |
+| recipe | shapes what is learned, but `--resume` continues under the new value with a note; a finished k-fold or leaderboard fold trains again |
+| prediction | how a trained model predicts: a finished fold predicts its held-out part again, without training |
+| runtime | where or how the work runs and is written; nothing learned or predicted changes |
+| inference | (added to one of the above) inference reads it, so a problem with its value blocks inference too |
+| shared | (added) belongs to the whole leaderboard config: an ensemble member may not set it |
+
+`training.optimizer` and `training.scheduler` take `name` plus keyword arguments of that optimizer or
+scheduler; an unknown argument is an error that lists the valid ones.
+
+"""
+
+
+def reference_page() -> str:
+    """The whole of docs/config.md."""
+    return f"{REFERENCE_INTRO}{reference_markdown()}\n"
+
+
+def update_reference(path: Path = REFERENCE_PAGE) -> None:
+    """Rewrite docs/config.md from the schema."""
+    if not path.parent.is_dir():
+        raise UserError(f"--update-docs: there is no '{path.parent}' folder here; run it in the repository's "
+                        "root, where docs/ is")
+    path.write_text(reference_page(), encoding="utf-8")
 
 
 def main(argv: Optional[list] = None) -> int:
-    """`python -m plaintune.config`: print the config reference; `--update-readme` rewrites it in place."""
+    """`python -m plaintune.config`: print the config reference table; `--update-docs` rewrites
+    docs/config.md."""
     import sys
 
-    if (sys.argv[1:] if argv is None else argv) == ["--update-readme"]:
-        return run_cli(lambda: update_readme() or 0)
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["--update-docs"]:
+        return run_cli(lambda: update_reference() or 0)
+    if args:
+        return run_cli(lambda: _unknown_arguments(args))
     print(reference_markdown())
     return 0
+
+
+def _unknown_arguments(args: list) -> int:
+    raise UserError(f"python -m plaintune.config: unknown arguments {' '.join(args)}; run it without arguments "
+                    "to print the config reference, or with --update-docs to rewrite docs/config.md")
