@@ -1,5 +1,6 @@
 """best/ loads in its own ecosystem and gives plaintune's predictions there: SentenceTransformer for a
-bi-encoder, CrossEncoder and AutoModelForSequenceClassification for a cross-encoder (README formulas)."""
+bi-encoder, CrossEncoder and AutoModelForSequenceClassification for a cross-encoder (the formulas of
+docs/exports.md)."""
 from __future__ import annotations
 
 import json
@@ -50,7 +51,7 @@ def test_bi_encoder_best_is_a_sentence_transformers_model(project):
     first = model.encode([a for a, _ in pairs], convert_to_tensor=True)
     second = model.encode([b for _, b in pairs], convert_to_tensor=True)
     cosine = torch.nn.functional.cosine_similarity(first, second).numpy().astype(np.float64)
-    low, high = 0.0, 5.0  # data.label_range; README: score = low + (high - low) * cosine
+    low, high = 0.0, 5.0  # data.label_range; docs/exports.md: score = low + (high - low) * cosine
     np.testing.assert_allclose(low + (high - low) * cosine, plaintune_scores(project), atol=1e-5)
 
 
