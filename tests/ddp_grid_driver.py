@@ -17,11 +17,15 @@ inject (optional, carried out on `rank` only):
     {"rank": R, "signal": "SIGTERM", "step": N}  raise the signal after the N-th optimizer step
     {"rank": R, "nan_from_step": N}              the training loss is NaN from optimizer step N on
 
+A case may also name "snapshot": a path (from the launch's directory) that rank 0 copies to,
+after the case, "copy_from" (e.g. last.pt as a stop left it, before a --resume case rewrites it).
+
 After the cases, each rank gathers rows with a genuine NaN (`gather_rows`) and
 writes what it got to OUT_DIR/gather-R.json.
 """
 import json
 import os
+import shutil
 import signal
 import sys
 from contextlib import contextmanager
@@ -100,6 +104,8 @@ def main() -> int:
         for case in plan:
             with injected(case.get("inject")):
                 codes[case["name"]] = train.main(case["args"])
+            if "snapshot" in case and RANK == 0:
+                shutil.copyfile(case["copy_from"], case["snapshot"])
             (out / f"rank-{RANK}.json").write_text(json.dumps(codes))
             if codes[case["name"]] == 1:  # a crash or a timeout: the ranks may be out of step now
                 return 1

@@ -263,7 +263,9 @@ SCHEMA: dict = {
                                     nullable=True, check=_token_budget),
         "bucket_pool": Field(IDENTITY, int, 64, "Batches per shuffle pool when bucketing: larger pools mean less "
                              "padding, smaller ones more randomness.", check=at_least(1)),
-        "log_every_n_steps": Field(RUNTIME, int, 10, "Train loss and lr are logged every this many optimizer steps.",
+        "log_every_n_steps": Field(RUNTIME, int, 10, "Train loss and lr are logged every this many optimizer "
+                                   "steps. Under torchrun a Ctrl-C/SIGTERM is honoured at the next such step (or "
+                                   "validation, save, epoch end), where all ranks agree on it.",
                                    check=at_least(1)),
         "metric": Field(RECIPE, str, "auto", "What best/, top-k, early stopping and a plateau scheduler follow: pearson, "
                         "spearman, f1 (regression: needs the dev file's binary column; classification: "

@@ -5,6 +5,13 @@ it after each optimizer step, saves last.pt and raises `Interrupted`. A second
 signal aborts at once (last.pt stays as it was). Colab, SLURM and Kubernetes
 send SIGTERM before they kill.
 
+Under torchrun the ranks must stop at the same step, so they agree on it, and
+agreeing is a collective whose result the host reads (a sync that stalls a GPU's
+queue). They agree only where the loop syncs anyway: at log steps
+(training.log_every_n_steps), validations, saves and the end of an epoch; a
+signal is then honoured up to log_every_n_steps steps after it came. One process
+needs no agreement and stops after the step in which the signal came.
+
 Divergence: a non-finite training loss or weights stops the run with one line
 saying where, what was kept, and the likely causes (`divergence_message`).
 """
@@ -26,9 +33,10 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class StopRequest:
-    def __init__(self):
+    def __init__(self, distributed_run: bool = False):
         self.received = 0   # the signal this process received (0: none)
         self.agreed = 0     # the signal every rank agreed to stop on (0: none)
+        self.distributed_run = distributed_run
 
     @contextmanager
     def caught(self):
@@ -57,6 +65,17 @@ class StopRequest:
         gradient all-reduce. One process: no communication, no host sync.
         """
         self.agreed = self.agreed or distributed.max_over_ranks(self.received)
+        return self.agreed
+
+    def poll(self, sync_point: bool) -> int:
+        """The agreed stop signal after an optimizer step (0: go on).
+
+        Under DDP the ranks agree only at a `sync_point`, a step at which every rank
+        reads device values anyway (see the module's docstring); between those every
+        rank goes on, so all stop at the same step. One process: every step, for free.
+        """
+        if sync_point or not self.distributed_run:
+            return self.agree()
         return self.agreed
 
     @property

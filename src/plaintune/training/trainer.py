@@ -87,7 +87,7 @@ class Trainer:
             print(f"note: now following dev {options.metric_name} instead of {followed_before}: its best so far is "
                   f"{'none' if best is None else f'{best:.4f} at epoch {self.state.best_epoch}'}; best/ keeps the "
                   f"model {followed_before} chose until a validation beats that")
-        self.stop = StopRequest()
+        self.stop = StopRequest(distributed_run=self.dist.enabled)
         self._finite_through = self.state.global_step  # last optimizer step with the train loss seen finite
         self._window_loss = torch.tensor(self.state.window_loss, dtype=torch.float64, device=self.device)
         self._train_speed: Optional[float] = None
@@ -172,22 +172,26 @@ class Trainer:
                 state.global_step += 1
                 state.window_steps += 1
 
-                if state.global_step % options.log_every_n_steps == 0:
+                logs_now = state.global_step % options.log_every_n_steps == 0
+                if logs_now:
                     self.log_train(speed.window(), batches)
                     bar.set_postfix(loss=f"{state.loss:.4f}", lr=f"{self._lr():.2e}")
                 epoch_ends = state.step_in_epoch >= batches  # the epoch-end validation and save follow
                 # training.max_steps reached mid-epoch: validate and save as an epoch end would
                 last_step = self.steps_done() and not epoch_ends
-                if (_due(options.eval_every_n_steps, state.global_step) or last_step) and not epoch_ends:
+                validates_now = (_due(options.eval_every_n_steps, state.global_step) or last_step) and not epoch_ends
+                if validates_now:
                     # before a stop request is honoured: a validation that is due belongs to this step,
                     # and the resumed run, which starts after it, would never make up for it
                     started = time.perf_counter()
                     self.validate_and_select(mid_epoch=True, batches=batches)
                     speed.exclude(time.perf_counter() - started)  # samples/s is the training's alone
-                if state.stopped_early or last_step or \
-                        (_due(options.save_every_n_steps, state.global_step) and not epoch_ends):
+                saves_now = (last_step or _due(options.save_every_n_steps, state.global_step)) and not epoch_ends
+                if state.stopped_early or saves_now:
                     self.save_last()
-                if state.stopped_early or self.steps_done() or self.stop.agree():
+                # Under DDP, agreeing to stop costs a host sync: only at steps that sync anyway.
+                sync_point = logs_now or validates_now or saves_now or epoch_ends
+                if state.stopped_early or self.steps_done() or self.stop.poll(sync_point):
                     break
         self.state.window_loss = float(self._window_loss)
         self._train_speed = speed.overall()
