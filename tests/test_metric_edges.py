@@ -43,8 +43,11 @@ def test_blank_binary_cells_only_switch_f1_off(project, capsys):
 
 
 def test_a_file_where_the_report_goes_is_refused_before_any_work(project, capsys):
+    from plaintune.rundir import ownership
+
     run = project / "saved_model" / "rf"
     run.mkdir(parents=True)
+    ownership.claim(run, ownership.RUN)  # a run folder of plaintune's, where a file took report/'s place
     (run / "report").write_text("mine")
     assert train.main(["--config", "t", "run_name=rf"]) == 2
     err = capsys.readouterr().err

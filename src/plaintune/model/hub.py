@@ -146,8 +146,6 @@ def resolve_model_source(name: str) -> tuple[str, bool]:
 def _local_load_error(source: Path, err: Exception) -> UserError:
     """Why a model or tokenizer in a local directory did not load: the damaged file when one is,
     else transformers' own reason. (Never "cannot fetch from the hub": nothing was fetched.)"""
-    from plaintune import formats  # torch-level; this module stays light for config validation
-
     cause = err
     while cause is not None and not isinstance(cause, PermissionError):
         cause = cause.__cause__ or cause.__context__
