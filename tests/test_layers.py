@@ -139,3 +139,21 @@ def test_no_module_imports_a_higher_layer(name):
     upward = [f"line {line}: {target} ({LAYERS[LAYER_OF[target]][0]})" for target, _, line in imports(path)
               if target in LAYER_OF and LAYER_OF[target] > LAYER_OF[name]]
     assert upward == [], f"{name} ({LAYERS[LAYER_OF[name]][0]}) imports a higher layer"
+
+
+def test_the_project_is_imported_at_the_top_of_each_module():
+    """Imports inside functions are for heavy optional third-party libraries only; a project module
+    imported lazily would hide a cycle or a layer violation until that line runs. (The package's
+    __init__ imports api lazily, so that `import plaintune` stays light.)"""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if path == PACKAGE / "__init__.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        top = {id(node) for node in tree.body}
+        for node in ast.walk(tree):
+            is_project = (isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("plaintune"))) \
+                or (isinstance(node, ast.Import) and any(a.name.startswith("plaintune") for a in node.names))
+            if is_project and id(node) not in top:
+                offenders.append(f"{module_name(path)}:{node.lineno}")
+    assert offenders == []

@@ -18,6 +18,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional, Sequence
 
+from plaintune.checkpoint.formats import CONFIG_ATTRIBUTE
+from plaintune.config.load import load_config
+from plaintune.model.loading import build_model, build_tokenizer
+from plaintune.model.objective import checkpoint_record
+from plaintune.rundir import atomic
 from plaintune.errors import ArgumentParser, UserError, run_cli
 from plaintune.checkpoint.formats import SHARD_INDEXES, WEIGHT_FILES, read_json_object, read_state_dict
 from plaintune.checkpoint.weights import LoadRules, load_into, load_weights
@@ -45,9 +50,6 @@ def describe(state: dict, fmt: str, path: Path) -> str:
 
 
 def _model_from_config(name: str, overrides: Sequence[str]):
-    from plaintune.config.load import load_config
-    from plaintune.model.loading import build_model
-
     cfg = load_config(name, overrides)
     return cfg, build_model(cfg.model, pretrained=False)
 
@@ -110,9 +112,6 @@ def check_out_dir(src: str, out: Path, overwrite: bool) -> None:
 
 def convert(path: str, out_dir: str, config: str, overrides: Sequence[str], trust: bool,
             overwrite: bool = False) -> int:
-    from plaintune.rundir import atomic
-    from plaintune.model.loading import build_tokenizer
-
     out = Path(out_dir)
     check_out_dir(path, out, overwrite)
     cfg, model = _model_from_config(config, overrides)
@@ -120,9 +119,6 @@ def convert(path: str, out_dir: str, config: str, overrides: Sequence[str], trus
     print(report.summary())
     # A plaintune checkpoint keeps its output mapping in the converted directory; without it the
     # result would read as a foreign model and predict raw logits.
-    from plaintune.model.objective import CONFIG_ATTRIBUTE
-    from plaintune.model.objective import checkpoint_record
-
     record = checkpoint_record(Path(path))
     if record is not None:
         setattr(model.config, CONFIG_ATTRIBUTE, record)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlparse
 
+from plaintune.checkpoint import formats
 from plaintune.errors import UserError, first_line
 
 

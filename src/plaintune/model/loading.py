@@ -16,6 +16,7 @@ import torch
 from box import Box
 from torch import nn
 
+from plaintune.model.biencoder import BiEncoder, base_normalizes
 from plaintune.checkpoint import formats
 from plaintune.errors import UserError
 from plaintune.model.hub import first_line, is_load_failure, load_error, quiet_transformers, resolve_model_source
@@ -155,8 +156,6 @@ def _takes_pooling_flag(config) -> bool:
 
 def _build_bi_encoder(model_spec: dict, config, source: str, offline: bool, pretrained: bool) -> nn.Module:
     from transformers import AutoModel
-
-    from plaintune.model.biencoder import BiEncoder, base_normalizes
 
     extra = {"add_pooling_layer": False} if _takes_pooling_flag(config) else {}
     settings = {"max_seq_length": model_spec.get("max_length"), "normalize": base_normalizes(source)}
