@@ -20,8 +20,9 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 setup: $(BIN)/.installed
 
 demo: setup
-	$(BIN)/python train.py --config default data.dir=data/demo --overwrite
-	$(BIN)/python inference.py --config default --saved_model default data.dir=data/demo
+	# run_name=demo: the demo's own run, so it never replaces a run of yours named default
+	$(BIN)/python train.py --config default data.dir=data/demo run_name=demo --overwrite
+	$(BIN)/python inference.py --config default --saved_model demo data.dir=data/demo run_name=demo inference.output_path=output/demo.csv
 
 test: setup
 	$(BIN)/python -m pytest

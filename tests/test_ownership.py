@@ -195,3 +195,23 @@ def test_two_leaderboards_started_together(project, tiny_model_dir):
     for number, _ in enumerate(race(project, "leaderboard")):
         folder = project / "saved_model" / f"leaderboard{number}"
         assert sorted(p.name for p in folder.iterdir()) == [ownership.MARKER]
+
+
+def test_another_trainers_folder_or_a_copied_config_is_not_taken_for_an_earlier_plaintunes(project, capsys):
+    """An HF Trainer checkpoint folder (trainer_state.json) and a user's copy of a shipped config named
+    after the run are the user's: refused, nothing deleted, with or without --overwrite."""
+    hf = project / "saved_model" / "hf"
+    (hf / "best").mkdir(parents=True)
+    (hf / "best" / "config.json").write_text('{"model_type": "bert"}')
+    (hf / "best" / "trainer_state.json").write_text('{"epoch": 3, "global_step": 900}')
+    (hf / "best" / "pytorch_model.bin").write_bytes(b"weights")
+    (hf / "report").mkdir()
+    (hf / "report" / "thesis.docx").write_bytes(b"years of work")
+    copied = project / "saved_model" / "t"
+    copied.mkdir()
+    (copied / "config.yaml").write_text((project / "configs" / "t.yaml").read_text())
+    before = {p: p.read_bytes() for folder in (hf, copied) for p in folder.rglob("*") if p.is_file()}
+    for argv in (["run_name=hf", "--overwrite"], ["run_name=hf"], [], ["--overwrite"]):
+        assert train.main(["--config", "t", "training.epochs=1", *argv]) == 2
+        assert "was not made by plaintune" in error_line(capsys)
+    assert {p: p.read_bytes() for folder in (hf, copied) for p in folder.rglob("*") if p.is_file()} == before

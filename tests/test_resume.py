@@ -212,3 +212,19 @@ def test_unwritable_run_directory(project, capsys, tiny_model_dir):
     err = capsys.readouterr().err
     assert err.startswith("error: output_dir: 'saved_model' is not a folder") and "Traceback" not in err
     write_config(project, base_config(tiny_model_dir))
+
+
+def test_a_finished_run_without_last_pt_is_never_replaced_silently(project, capsys):
+    """checkpoint.keep_last_after_finish: false drops last.pt; the same command again must not train a
+    new run over the finished one, and --resume says why it cannot continue."""
+    assert train.main(["--config", "t", "training.epochs=1", "checkpoint.keep_last_after_finish=false"]) == 0
+    run = project / "saved_model" / "t"
+    assert not (run / "last.pt").exists() and (run / "best").is_dir()
+    weights = (run / "best" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert train.main(["--config", "t", "training.epochs=1", "seed=7"]) == 2
+    assert "already holds a trained model" in capsys.readouterr().err
+    assert train.main(["--config", "t", "training.epochs=2", "--resume"]) == 2
+    assert "keep_last_after_finish" in capsys.readouterr().err
+    assert (run / "best" / "model.safetensors").read_bytes() == weights
+    assert train.main(["--config", "t", "training.epochs=1", "--overwrite"]) == 0

@@ -277,6 +277,13 @@ def _run_folds_locked(cfg: Box, config_name: str, overrides: Sequence[str], fold
             if stale:
                 print(f"fold {fold}/{folds}: done earlier, but {stale}: "
                       f"{'predicting again' if predict_only else 'training it on and predicting again'}")
+            fold_dir = rundir.run_dir_for(fold_cfg)
+            if resuming and not stale and not RunFiles(fold_dir).resume_candidates() \
+                    and rundir.find_best_dir(fold_dir) is not None:
+                # it finished and dropped its last.pt (checkpoint.keep_last_after_finish: false) before
+                # its predictions were written: its best/ predicts, nothing trains again
+                print(f"fold {fold}/{folds}: trained earlier ({fold_cfg.run_name}); predicting its held-out pairs")
+                predict_only = True
             if not predict_only:
                 started = bool(RunFiles(rundir.run_dir_for(fold_cfg)).resume_candidates())
                 print(f"fold {fold}/{folds}: {fold_cfg.run_name}, {len(pooled) - len(held_out)} pairs to train on, "

@@ -11,8 +11,8 @@ anything it checks (`check_owned`, read-only):
 - a directory without the marker is refused, with or without --overwrite, naming it, unless its
   files prove that an earlier plaintune (before the marker existed) made it. The proof is read
   from the files' contents, not their names: a resume bundle with plaintune's format_version and
-  train_state, a best/ whose plaintune_state.json and config.json parse, a config.yaml whose
-  run_name is the directory's own name with plaintune's sections, a k-fold's split.json, an
+  train_state, a best/ whose plaintune_state.json holds plaintune's keys beside a config.json (a
+  config.yaml alone proves nothing: it may be the user's copy of a shipped config), a k-fold's split.json, an
   ensemble.json in plaintune's format. Such a directory is adopted (marked) on its first run.
 
 Temporaries a killed write left (`.NAME.XXXXXXXX.tmp`, see atomic.py) are removed only where
@@ -27,7 +27,6 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-import yaml
 
 from plaintune.rundir import atomic
 from plaintune.checkpoint import formats
@@ -102,18 +101,11 @@ def _is_plaintune_bundle(path: Path) -> bool:
 
 
 def _is_plaintune_model_dir(path: Path) -> bool:
-    meta = _json_object(path / "plaintune_state.json") or _json_object(path / "trainer_state.json")
+    """best/ as plaintune writes it: plaintune_state.json (no other trainer's state file counts) with the
+    keys plaintune puts there, beside a model's config.json."""
+    meta = _json_object(path / "plaintune_state.json")
     config = _json_object(path / "config.json")
-    return meta is not None and config is not None and any(key in meta for key in ("epoch", "step", "global_step"))
-
-
-def _is_plaintune_config(path: Path, run_name: str) -> bool:
-    try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError):
-        return False
-    return isinstance(config, dict) and config.get("run_name") == run_name and all(
-        isinstance(config.get(section), dict) for section in ("model", "data", "training", "checkpoint"))
+    return meta is not None and config is not None and {"epoch", "global_step", "metric", "value"} <= set(meta)
 
 
 def legacy_evidence(directory: Path, kind: str) -> Optional[str]:
@@ -127,8 +119,6 @@ def legacy_evidence(directory: Path, kind: str) -> Optional[str]:
         for bundle in bundles:
             if bundle.is_file() and _is_plaintune_bundle(bundle):
                 return str(bundle.relative_to(directory))
-        if _is_plaintune_config(directory / "config.yaml", directory.name):
-            return "config.yaml"
     elif kind == FOLDS:
         split = _json_object(directory / "split.json")
         if split is not None and {"folds", "seed", "pooled_sha256"} <= set(split):

@@ -19,7 +19,8 @@ from plaintune.config.load import to_plain
 from plaintune.errors import UserError
 from plaintune.model.objective import Objective, record_from_bundle, resolve_objective
 from plaintune.schema import IDENTITY, LEAVES, Role, lookup
-from plaintune.rundir.layout import ENSEMBLE_FILE, LAST_FILE, RunFiles, read_newest_bundle, run_dir_for
+from plaintune.rundir.layout import (ENSEMBLE_FILE, LAST_FILE, RunFiles, find_best_dir, read_newest_bundle,
+                                     run_dir_for)
 
 MISSING = object()
 EVERY_ROLE = Role(sum(role.value for role in Role))
@@ -80,6 +81,10 @@ def find_resume_bundle(resume: str, files: RunFiles) -> tuple[Path, dict]:
             raise UserError(f"--resume: checkpoint '{resume}' does not exist")
         return path, read_bundle(path)
     candidates = files.resume_candidates()
+    if not candidates and find_best_dir(files.run_dir) is not None:
+        raise UserError(f"--resume: the run in {files.run_dir}/ has finished and its {LAST_FILE} was dropped "
+                        "(checkpoint.keep_last_after_finish: false), so it cannot continue; its best/ stands. "
+                        "Train more from it with model.init_from=" f"{files.run_dir / 'best'} and another run_name")
     if not candidates:
         raise UserError(f"--resume: no checkpoint in {files.run_dir}/ to resume (no {LAST_FILE}); "
                         "start the run without --resume")
@@ -108,6 +113,10 @@ def open_run(cfg: Box, resume: Optional[str], force: bool, overwrite: bool, anno
         if files.resume_candidates() and not overwrite:
             raise UserError(f"run_name: '{cfg.run_name}' already has a checkpoint in {run_dir}/; continue it with "
                             f"--resume, start over with --overwrite, or choose another run_name=...")
+        if find_best_dir(run_dir) is not None and not overwrite:
+            # a finished run whose last.pt was dropped (keep_last_after_finish: false) is still a run
+            raise UserError(f"run_name: '{cfg.run_name}' already holds a trained model in {run_dir}/best/; start "
+                            "over with --overwrite, or choose another run_name=...")
         return OpenedRun(cfg, run_dir)
     bundle_path, bundle = find_resume_bundle(resume, files)
     # The head continues as it was trained: plaintune's recorded mapping, raw for a foreign bundle.
