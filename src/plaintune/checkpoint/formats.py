@@ -228,7 +228,9 @@ def _read_dir(path: Path, trust: bool) -> tuple[dict, str]:
     for name in WEIGHT_FILES:
         if (path / name).is_file():
             return _read_file(path / name, trust)[0], f"Hugging Face directory ({name})"
-    raise UserError(f"checkpoint directory '{path}' holds no model.safetensors or pytorch_model.bin")
+    inside = [name for name in ("best", "last.pt") if (Path(path) / name).exists()]
+    hint = f"; it looks like a run directory: give {' or '.join(f'{path}/{n}' for n in inside)}" if inside else ""
+    raise UserError(f"checkpoint directory '{path}' holds no model.safetensors or pytorch_model.bin{hint}")
 
 
 EMA_KEY = "ema_state_dict"  # a plaintune bundle's weight average (training.ema): AveragedModel's state dict

@@ -73,12 +73,18 @@ def apply(predictions: np.ndarray, weights: Sequence[float], intercept: float) -
     return predictions @ np.asarray(weights, dtype=np.float64) + intercept
 
 
+MAX_WEIGHT = 1e6  # members predict on the label scale; a fit never needs a weight near this
+
+
 def check_weights(weights: Sequence[float], intercept: float, method: str, where: str) -> None:
     """A combination inference can apply: finite, not all zero (every prediction would be the
     intercept), non-negative unless `method` is lstsq (which may invert a member by design)."""
     values = np.asarray(weights, dtype=np.float64)
     if values.size == 0 or not np.all(np.isfinite(values)) or not np.isfinite(intercept):
         problem = "its weights or intercept are not finite numbers"
+    elif np.abs(values).max() > MAX_WEIGHT or abs(intercept) > MAX_WEIGHT * 10:
+        problem = (f"a weight or the intercept is beyond any fit of scores (|weight| > {MAX_WEIGHT:g}): the file was "
+                   "edited or damaged; fit it again (python train.py --config ... --resume)")
     elif not np.any(values != 0):
         problem = "all its weights are zero (every prediction would be the intercept)"
     elif method != "lstsq" and np.any(values < 0):
@@ -287,7 +293,12 @@ def read_spec(directory: Path) -> Optional[tuple[list[Member], float, bool]]:
     problem = None
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
-        members = [Member(str(m["name"]), [str(r) for r in m["runs"]], float(m["weight"])) for m in spec["members"]]
+        numbers = [m["weight"] for m in spec["members"]] + [spec["intercept"]]
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in numbers):
+            raise TypeError("weights and the intercept are JSON numbers")  # not "1" or true
+        if not all(isinstance(r, str) for m in spec["members"] for r in m["runs"]):
+            raise TypeError("runs are names")
+        members = [Member(str(m["name"]), list(m["runs"]), float(m["weight"])) for m in spec["members"]]
         intercept = float(spec["intercept"])
         symmetric = spec.get("inference_symmetric", False)
         if not isinstance(symmetric, bool):

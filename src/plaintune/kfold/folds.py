@@ -77,7 +77,7 @@ def _read_predictions(path: Path, rows: int) -> np.ndarray:
     except (OSError, ValueError, KeyError, TypeError):
         values = None
     if values is None or values.shape != (rows,):
-        raise UserError(f"--folds --resume: '{path}' is damaged (not the {rows} predictions of that fold); delete it "
+        raise UserError(f"k-fold resume: '{path}' is damaged (not the {rows} predictions of that fold); delete it "
                         "and rerun with --resume to predict that fold again")
     return values
 
@@ -155,20 +155,20 @@ def check_same_split(folder: Path, identity: dict, resume: bool, force: bool, ov
     saved_file = folder / SPLIT_FILE
     if overwrite or not saved_file.is_file():
         if saved_file.parent.is_dir() and not overwrite and not resume and any(folder.glob("fold*_predictions.json")):
-            raise UserError(f"--folds: {folder}/ holds a k-fold already; continue it with --resume, start over "
+            raise UserError(f"k-fold: {folder}/ holds a k-fold already; continue it with --resume, start over "
                             "with --overwrite, or choose another run_name")
         return
     try:
         saved = json.loads(saved_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        raise UserError(f"--folds: '{saved_file}' is unreadable or damaged; start over with --overwrite") from None
+        raise UserError(f"k-fold: '{saved_file}' is unreadable or damaged; start over with --overwrite") from None
     trained = any(folder.glob("fold*_predictions.json")) or any(
         RunFiles(folder.with_name(f"{identity['config']['run_name']}-fold{k}")).resume_candidates()
         for k in range(1, int(saved.get("folds", 0) or 0) + 1))
     if not trained:
         return  # cut but never trained (e.g. stopped by a data check): nothing to protect
     if not resume:
-        raise UserError(f"--folds: {folder}/ holds a k-fold already; continue it with --resume, start over with "
+        raise UserError(f"k-fold: {folder}/ holds a k-fold already; continue it with --resume, start over with "
                         "--overwrite, or choose another run_name")
     changed = [f"{key} {saved.get(key)} -> {identity[key]}" for key in ("folds", "seed", "pooled_rows")
                if saved.get(key) != identity[key]]
@@ -177,7 +177,7 @@ def check_same_split(folder: Path, identity: dict, resume: bool, force: bool, ov
     identity_keys, _ = check_drift(saved.get("config"), identity["config"])
     if changed or (identity_keys and not force):
         what = ", ".join(changed + identity_keys)
-        raise UserError(f"--folds --resume: the saved k-fold differs in {what}; its runs and out-of-fold predictions "
+        raise UserError(f"k-fold resume: the saved k-fold differs in {what}; its runs and out-of-fold predictions "
                         "belong to the old one: restore those values, or start over with --overwrite")
 
 
