@@ -98,7 +98,7 @@ def _out_of_fold(fold_cfg: Box, table: data.PairTable, device: torch.device) -> 
     source = rundir.resolve_saved_model(fold_cfg.run_name, rundir.runs_root(fold_cfg))
     model, tokenizer, _ = load_model_for_inference(fold_cfg, source)
     model.to(device)
-    outputs = member_outputs(model, tokenizer, objective_for(model, fold_cfg, source), table, fold_cfg, device,
+    outputs = member_outputs(model, tokenizer, objective_for(model, fold_cfg, source, announce=False), table, fold_cfg, device,
                              fold_cfg.inference.symmetric)
     return outputs if outputs.ndim == 1 else outputs.argmax(axis=-1)
 

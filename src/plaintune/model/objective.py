@@ -239,7 +239,7 @@ def resolve_objective(cfg: Box, record: Optional[dict], head_fresh: bool, record
     return Objective(num_labels, loss, activation, label_range, kind=kind), cfg
 
 
-def objective_for(model: torch.nn.Module, cfg: Box, source: Optional[Path] = None) -> Objective:
+def objective_for(model: torch.nn.Module, cfg: Box, source: Optional[Path] = None, announce: bool = True) -> Objective:
     """How to read this checkpoint's outputs: as plaintune recorded them, whatever the config says;
     for a checkpoint plaintune did not write, raw unless the config sets model.output_activation."""
     record = checkpoint_record(source) if source is not None and not source.is_dir() else None
@@ -250,4 +250,4 @@ def objective_for(model: torch.nn.Module, cfg: Box, source: Optional[Path] = Non
         record = parse_record(getattr(model.config, CONFIG_ATTRIBUTE, None), where)
     if record is not None:  # the model was built as the checkpoint's kind
         cfg = with_values(cfg, {"model.kind": record.get("kind", "cross_encoder")})
-    return resolve_objective(cfg, record, head_fresh=False, record_wins=True)[0]
+    return resolve_objective(cfg, record, head_fresh=False, record_wins=True, announce=announce)[0]

@@ -38,10 +38,11 @@ class TrainData:
     fingerprints: dict                # data files' hashes, kept in last.pt to refuse a resume on other data
 
 
-def load_data(cfg: Box, opened: OpenedRun, force: bool, dist_info, device: torch.device) -> TrainData:
+def load_data(cfg: Box, opened: OpenedRun, force: bool, dist_info, device: torch.device,
+              announce: bool = True) -> TrainData:
     """Check every CSV before the model loads, then tokenize once and build the loaders."""
     tables = read_tables(cfg)
-    if dist_info.is_main:
+    if dist_info.is_main and announce:
         print("\n".join(describe_files(cfg, tables)))
     datacheck.check_followed_metric(tables["dev"], "data.dev_path", cfg)
     for role in ("dev", "test"):
@@ -122,7 +123,8 @@ def build_optimization(cfg: Box, model: torch.nn.Module, steps_per_epoch: int, d
     return Optimization(optimizer, scheduler, scheduler_when, scaler)
 
 
-def wrap_for_training(model: torch.nn.Module, cfg: Box, dist_info, device: torch.device) -> torch.nn.Module:
+def wrap_for_training(model: torch.nn.Module, cfg: Box, dist_info, device: torch.device,
+                      announce: bool = True) -> torch.nn.Module:
     """Move to the device, then torch.compile and DDP as configured; the unwrapped model is what is saved."""
     model.to(device)
     if cfg.training.compile:
@@ -130,7 +132,7 @@ def wrap_for_training(model: torch.nn.Module, cfg: Box, dist_info, device: torch
     if dist_info.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    if dist_info.is_main:
+    if dist_info.is_main and announce:
         training = cfg.training
         effective = training.batch_size * training.grad_accum_steps * dist_info.world_size
         print(f"effective batch size {effective} = batch_size {training.batch_size} x grad_accum_steps "

@@ -103,23 +103,24 @@ def _train_locked(cfg: Box, config_name: str, overrides: Sequence[str], request:
                   started: float, run_dir: Path) -> TrainResult:
     """train_run's steps 2-6, with the run directory locked."""
     is_main = dist_info.is_main
+    chatty = is_main and not request.quiet  # a k-fold's fold says only its summary line
     opened = open_run(cfg, request.resume, request.force, request.overwrite, announce=is_main)
     cfg, bundle = opened.cfg, opened.bundle
     check_outputs(run_outputs(run_dir), run_inputs(cfg, fresh=bundle is None, config_path=config_file(config_name)))
     check_report_folder(run_dir / "report", "run_name")
     chosen, why = precision.for_training(cfg.training.precision, device, (bundle or {}).get("config"))
     cfg = with_values(cfg, {"training.precision": chosen})  # the concrete choice is what the run records
-    if is_main:
+    if chatty:
         print(f"precision: {chosen} ({why})")
     # 3. Data, then 4. the model.
     seed_everything(cfg.seed)
-    data = load_data(cfg, opened, request.force, dist_info, device)
-    model, objective, cfg, load_report = load_model(cfg, opened, data, request.trust, is_main)
+    data = load_data(cfg, opened, request.force, dist_info, device, announce=chatty)
+    model, objective, cfg, load_report = load_model(cfg, opened, data, request.trust, chatty)
     objective.stamp(model.config, cfg.model.max_length)  # what the output means, saved with best/
     # 5. Optimization: the schedule needs the number of optimizer steps per epoch.
     steps_per_epoch = -(-len(data.train_loader.batch_sampler) // cfg.training.grad_accum_steps)
     optim = build_optimization(cfg, model, steps_per_epoch, device)
-    train_model = wrap_for_training(model, cfg, dist_info, device)
+    train_model = wrap_for_training(model, cfg, dist_info, device, announce=chatty)
     optim.ema = build_ema(model, cfg.training.ema)  # on the model's device, from its current weights
 
     # 6. Everything loaded: now the run directory gets written (this process holds its lock).
