@@ -21,6 +21,7 @@ from plaintune import api
 from plaintune.kfold import ensemble
 from plaintune.kfold import folds
 from plaintune.errors import UserError
+from plaintune.rundir import names
 
 HELPER = Path(__file__).parent / "crashing_train.py"
 
@@ -197,6 +198,12 @@ def test_inference_may_not_write_over_an_ensemble(project, tiny_model_dir, capsy
     assert "fitted ensemble" in capsys.readouterr().err
 
 
+def undeclared(directory: Path, layout: dict) -> list[str]:
+    """What `directory` holds that its layout (rundir/names.py) does not declare: ownership would not
+    know such a file's temporaries as plaintune's."""
+    return sorted(name for name in os.listdir(directory) if not names.is_one_of(name, layout["."]))
+
+
 def test_the_python_api_runs_the_pipeline_too(project, tiny_model_dir):
     leaderboard_project(project, tiny_model_dir, members={"bi": ["model.kind=bi_encoder", "training.epochs=1"]})
     result = api.train("configs/lb.yaml")
@@ -205,12 +212,17 @@ def test_the_python_api_runs_the_pipeline_too(project, tiny_model_dir):
     assert result.runs == ["lb-bi-fold1", "lb-bi-fold2"]
     spec = json.loads((result.run_dir / "ensemble.json").read_text())
     assert result.best_metric == result.scores[f"ensemble {spec['applied']} (cross-fitted)"]
+    # every name the pipeline wrote is one ownership knows
+    assert undeclared(result.run_dir, names.ENSEMBLE_LAYOUT) == []
+    assert undeclared(result.run_dir.with_name("lb-bi-folds"), names.FOLDS_LAYOUT) == []
+    assert all(undeclared(result.run_dir.with_name(run), names.RUN_LAYOUT) == [] for run in result.runs)
 
 
 def test_the_python_api_runs_a_k_fold(project):
     result = api.train("t", "training.epochs=1", folds=2)
     assert result.kind == "k-fold" and result.runs == ["t-fold1", "t-fold2"]
     summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert undeclared(result.run_dir, names.FOLDS_LAYOUT) == []
     assert result.best_metric == pytest.approx(summary["out_of_fold_pearson"])
     assert [result.scores[f"fold {k}"] for k in (1, 2)] == pytest.approx([f["pearson"] for f in summary["folds"]])
 

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "plaintune"
 # group modules by topic (config/, checkpoint/, rundir/, data/, model/, training/, inference/, kfold/);
 # the ranks here say which way their imports point.
 LAYERS = [
-    ("base", {"errors", "schema", "paths"}),
+    ("base", {"errors", "schema", "paths", "rundir.names"}),
     ("config", {"config.yamlfile", "model.optim", "config.choices", "config.validation", "config.load"}),
     ("files", {"rundir.atomic", "checkpoint.formats", "checkpoint.weights", "rundir.modelcard", "rundir.lock",
                "rundir.ownership", "rundir.layout", "rundir.guard", "rundir.diskuse", "model.hub",

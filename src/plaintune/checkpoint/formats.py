@@ -21,6 +21,7 @@ import torch
 
 from plaintune import paths
 from plaintune.errors import UserError
+from plaintune.rundir.names import BEST_DIR, LAST_FILE
 
 # Bundle keys whose value is the model's state dict, in order of preference.
 BUNDLE_KEYS = ("model_state_dict", "state_dict", "model", "module", "model_state")
@@ -228,7 +229,7 @@ def _read_dir(path: Path, trust: bool) -> tuple[dict, str]:
     for name in WEIGHT_FILES:
         if (path / name).is_file():
             return _read_file(path / name, trust)[0], f"Hugging Face directory ({name})"
-    inside = [name for name in ("best", "last.pt") if (Path(path) / name).exists()]
+    inside = [name for name in (BEST_DIR, LAST_FILE) if (Path(path) / name).exists()]
     hint = f"; it looks like a run directory: give {' or '.join(f'{path}/{n}' for n in inside)}" if inside else ""
     raise UserError(f"checkpoint directory '{path}' holds no model.safetensors or pytorch_model.bin{hint}")
 

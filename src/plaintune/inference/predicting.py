@@ -19,6 +19,7 @@ from plaintune.training import distributed
 from plaintune.kfold import ensemble
 from plaintune.model import precision
 from plaintune.rundir import layout as rundir
+from plaintune.rundir.names import report_folder_name
 from plaintune.data.batching import eval_loader
 from plaintune.data.tokenized import make_dataset
 from plaintune.errors import UserError
@@ -130,7 +131,7 @@ def check_inference_outputs(cfg: Box, saved_models: Sequence[str], sources: Sequ
     inputs["--config"] = config_path
     inputs.update({f"--saved_model {name}": source for name, source in zip(saved_models, sources)})
     output = Path(cfg.inference.output_path)
-    report = output.with_name(f"{output.stem}_report")  # written when the predict file has labels
+    report = output.with_name(report_folder_name(output.stem))  # written when the predict file has labels
     check_outputs([("inference.output_path", output, False), ("inference.output_path", report, True)], inputs)
     check_report_folder(report, "inference.output_path")
     rundir.check_not_in_a_run(Path(cfg.inference.output_path), "inference.output_path")
@@ -184,7 +185,7 @@ def predict_submission(cfg: Box, saved_models: Sequence[str], weights: Optional[
         print(f"wrote {len(values)} predictions to {cfg.inference.output_path}")
         if table.labels is not None and num_labels == 1:
             output = Path(cfg.inference.output_path)
-            print(write_error_report(output.with_name(f"{output.stem}_report"), table, values,
+            print(write_error_report(output.with_name(report_folder_name(output.stem)), table, values,
                                      cfg.data.binary_threshold))
     if test is not None:
         report_test_scores(cfg, saved_models, tested, weights, test, intercept)

@@ -17,6 +17,7 @@ import pandas as pd
 from plaintune.rundir import atomic
 from plaintune.data.tables import PairTable
 from plaintune.errors import UserError
+from plaintune.rundir.names import REPORT_BY_SOURCE, REPORT_SCATTER, REPORT_SUMMARY, REPORT_WORST_PAIRS
 from plaintune.training.metrics import compute_metrics
 
 WORST = 20
@@ -83,12 +84,12 @@ def write_error_report(folder: Path, table: PairTable, predictions: np.ndarray, 
     summary = {"file": table.path, "pairs": len(table), **metrics,
                "prediction_mean": float(np.nanmean(predictions)), "prediction_std": float(np.nanstd(predictions)),
                "label_mean": float(labels.mean()), "label_std": float(labels.std()), "spread_ratio": spread}
-    atomic.write_text(folder / "summary.json", json.dumps(atomic.json_safe(summary), indent=2) + "\n")
+    atomic.write_text(folder / REPORT_SUMMARY, json.dumps(atomic.json_safe(summary), indent=2) + "\n")
     sources = by_source(table, predictions, threshold)
-    atomic.write_with(folder / "by_source.csv", lambda tmp: sources.to_csv(tmp, index=False))
+    atomic.write_with(folder / REPORT_BY_SOURCE, lambda tmp: sources.to_csv(tmp, index=False))
     worst = worst_pairs(table, predictions)
-    atomic.write_with(folder / "worst_pairs.csv", lambda tmp: worst.to_csv(tmp, index=False))
-    _scatter(folder / "scatter.png", labels, predictions, f"{Path(table.path).name}: pearson {metrics['pearson']:.3f}")
+    atomic.write_with(folder / REPORT_WORST_PAIRS, lambda tmp: worst.to_csv(tmp, index=False))
+    _scatter(folder / REPORT_SCATTER, labels, predictions, f"{Path(table.path).name}: pearson {metrics['pearson']:.3f}")
     weakest = sources.iloc[0]
     squashed = " (squashed toward the mean)" if spread < 0.8 else ""
     where = f"; weakest source '{weakest['source']}' pearson {weakest['pearson']:.3f} over {weakest['pairs']} pairs" \

@@ -29,7 +29,7 @@ from scipy.optimize import nnls
 from plaintune.rundir import atomic
 from plaintune.data import tables as data
 from plaintune.rundir import layout as rundir
-from plaintune.rundir.layout import ENSEMBLE_FILE
+from plaintune.rundir.names import ENSEMBLE_FILE, LAST_FILE, fold_run_name, member_run_name
 from plaintune.data.batching import TrainBatchSampler, micro_batch_budget, train_loader
 from plaintune.config.load import apply_overrides, overridden_keys, to_plain
 from plaintune.data.tokenized import make_dataset
@@ -184,13 +184,14 @@ def member_configs(cfg: Box, source: str) -> dict[str, Box]:
     for name, overrides in cfg.ensemble.members.items():
         plain = to_plain(cfg)
         plain["ensemble"]["members"] = {}
-        plain["run_name"] = f"{cfg.run_name}-{name}"
+        plain["run_name"] = member_run_name(cfg.run_name, name)
         where = f"{source}: ensemble.members.{name}"
         whole = sorted({key for key in overridden_keys(overrides) if SHARED in LEAVES[key].role})
         if whole:
+            fold_runs = fold_run_name(member_run_name(cfg.run_name, name), "*")
             raise UserError(f"{where}: a member may not set {', '.join(whole)}: every member is fitted on the same "
                             "pooled pairs and folds, predicted the same way and kept under "
-                            f"{cfg.output_dir}/{cfg.run_name}-{name}-fold*; set it for the whole config")
+                            f"{cfg.output_dir}/{fold_runs}; set it for the whole config")
         # a problem is blamed on the member's override that set the key, else on the config file
         origins = Origins(source)
         members[name] = validate(apply_overrides(plain, overrides, origins, where), source=source, purpose="train",
@@ -361,6 +362,6 @@ def expand(saved_models: Sequence[str], saved_root: Path) -> Optional[Fitted]:
 
 def check_ensemble_dir(directory: Path) -> None:
     """The ensemble directory holds ensemble.json alone; it may not be (or become) a training run."""
-    if directory.is_dir() and (rundir.find_best_dir(directory) is not None or (directory / "last.pt").exists()):
+    if directory.is_dir() and (rundir.find_best_dir(directory) is not None or (directory / LAST_FILE).exists()):
         raise UserError(f"ensemble: '{directory}' is a training run's directory; give the ensemble another "
                         "run_name")

@@ -38,12 +38,8 @@ from plaintune.training.run import RunRequest, train_run
 from plaintune.rundir.layout import RunFiles
 from plaintune.schema import LEARNED, LEAVES, PREDICTION, assign, keys_with, lookup
 from plaintune.rundir.lock import RunLock
-
-FOLDS_SUFFIX = "-folds"
-
-
-def fold_run_name(run_name: str, fold: int) -> str:
-    return f"{run_name}-fold{fold}"
+from plaintune.rundir.names import (FOLD_PREDICTIONS, FOLDS_SUMMARY, SPLIT_FILE, fold_file, fold_predictions_file,
+                                    fold_run_name, folds_folder_name)
 
 
 def split_folds(n: int, folds: int, seed: int, keys: Optional[Sequence] = None) -> list[np.ndarray]:
@@ -86,8 +82,9 @@ def _read_predictions(path: Path, rows: int) -> np.ndarray:
 
 def _fold_config(cfg: Box, fold: int, folder: Path) -> tuple[Box, list[str]]:
     """The fold's config and the overrides that make it (so each fold's saved config says what it is)."""
-    values = {"run_name": fold_run_name(cfg.run_name, fold), "data.train_path": str(folder / f"fold{fold}_train.csv"),
-              "data.dev_path": str(folder / f"fold{fold}_dev.csv"), "data.encoding": "utf-8",
+    values = {"run_name": fold_run_name(cfg.run_name, fold),
+              "data.train_path": str(folder / fold_file(fold, "train")),
+              "data.dev_path": str(folder / fold_file(fold, "dev")), "data.encoding": "utf-8",
               # the honest score of a k-fold is out-of-fold; a test file may be part of the pool
               "data.test_path": None}
     return with_values(cfg, values), [f"{dotted}={'null' if value is None else value}" for dotted, value in values.items()]
@@ -103,7 +100,6 @@ def _out_of_fold(fold_cfg: Box, table: data.PairTable, device: torch.device) -> 
     return outputs if outputs.ndim == 1 else outputs.argmax(axis=-1)
 
 
-SPLIT_FILE = "split.json"
 def _recipe(cfg: Box) -> dict:
     """What a fold's model and its out-of-fold predictions depend on: the keys the schema says shape
     what is learned or predicted (IDENTITY, RECIPE, PREDICTION), as nested dicts."""
@@ -154,7 +150,7 @@ def check_same_split(folder: Path, identity: dict, resume: bool, force: bool, ov
 
     saved_file = folder / SPLIT_FILE
     if overwrite or not saved_file.is_file():
-        if saved_file.parent.is_dir() and not overwrite and not resume and any(folder.glob("fold*_predictions.json")):
+        if saved_file.parent.is_dir() and not overwrite and not resume and any(folder.glob(FOLD_PREDICTIONS.glob)):
             raise UserError(f"k-fold: {folder}/ holds a k-fold already; continue it with --resume, start over "
                             "with --overwrite, or choose another run_name")
         return
@@ -162,8 +158,8 @@ def check_same_split(folder: Path, identity: dict, resume: bool, force: bool, ov
         saved = json.loads(saved_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         raise UserError(f"k-fold: '{saved_file}' is unreadable or damaged; start over with --overwrite") from None
-    trained = any(folder.glob("fold*_predictions.json")) or any(
-        RunFiles(folder.with_name(f"{identity['config']['run_name']}-fold{k}")).resume_candidates()
+    trained = any(folder.glob(FOLD_PREDICTIONS.glob)) or any(
+        RunFiles(folder.with_name(fold_run_name(identity["config"]["run_name"], k))).resume_candidates()
         for k in range(1, int(saved.get("folds", 0) or 0) + 1))
     if not trained:
         return  # cut but never trained (e.g. stopped by a data check): nothing to protect
@@ -183,7 +179,7 @@ def check_same_split(folder: Path, identity: dict, resume: bool, force: bool, ov
 
 def folds_folder(cfg: Box) -> Path:
     """`<output_dir>/<run_name>-folds/`: the split and every fold's CSVs and predictions."""
-    return rundir.run_dir_for(cfg).with_name(f"{cfg.run_name}{FOLDS_SUFFIX}")
+    return rundir.run_dir_for(cfg).with_name(folds_folder_name(cfg.run_name))
 
 
 def check_fold_count(pooled_rows: int, folds: int, key: str) -> None:
@@ -224,8 +220,8 @@ def cut_folds(cfg: Box, folds: int, request: RunRequest,
     atomic.write_text(folder / SPLIT_FILE, json.dumps(split_identity(cfg, pooled, folds), indent=2))
     for fold, held_out in enumerate(parts, start=1):
         trained_on = np.sort(np.concatenate([p for k, p in enumerate(parts, start=1) if k != fold]))
-        _write_part(pooled, trained_on, folder / f"fold{fold}_train.csv", cfg.data.columns)
-        _write_part(pooled, held_out, folder / f"fold{fold}_dev.csv", cfg.data.columns)
+        _write_part(pooled, trained_on, folder / fold_file(fold, "train"), cfg.data.columns)
+        _write_part(pooled, held_out, folder / fold_file(fold, "dev"), cfg.data.columns)
     return pooled, parts, folder
 
 
@@ -267,7 +263,7 @@ def _run_folds_locked(cfg: Box, config_name: str, overrides: Sequence[str], fold
     summary = []
     for fold, held_out in enumerate(parts, start=1):
         fold_cfg, fold_overrides = _fold_config(cfg, fold, folder)
-        done_file = folder / f"fold{fold}_predictions.json"
+        done_file = folder / fold_predictions_file(fold)
         stale, predict_only = _stale_reason(done_file, fold_cfg) if resuming and done_file.is_file() \
             else (None, False)
         if resuming and done_file.is_file() and stale is None:
@@ -301,10 +297,10 @@ def _run_folds_locked(cfg: Box, config_name: str, overrides: Sequence[str], fold
 
     overall = score(out_of_fold, pooled.labels, cfg.model.num_labels)
     runs = [fold_run_name(cfg.run_name, k) for k in range(1, folds + 1)]
-    atomic.write_text(folder / "summary.json", json.dumps({"folds": summary, f"out_of_fold_{name}": overall},
-                                                          indent=2))
+    atomic.write_text(folder / FOLDS_SUMMARY, json.dumps({"folds": summary, f"out_of_fold_{name}": overall},
+                                                         indent=2))
     print(f"k-fold done: out-of-fold {name} {overall:.4f} over {len(pooled)} pairs "
-          f"(per fold: {', '.join(f'{s[name]:.4f}' for s in summary)}); summary in {folder / 'summary.json'}")
+          f"(per fold: {', '.join(f'{s[name]:.4f}' for s in summary)}); summary in {folder / FOLDS_SUMMARY}")
     if announce_next:
         print(" ".join(["next: python inference.py --config", quoted[0], "--saved_model", *runs, *quoted[1:]]))
     return FoldsResult(pooled, parts, out_of_fold, runs)

@@ -23,13 +23,14 @@ from plaintune.rundir import ownership
 from plaintune.rundir import layout as rundir
 from plaintune.config.load import resolve_config_path
 from plaintune.errors import UserError
-from plaintune.kfold.ensemble import (ENSEMBLE_FILE, Member, check_ensemble_dir, choose, estimate_seconds, fit_candidate,
+from plaintune.kfold.ensemble import (Member, check_ensemble_dir, choose, estimate_seconds, fit_candidate,
                        measure_speed, member_configs, write_spec)
 from plaintune.inference.outputs import postprocess
 from plaintune.kfold.folds import FoldsResult, check_fold_count, folds_folder, run_folds
 from plaintune.training.metrics import score
 from plaintune.training.run import RunRequest
 from plaintune.rundir.lock import RunLock
+from plaintune.rundir.names import ENSEMBLE_FILE, fold_predictions_file, fold_run_name, member_run_name
 
 
 def _minutes(seconds: float) -> str:
@@ -43,7 +44,7 @@ def announce_budget(members: dict[str, Box], folds: int, device) -> None:
     pooled = data.pool(tables["train"], tables["dev"])
     total, lines = 0.0, []
     for name, cfg in members.items():
-        left = sum(not (folds_folder(cfg) / f"fold{k}_predictions.json").is_file() for k in range(1, folds + 1))
+        left = sum(not (folds_folder(cfg) / fold_predictions_file(k)).is_file() for k in range(1, folds + 1))
         if left == 0:
             lines.append(f"  {name}: its {folds} folds are done")
             continue
@@ -98,7 +99,8 @@ def _run_locked(cfg: Box, config_name: str, overrides: Sequence[str], request: R
     request = replace(request, resume_command=" ".join(["python train.py --config", *quoted, "--resume"]))
     results: dict[str, FoldsResult] = {}
     for n, (name, member_cfg) in enumerate(members.items(), start=1):
-        print(f"member {n}/{len(members)}: {name} ({member_cfg.model.kind}), runs {member_cfg.run_name}-fold1..{folds}")
+        print(f"member {n}/{len(members)}: {name} ({member_cfg.model.kind}), "
+              f"runs {fold_run_name(member_cfg.run_name, 1)}..{folds}")
         results[name] = run_folds(member_cfg, config_name, [*overrides, *_member_overrides(cfg, name)], folds,
                                   request, announce_next=False, key="ensemble.folds")
 
@@ -138,4 +140,4 @@ def _run_locked(cfg: Box, config_name: str, overrides: Sequence[str], request: R
 
 def _member_overrides(cfg: Box, name: str) -> list[str]:
     """The command-line form of a member's config (for the resume commands its folds print)."""
-    return [*cfg.ensemble.members[name], f"run_name={cfg.run_name}-{name}", "ensemble.members={}"]
+    return [*cfg.ensemble.members[name], f"run_name={member_run_name(cfg.run_name, name)}", "ensemble.members={}"]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Union
 
 from plaintune.errors import UserError
+from plaintune.rundir.names import OLD_SUFFIX, TEMP_SUFFIX, temp_prefix
 
 PathLike = Union[str, Path]
 
@@ -115,7 +116,7 @@ def atomic_path(path: PathLike, before_replace: Optional[Callable[[], None]] = N
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=TEMP_SUFFIX, dir=path.parent)
         os.close(fd)
         os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
     except OSError as err:
@@ -163,7 +164,7 @@ def write_with(path: PathLike, writer: Callable[[Path], None],
 def _make_temp_dir(target: Path, where: Path) -> Path:
     try:
         where.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name or 'dir'}.", suffix=".tmp", dir=where))
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target.name or "dir"), suffix=TEMP_SUFFIX, dir=where))
         os.chmod(tmp, 0o777 & ~_umask())
     except OSError as err:
         raise _disk_error(target, err) from None
@@ -189,7 +190,7 @@ def replace_dir(target: PathLike, fill: Callable[[Path], None]) -> None:
     """
     target = Path(target)
     tmp = _make_temp_dir(target, target.parent)
-    old = target.with_name(target.name + ".old")
+    old = target.with_name(target.name + OLD_SUFFIX)
     try:
         fill(tmp)
         _fsync_tree(tmp)

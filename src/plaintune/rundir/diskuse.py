@@ -4,7 +4,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from plaintune.rundir.layout import LAST_FILE, STEP_DIR
+from plaintune.rundir.names import LAST_FILE, STEP_DIR
 
 
 def size_of(path: Path) -> int:

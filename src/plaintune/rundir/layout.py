@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Callable, Optional
@@ -30,11 +29,9 @@ from plaintune import paths
 from plaintune.config.load import resolve_config_path
 from plaintune.errors import UserError
 from plaintune.checkpoint.formats import SHARD_INDEXES, WEIGHT_FILES, check_checkpoint_dir, stat_path
-
-# Beside every saved model (best/, top/...): its epoch, step and metrics. Not transformers.Trainer's
-# trainer_state.json, whose schema it does not follow; runs written before the rename used that name.
-BEST_META = "plaintune_state.json"
-LEGACY_BEST_META = "trainer_state.json"
+from plaintune.rundir.names import (BEST_DIR, BEST_DIRS, BEST_META, CONFIG_FILE, ENSEMBLE_FILE, LAST_FILE,
+                                    LEGACY_BEST_META, LOAD_REPORT_FILE, MARKER, MODEL_CARD, RUN_FILES, RUN_FOLDERS,
+                                    SPLIT_FILE, STEP_BUNDLE, STEP_DIR, TOP_DIR, TOP_MODELS, is_one_of)
 
 
 def is_complete_best(path: Path) -> bool:
@@ -45,7 +42,7 @@ def is_complete_best(path: Path) -> bool:
 
 def find_best_dir(run_dir: Path) -> Optional[Path]:
     """best/, or best.old/ if a crash fell between the two renames of a best update."""
-    for name in ("best", "best.old"):
+    for name in BEST_DIRS:
         if is_complete_best(run_dir / name):
             return run_dir / name
     return None
@@ -65,28 +62,21 @@ def resolve_saved_model(value: str, saved_root: Path = Path("saved_model")) -> P
                                                             for n in WEIGHT_FILES + SHARD_INDEXES):
                 check_checkpoint_dir(candidate, where)
                 return candidate
-            for name in ("best", "best.old"):  # an unreadable best/ is named, not passed over for last.pt
+            for name in BEST_DIRS:  # an unreadable best/ is named, not passed over for last.pt
                 if (candidate / name).is_dir():
                     paths.check_readable(candidate / name, where)
             best = find_best_dir(candidate)
             if best is not None:
                 check_checkpoint_dir(best, where)
                 return best
-            if (candidate / "last.pt").is_file():
-                print(f"note: {candidate} has no complete best/ yet; using its last.pt")
-                return candidate / "last.pt"
+            if (candidate / LAST_FILE).is_file():
+                print(f"note: {candidate} has no complete best/ yet; using its {LAST_FILE}")
+                return candidate / LAST_FILE
             raise UserError(f"--saved_model '{value}': directory '{candidate}' holds no checkpoint "
                             "(no best/, last.pt or model weights)")
     runs = sorted(p.name for p in saved_root.iterdir()) if saved_root.is_dir() else []
     hint = f"; runs under {saved_root}/: {', '.join(runs)}" if runs else f"; {saved_root}/ has no runs yet"
     raise UserError(f"--saved_model '{value}': no such file, directory or run name{hint}")
-
-
-LAST_FILE = "last.pt"
-ENSEMBLE_FILE = "ensemble.json"  # a fitted ensemble's directory (ensemble.py) holds it
-STEP_DIR = "checkpoints"
-STEP_PATTERN = re.compile(r"^step-(\d+)\.pt$")
-TOP_PATTERN = re.compile(r"^(epoch-\d+|step-\d+)$")  # top/'s model directories
 
 
 class RunFiles:
@@ -109,7 +99,7 @@ class RunFiles:
         folder = self.run_dir / STEP_DIR
         if not folder.is_dir():
             return []
-        found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := STEP_PATTERN.match(p.name))]
+        found = [(int(m.group("step")), p) for p in folder.iterdir() if (m := STEP_BUNDLE.match(p.name))]
         return sorted(found, reverse=True)
 
     def save_last(self, bundle: dict, previous_step: Optional[int]) -> None:
@@ -123,7 +113,7 @@ class RunFiles:
             if rotate and self.last_path.is_file():
                 folder = self.run_dir / STEP_DIR
                 folder.mkdir(exist_ok=True)
-                os.replace(self.last_path, folder / f"step-{previous_step:08d}.pt")
+                os.replace(self.last_path, folder / STEP_BUNDLE.name(step=previous_step))
 
         bundle = {**bundle, **self.bundle_extra}
         atomic.write_with(self.last_path, lambda tmp: torch.save(bundle, tmp), before_replace=keep_previous)
@@ -137,23 +127,23 @@ class RunFiles:
                 self.tokenizer.save_pretrained(tmp)
             (tmp / BEST_META).write_text(json.dumps(atomic.json_safe(meta), indent=2) + "\n")
             if self.card is not None:
-                (tmp / "README.md").write_text(modelcard.render(self.card, meta), encoding="utf-8")
+                (tmp / MODEL_CARD).write_text(modelcard.render(self.card, meta), encoding="utf-8")
 
         atomic.replace_dir(target, fill)
 
     def save_best(self, model, meta: dict) -> None:
-        self.save_model_dir(self.run_dir / "best", model, meta)
+        self.save_model_dir(self.run_dir / BEST_DIR, model, meta)
 
     def update_top_k(self, ranked: list, name: str, model, meta: dict) -> None:
         """Make top/ hold the models of `ranked` ([[metric, name], ...]): write `name`'s if it
         is listed, remove the directories of validations that dropped out."""
-        folder = self.run_dir / "top"
+        folder = self.run_dir / TOP_DIR
         if any(entry[1] == name for entry in ranked):
             self.save_model_dir(folder / name, model, meta)
         keep = {entry[1] for entry in ranked}
         if folder.is_dir():
             for path in folder.iterdir():
-                if TOP_PATTERN.match(path.name) and path.name not in keep:
+                if is_one_of(path.name, TOP_MODELS) and path.name not in keep:
                     shutil.rmtree(path, ignore_errors=True)
 
     def remove_stale_temporaries(self) -> list[Path]:
@@ -200,10 +190,8 @@ def run_dir_for(cfg: Box) -> Path:
 
 def run_outputs(run_dir: Path) -> list[tuple[str, Path, bool]]:
     """What a training run writes in its directory: (chosen by, path, whole tree)."""
-    trees = [("run_name", run_dir / name, True)
-             for name in ("best", "best.old", "checkpoints", "top", "tensorboard", "report")]
-    files = [("run_name", run_dir / name, False)
-             for name in (LAST_FILE, "metrics.jsonl", "curves.png", "load_report.txt", "config.yaml")]
+    trees = [("run_name", run_dir / name, True) for name in RUN_FOLDERS]
+    files = [("run_name", run_dir / name, False) for name in RUN_FILES]
     return trees + files
 
 
@@ -218,10 +206,10 @@ def config_file(config_name: str) -> Optional[Path]:
 def check_not_in_a_run(target: Path, key: str) -> None:
     """A file written into a run directory could replace its checkpoints or logs (last.pt, metrics.jsonl)."""
     for folder in Path(target).expanduser().resolve().parents:
-        if (folder / LAST_FILE).is_file() or (folder / "best").is_dir() and (folder / "config.yaml").is_file() \
-                or (folder / "split.json").is_file() \
+        if (folder / LAST_FILE).is_file() or (folder / BEST_DIR).is_dir() and (folder / CONFIG_FILE).is_file() \
+                or (folder / SPLIT_FILE).is_file() \
                 or (folder / ENSEMBLE_FILE).is_file() \
-                or (folder / ownership.MARKER).is_file():  # a k-fold's folder, a fitted ensemble, any marked
+                or (folder / MARKER).is_file():  # a k-fold's folder, a fitted ensemble, any marked
             raise UserError(f"{key}: '{target}' lies inside the run directory '{folder}', whose files are "
                             f"checkpoints and logs: choose another {key} (e.g. output/submission.csv)")
 
@@ -242,9 +230,10 @@ def clear_run(run_dir: Path) -> None:
     in a directory marked as plaintune's)."""
     if ownership.read_marker(run_dir) is None:  # check_owned and claim come first; never a user's folder
         raise UserError(f"--overwrite: '{run_dir}' is not marked as a plaintune run directory; nothing deleted")
-    for name in (LAST_FILE, "metrics.jsonl", "curves.png", "load_report.txt"):
-        (run_dir / name).unlink(missing_ok=True)
-    for name in ("best", "best.old", "checkpoints", "top", "tensorboard", "report"):
+    for name in RUN_FILES:
+        if name != CONFIG_FILE:  # start_run_dir writes the new one next
+            (run_dir / name).unlink(missing_ok=True)
+    for name in RUN_FOLDERS:
         shutil.rmtree(run_dir / name, ignore_errors=True)
 
 
@@ -254,6 +243,6 @@ def start_run_dir(run_dir: Path, config_text: str, clear: bool, load_report: Opt
     ownership.claim(run_dir, ownership.RUN)  # the marker first: the directory is plaintune's from now on
     if clear:
         clear_run(run_dir)
-    atomic.write_text(run_dir / "config.yaml", config_text)
+    atomic.write_text(run_dir / CONFIG_FILE, config_text)
     if load_report is not None:
-        atomic.write_text(run_dir / "load_report.txt", load_report)
+        atomic.write_text(run_dir / LOAD_REPORT_FILE, load_report)

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from plaintune.errors import UserError
-
-LOCK_FILE = ".lock"
+from plaintune.rundir.names import LOCK_FILE
 
 
 def _pid_alive(pid: int) -> bool:

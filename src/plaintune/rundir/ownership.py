@@ -16,43 +16,32 @@ anything it checks (`check_owned`, read-only):
   ensemble.json in plaintune's format. Such a directory is adopted (marked) on its first run.
 
 Temporaries a killed write left (`.NAME.XXXXXXXX.tmp`, see atomic.py) are removed only where
-plaintune writes them and only for the names plaintune writes, never in a user's subfolder.
+plaintune writes them and only for the names plaintune writes (the layouts in names.py), never in a
+user's subfolder.
 """
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Optional
 
 
 from plaintune.rundir import atomic
+from plaintune.rundir import names
 from plaintune.checkpoint import formats
 from plaintune import paths
 from plaintune.errors import UserError
-from plaintune.rundir.lock import LOCK_FILE
+from plaintune.rundir.names import LOCK_FILE, MARKER
 
-MARKER = ".plaintune-run"
 MARKER_FORMAT = "plaintune-run-dir"
 RUN, FOLDS, ENSEMBLE = "run", "folds", "ensemble"
 KIND_NAMES = {RUN: "a training run's directory", FOLDS: "a k-fold's folder (split and fold files)",
               ENSEMBLE: "a fitted ensemble's directory"}
 
-# What plaintune writes, per kind of directory and subfolder: only temporaries of these names are its own.
-_RUN_TARGETS = re.compile(r"^(last\.pt|config\.yaml|load_report\.txt|metrics\.jsonl|curves\.png|best|"
-                          r"\.plaintune-run)$")
-_TOP_TARGETS = re.compile(r"^(epoch-\d+|step-\d+)$")
-_REPORT_TARGETS = re.compile(r"^(summary\.json|by_source\.csv|worst_pairs\.csv|scatter\.png)$")
-_FOLDS_TARGETS = re.compile(r"^(split\.json|summary\.json|fold\d+_(train|dev)\.csv|fold\d+_predictions\.json|"
-                            r"\.plaintune-run)$")
-_ENSEMBLE_TARGETS = re.compile(r"^(ensemble\.json|\.plaintune-run)$")
-_TEMP = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]{8}\.tmp$")
-_ANY = re.compile(r".")  # best/ is written whole by plaintune (a model directory): every temporary in it is its own
-OWN_FOLDERS = {RUN: {".": _RUN_TARGETS, "top": _TOP_TARGETS, "report": _REPORT_TARGETS, "best": _ANY,
-                     "checkpoints": re.compile(r"^step-\d+\.pt$")},
-               FOLDS: {".": _FOLDS_TARGETS}, ENSEMBLE: {".": _ENSEMBLE_TARGETS}}
+# What plaintune writes, per kind of directory and folder (names.py): only temporaries of these names are its own.
+OWN_FOLDERS = {RUN: names.RUN_LAYOUT, FOLDS: names.FOLDS_LAYOUT, ENSEMBLE: names.ENSEMBLE_LAYOUT}
 
 
 # ------------------------------------------------------------------- the marker
@@ -103,7 +92,7 @@ def _is_plaintune_bundle(path: Path) -> bool:
 def _is_plaintune_model_dir(path: Path) -> bool:
     """best/ as plaintune writes it: plaintune_state.json (no other trainer's state file counts) with the
     keys plaintune puts there, beside a model's config.json."""
-    meta = _json_object(path / "plaintune_state.json")
+    meta = _json_object(path / names.BEST_META)
     config = _json_object(path / "config.json")
     return meta is not None and config is not None and {"epoch", "global_step", "metric", "value"} <= set(meta)
 
@@ -112,21 +101,21 @@ def legacy_evidence(directory: Path, kind: str) -> Optional[str]:
     """The file whose content proves an earlier plaintune made `directory` (as `kind`), or None."""
     directory = Path(directory)
     if kind == RUN:
-        for name in ("best", "best.old"):
+        for name in names.BEST_DIRS:
             if _is_plaintune_model_dir(directory / name):
-                return f"{name}/plaintune_state.json"
-        bundles = [directory / "last.pt"] + sorted((directory / "checkpoints").glob("step-*.pt"))
+                return f"{name}/{names.BEST_META}"
+        bundles = [directory / names.LAST_FILE] + sorted((directory / names.STEP_DIR).glob(names.STEP_BUNDLE.glob))
         for bundle in bundles:
             if bundle.is_file() and _is_plaintune_bundle(bundle):
                 return str(bundle.relative_to(directory))
     elif kind == FOLDS:
-        split = _json_object(directory / "split.json")
+        split = _json_object(directory / names.SPLIT_FILE)
         if split is not None and {"folds", "seed", "pooled_sha256"} <= set(split):
-            return "split.json"
+            return names.SPLIT_FILE
     elif kind == ENSEMBLE:
-        spec = _json_object(directory / "ensemble.json")
+        spec = _json_object(directory / names.ENSEMBLE_FILE)
         if spec is not None and spec.get("format") == "plaintune-ensemble":
-            return "ensemble.json"
+            return names.ENSEMBLE_FILE
     return None
 
 
@@ -135,7 +124,7 @@ def legacy_evidence(directory: Path, kind: str) -> Optional[str]:
 def _foreign_entries(directory: Path) -> list[str]:
     """What `directory` holds besides plaintune's lock, marker and temporaries."""
     return sorted(name for name in os.listdir(directory)
-                  if name not in (LOCK_FILE, MARKER) and not _TEMP.match(name))
+                  if name not in (LOCK_FILE, MARKER) and not names.TEMPORARY.match(name))
 
 
 def check_output_dir(output_dir: Path, key: str = "output_dir") -> None:
@@ -209,7 +198,7 @@ def stale_temporaries(directory: Path, kind: str) -> list[Path]:
         if not where.is_dir() or where.is_symlink():
             continue
         for name in os.listdir(where):
-            match = _TEMP.match(name)
-            if match and targets.match(match.group("target")):
+            match = names.TEMPORARY.match(name)
+            if match and names.is_one_of(match.group("target"), targets):
                 found.append(where / name)
     return sorted(found)

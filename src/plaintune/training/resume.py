@@ -19,8 +19,8 @@ from plaintune.config.load import to_plain
 from plaintune.errors import UserError
 from plaintune.model.objective import Objective, record_from_bundle, resolve_objective
 from plaintune.schema import IDENTITY, LEAVES, Role, lookup
-from plaintune.rundir.layout import (ENSEMBLE_FILE, LAST_FILE, RunFiles, find_best_dir, read_newest_bundle,
-                                     run_dir_for)
+from plaintune.rundir.layout import RunFiles, find_best_dir, read_newest_bundle, run_dir_for
+from plaintune.rundir.names import BEST_DIR, ENSEMBLE_FILE, LAST_FILE
 
 MISSING = object()
 EVERY_ROLE = Role(sum(role.value for role in Role))
@@ -84,7 +84,7 @@ def find_resume_bundle(resume: str, files: RunFiles) -> tuple[Path, dict]:
     if not candidates and find_best_dir(files.run_dir) is not None:
         raise UserError(f"--resume: the run in {files.run_dir}/ has finished and its {LAST_FILE} was dropped "
                         "(checkpoint.keep_last_after_finish: false), so it cannot continue; its best/ stands. "
-                        "Train more from it with model.init_from=" f"{files.run_dir / 'best'} and another run_name")
+                        f"Train more from it with model.init_from={files.run_dir / BEST_DIR} and another run_name")
     if not candidates:
         raise UserError(f"--resume: no checkpoint in {files.run_dir}/ to resume (no {LAST_FILE}); "
                         "start the run without --resume")

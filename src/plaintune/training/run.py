@@ -35,8 +35,9 @@ from plaintune.rundir.guard import check_outputs
 from plaintune.training.metrics import compute_metrics, followed_metric, shown
 from plaintune.inference.report import check_report_folder, write_error_report
 from plaintune.training.resume import open_run
-from plaintune.rundir.layout import (LAST_FILE, RunFiles, config_file, find_best_dir, run_dir_for, run_inputs, run_outputs,
-                     start_run_dir)
+from plaintune.rundir.layout import (RunFiles, config_file, find_best_dir, run_dir_for, run_inputs, run_outputs,
+                                     start_run_dir)
+from plaintune.rundir.names import LAST_FILE, METRICS_FILE, PLOT_FILE, REPORT_DIR, TENSORBOARD_DIR
 from plaintune.rundir.lock import RunLock
 from plaintune.training.tracking import Tracker, start_wandb, wandb_mode
 from plaintune.training.state import build_ema, seed_everything
@@ -107,7 +108,7 @@ def _train_locked(cfg: Box, config_name: str, overrides: Sequence[str], request:
     opened = open_run(cfg, request.resume, request.force, request.overwrite, announce=is_main)
     cfg, bundle = opened.cfg, opened.bundle
     check_outputs(run_outputs(run_dir), run_inputs(cfg, fresh=bundle is None, config_path=config_file(config_name)))
-    check_report_folder(run_dir / "report", "run_name")
+    check_report_folder(run_dir / REPORT_DIR, "run_name")
     chosen, why = precision.for_training(cfg.training.precision, device, (bundle or {}).get("config"))
     cfg = with_values(cfg, {"training.precision": chosen})  # the concrete choice is what the run records
     if chatty:
@@ -201,7 +202,7 @@ def finish(cfg: Box, trainer: Trainer, data: TrainData, run_dir: Path, started: 
         return trainer.objective.predictions(outputs)
 
     if best_dir is not None and cfg.model.num_labels == 1:
-        written = write_error_report(run_dir / "report", data.tables["dev"], best_predictions("dev"),
+        written = write_error_report(run_dir / REPORT_DIR, data.tables["dev"], best_predictions("dev"),
                                      cfg.data.binary_threshold)
         if next_command is not None:  # one of many runs: its report is in its folder, not on the console
             print(written)
@@ -226,11 +227,11 @@ def finish(cfg: Box, trainer: Trainer, data: TrainData, run_dir: Path, started: 
              f"  resume file: {run_dir / LAST_FILE}" if kept else
              "  resume file: deleted, the run is finished (checkpoint.keep_last_after_finish: false)",
              f"  {disk_line(run_dir)}",
-             f"  metrics:     {run_dir / 'metrics.jsonl'}, {run_dir / 'curves.png'}"]
+             f"  metrics:     {run_dir / METRICS_FILE}, {run_dir / PLOT_FILE}"]
     if next_command is None:
         print(f"{cfg.run_name}: {lines[0]}; {disk_line(run_dir).replace(f' in {run_dir}', '')}")
         return
     if cfg.logging.tensorboard:
-        lines.append(f"  tensorboard: tensorboard --logdir {run_dir / 'tensorboard'}")
+        lines.append(f"  tensorboard: tensorboard --logdir {run_dir / TENSORBOARD_DIR}")
     lines.append(f"next: {next_command}")
     print("\n".join(lines))

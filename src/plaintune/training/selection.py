@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+from plaintune.rundir.names import EPOCH_MODEL, STEP_MODEL
 from plaintune.training.metrics import LOWER_IS_BETTER, gain, is_better
 from plaintune.training.state import TrainState
 
@@ -46,7 +47,7 @@ def follow(state: TrainState, metric: str) -> bool:
 
 def validation_name(state: TrainState, mid_epoch: bool) -> str:
     """The name a validation's model gets under top/: its epoch at an epoch end, else its step."""
-    return f"step-{state.global_step:08d}" if mid_epoch else f"epoch-{state.epoch:03d}"
+    return STEP_MODEL.name(step=state.global_step) if mid_epoch else EPOCH_MODEL.name(epoch=state.epoch)
 
 
 def record_validation(state: TrainState, metric: float, name: str, rules: SelectionRules, followed: str,

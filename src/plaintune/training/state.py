@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from plaintune.rundir.names import EPOCH_MODEL
+
 FORMAT_VERSION = 1
 
 
@@ -49,7 +51,7 @@ class TrainState:
         if "bad_epochs" in saved:  # the name before mid-epoch validations (format_version 1 bundles)
             saved.setdefault("bad_validations", saved.pop("bad_epochs"))
         # top-k entries named their epoch by number before mid-epoch validations
-        saved["top_k"] = [[m, f"epoch-{e:03d}" if isinstance(e, int) else e] for m, e in saved.get("top_k", [])]
+        saved["top_k"] = [[m, EPOCH_MODEL.name(epoch=e) if isinstance(e, int) else e] for m, e in saved.get("top_k", [])]
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in saved.items() if k in known})
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from plaintune.training import distributed
 from plaintune.errors import Interrupted
-from plaintune.rundir.layout import LAST_FILE
+from plaintune.rundir.names import LAST_FILE
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

@@ -17,9 +17,7 @@ from typing import Any, Optional
 
 from plaintune.rundir import atomic
 from plaintune.errors import UserError
-
-METRICS_FILE = "metrics.jsonl"
-PLOT_FILE = "curves.png"
+from plaintune.rundir.names import METRICS_FILE, PLOT_FILE, TENSORBOARD_DIR
 
 
 class JsonlSink:
@@ -78,7 +76,7 @@ class TensorBoardSink:
         except ImportError:
             raise UserError("logging.tensorboard: the tensorboard package is not installed; pip install "
                             "tensorboard, or set logging.tensorboard=false") from None
-        self.logdir = run_dir / "tensorboard"
+        self.logdir = run_dir / TENSORBOARD_DIR
         # purge_step drops events past the resume point, so a resumed curve has no doubled segment.
         self.writer = SummaryWriter(str(self.logdir), purge_step=resume_step)
 
