@@ -109,6 +109,38 @@ def test_a_run_of_an_earlier_plaintune_is_adopted_by_its_contents(project, capsy
     assert "was not made by plaintune" in error_line(capsys)
 
 
+def test_a_run_whose_best_has_the_old_trainer_state_json_is_adopted(project, capsys):
+    """Before the rename, plaintune wrote best/'s state as trainer_state.json: with plaintune's keys it
+    proves the run is plaintune's, even when no resume bundle is left; a transformers.Trainer's
+    trainer_state.json never does, whatever keys were added to it."""
+    assert train.main(["--config", "t", "training.epochs=1", "checkpoint.keep_last_after_finish=false"]) == 0
+    run = project / "saved_model" / "t"
+    (run / ownership.MARKER).unlink()
+    state = json.loads((run / "best" / "plaintune_state.json").read_text())
+    (run / "best" / "plaintune_state.json").unlink()
+    old = {key: state[key] for key in ("epoch", "global_step", "metric", "value")}  # what it held then
+    (run / "best" / "trainer_state.json").write_text(json.dumps(old))
+    assert not (run / "last.pt").exists() and not (run / "checkpoints").exists()
+    assert ownership.legacy_evidence(run, ownership.RUN) == "best/trainer_state.json"
+    capsys.readouterr()
+    assert train.main(["--config", "t", "training.epochs=1", "--overwrite"]) == 0
+    assert "was made by an earlier plaintune (best/trainer_state.json)" in capsys.readouterr().out
+    assert ownership.read_marker(run)["kind"] == "run"
+
+    from transformers import TrainerState
+    hf = project / "saved_model" / "hf"
+    (hf / "best").mkdir(parents=True)
+    (hf / "best" / "config.json").write_text('{"model_type": "bert"}')
+    TrainerState(epoch=3.0, global_step=900, best_metric=0.8, log_history=[{"loss": 0.5, "step": 10}]) \
+        .save_to_json(str(hf / "best" / "trainer_state.json"))
+    for extra in ({}, {"metric": "pearson", "value": 0.8}):
+        hf_state = {**json.loads((hf / "best" / "trainer_state.json").read_text()), **extra}
+        (hf / "best" / "trainer_state.json").write_text(json.dumps(hf_state))
+        assert ownership.legacy_evidence(hf, ownership.RUN) is None
+        with pytest.raises(UserError, match="was not made by plaintune"):
+            ownership.check_owned(hf, ownership.RUN)
+
+
 def test_only_plaintunes_own_temporaries_are_cleaned(project):
     run = project / "saved_model" / "t"
     run.mkdir(parents=True)

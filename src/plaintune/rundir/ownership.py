@@ -11,9 +11,11 @@ anything it checks (`check_owned`, read-only):
 - a directory without the marker is refused, with or without --overwrite, naming it, unless its
   files prove that an earlier plaintune (before the marker existed) made it. The proof is read
   from the files' contents, not their names: a resume bundle with plaintune's format_version and
-  train_state, a best/ whose plaintune_state.json holds plaintune's keys beside a config.json (a
-  config.yaml alone proves nothing: it may be the user's copy of a shipped config), a k-fold's split.json, an
-  ensemble.json in plaintune's format. Such a directory is adopted (marked) on its first run.
+  train_state, a best/ whose plaintune_state.json (or trainer_state.json, its name before the
+  rename, but never a transformers.Trainer's) holds plaintune's keys beside a config.json (a
+  config.yaml alone proves nothing: it may be the user's copy of a shipped config), a k-fold's
+  split.json, an ensemble.json in plaintune's format. Such a directory is adopted (marked) on its
+  first run.
 
 Temporaries a killed write left (`.NAME.XXXXXXXX.tmp`, see atomic.py) are removed only where
 plaintune writes them and only for the names plaintune writes (the layouts in names.py), never in a
@@ -89,12 +91,22 @@ def _is_plaintune_bundle(path: Path) -> bool:
         isinstance(bundle.get("train_state"), dict) and "model_state_dict" in bundle
 
 
-def _is_plaintune_model_dir(path: Path) -> bool:
-    """best/ as plaintune writes it: plaintune_state.json (no other trainer's state file counts) with the
-    keys plaintune puts there, beside a model's config.json."""
-    meta = _json_object(path / names.BEST_META)
-    config = _json_object(path / "config.json")
-    return meta is not None and config is not None and {"epoch", "global_step", "metric", "value"} <= set(meta)
+# What plaintune writes beside every saved model (trainer.py's model meta), since its first version.
+MODEL_META_KEYS = {"epoch", "global_step", "metric", "value"}
+
+
+def _plaintune_model_meta(path: Path) -> Optional[str]:
+    """best/ as plaintune writes it: the name of its state file holding plaintune's keys, beside a
+    model's config.json; None if it has none. Runs of an earlier plaintune named that file
+    trainer_state.json, as transformers.Trainer does: such a file counts only with plaintune's keys
+    and without the log_history every transformers.Trainer state has."""
+    if _json_object(path / "config.json") is None:
+        return None
+    for name in (names.BEST_META, names.LEGACY_BEST_META):
+        meta = _json_object(path / name)
+        if meta is not None and MODEL_META_KEYS <= set(meta) and "log_history" not in meta:
+            return name
+    return None
 
 
 def legacy_evidence(directory: Path, kind: str) -> Optional[str]:
@@ -102,8 +114,9 @@ def legacy_evidence(directory: Path, kind: str) -> Optional[str]:
     directory = Path(directory)
     if kind == RUN:
         for name in names.BEST_DIRS:
-            if _is_plaintune_model_dir(directory / name):
-                return f"{name}/{names.BEST_META}"
+            meta = _plaintune_model_meta(directory / name)
+            if meta is not None:
+                return f"{name}/{meta}"
         bundles = [directory / names.LAST_FILE] + sorted((directory / names.STEP_DIR).glob(names.STEP_BUNDLE.glob))
         for bundle in bundles:
             if bundle.is_file() and _is_plaintune_bundle(bundle):
