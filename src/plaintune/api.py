@@ -87,11 +87,9 @@ def train(config: ConfigLike, *overrides: str, resume: Union[bool, str, Path] = 
                            scores={f"out-of-fold {metric}": overall, **per_fold})
     if cfg.ensemble.members:
         summary = run_leaderboard(cfg, name, list(overrides), request)
-        scores = dict(summary.get("out_of_fold", {}))
-        applied = f"ensemble {summary.get('applied', cfg.ensemble.combine)} (cross-fitted)"
-        return TrainResult(rundir.run_dir_for(cfg), "pearson", scores.get(applied), None, [], kind="leaderboard",
-                           runs=list(summary.get("runs", [])), scores=scores,
-                           ensemble={k: v for k, v in summary.items() if k not in ("out_of_fold",)})
+        return TrainResult(rundir.run_dir_for(cfg), "pearson", summary["score"], None, [], kind="leaderboard",
+                           runs=list(summary["runs"]), scores=dict(summary["out_of_fold"]),
+                           ensemble={k: v for k, v in summary.items() if k not in ("out_of_fold", "score")})
     return train_run(cfg, name, list(overrides), request)
 
 

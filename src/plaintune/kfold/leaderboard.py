@@ -65,7 +65,8 @@ def announce_budget(members: dict[str, Box], folds: int, device) -> None:
 
 
 def run_leaderboard(cfg: Box, config_name: str, overrides: Sequence[str], request: RunRequest = RunRequest()) -> dict:
-    """Train the members, fit and save the ensemble; returns what ensemble.json records.
+    """Train the members, fit and save the ensemble; returns what ensemble.json records, and in
+    "score" the cross-fitted out-of-fold Pearson of the combination inference applies.
 
     The ensemble's directory is checked to be plaintune's and locked before anything is written:
     of two pipelines started at once on one run_name, the one that loses the lock writes nothing."""
@@ -135,7 +136,7 @@ def _run_locked(cfg: Box, config_name: str, overrides: Sequence[str], request: R
                     *quoted[1:]]))
     return {"weights": dict(zip(results, map(float, weights))), "intercept": float(intercept), "out_of_fold": scores,
             "runs": [run for result in results.values() for run in result.runs], "combine": choice.requested,
-            "applied": choice.applied}
+            "applied": choice.applied, "score": choice.scores[choice.applied]}
 
 
 def _member_overrides(cfg: Box, name: str) -> list[str]:
