@@ -55,7 +55,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         resume = False if args.resume is None else (True if args.resume == "" else args.resume)
         api.train(args.config, *args.overrides, resume=resume, overwrite=args.overwrite, force=args.force,
-                  trust_checkpoint=args.trust_checkpoint, folds=args.folds, overrides_origin="command line")
+                  trust_checkpoint=args.trust_checkpoint, folds=args.folds, overrides_origin="command line",
+                  resume_key="--resume")
         return 0
 
     return run_cli(body, debug=args.debug)

@@ -9,6 +9,8 @@ import pytest
 
 import inference
 import plaintune
+import train
+from plaintune import UserError
 
 
 def test_train_twice_in_one_process_and_predict_like_the_command(project, tmp_path_factory):
@@ -84,3 +86,26 @@ def test_time_run_name_prints_a_resume_command_that_resumes(project, capsys):
     assert "{time}" not in resolved and (project / "saved_model" / resolved / "last.pt").is_file()
     result = plaintune.train("t", "run_name=tm-{time}", f"run_name={resolved}", resume=True)
     assert result.run_dir.name == resolved and result.history
+
+
+def test_resume_problems_name_the_argument_as_the_caller_wrote_it(project, capsys):
+    """train(resume=...) is named resume in its messages, from the path check to the checks of the
+    bundle it continues; train.py's messages keep --resume."""
+    with pytest.raises(UserError, match=r"^resume: 'x\.pt' does not exist; give a resume bundle"):
+        plaintune.train("t", resume="x.pt")
+    with pytest.raises(UserError, match=r"^resume: no checkpoint in saved_model/t/ .*start the run without resume$"):
+        plaintune.train("t", resume=True)
+    with pytest.raises(UserError, match=r"^resume takes no path with k-fold"):
+        plaintune.train("t", resume="x.pt", folds=2)
+    plaintune.train("t", "training.epochs=1")
+    train_csv = project / "data" / "train.csv"
+    train_csv.write_text("\n".join(train_csv.read_text().splitlines()[:41]) + "\n")
+    with pytest.raises(UserError, match=r"^resume: the data changed since the checkpoint"):
+        plaintune.train("t", "training.epochs=2", resume=True)
+    with pytest.raises(UserError, match=r"^resume: the config differs from the checkpoint's in model.max_length"):
+        plaintune.train("t", "training.epochs=2", "model.max_length=40", resume="saved_model/t/last.pt")
+    capsys.readouterr()
+    assert train.main(["--config", "t", "--resume", "x.pt"]) == 2
+    assert capsys.readouterr().err.startswith("error: --resume: 'x.pt' does not exist")
+    assert train.main(["--config", "t", "training.epochs=2", "--resume"]) == 2
+    assert capsys.readouterr().err.startswith("error: --resume: the data changed since the checkpoint")

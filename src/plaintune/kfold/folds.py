@@ -197,7 +197,7 @@ def cut_folds(cfg: Box, folds: int, request: RunRequest,
     if folds < 2:
         raise UserError(f"{key}: {folds} folds; k-fold needs at least 2 (e.g. {key} 5)")
     if request.resume:
-        raise UserError("--resume takes no path with k-fold; each fold resumes from its own run")
+        raise UserError(f"{request.resume_key} takes no path with k-fold; each fold resumes from its own run")
     if not cfg.checkpoint.save_best:
         raise UserError(f"{key}: checkpoint.save_best is false; each fold's best model is needed for its "
                         "out-of-fold predictions and the ensemble")

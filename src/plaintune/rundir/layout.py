@@ -162,8 +162,9 @@ class RunFiles:
 
 
 def read_newest_bundle(candidates: list[Path], reader: Callable[[Path], dict],
-                       warn: Callable[[str], None] = print) -> tuple[Path, dict]:
-    """The first candidate that reads; unreadable ones are skipped with a warning naming them."""
+                       warn: Callable[[str], None] = print, key: str = "--resume") -> tuple[Path, dict]:
+    """The first candidate that reads; unreadable ones are skipped with a warning naming them. `key`:
+    the resume argument as the caller named it (--resume, or the API's resume)."""
     failures = []
     for path in candidates:
         try:
@@ -171,9 +172,9 @@ def read_newest_bundle(candidates: list[Path], reader: Callable[[Path], dict],
         except UserError as err:
             failures.append(str(path))
             warn(f"warning: skipping unreadable checkpoint {path} ({err})")
-    raise UserError(f"--resume: no readable checkpoint ({', '.join(failures)} could not be read); start the run "
-                    "over with --overwrite (this deletes its checkpoints; without --resume), or give a readable "
-                    "bundle with --resume PATH")
+    raise UserError(f"{key}: no readable checkpoint ({', '.join(failures)} could not be read); start the run "
+                    f"over with --overwrite (this deletes its checkpoints; without {key}), or give {key} the path "
+                    "of a readable bundle")
 
 
 # ------------------------------------------------------------- where runs live

@@ -46,49 +46,51 @@ def check_drift(saved: Optional[dict], current: dict, among: Role = EVERY_ROLE) 
     return identity, other
 
 
-def check_same_data(bundle: dict, fingerprints: dict, force: bool, announce: bool) -> None:
-    """--resume on data that changed since the checkpoint is another run: refused unless --force."""
+def check_same_data(bundle: dict, fingerprints: dict, force: bool, announce: bool, key: str = "--resume") -> None:
+    """--resume on data that changed since the checkpoint is another run: refused unless --force.
+    `key`: the resume argument as the caller named it (--resume, or the API's resume)."""
     changes = datacheck.changed_files(bundle.get("data_fingerprints"), fingerprints)
     if changes and not force:
-        raise UserError(f"--resume: the data changed since the checkpoint: {'; '.join(changes)}; restore it, or pass "
+        raise UserError(f"{key}: the data changed since the checkpoint: {'; '.join(changes)}; restore it, or pass "
                         "--force to continue on the new data (batch order and epoch length then differ)")
     if changes and announce:
         print(f"warning: resuming on changed data (--force): {'; '.join(changes)}")
 
 
-def read_bundle(path: Path) -> dict:
+def read_bundle(path: Path, key: str = "--resume") -> dict:
     """A resume bundle (or a plain state dict) read with weights_only=True."""
     obj = formats.load_torch_file(path, trust=False)
     if not isinstance(obj, dict):
-        raise UserError(f"--resume: '{path}' holds a {type(obj).__name__}, not a training bundle")
+        raise UserError(f"{key}: '{path}' holds a {type(obj).__name__}, not a training bundle")
     if "model_state_dict" not in obj:
         state, fmt = formats.find_state_dict(obj, path)
         obj = {"model_state_dict": state, "_format": fmt}
     return obj
 
 
-def find_resume_bundle(resume: str, files: RunFiles) -> tuple[Path, dict]:
-    """`--resume PATH` reads that bundle; `--resume` the run's newest readable one."""
+def find_resume_bundle(resume: str, files: RunFiles, key: str = "--resume") -> tuple[Path, dict]:
+    """`--resume PATH` reads that bundle; `--resume` the run's newest readable one. `key`: the resume
+    argument as the caller named it (--resume, or the API's resume), for the messages."""
     if resume:
         path = Path(resume)
-        if paths.require(path, "--resume", (paths.FILE, paths.DIR),
-                         fix="give a resume bundle (a run directory or its last.pt)") == paths.DIR:
+        if paths.require(path, key, (paths.FILE, paths.DIR),
+                         fix=f"give a resume bundle (a run directory or its {LAST_FILE})") == paths.DIR:
             if not (path / LAST_FILE).is_file():
-                raise UserError(f"--resume: directory '{resume}' holds no {LAST_FILE}; give a resume bundle (a run "
+                raise UserError(f"{key}: directory '{resume}' holds no {LAST_FILE}; give a resume bundle (a run "
                                 f"directory or its {LAST_FILE}); to start from a model's weights use model.init_from")
             path = path / LAST_FILE
         if not path.is_file():
-            raise UserError(f"--resume: checkpoint '{resume}' does not exist")
-        return path, read_bundle(path)
+            raise UserError(f"{key}: checkpoint '{resume}' does not exist")
+        return path, read_bundle(path, key)
     candidates = files.resume_candidates()
     if not candidates and find_best_dir(files.run_dir) is not None:
-        raise UserError(f"--resume: the run in {files.run_dir}/ has finished and its {LAST_FILE} was dropped "
+        raise UserError(f"{key}: the run in {files.run_dir}/ has finished and its {LAST_FILE} was dropped "
                         "(checkpoint.keep_last_after_finish: false), so it cannot continue; its best/ stands. "
                         f"Train more from it with model.init_from={files.run_dir / BEST_DIR} and another run_name")
     if not candidates:
-        raise UserError(f"--resume: no checkpoint in {files.run_dir}/ to resume (no {LAST_FILE}); "
-                        "start the run without --resume")
-    return read_newest_bundle(candidates, read_bundle)
+        raise UserError(f"{key}: no checkpoint in {files.run_dir}/ to resume (no {LAST_FILE}); "
+                        f"start the run without {key}")
+    return read_newest_bundle(candidates, lambda path: read_bundle(path, key), key=key)
 
 
 @dataclass
@@ -100,11 +102,14 @@ class OpenedRun:
     bundle: Optional[dict] = None
     bundle_path: Optional[Path] = None
     objective: Optional[Objective] = None   # a resumed run's: the head continues as it was trained
+    resume_key: str = "--resume"            # the resume argument as the caller named it, for messages
 
 
-def open_run(cfg: Box, resume: Optional[str], force: bool, overwrite: bool, announce: bool) -> OpenedRun:
+def open_run(cfg: Box, resume: Optional[str], force: bool, overwrite: bool, announce: bool,
+             resume_key: str = "--resume") -> OpenedRun:
     """The run directory and, with `resume` ('' for the run's newest bundle, or a path), the bundle
-    to continue, checked to belong to this run. A fresh run never clobbers an existing one."""
+    to continue, checked to belong to this run. A fresh run never clobbers an existing one.
+    `resume_key`: the resume argument as the caller named it (--resume, or the API's resume)."""
     run_dir = run_dir_for(cfg)
     if (run_dir / ENSEMBLE_FILE).is_file():
         raise UserError(f"run_name: '{run_dir}' holds a fitted ensemble ({ENSEMBLE_FILE}); choose another run_name")
@@ -118,13 +123,13 @@ def open_run(cfg: Box, resume: Optional[str], force: bool, overwrite: bool, anno
             raise UserError(f"run_name: '{cfg.run_name}' already holds a trained model in {run_dir}/best/; start "
                             "over with --overwrite, or choose another run_name=...")
         return OpenedRun(cfg, run_dir)
-    bundle_path, bundle = find_resume_bundle(resume, files)
+    bundle_path, bundle = find_resume_bundle(resume, files, resume_key)
     # The head continues as it was trained: plaintune's recorded mapping, raw for a foreign bundle.
     objective, cfg = resolve_objective(cfg, record_from_bundle(bundle), head_fresh=False, record_wins=False,
                                        announce=announce)
     identity, other = check_drift(bundle.get("config"), to_plain(cfg))
     if identity and not force:
-        raise UserError(f"--resume: the config differs from the checkpoint's in {', '.join(identity)}, which "
+        raise UserError(f"{resume_key}: the config differs from the checkpoint's in {', '.join(identity)}, which "
                         "makes it a different run; restore those values, or pass --force to continue anyway")
     if announce:
         if identity:
@@ -132,4 +137,4 @@ def open_run(cfg: Box, resume: Optional[str], force: bool, overwrite: bool, anno
         if other:
             print(f"note: config changes since the checkpoint: {', '.join(other)}")
         print(f"resuming from {bundle_path}")
-    return OpenedRun(cfg, run_dir, bundle, bundle_path, objective)
+    return OpenedRun(cfg, run_dir, bundle, bundle_path, objective, resume_key)

@@ -69,6 +69,7 @@ class RunRequest:
     overwrite: bool = False           # start over where the run has checkpoints
     trust: bool = False               # unpickle a whole-model checkpoint for model.init_from
     resume_command: Optional[str] = None   # printed after Ctrl-C (k-fold prints its own)
+    resume_key: str = "--resume"      # how the caller names `resume` in messages (the Python API: resume)
     quiet: bool = False               # one of many runs (a k-fold's fold): one summary line, no next: command
 
 
@@ -105,7 +106,8 @@ def _train_locked(cfg: Box, config_name: str, overrides: Sequence[str], request:
     """train_run's steps 2-6, with the run directory locked."""
     is_main = dist_info.is_main
     chatty = is_main and not request.quiet  # a k-fold's fold says only its summary line
-    opened = open_run(cfg, request.resume, request.force, request.overwrite, announce=is_main)
+    opened = open_run(cfg, request.resume, request.force, request.overwrite, announce=is_main,
+                      resume_key=request.resume_key)
     cfg, bundle = opened.cfg, opened.bundle
     check_outputs(run_outputs(run_dir), run_inputs(cfg, fresh=bundle is None, config_path=config_file(config_name)))
     check_report_folder(run_dir / REPORT_DIR, "run_name")
