@@ -24,7 +24,6 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from box import Box
-from scipy.optimize import nnls
 
 from plaintune.rundir import atomic
 from plaintune.data import tables as data
@@ -58,6 +57,10 @@ def fit(predictions: np.ndarray, labels: np.ndarray, method: str) -> tuple[np.nd
     mean_p, mean_y = predictions.mean(axis=0), float(labels.mean())
     centred, target = predictions - mean_p, labels - mean_y
     if method == "nnls":
+        # scipy.optimize costs about a second to import: only a fit that uses it pays for it,
+        # not every training or inference process that imports this module
+        from scipy.optimize import nnls
+
         weights, _ = nnls(centred, target)
     elif method == "lstsq":
         weights = np.linalg.lstsq(centred, target, rcond=None)[0]
