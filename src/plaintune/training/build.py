@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 from box import Box
@@ -18,7 +19,8 @@ from plaintune.data.tables import describe_files, read_tables, with_swapped_pair
 from plaintune.data.tokenized import make_dataset
 from plaintune.inference.outputs import AUTOCAST
 from plaintune.training.metrics import LOWER_IS_BETTER, followed_metric
-from plaintune.model.loading import apply_freeze, build_model, build_tokenizer, check_vocabulary, init_head_bias
+from plaintune.model.loading import (apply_freeze, build_model, build_model_config, build_tokenizer, check_vocabulary,
+                                     init_head_bias, model_size)
 from plaintune.model.objective import CONFIG_ATTRIBUTE, checkpoint_record, head_is_fresh, parse_record, resolve_objective
 from plaintune.model.optim import BATCH_LOSSES, build_optimizer, build_scheduler, canonical_loss
 from plaintune.training.resume import OpenedRun, check_same_data
@@ -36,6 +38,7 @@ class TrainData:
     train_loader: torch.utils.data.DataLoader
     dev_loader: torch.utils.data.DataLoader
     fingerprints: dict                # data files' hashes, kept in last.pt to refuse a resume on other data
+    micro_batch_tokens: Optional[int] = None  # padded tokens per training pass (None: one pass per batch)
 
 
 def load_data(cfg: Box, opened: OpenedRun, force: bool, dist_info, device: torch.device,
@@ -63,14 +66,16 @@ def load_data(cfg: Box, opened: OpenedRun, force: bool, dist_info, device: torch
     sampler = TrainBatchSampler(datasets["train"].lengths, training.batch_size, cfg.seed,
                                  bucket=training.bucket_batches, pool=training.bucket_pool,
                                  rank=dist_info.rank, world_size=dist_info.world_size)
-    budget, overhead = micro_batch_budget(training.micro_batch_tokens, device)
+    # auto's budget scales with the model's size: its config is read now (a small file), the weights later
+    budget, overhead = micro_batch_budget(training.micro_batch_tokens, device,
+                                          model_size(build_model_config(cfg.model)[0]))
     if canonical_loss(training.loss) in BATCH_LOSSES:
         budget = None  # the loss couples every pair of the batch
     return TrainData(tables, datasets, tokenizer,
                      train_loader(datasets["train"], sampler, num_labels, training.num_workers, pin, budget, overhead),
                      eval_loader(datasets["dev"], training.eval_batch_size, num_labels, training.num_workers, pin,
                                  dist_info.rank, dist_info.world_size),
-                     fingerprints)
+                     fingerprints, budget)
 
 
 def load_model(cfg: Box, opened: OpenedRun, data: TrainData, trust: bool, announce: bool):
@@ -124,7 +129,7 @@ def build_optimization(cfg: Box, model: torch.nn.Module, steps_per_epoch: int, d
 
 
 def wrap_for_training(model: torch.nn.Module, cfg: Box, dist_info, device: torch.device,
-                      announce: bool = True) -> torch.nn.Module:
+                      announce: bool = True, micro_batch_tokens: Optional[int] = None) -> torch.nn.Module:
     """Move to the device, then torch.compile and DDP as configured; the unwrapped model is what is saved."""
     model.to(device)
     if cfg.training.compile:
@@ -135,8 +140,9 @@ def wrap_for_training(model: torch.nn.Module, cfg: Box, dist_info, device: torch
     if dist_info.is_main and announce:
         training = cfg.training
         effective = training.batch_size * training.grad_accum_steps * dist_info.world_size
+        passes = f"; passes of at most {micro_batch_tokens} padded tokens" if micro_batch_tokens else ""
         print(f"effective batch size {effective} = batch_size {training.batch_size} x grad_accum_steps "
-              f"{training.grad_accum_steps} x {dist_info.world_size} process(es) on {device}")
+              f"{training.grad_accum_steps} x {dist_info.world_size} process(es) on {device}{passes}")
     return model
 
 

@@ -123,7 +123,8 @@ def _train_locked(cfg: Box, config_name: str, overrides: Sequence[str], request:
     # 5. Optimization: the schedule needs the number of optimizer steps per epoch.
     steps_per_epoch = -(-len(data.train_loader.batch_sampler) // cfg.training.grad_accum_steps)
     optim = build_optimization(cfg, model, steps_per_epoch, device)
-    train_model = wrap_for_training(model, cfg, dist_info, device, announce=chatty)
+    train_model = wrap_for_training(model, cfg, dist_info, device, announce=chatty,
+                                    micro_batch_tokens=data.micro_batch_tokens)
     optim.ema = build_ema(model, cfg.training.ema)  # on the model's device, from its current weights
 
     # 6. Everything loaded: now the run directory gets written (this process holds its lock).
