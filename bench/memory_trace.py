@@ -88,6 +88,34 @@ def wrap(owner, name: str, trace: RssTrace, phase: str, after: str | None = None
     setattr(owner, name, marked)
 
 
+def wrap_steps(trace: RssTrace) -> None:
+    """Split the training steps of any tool into forward, backward and optimizer step (at the class level,
+    so both tools are cut the same way): backward and the optimizer step mark themselves, and whatever
+    runs after them until the next backward is the forward (and data) phase."""
+    import torch
+
+    real_backward = torch.Tensor.backward
+
+    def backward(self, *a, **k):
+        trace.mark("backward")
+        try:
+            return real_backward(self, *a, **k)
+        finally:
+            trace.mark("forward")
+
+    torch.Tensor.backward = backward
+    for cls in (torch.optim.AdamW, torch.optim.Adam):
+        real_step = cls.step
+
+        def step(self, *a, _real=real_step, **k):
+            trace.mark("optimizer step")
+            try:
+                return _real(self, *a, **k)
+            finally:
+                trace.mark("forward")
+        cls.step = step
+
+
 def run_plaintune(args, data: Path, work: Path, trace: RssTrace) -> None:
     sys.path.insert(0, str(ROOT / "src"))
     import plaintune
@@ -105,6 +133,8 @@ def run_plaintune(args, data: Path, work: Path, trace: RssTrace) -> None:
         real_select(self, *a, **k)
         trace.mark("train steps")
     trainer.Trainer.validate_and_select = select
+    if args.steps:
+        wrap_steps(trace)
     plaintune.train(str(ROOT / "configs" / "default.yaml"), f"output_dir={work}", "run_name=mem",
                     f"data.train_path={data / 'train.csv'}", f"data.dev_path={data / 'dev.csv'}", "data.test_path=null",
                     "data.max_overlap=1.0",  # the first rows of train and dev share a few pairs
@@ -148,6 +178,8 @@ def run_st_bi(args, data: Path, work: Path, trace: RssTrace) -> None:
         warmup_ratio=0.1, eval_strategy="epoch", save_strategy="no", seed=42, report_to=[], use_cpu=True,
         logging_steps=100, dataloader_num_workers=0)
     trace.mark("trainer setup")
+    if args.steps:
+        wrap_steps(trace)
     SentenceTransformerTrainer(model=model, args=training_args, train_dataset=dataset,
                                loss=CosineSimilarityLoss(model), evaluator=evaluator, callbacks=[Steps()]).train()
     trace.mark("end")
@@ -164,6 +196,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=None)
     parser.add_argument("--dev-rows", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", action="store_true",
+                        help="split the training steps into forward, backward and optimizer step phases")
     parser.add_argument("overrides", nargs="*", help="plaintune config overrides (key.path=value)")
     args = parser.parse_args()
     trace = RssTrace()  # before the heavy imports, so they count
