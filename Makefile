@@ -25,7 +25,8 @@ demo: setup
 	$(BIN)/python inference.py --config default --saved_model demo data.dir=data/demo run_name=demo inference.output_path=output/demo.csv
 
 test: setup
-	$(BIN)/python -m pytest
+	# one worker per core, at most 4 (each holds torch and spawns training processes of its own)
+	$(BIN)/python -m pytest -n auto --maxprocesses 4
 
 clean:
 	rm -rf saved_model output

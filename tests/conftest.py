@@ -18,6 +18,13 @@ DEMO = REPO / "data" / "demo"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # make test runs one worker per core: each worker (and the processes it starts) computes on one
+    # thread, so the workers do not fight over the cores; the tiny test models gain nothing from more
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
