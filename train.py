@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))  # runnable from a clone without install
 
-from plaintune.errors import ArgumentParser, run_cli  # noqa: E402
+from plaintune.errors import CLI, ArgumentParser, run_cli  # noqa: E402
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -56,7 +56,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         resume = False if args.resume is None else (True if args.resume == "" else args.resume)
         api.train(args.config, *args.overrides, resume=resume, overwrite=args.overwrite, force=args.force,
                   trust_checkpoint=args.trust_checkpoint, folds=args.folds, overrides_origin="command line",
-                  resume_key="--resume")
+                  switches=CLI)
         return 0
 
     return run_cli(body, debug=args.debug)

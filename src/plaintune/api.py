@@ -14,7 +14,7 @@ from box import Box
 
 from plaintune.rundir import layout as rundir
 from plaintune.config.load import apply_overrides, load_config, resolve_config_path
-from plaintune.errors import UserError
+from plaintune.errors import API, Switches, UserError
 from plaintune.kfold.folds import folds_folder, run_folds
 from plaintune.kfold.leaderboard import run_leaderboard
 from plaintune.training.metrics import followed_metric, score
@@ -56,7 +56,7 @@ def _resume_argument(resume: object) -> Optional[str]:
 
 def train(config: ConfigLike, *overrides: str, resume: Union[bool, str, Path] = False, overwrite: bool = False,
           force: bool = False, trust_checkpoint: bool = False, folds: Optional[int] = None,
-          overrides_origin: str = PYTHON_CALL, resume_key: str = "resume") -> TrainResult:
+          overrides_origin: str = PYTHON_CALL, switches: Switches = API) -> TrainResult:
     """Train as `python train.py --config CONFIG OVERRIDES...` does.
 
     `config`: a name under configs/, a YAML path, or a dict of config keys. `resume`: True continues
@@ -65,17 +65,18 @@ def train(config: ConfigLike, *overrides: str, resume: Union[bool, str, Path] = 
     a `TrainResult`: a k-fold's and a leaderboard's `best_metric` is the out-of-fold score (for a
     leaderboard, that of the combination inference applies), `runs` lists the runs trained.
     `overrides_origin` names where the overrides came from in error messages (the scripts say
-    "command line"), `resume_key` how a message about the resume names it (train.py says --resume)."""
+    "command line"), `switches` how messages name resume, overwrite, force and folds (the keywords
+    here, `resume=True`; train.py passes errors.CLI: `--resume`)."""
     cfg, name, _ = load(config, overrides, "train", overrides_origin)
     for flag, value in (("overwrite", overwrite), ("force", force), ("trust_checkpoint", trust_checkpoint)):
         if not isinstance(value, bool):
             raise UserError(f"{flag}: expected True or False; got {type(value).__name__} {value!r}")
-    request = RunRequest(_resume_argument(resume), force, overwrite, trust_checkpoint, resume_key=resume_key)
+    request = RunRequest(_resume_argument(resume), force, overwrite, trust_checkpoint, switches=switches)
     if folds is not None and (not isinstance(folds, int) or isinstance(folds, bool)):
         raise UserError(f"folds: expected a whole number of folds (e.g. 5), got {folds!r}")
     if folds is not None and cfg.ensemble.members:
-        raise UserError("--folds: this config has ensemble.members, which trains every member as a k-fold of "
-                        "ensemble.folds folds; drop --folds (set ensemble.folds=K to change K)")
+        raise UserError(f"{switches.folds}: this config has ensemble.members, which trains every member as a "
+                        f"k-fold of ensemble.folds folds; drop {switches.folds} (set ensemble.folds=K to change K)")
     if folds is not None:
         result = run_folds(cfg, name, list(overrides), folds, request)
         metric = followed_metric("auto", cfg.model.num_labels)

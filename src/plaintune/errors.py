@@ -52,6 +52,27 @@ class ConfigError(UserError):
             super().__init__(count + "; ".join(map(str, self.problems)))
 
 
+@dataclass(frozen=True)
+class Switches:
+    """train's switches as the caller wrote them, for messages: train.py's flags (`--resume`) or the
+    Python API's keywords (`resume=True`). A message names a switch by its field ("--resume: ...",
+    "without resume") or says how to turn it on with `on` ("pass --force", "pass force=True")."""
+
+    resume: str
+    overwrite: str
+    force: str
+    folds: str
+    turn_on: str  # what follows a switch's name to turn it on: nothing for a flag, "=True" for a keyword
+
+    def on(self, switch: str) -> str:
+        """How to turn `switch` ('resume', 'overwrite', 'force') on: `--force`, or `force=True`."""
+        return getattr(self, switch) + self.turn_on
+
+
+CLI = Switches(resume="--resume", overwrite="--overwrite", force="--force", folds="--folds", turn_on="")
+API = Switches(resume="resume", overwrite="overwrite", force="force", folds="folds", turn_on="=True")
+
+
 class Interrupted(KeyboardInterrupt):
     """Training stopped on a signal (Ctrl-C's SIGINT, or SIGTERM from Colab, SLURM, Kubernetes).
 

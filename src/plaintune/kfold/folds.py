@@ -29,7 +29,7 @@ from plaintune.training import distributed
 from plaintune.rundir import ownership
 from plaintune.rundir import layout as rundir
 from plaintune.config.load import to_plain, with_values
-from plaintune.errors import UserError
+from plaintune.errors import CLI, Switches, UserError
 from plaintune.training.metrics import followed_metric, score
 from plaintune.model.objective import objective_for
 from plaintune.inference.predicting import load_model_for_inference, member_outputs
@@ -66,7 +66,7 @@ def _write_part(table: data.PairTable, positions: np.ndarray, path: Path, column
     atomic.write_with(path, lambda tmp: frame.to_csv(tmp, index=False, encoding="utf-8"))
 
 
-def _read_predictions(path: Path, rows: int) -> np.ndarray:
+def _read_predictions(path: Path, rows: int, switches: Switches = CLI) -> np.ndarray:
     """A finished fold's out-of-fold predictions, checked."""
     try:
         values = np.asarray(json.loads(path.read_text(encoding="utf-8"))["predictions"], dtype=np.float64)
@@ -74,7 +74,7 @@ def _read_predictions(path: Path, rows: int) -> np.ndarray:
         values = None
     if values is None or values.shape != (rows,):
         raise UserError(f"k-fold resume: '{path}' is damaged (not the {rows} predictions of that fold); delete it "
-                        "and rerun with --resume to predict that fold again")
+                        f"and rerun with {switches.on('resume')} to predict that fold again")
     return values
 
 
@@ -144,28 +144,30 @@ def split_identity(cfg: Box, pooled: data.PairTable, folds: int) -> dict:
             "config": to_plain(cfg)}
 
 
-def check_same_split(folder: Path, identity: dict, resume: bool, force: bool, overwrite: bool) -> None:
+def check_same_split(folder: Path, identity: dict, resume: bool, force: bool, overwrite: bool,
+                     switches: Switches = CLI) -> None:
     """Before any fold file is written: a k-fold that exists is continued only as the same k-fold.
     Its runs were trained on its files and its predictions scored on its held-out parts."""
 
+    keep_or_clear = (f"continue it with {switches.on('resume')}, start over with {switches.on('overwrite')}, or "
+                     "choose another run_name")
     saved_file = folder / SPLIT_FILE
     if overwrite or not saved_file.is_file():
         if saved_file.parent.is_dir() and not overwrite and not resume and any(folder.glob(FOLD_PREDICTIONS.glob)):
-            raise UserError(f"k-fold: {folder}/ holds a k-fold already; continue it with --resume, start over "
-                            "with --overwrite, or choose another run_name")
+            raise UserError(f"k-fold: {folder}/ holds a k-fold already; {keep_or_clear}")
         return
     try:
         saved = json.loads(saved_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        raise UserError(f"k-fold: '{saved_file}' is unreadable or damaged; start over with --overwrite") from None
+        raise UserError(f"k-fold: '{saved_file}' is unreadable or damaged; start over with "
+                        f"{switches.on('overwrite')}") from None
     trained = any(folder.glob(FOLD_PREDICTIONS.glob)) or any(
         RunFiles(folder.with_name(fold_run_name(identity["config"]["run_name"], k))).resume_candidates()
         for k in range(1, int(saved.get("folds", 0) or 0) + 1))
     if not trained:
         return  # cut but never trained (e.g. stopped by a data check): nothing to protect
     if not resume:
-        raise UserError(f"k-fold: {folder}/ holds a k-fold already; continue it with --resume, start over with "
-                        "--overwrite, or choose another run_name")
+        raise UserError(f"k-fold: {folder}/ holds a k-fold already; {keep_or_clear}")
     changed = [f"{key} {saved.get(key)} -> {identity[key]}" for key in ("folds", "seed", "pooled_rows")
                if saved.get(key) != identity[key]]
     if not changed and saved.get("pooled_sha256") != identity["pooled_sha256"]:
@@ -174,7 +176,7 @@ def check_same_split(folder: Path, identity: dict, resume: bool, force: bool, ov
     if changed or (identity_keys and not force):
         what = ", ".join(changed + identity_keys)
         raise UserError(f"k-fold resume: the saved k-fold differs in {what}; its runs and out-of-fold predictions "
-                        "belong to the old one: restore those values, or start over with --overwrite")
+                        f"belong to the old one: restore those values, or start over with {switches.on('overwrite')}")
 
 
 def folds_folder(cfg: Box) -> Path:
@@ -190,14 +192,16 @@ def check_fold_count(pooled_rows: int, folds: int, key: str) -> None:
 
 
 def cut_folds(cfg: Box, folds: int, request: RunRequest,
-              key: str = "--folds") -> tuple[data.PairTable, list[np.ndarray], Path]:
+              key: Optional[str] = None) -> tuple[data.PairTable, list[np.ndarray], Path]:
     """Check that k-fold can run, pool train and dev, cut them, and write each fold's CSVs
     under `<run_name>-folds/` (refused if they would change an existing k-fold's). The caller
-    holds the folder's lock. `key`: what set the number of folds (--folds, ensemble.folds)."""
+    holds the folder's lock. `key`: what set the number of folds (by default the caller's folds switch,
+    --folds or folds; ensemble.folds for a leaderboard member)."""
+    key = key or request.switches.folds
     if folds < 2:
-        raise UserError(f"{key}: {folds} folds; k-fold needs at least 2 (e.g. {key} 5)")
+        raise UserError(f"{key}: {folds} folds; k-fold needs at least 2 (e.g. {key}=5)")
     if request.resume:
-        raise UserError(f"{request.resume_key} takes no path with k-fold; each fold resumes from its own run")
+        raise UserError(f"{request.switches.resume} takes no path with k-fold; each fold resumes from its own run")
     if not cfg.checkpoint.save_best:
         raise UserError(f"{key}: checkpoint.save_best is false; each fold's best model is needed for its "
                         "out-of-fold predictions and the ensemble")
@@ -215,7 +219,7 @@ def cut_folds(cfg: Box, folds: int, request: RunRequest,
         raise UserError(f"{key}: {folds} folds leave a fold empty: the pooled data has too few distinct pairs; "
                         f"lower {key}")
     check_same_split(folder, split_identity(cfg, pooled, folds), request.resume is not None, request.force,
-                     request.overwrite)
+                     request.overwrite, request.switches)
     ownership.claim(folder, ownership.FOLDS)  # the marker before the first file
     atomic.write_text(folder / SPLIT_FILE, json.dumps(split_identity(cfg, pooled, folds), indent=2))
     for fold, held_out in enumerate(parts, start=1):
@@ -234,12 +238,15 @@ class FoldsResult:
 
 
 def run_folds(cfg: Box, config_name: str, overrides: Sequence[str], folds: int,
-              request: RunRequest = RunRequest(), announce_next: bool = True, key: str = "--folds") -> FoldsResult:
+              request: RunRequest = RunRequest(), announce_next: bool = True,
+              key: Optional[str] = None) -> FoldsResult:
     """Train `folds` runs and report the out-of-fold metric; see the module docstring. `key`: what set
-    the number of folds, named in errors (--folds, or ensemble.folds for a leaderboard member).
+    the number of folds, named in errors (by default the caller's folds switch, --folds or folds;
+    ensemble.folds for a leaderboard member).
 
     The k-fold's folder is locked before its first file is written: of two k-folds started at once
     on one run_name, the one that loses the lock has written nothing."""
+    key = key or request.switches.folds
     dist_info, device = distributed.setup(cfg.device)
     if dist_info.enabled:
         raise UserError(f"{key}: run k-fold in one process (python train.py ...), not under torchrun")
@@ -267,7 +274,7 @@ def _run_folds_locked(cfg: Box, config_name: str, overrides: Sequence[str], fold
         stale, predict_only = _stale_reason(done_file, fold_cfg) if resuming and done_file.is_file() \
             else (None, False)
         if resuming and done_file.is_file() and stale is None:
-            predictions = _read_predictions(done_file, len(held_out))
+            predictions = _read_predictions(done_file, len(held_out), request.switches)
             print(f"fold {fold}/{folds}: done earlier ({fold_cfg.run_name})")
         else:
             if stale:

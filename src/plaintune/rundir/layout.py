@@ -27,7 +27,7 @@ from plaintune.rundir import modelcard
 from plaintune.rundir import ownership
 from plaintune import paths
 from plaintune.config.load import resolve_config_path
-from plaintune.errors import UserError
+from plaintune.errors import CLI, Switches, UserError
 from plaintune.checkpoint.formats import SHARD_INDEXES, WEIGHT_FILES, check_checkpoint_dir, stat_path
 from plaintune.rundir.names import (BEST_DIR, BEST_DIRS, BEST_META, CONFIG_FILE, ENSEMBLE_FILE, LAST_FILE,
                                     LEGACY_BEST_META, LOAD_REPORT_FILE, MARKER, MODEL_CARD, RUN_FILES, RUN_FOLDERS,
@@ -162,9 +162,8 @@ class RunFiles:
 
 
 def read_newest_bundle(candidates: list[Path], reader: Callable[[Path], dict],
-                       warn: Callable[[str], None] = print, key: str = "--resume") -> tuple[Path, dict]:
-    """The first candidate that reads; unreadable ones are skipped with a warning naming them. `key`:
-    the resume argument as the caller named it (--resume, or the API's resume)."""
+                       warn: Callable[[str], None] = print, switches: Switches = CLI) -> tuple[Path, dict]:
+    """The first candidate that reads; unreadable ones are skipped with a warning naming them."""
     failures = []
     for path in candidates:
         try:
@@ -172,9 +171,10 @@ def read_newest_bundle(candidates: list[Path], reader: Callable[[Path], dict],
         except UserError as err:
             failures.append(str(path))
             warn(f"warning: skipping unreadable checkpoint {path} ({err})")
+    key = switches.resume
     raise UserError(f"{key}: no readable checkpoint ({', '.join(failures)} could not be read); start the run "
-                    f"over with --overwrite (this deletes its checkpoints; without {key}), or give {key} the path "
-                    "of a readable bundle")
+                    f"over with {switches.on('overwrite')} (this deletes its checkpoints; without {key}), or give "
+                    f"{key} the path of a readable bundle")
 
 
 # ------------------------------------------------------------- where runs live
@@ -226,11 +226,11 @@ def run_inputs(cfg: Box, fresh: bool, config_path: Optional[Path] = None) -> dic
     return inputs
 
 
-def clear_run(run_dir: Path) -> None:
-    """--overwrite: remove a previous run's checkpoints and logs (only the files plaintune writes, only
+def clear_run(run_dir: Path, switches: Switches = CLI) -> None:
+    """overwrite (--overwrite): remove a previous run's checkpoints and logs (only the files plaintune writes, only
     in a directory marked as plaintune's)."""
     if ownership.read_marker(run_dir) is None:  # check_owned and claim come first; never a user's folder
-        raise UserError(f"--overwrite: '{run_dir}' is not marked as a plaintune run directory; nothing deleted")
+        raise UserError(f"{switches.overwrite}: '{run_dir}' is not marked as a plaintune run directory; nothing deleted")
     for name in RUN_FILES:
         if name != CONFIG_FILE:  # start_run_dir writes the new one next
             (run_dir / name).unlink(missing_ok=True)
@@ -238,12 +238,13 @@ def clear_run(run_dir: Path) -> None:
         shutil.rmtree(run_dir / name, ignore_errors=True)
 
 
-def start_run_dir(run_dir: Path, config_text: str, clear: bool, load_report: Optional[str]) -> None:
+def start_run_dir(run_dir: Path, config_text: str, clear: bool, load_report: Optional[str],
+                  switches: Switches = CLI) -> None:
     """Rank 0, under the run's lock, after ownership.check_owned: mark the directory, remove what
     killed saves left, clear for --overwrite, write config.yaml (and what a warm start loaded)."""
     ownership.claim(run_dir, ownership.RUN)  # the marker first: the directory is plaintune's from now on
     if clear:
-        clear_run(run_dir)
+        clear_run(run_dir, switches)
     atomic.write_text(run_dir / CONFIG_FILE, config_text)
     if load_report is not None:
         atomic.write_text(run_dir / LOAD_REPORT_FILE, load_report)

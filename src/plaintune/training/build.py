@@ -55,7 +55,7 @@ def load_data(cfg: Box, opened: OpenedRun, force: bool, dist_info, device: torch
     datacheck.check_overlap(tables["train"], tables["dev"], cfg.data.max_overlap, announce=dist_info.is_main)
     fingerprints = datacheck.data_fingerprints(tables)
     if opened.bundle is not None:
-        check_same_data(opened.bundle, fingerprints, force, dist_info.is_main, opened.resume_key)
+        check_same_data(opened.bundle, fingerprints, force, dist_info.is_main, opened.switches)
     tokenizer = build_tokenizer(cfg.model)
     if dist_info.is_main:
         datacheck.warn_poor_coverage(tokenizer, tables["train"], cfg.model.name)

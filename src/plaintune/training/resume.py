@@ -2,7 +2,8 @@
 
 A bundle continues a run only if the config still describes the same run
 (the schema's IDENTITY keys) and the data files are the same (their fingerprints); either
-check can be overridden with --force, and other config changes are noted.
+check can be overridden with force (--force), and other config changes are noted. Every message names
+the switches as the caller wrote them (errors.Switches: train.py's --resume, the API's resume=True).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from plaintune.data import checks as datacheck
 from plaintune.checkpoint import formats
 from plaintune import paths
 from plaintune.config.load import to_plain
-from plaintune.errors import UserError
+from plaintune.errors import CLI, Switches, UserError
 from plaintune.model.objective import Objective, record_from_bundle, resolve_objective
 from plaintune.schema import IDENTITY, LEAVES, Role, lookup
 from plaintune.rundir.layout import RunFiles, find_best_dir, read_newest_bundle, run_dir_for
@@ -46,15 +47,16 @@ def check_drift(saved: Optional[dict], current: dict, among: Role = EVERY_ROLE) 
     return identity, other
 
 
-def check_same_data(bundle: dict, fingerprints: dict, force: bool, announce: bool, key: str = "--resume") -> None:
-    """--resume on data that changed since the checkpoint is another run: refused unless --force.
-    `key`: the resume argument as the caller named it (--resume, or the API's resume)."""
+def check_same_data(bundle: dict, fingerprints: dict, force: bool, announce: bool,
+                    switches: Switches = CLI) -> None:
+    """A resume on data that changed since the checkpoint is another run: refused unless forced."""
     changes = datacheck.changed_files(bundle.get("data_fingerprints"), fingerprints)
     if changes and not force:
-        raise UserError(f"{key}: the data changed since the checkpoint: {'; '.join(changes)}; restore it, or pass "
-                        "--force to continue on the new data (batch order and epoch length then differ)")
+        raise UserError(f"{switches.resume}: the data changed since the checkpoint: {'; '.join(changes)}; restore "
+                        f"it, or pass {switches.on('force')} to continue on the new data (batch order and epoch "
+                        "length then differ)")
     if changes and announce:
-        print(f"warning: resuming on changed data (--force): {'; '.join(changes)}")
+        print(f"warning: resuming on changed data ({switches.on('force')}): {'; '.join(changes)}")
 
 
 def read_bundle(path: Path, key: str = "--resume") -> dict:
@@ -68,9 +70,9 @@ def read_bundle(path: Path, key: str = "--resume") -> dict:
     return obj
 
 
-def find_resume_bundle(resume: str, files: RunFiles, key: str = "--resume") -> tuple[Path, dict]:
-    """`--resume PATH` reads that bundle; `--resume` the run's newest readable one. `key`: the resume
-    argument as the caller named it (--resume, or the API's resume), for the messages."""
+def find_resume_bundle(resume: str, files: RunFiles, switches: Switches = CLI) -> tuple[Path, dict]:
+    """`--resume PATH` reads that bundle; `--resume` the run's newest readable one."""
+    key = switches.resume
     if resume:
         path = Path(resume)
         if paths.require(path, key, (paths.FILE, paths.DIR),
@@ -81,7 +83,11 @@ def find_resume_bundle(resume: str, files: RunFiles, key: str = "--resume") -> t
             path = path / LAST_FILE
         if not path.is_file():
             raise UserError(f"{key}: checkpoint '{resume}' does not exist")
-        return path, read_bundle(path, key)
+        try:
+            return path, read_bundle(path, key)
+        except UserError as err:  # formats' own messages ("checkpoint '...' is not ...") get the switch's name
+            message = str(err)
+            raise UserError(message if message.startswith(f"{key}:") else f"{key}: {message}") from None
     candidates = files.resume_candidates()
     if not candidates and find_best_dir(files.run_dir) is not None:
         raise UserError(f"{key}: the run in {files.run_dir}/ has finished and its {LAST_FILE} was dropped "
@@ -90,7 +96,7 @@ def find_resume_bundle(resume: str, files: RunFiles, key: str = "--resume") -> t
     if not candidates:
         raise UserError(f"{key}: no checkpoint in {files.run_dir}/ to resume (no {LAST_FILE}); "
                         f"start the run without {key}")
-    return read_newest_bundle(candidates, lambda path: read_bundle(path, key), key=key)
+    return read_newest_bundle(candidates, lambda path: read_bundle(path, key), switches=switches)
 
 
 @dataclass
@@ -102,14 +108,13 @@ class OpenedRun:
     bundle: Optional[dict] = None
     bundle_path: Optional[Path] = None
     objective: Optional[Objective] = None   # a resumed run's: the head continues as it was trained
-    resume_key: str = "--resume"            # the resume argument as the caller named it, for messages
+    switches: Switches = CLI                # train's switches as the caller wrote them, for messages
 
 
 def open_run(cfg: Box, resume: Optional[str], force: bool, overwrite: bool, announce: bool,
-             resume_key: str = "--resume") -> OpenedRun:
+             switches: Switches = CLI) -> OpenedRun:
     """The run directory and, with `resume` ('' for the run's newest bundle, or a path), the bundle
-    to continue, checked to belong to this run. A fresh run never clobbers an existing one.
-    `resume_key`: the resume argument as the caller named it (--resume, or the API's resume)."""
+    to continue, checked to belong to this run. A fresh run never clobbers an existing one."""
     run_dir = run_dir_for(cfg)
     if (run_dir / ENSEMBLE_FILE).is_file():
         raise UserError(f"run_name: '{run_dir}' holds a fitted ensemble ({ENSEMBLE_FILE}); choose another run_name")
@@ -117,24 +122,26 @@ def open_run(cfg: Box, resume: Optional[str], force: bool, overwrite: bool, anno
     if resume is None:
         if files.resume_candidates() and not overwrite:
             raise UserError(f"run_name: '{cfg.run_name}' already has a checkpoint in {run_dir}/; continue it with "
-                            f"--resume, start over with --overwrite, or choose another run_name=...")
+                            f"{switches.on('resume')}, start over with {switches.on('overwrite')}, or choose another "
+                            "run_name=...")
         if find_best_dir(run_dir) is not None and not overwrite:
             # a finished run whose last.pt was dropped (keep_last_after_finish: false) is still a run
             raise UserError(f"run_name: '{cfg.run_name}' already holds a trained model in {run_dir}/best/; start "
-                            "over with --overwrite, or choose another run_name=...")
+                            f"over with {switches.on('overwrite')}, or choose another run_name=...")
         return OpenedRun(cfg, run_dir)
-    bundle_path, bundle = find_resume_bundle(resume, files, resume_key)
+    bundle_path, bundle = find_resume_bundle(resume, files, switches)
     # The head continues as it was trained: plaintune's recorded mapping, raw for a foreign bundle.
     objective, cfg = resolve_objective(cfg, record_from_bundle(bundle), head_fresh=False, record_wins=False,
                                        announce=announce)
     identity, other = check_drift(bundle.get("config"), to_plain(cfg))
     if identity and not force:
-        raise UserError(f"{resume_key}: the config differs from the checkpoint's in {', '.join(identity)}, which "
-                        "makes it a different run; restore those values, or pass --force to continue anyway")
+        raise UserError(f"{switches.resume}: the config differs from the checkpoint's in {', '.join(identity)}, "
+                        f"which makes it a different run; restore those values, or pass {switches.on('force')} to "
+                        "continue anyway")
     if announce:
         if identity:
-            print(f"warning: resuming despite changed {', '.join(identity)} (--force)")
+            print(f"warning: resuming despite changed {', '.join(identity)} ({switches.on('force')})")
         if other:
             print(f"note: config changes since the checkpoint: {', '.join(other)}")
         print(f"resuming from {bundle_path}")
-    return OpenedRun(cfg, run_dir, bundle, bundle_path, objective, resume_key)
+    return OpenedRun(cfg, run_dir, bundle, bundle_path, objective, switches)

@@ -29,7 +29,7 @@ from plaintune.training.build import (TrainData, build_optimization, load_data, 
                     wrap_for_training)
 from plaintune.config.load import dump_yaml, to_plain, with_values
 from plaintune.rundir.diskuse import disk_line, drop_resume_bundles
-from plaintune.errors import UserError
+from plaintune.errors import CLI, Switches, UserError
 from plaintune.inference.outputs import model_outputs
 from plaintune.rundir.guard import check_outputs
 from plaintune.training.metrics import compute_metrics, followed_metric, shown
@@ -69,7 +69,7 @@ class RunRequest:
     overwrite: bool = False           # start over where the run has checkpoints
     trust: bool = False               # unpickle a whole-model checkpoint for model.init_from
     resume_command: Optional[str] = None   # printed after Ctrl-C (k-fold prints its own)
-    resume_key: str = "--resume"      # how the caller names `resume` in messages (the Python API: resume)
+    switches: Switches = CLI          # how the caller wrote resume, overwrite, force, folds (errors.Switches)
     quiet: bool = False               # one of many runs (a k-fold's fold): one summary line, no next: command
 
 
@@ -107,7 +107,7 @@ def _train_locked(cfg: Box, config_name: str, overrides: Sequence[str], request:
     is_main = dist_info.is_main
     chatty = is_main and not request.quiet  # a k-fold's fold says only its summary line
     opened = open_run(cfg, request.resume, request.force, request.overwrite, announce=is_main,
-                      resume_key=request.resume_key)
+                      switches=request.switches)
     cfg, bundle = opened.cfg, opened.bundle
     check_outputs(run_outputs(run_dir), run_inputs(cfg, fresh=bundle is None, config_path=config_file(config_name)))
     check_report_folder(run_dir / REPORT_DIR, "run_name")
@@ -135,7 +135,7 @@ def _train_locked(cfg: Box, config_name: str, overrides: Sequence[str], request:
             wandb_sink = start_wandb(run_dir, cfg.logging, cfg.run_name, to_plain(cfg),
                                      (bundle.get("run_ids") or {}).get("wandb") if bundle is not None else None)
             start_run_dir(run_dir, dump_yaml(cfg), clear=request.overwrite and request.resume is None,
-                          load_report=load_report)  # marks it as plaintune's first
+                          load_report=load_report, switches=request.switches)  # marks it as plaintune's first
         state = None
         if bundle is not None:
             state = restore_state(bundle, model, optim, cfg, dist_info, steps_per_epoch,
