@@ -72,6 +72,33 @@ def test_kfold_and_leaderboard_folders_are_checked_too(project, capsys):
     assert "'saved_model/lb' exists and was not made by plaintune" in error_line(capsys)
 
 
+@pytest.mark.parametrize("flags", [[], ["--resume"], ["--overwrite"]])
+def test_a_user_folder_named_like_a_later_fold_stops_the_k_fold_before_any_fold_trains(project, capsys, flags):
+    """Every fold's run directory is checked up front: a user's w-fold2 refuses the k-fold before
+    w-fold1 trains (and before the k-fold's own folder is made)."""
+    notes = project / "saved_model" / "w-fold2" / "notes.txt"
+    notes.parent.mkdir(parents=True)
+    notes.write_text("the user's own notes")
+    assert train.main(["--config", "t", "run_name=w", "training.epochs=1", "--folds", "2", *flags]) == 2
+    assert "run_name: 'saved_model/w-fold2' exists and was not made by plaintune" in error_line(capsys)
+    assert sorted(p.name for p in (project / "saved_model").iterdir()) == ["w-fold2"]  # no w-fold1, no w-folds
+    assert [p.name for p in notes.parent.iterdir()] == ["notes.txt"] and notes.read_text() == "the user's own notes"
+
+
+@pytest.mark.parametrize("folder", ["lb-b-fold1", "lb-b-folds", "lb-a-fold2"])
+def test_a_user_folder_named_like_any_member_fold_stops_the_leaderboard_before_it_trains(project, capsys, folder):
+    """Every member's k-fold folder and fold runs are checked before the first member's first fold
+    trains (here the second member's, or the first member's last fold)."""
+    notes = project / "saved_model" / folder / "notes.txt"
+    notes.parent.mkdir(parents=True)
+    notes.write_text("the user's own notes")
+    assert train.main(["--config", "t", "run_name=lb", "training.epochs=1", "ensemble.folds=2",
+                       "ensemble.members={a: [], b: []}"]) == 2
+    assert f"run_name: 'saved_model/{folder}' exists and was not made by plaintune" in error_line(capsys)
+    assert sorted(p.name for p in (project / "saved_model").iterdir()) == [folder]  # not even lb/
+    assert [p.name for p in notes.parent.iterdir()] == ["notes.txt"] and notes.read_text() == "the user's own notes"
+
+
 def test_a_marked_run_is_cleared_by_overwrite_and_an_empty_folder_is_taken(project, capsys):
     (project / "saved_model" / "t").mkdir(parents=True)  # made by the user in advance, still empty
     assert train.main(["--config", "t", "training.epochs=1"]) == 0

@@ -184,6 +184,17 @@ def folds_folder(cfg: Box) -> Path:
     return rundir.run_dir_for(cfg).with_name(folds_folder_name(cfg.run_name))
 
 
+def check_fold_dirs_owned(cfg: Box, folds: int) -> None:
+    """Read-only, before anything is written or trained: the k-fold's folder and every fold's run
+    directory are plaintune's or free (ownership.check_owned, the same error each run gives). A user's
+    folder named like fold K stops the k-fold here, not after folds 1..K-1 have trained."""
+    ownership.check_owned(folds_folder(cfg), ownership.FOLDS)
+    for fold in range(1, folds + 1):
+        # each fold's train_run checks its directory again under its lock, and notes an adoption then
+        ownership.check_owned(rundir.run_dir_for(cfg).with_name(fold_run_name(cfg.run_name, fold)), ownership.RUN,
+                              announce=False)
+
+
 def check_fold_count(pooled_rows: int, folds: int, key: str) -> None:
     """Each fold needs at least two held-out pairs (a Pearson of one pair is undefined)."""
     if pooled_rows < 2 * folds:
@@ -250,7 +261,7 @@ def run_folds(cfg: Box, config_name: str, overrides: Sequence[str], folds: int,
     dist_info, device = distributed.setup(cfg.device)
     if dist_info.enabled:
         raise UserError(f"{key}: run k-fold in one process (python train.py ...), not under torchrun")
-    ownership.check_owned(folds_folder(cfg), ownership.FOLDS)
+    check_fold_dirs_owned(cfg, folds)
     lock = RunLock(folds_folder(cfg), cfg.run_name).acquire()
     try:
         return _run_folds_locked(cfg, config_name, overrides, folds, request, announce_next, key, device)

@@ -26,7 +26,7 @@ from plaintune.errors import UserError
 from plaintune.kfold.ensemble import (Member, check_ensemble_dir, choose, estimate_seconds, fit_candidate,
                        measure_speed, member_configs, write_spec)
 from plaintune.inference.outputs import postprocess
-from plaintune.kfold.folds import FoldsResult, check_fold_count, folds_folder, run_folds
+from plaintune.kfold.folds import FoldsResult, check_fold_count, check_fold_dirs_owned, folds_folder, run_folds
 from plaintune.training.metrics import score
 from plaintune.training.run import RunRequest
 from plaintune.rundir.lock import RunLock
@@ -68,7 +68,8 @@ def run_leaderboard(cfg: Box, config_name: str, overrides: Sequence[str], reques
     """Train the members, fit and save the ensemble; returns what ensemble.json records, and in
     "score" the cross-fitted out-of-fold Pearson of the combination inference applies.
 
-    The ensemble's directory is checked to be plaintune's and locked before anything is written:
+    The ensemble's directory, and every member's k-fold folder and fold runs, are checked to be
+    plaintune's (or free) before anything is written; the ensemble's directory is locked then:
     of two pipelines started at once on one run_name, the one that loses the lock writes nothing."""
     source = str(resolve_config_path(config_name)) if config_name != "CONFIG" else "config dict"
     members = member_configs(cfg, source)
@@ -78,6 +79,8 @@ def run_leaderboard(cfg: Box, config_name: str, overrides: Sequence[str], reques
     ensemble_dir = rundir.run_dir_for(cfg)
     ownership.check_owned(ensemble_dir, ownership.ENSEMBLE)
     check_ensemble_dir(ensemble_dir)
+    for member_cfg in members.values():  # every member's folds, before the first one trains
+        check_fold_dirs_owned(member_cfg, cfg.ensemble.folds)
     lock = RunLock(ensemble_dir, cfg.run_name).acquire()
     try:
         return _run_locked(cfg, config_name, overrides, request, members, ensemble_dir)
