@@ -17,7 +17,8 @@ LAYOUTS = {ownership.RUN: names.RUN_LAYOUT, ownership.FOLDS: names.FOLDS_LAYOUT,
 # one name of each family, as plaintune makes it
 EXAMPLES = {names.STEP_BUNDLE: names.STEP_BUNDLE.name(step=120), names.EPOCH_MODEL: names.EPOCH_MODEL.name(epoch=3),
             names.STEP_MODEL: names.STEP_MODEL.name(step=120), names.FOLD_PART: names.fold_file(2, "dev"),
-            names.FOLD_PREDICTIONS: names.fold_predictions_file(10), names.ANYTHING: "model.safetensors"}
+            names.FOLD_PREDICTIONS: names.fold_predictions_file(10), names.ANYTHING: "model.safetensors",
+            names.TENSORBOARD_EVENTS: "events.out.tfevents.1796620000.host.example.org.4242.0"}
 
 
 def temporary(target: str) -> str:

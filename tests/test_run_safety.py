@@ -197,3 +197,43 @@ def test_overwrite_keeps_the_new_load_report(project):
     assert train.main(args) == 0
     assert train.main([*args, "--overwrite"]) == 0
     assert "loaded" in (project / "saved_model" / "ws" / "load_report.txt").read_text()
+
+
+def test_overwrite_removes_only_what_plaintune_wrote_in_the_run_folders(project, capsys):
+    """--overwrite starts the run over: plaintune's bundles, top models, report and event files go; a
+    user's files put in those folders stay (best/ is a model directory plaintune replaces whole)."""
+    common = ["--config", "t", "training.epochs=1", "checkpoint.keep_top_k=1", "checkpoint.keep_last=2",
+              "checkpoint.every_n_steps=2", "logging.tensorboard=true"]
+    assert train.main(common) == 0
+    run = project / "saved_model" / "t"
+    theirs = {run / "checkpoints" / "notes.md": "mine", run / "top" / "keep_me.txt": "mine",
+              run / "report" / "my_analysis.md": "mine", run / "tensorboard" / "mine.txt": "mine"}
+    for folder in ("checkpoints", "top", "report", "tensorboard"):
+        assert any((run / folder).iterdir()), f"{folder}/ should hold plaintune's files before the overwrite"
+    for path, text in theirs.items():
+        path.write_text(text)
+    old_events = {p.name for p in (run / "tensorboard").glob("events.out.tfevents.*")}
+    assert train.main([*common, "training.max_steps=1", "checkpoint.keep_top_k=0", "--overwrite"]) == 0
+    for path, text in theirs.items():
+        assert path.read_text() == text, f"{path} was the user's"
+    assert not any((run / "checkpoints").glob("step-*.pt")) and not any((run / "top").glob("epoch-*"))
+    assert not old_events & {p.name for p in (run / "tensorboard").glob("events.out.tfevents.*")}
+    assert {p.name for p in (run / "report").iterdir()} >= {"my_analysis.md"}
+
+
+def test_a_lock_file_of_another_tool_is_never_taken_over(project, capsys):
+    folder = project / "saved_model" / "L"
+    folder.mkdir(parents=True)
+    (folder / ".lock").write_text("other tool lock\n")
+    assert train.main(["--config", "t", "run_name=L", "training.max_steps=1"]) == 2
+    err = capsys.readouterr().err
+    assert "is not plaintune's lock file" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in folder.iterdir()) == [".lock"] and (folder / ".lock").read_text() == "other tool lock\n"
+
+
+def test_the_api_refuses_resume_and_overwrite_together(project):
+    import plaintune
+
+    assert train.main(["--config", "t", "training.max_steps=2"]) == 0
+    with pytest.raises(plaintune.UserError, match="resume continues a run and overwrite starts it over"):
+        plaintune.train("t", "training.max_steps=3", resume=True, overwrite=True)

@@ -71,6 +71,8 @@ def train(config: ConfigLike, *overrides: str, resume: Union[bool, str, Path] = 
     for flag, value in (("overwrite", overwrite), ("force", force), ("trust_checkpoint", trust_checkpoint)):
         if not isinstance(value, bool):
             raise UserError(f"{flag}: expected True or False; got {type(value).__name__} {value!r}")
+    if overwrite and resume is not False and resume is not None:
+        raise UserError(f"{switches.resume} continues a run and {switches.overwrite} starts it over; give one of them")
     request = RunRequest(_resume_argument(resume), force, overwrite, trust_checkpoint, switches=switches)
     if folds is not None and (not isinstance(folds, int) or isinstance(folds, bool)):
         raise UserError(f"folds: expected a whole number of folds (e.g. 5), got {folds!r}")

@@ -31,6 +31,7 @@ from plaintune.errors import CLI, Switches, UserError
 from plaintune.checkpoint.formats import SHARD_INDEXES, WEIGHT_FILES, check_checkpoint_dir, stat_path
 from plaintune.rundir.names import (BEST_DIR, BEST_DIRS, BEST_META, CONFIG_FILE, ENSEMBLE_FILE, LAST_FILE,
                                     LEGACY_BEST_META, LOAD_REPORT_FILE, MARKER, MODEL_CARD, RUN_FILES, RUN_FOLDERS,
+                                    RUN_LAYOUT,
                                     SPLIT_FILE, STEP_BUNDLE, STEP_DIR, TOP_DIR, TOP_MODELS, is_one_of)
 
 
@@ -227,15 +228,34 @@ def run_inputs(cfg: Box, fresh: bool, config_path: Optional[Path] = None) -> dic
 
 
 def clear_run(run_dir: Path, switches: Switches = CLI) -> None:
-    """overwrite (--overwrite): remove a previous run's checkpoints and logs (only the files plaintune writes, only
-    in a directory marked as plaintune's)."""
+    """overwrite (--overwrite): remove a previous run's checkpoints and logs (only the files plaintune writes,
+    only in a directory marked as plaintune's). best/ is a model directory plaintune writes and replaces
+    whole; in checkpoints/, top/, report/ and tensorboard/ only plaintune's names go."""
     if ownership.read_marker(run_dir) is None:  # check_owned and claim come first; never a user's folder
         raise UserError(f"{switches.overwrite}: '{run_dir}' is not marked as a plaintune run directory; nothing deleted")
     for name in RUN_FILES:
         if name != CONFIG_FILE:  # start_run_dir writes the new one next
             (run_dir / name).unlink(missing_ok=True)
-    for name in RUN_FOLDERS:
-        shutil.rmtree(run_dir / name, ignore_errors=True)
+    for folder in RUN_FOLDERS:
+        path = run_dir / folder
+        if folder in BEST_DIRS:  # a model directory plaintune writes whole, and replaces whole at each new best
+            shutil.rmtree(path, ignore_errors=True)
+            continue
+        if not path.is_dir():
+            continue
+        # checkpoints/, top/, report/, tensorboard/: only the names plaintune writes there; a user's file
+        # in them stays (and so does the folder)
+        for entry in path.iterdir():
+            if not is_one_of(entry.name, RUN_LAYOUT[folder]):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        try:
+            path.rmdir()
+        except OSError:
+            pass  # not empty: the user's files are in it
 
 
 def start_run_dir(run_dir: Path, config_text: str, clear: bool, load_report: Optional[str],

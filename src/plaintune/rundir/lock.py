@@ -28,10 +28,15 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _holder(text: str) -> tuple[Optional[int], str]:
+    """(pid, host) from a lock file's text "pid host"; (None, "") for anything else."""
+    pid, _, host = text.strip().partition(" ")
+    return (int(pid), host) if pid.isdigit() and "\n" not in host else (None, "")
+
+
 def _read_holder(path: Path) -> tuple[Optional[int], str]:
     try:
-        pid, _, host = path.read_text(encoding="utf-8").strip().partition(" ")
-        return int(pid), host
+        return _holder(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None, ""
 
@@ -98,6 +103,12 @@ class RunLock:
                 if same:
                     break
                 os.close(fd)
+            # A file at this path that is neither empty nor "pid host" is another tool's: never truncate it
+            earlier = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+            if earlier and _holder(earlier)[0] is None:
+                os.close(fd)
+                raise UserError(f"'{self.path}' is not plaintune's lock file (it holds something else); "
+                                f"'{self.path.parent}' is not a plaintune run: choose another run_name=...")
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
         except OSError as err:

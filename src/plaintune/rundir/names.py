@@ -77,6 +77,9 @@ STEP_BUNDLE = NameFamily("step-{step:08d}.pt", step=NUMBER)   # in checkpoints/
 EPOCH_MODEL = NameFamily("epoch-{epoch:03d}", epoch=NUMBER)   # in top/: a validation at an epoch end
 STEP_MODEL = NameFamily("step-{step:08d}", step=NUMBER)       # in top/: a validation mid-epoch
 TOP_MODELS = (EPOCH_MODEL, STEP_MODEL)
+# in tensorboard/: torch's SummaryWriter names its event files events.out.tfevents.<time>.<host>.<pid>.<n>
+TENSORBOARD_EVENTS = NameFamily("events.out.tfevents.{time}.{host}.{pid}.{n}", time=NUMBER, host=r"[^/]+",
+                                pid=NUMBER, n=NUMBER)
 
 # Beside every saved model (best/, top/...): its epoch, step and metrics. Not transformers.Trainer's
 # trainer_state.json, whose schema it does not follow; runs written before the rename used that name.
@@ -144,6 +147,7 @@ RUN_LAYOUT: dict[str, tuple[Name, ...]] = {
     STEP_DIR: (STEP_BUNDLE,),
     TOP_DIR: TOP_MODELS,
     REPORT_DIR: REPORT_FILES,
+    TENSORBOARD_DIR: (TENSORBOARD_EVENTS,),
     BEST_DIR: (ANYTHING,),
 }
 FOLDS_LAYOUT: dict[str, tuple[Name, ...]] = {".": (SPLIT_FILE, FOLDS_SUMMARY, FOLD_PART, FOLD_PREDICTIONS, MARKER)}
