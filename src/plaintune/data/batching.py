@@ -169,9 +169,9 @@ def padding_fraction(lengths: np.ndarray, batches: Sequence[Sequence[int]]) -> f
 # random batches' padding as well as any larger budget (bench/RESULTS.md) while its saved activations
 # stay near 0.3 GB. A token's saved activations grow with hidden size x layers, so a bigger model gets
 # proportionally fewer tokens per pass (all-mpnet-base-v2, 768 x 12: 256), down to a floor where the
-# per-pass overhead would dominate: peak memory is then the weights, gradients and optimizer state plus
-# about the same few hundred MB for every model (bench/RESULTS.md: base model, 1024 -> 256 tokens,
-# 0.75 GB less peak RSS, no slower per pair).
+# per-pass overhead would dominate: a pass's activations then cost about the same few hundred MB for
+# every model (bench/RESULTS.md: a base model's synthetic step, 1024 -> 256 tokens, 0.75 GB less peak RSS;
+# a real short run only 61 MB less, where other costs dominate).
 AUTO_MICRO_BATCH_TOKENS_CPU = 1024
 AUTO_REFERENCE_SIZE = 384 * 6   # MiniLM-L6's hidden size x layers, which 1024 tokens was measured on
 AUTO_MIN_TOKENS = 128
