@@ -17,7 +17,7 @@ import pytest
 import train
 from conftest import REPO, base_config, write_config
 from plaintune.kfold import folds
-from plaintune.rundir import ownership
+from plaintune.rundir import names, ownership
 from plaintune.data.checks import pair_key
 from plaintune.errors import UserError
 
@@ -116,10 +116,16 @@ def test_a_marked_run_is_cleared_by_overwrite_and_an_empty_folder_is_taken(proje
     assert "is a k-fold's folder" in error_line(capsys)
 
 
-def test_a_run_of_an_earlier_plaintune_is_adopted_by_its_contents(project, capsys):
-    assert train.main(["--config", "t", "training.epochs=1"]) == 0
+def unmarked_run(project, *args: str):
+    """A trained run whose marker is taken away, as an earlier plaintune (before the marker) left it."""
+    assert train.main(["--config", "t", *args]) == 0
     run = project / "saved_model" / "t"
-    (run / ownership.MARKER).unlink()  # as an earlier plaintune left it
+    (run / ownership.MARKER).unlink()
+    return run
+
+
+def test_a_run_of_an_earlier_plaintune_is_adopted_by_its_contents(project, capsys):
+    run = unmarked_run(project, "training.epochs=1")
     capsys.readouterr()
     assert train.main(["--config", "t", "training.epochs=2", "--resume"]) == 0
     assert "was made by an earlier plaintune" in capsys.readouterr().out
@@ -140,12 +146,11 @@ def test_a_run_whose_best_has_the_old_trainer_state_json_is_adopted(project, cap
     """Before the rename, plaintune wrote best/'s state as trainer_state.json: with plaintune's keys it
     proves the run is plaintune's, even when no resume bundle is left; a transformers.Trainer's
     trainer_state.json never does, whatever keys were added to it."""
-    assert train.main(["--config", "t", "training.epochs=1", "checkpoint.keep_last_after_finish=false"]) == 0
-    run = project / "saved_model" / "t"
-    (run / ownership.MARKER).unlink()
+    run = unmarked_run(project, "training.epochs=1", "checkpoint.keep_last_after_finish=false")
     state = json.loads((run / "best" / "plaintune_state.json").read_text())
     (run / "best" / "plaintune_state.json").unlink()
-    old = {key: state[key] for key in ("epoch", "global_step", "metric", "value")}  # what it held then
+    assert set(names.BEST_META_KEYS) <= set(state)  # what the trainer writes is what ownership asks for
+    old = {key: state[key] for key in names.BEST_META_KEYS}  # what it held then
     (run / "best" / "trainer_state.json").write_text(json.dumps(old))
     assert not (run / "last.pt").exists() and not (run / "checkpoints").exists()
     assert ownership.legacy_evidence(run, ownership.RUN) == "best/trainer_state.json"

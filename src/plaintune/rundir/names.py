@@ -85,6 +85,7 @@ TENSORBOARD_EVENTS = NameFamily("events.out.tfevents.{time}.{host}.{pid}.{n}", t
 # trainer_state.json, whose schema it does not follow; runs written before the rename used that name.
 BEST_META = "plaintune_state.json"
 LEGACY_BEST_META = "trainer_state.json"
+BEST_META_KEYS = ("epoch", "global_step", "metric", "value")   # what that file holds (trainer.py writes them)
 MODEL_CARD = "README.md"
 
 # The error report: a run's report/, and <stem>_report/ beside a labelled prediction <stem>.csv

@@ -91,10 +91,6 @@ def _is_plaintune_bundle(path: Path) -> bool:
         isinstance(bundle.get("train_state"), dict) and "model_state_dict" in bundle
 
 
-# What plaintune writes beside every saved model (trainer.py's model meta), since its first version.
-MODEL_META_KEYS = {"epoch", "global_step", "metric", "value"}
-
-
 def _plaintune_model_meta(path: Path) -> Optional[str]:
     """best/ as plaintune writes it: the name of its state file holding plaintune's keys, beside a
     model's config.json; None if it has none. Runs of an earlier plaintune named that file
@@ -104,7 +100,7 @@ def _plaintune_model_meta(path: Path) -> Optional[str]:
         return None
     for name in (names.BEST_META, names.LEGACY_BEST_META):
         meta = _json_object(path / name)
-        if meta is not None and MODEL_META_KEYS <= set(meta) and "log_history" not in meta:
+        if meta is not None and set(names.BEST_META_KEYS) <= set(meta) and "log_history" not in meta:
             return name
     return None
 
