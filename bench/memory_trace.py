@@ -61,14 +61,18 @@ class RssTrace:
         self._stop.set()
         self._thread.join()
         merged: dict[str, dict] = {}
-        for phase in self.phases:  # repeated phases (each step, each validation) fold into one row
-            row = merged.setdefault(phase["phase"], {"count": 0, "first_start_mb": phase["start_mb"], "peak_mb": 0})
+        ends = [phase["t"] for phase in self.phases[1:]] + [time.perf_counter()]
+        for phase, end in zip(self.phases, ends):  # repeated phases (each step, each validation) fold into one row
+            row = merged.setdefault(phase["phase"], {"count": 0, "first_start_mb": phase["start_mb"], "peak_mb": 0,
+                                                     "seconds": 0.0})
             row["count"] += 1
             row["peak_mb"] = max(row["peak_mb"], phase["peak_mb"])
-        lines = ["| phase | times | RSS at first start (MB) | peak RSS in phase (MB) |", "|---|---|---|---|"]
-        lines += [f"| {name} | {row['count']} | {row['first_start_mb']:.0f} | {row['peak_mb']:.0f} |"
-                  for name, row in merged.items()]
-        lines.append(f"| whole process (getrusage ru_maxrss) | | | "
+            row["seconds"] += end - phase["t"]
+        lines = ["| phase | times | seconds | RSS at first start (MB) | peak RSS in phase (MB) |",
+                 "|---|---|---|---|---|"]
+        lines += [f"| {name} | {row['count']} | {row['seconds']:.1f} | {row['first_start_mb']:.0f} | "
+                  f"{row['peak_mb']:.0f} |" for name, row in merged.items()]
+        lines.append(f"| whole process (getrusage ru_maxrss) | | | | "
                      f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} |")
         return lines
 
@@ -124,15 +128,13 @@ def run_plaintune(args, data: Path, work: Path, trace: RssTrace) -> None:
     trace.mark("import")
     wrap(run, "load_data", trace, "read + tokenize", after="setup")
     wrap(run, "load_model", trace, "model load", after="setup")
-    wrap(trainer.Trainer, "validate", trace, "validate", after="train steps")
-    wrap(trainer.Trainer, "save_last", trace, "save last.pt", after="train steps")
+    from plaintune.rundir import layout
     wrap(trainer.Trainer, "train_epoch", trace, "train steps", after="after epoch")
-    real_select = trainer.Trainer.validate_and_select
-
-    def select(self, *a, **k):
-        real_select(self, *a, **k)
-        trace.mark("train steps")
-    trainer.Trainer.validate_and_select = select
+    wrap(trainer.Trainer, "validate_and_select", trace, "select (validate to save)")
+    wrap(trainer.Trainer, "validate", trace, "validate")
+    wrap(trainer.Trainer, "ensure_finite", trace, "finite check")
+    wrap(layout.RunFiles, "save_best", trace, "save best/")
+    wrap(trainer.Trainer, "save_last", trace, "save last.pt")
     if args.steps:
         wrap_steps(trace)
     plaintune.train(str(ROOT / "configs" / "default.yaml"), f"output_dir={work}", "run_name=mem",

@@ -20,6 +20,7 @@ it. Goal: plaintune gets there in at most a quarter of the peer's time, and ends
 
     python bench/time_to_quality.py                     # all five, seed 42 (about 40 min on 2 cores)
     python bench/time_to_quality.py --tools plaintune_bi,st_bi --seed 43
+    python bench/time_to_quality.py --tools plaintune_bi --set training.learning_rate=2e-5   # a recipe trial
     python bench/time_to_quality.py --tools plaintune_bi,st_bi --model /work/models/all-mpnet-base-v2 \
         --rows 800 --dev-rows 300 --epochs 1      # a short run, e.g. to compare peak RSS
 
@@ -173,7 +174,7 @@ def run_plaintune(args, work: Path) -> dict:
         "checkpoint.every_n_steps=0", "logging.tensorboard=false", "logging.wandb.mode=disabled",
         *([f"model.name={args.model}"] if args.model else []),
         *(["data.max_overlap=1.0"] if args.rows or args.dev_rows else []),  # cut sets share a few pairs
-        *([f"training.epochs={args.epochs}"] if args.epochs else []))
+        *([f"training.epochs={args.epochs}"] if args.epochs else []), *args.overrides)
     evals = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").open() if '"eval"' in line]
     curve = [[round(e["time"] - args.t0, 1), round(e["pearson"], 4)] for e in evals]
     return {"curve": curve, "train_samples_per_s": evals[-1]["train_samples_per_s"],
@@ -195,14 +196,15 @@ def measure(tool: str, args) -> dict:
                *(["--model", str(args.model)] if args.model else []),
                *(["--epochs", str(args.epochs)] if args.epochs else []),
                *(["--rows", str(args.rows)] if args.rows else []),
-               *(["--dev-rows", str(args.dev_rows)] if args.dev_rows else [])]
+               *(["--dev-rows", str(args.dev_rows)] if args.dev_rows else []),
+               *(f"--set={override}" for override in args.overrides)]
     process = subprocess.run(command, capture_output=True, text=True, env=env)
     wall = time.time() - t0
     if process.returncode != 0:
         return {"tool": tool, "error": process.stderr[-2000:]}
     result = json.loads(process.stdout.strip().splitlines()[-1])
     result.update(tool=tool, kind=KIND[tool], seed=args.seed, model=str(args.model or "minilm"), rows=args.rows,
-                  epochs=args.epochs, wall_s=round(wall, 1), final=result["curve"][-1][1],
+                  epochs=args.epochs, overrides=args.overrides if tool.startswith("plaintune") else [], wall_s=round(wall, 1), final=result["curve"][-1][1],
                   peak_rss_mb=round(result.pop("peak_rss_kb") / 1024))
     return result
 
@@ -237,6 +239,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=None, help="keep the first ROWS training pairs")
     parser.add_argument("--dev-rows", type=int, default=None, help="keep the first DEV_ROWS dev pairs")
     parser.add_argument("--epochs", type=int, default=None, help="every tool's epochs (default: its own recipe's)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a plaintune config override for the plaintune tools (repeatable), e.g. "
+                             "--set training.learning_rate=2e-5")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "time_to_quality.jsonl")
     parser.add_argument("--run", choices=sorted(RUNNERS), help=argparse.SUPPRESS)
     parser.add_argument("--t0", type=float, help=argparse.SUPPRESS)

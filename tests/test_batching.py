@@ -114,38 +114,16 @@ def test_micro_batches_cut_padding_of_random_batches(lengths):
     assert split_by_length([5, 50, 7], 10_000, 10_000) == [[1, 2, 0]]
 
 
-def test_auto_micro_batch_budget_scales_with_the_model_size():
-    """auto on CPU: MiniLM's 1024 tokens per pass, fewer in proportion for wider or deeper models."""
+def test_auto_micro_batch_budget_is_1024_tokens_on_cpu_and_whole_batches_on_a_gpu():
     import torch
-    from transformers import BertConfig, DistilBertConfig, MPNetConfig
 
-    from plaintune.data.batching import AUTO_MIN_TOKENS, micro_batch_budget
-    from plaintune.model.loading import model_size
+    from plaintune.data.batching import micro_batch_budget
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    minilm = BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12)
-    base = MPNetConfig(hidden_size=768, num_hidden_layers=12)
-    large = BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16)
-    distil = DistilBertConfig(dim=768, n_layers=6)
-    tiny = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
-    assert [model_size(c) for c in (minilm, base, large, distil, tiny)] == [2304, 9216, 24576, 4608, 64]
-    budgets = {name: micro_batch_budget("auto", cpu, model_size(c))[0]
-               for name, c in (("minilm", minilm), ("base", base), ("large", large), ("distil", distil), ("tiny", tiny))}
-    assert budgets == {"minilm": 1024, "base": 256, "large": AUTO_MIN_TOKENS, "distil": 512, "tiny": 1024}
-    assert micro_batch_budget("auto", cpu, None)[0] == 1024       # a config that names neither size
-    assert micro_batch_budget(300, cpu, model_size(base))[0] == 300  # a number is taken as given
-    assert micro_batch_budget(None, cpu, model_size(base))[0] is None
-    assert micro_batch_budget("auto", gpu, model_size(base))[0] is None
-
-
-def test_model_size_is_none_when_the_config_names_no_width_or_depth():
-    from types import SimpleNamespace
-
-    from plaintune.model.loading import model_size
-
-    assert model_size(SimpleNamespace(hidden_size=768)) is None
-    assert model_size(SimpleNamespace(d_model=512, num_layers=6)) == 3072
-    assert model_size(SimpleNamespace(hidden_size=True, num_hidden_layers=6)) is None
+    assert micro_batch_budget("auto", cpu)[0] == 1024
+    assert micro_batch_budget(300, cpu)[0] == 300  # a number is taken as given
+    assert micro_batch_budget(None, cpu)[0] is None
+    assert micro_batch_budget("auto", gpu)[0] is None
 
 
 def test_a_run_says_how_many_tokens_a_pass_holds(project, capsys):

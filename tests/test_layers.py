@@ -17,7 +17,7 @@ LAYERS = [
     ("config", {"config.yamlfile", "model.optim", "config.choices", "config.validation", "config.load"}),
     ("files", {"rundir.atomic", "checkpoint.formats", "checkpoint.weights", "rundir.modelcard", "rundir.lock",
                "rundir.ownership", "rundir.layout", "rundir.guard", "rundir.diskuse", "model.hub",
-               "model.precision", "training.distributed"}),
+               "model.precision", "training.distributed", "training.memory"}),
     ("components", {"data.tables", "data.checks", "data.tokenized", "inference.outputs", "data.batching",
                     "model.biencoder", "model.loading", "model.objective", "training.metrics", "inference.report",
                     "training.tracking"}),

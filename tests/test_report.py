@@ -63,3 +63,31 @@ def test_unlabelled_predict_file_writes_no_report(project, capsys):
     assert inference.main(["--config", "t", "--saved_model", "t"]) == 0
     assert "error report" not in capsys.readouterr().out
     assert not (project / "output" / "sub_report").exists()
+
+
+def test_inference_replaces_only_its_own_report_folder(project, capsys):
+    """<stem>_report/ beside the submission: an earlier plaintune report is replaced; a folder holding a
+    user's files (or a summary.json plaintune did not write) is refused before any work, its files intact."""
+    assert train.main(["--config", "t", "training.epochs=1"]) == 0
+    dev = pd.read_csv(project / "data" / "dev.csv")
+    dev[["id"]].assign(target=0.0).to_csv(project / "data" / "dev_template.csv", index=False)
+    args = ["--config", "t", "--saved_model", "t", "data.predict_path=data/dev.csv",
+            "data.submission_template=data/dev_template.csv", "inference.output_path=output/dev.csv"]
+    report = project / "output" / "dev_report"
+    assert inference.main(args) == 0
+    assert json.loads((report / "summary.json").read_text())["written_by"] == "plaintune error report"
+    assert inference.main(args) == 0  # its own report: replaced
+    capsys.readouterr()
+    for name, content in (("notes.txt", "mine"), ("summary.json", '{"mine": 1}')):
+        user = project / "output" / f"u_{name}_report"
+        user.mkdir()
+        (user / name).write_text(content)
+        written = project / "output" / f"u_{name}.csv"
+        assert inference.main([*args, f"inference.output_path={written}"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("error:") == 1 and "did not write" in err and "Traceback" not in err, err
+        assert (user / name).read_text() == content and sorted(p.name for p in user.iterdir()) == [name]
+        assert not written.exists()
+    (report / "notes.txt").write_text("mine")  # a user's file put into plaintune's report folder
+    assert inference.main(args) == 2
+    assert (report / "notes.txt").read_text() == "mine"

@@ -225,3 +225,40 @@ def test_ema_validates_and_saves_the_moving_average_and_resumes_bit_identically(
     cut = torch.load(project / "saved_model" / "cut" / "last.pt", weights_only=True)
     for key, tensor in full["ema_state_dict"].items():
         assert torch.equal(tensor, cut["ema_state_dict"][key]), key
+
+
+def test_optimizer_state_is_freed_before_the_best_model_is_read_back(project, monkeypatch):
+    """Once last.pt holds the optimizer's moments, the final report reads best/ back without them in memory
+    (for a base model they are twice the weights: the run's peak was this reload)."""
+    import plaintune.training.run as run_module
+
+    seen = {}
+    real_finish = run_module.finish
+
+    def finish(cfg, trainer, *args, **kwargs):
+        seen["moments"] = len(trainer.optim.optimizer.state)
+        seen["grads"] = sum(p.grad is not None for p in trainer.model.parameters())
+        return real_finish(cfg, trainer, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "finish", finish)
+    assert train.main(["--config", "t"]) == 0
+    assert seen == {"moments": 0, "grads": 0}
+    saved = torch.load(project / "saved_model" / "t" / "last.pt", weights_only=True)
+    assert saved["optimizer_state_dict"]["state"]  # the resume bundle keeps them
+
+
+def test_heap_retention_is_limited_on_glibc_unless_the_user_chose(monkeypatch):
+    """CPU training fixes glibc's mmap threshold (large freed blocks go back to the system); a user's
+    MALLOC_MMAP_THRESHOLD_ is theirs; elsewhere nothing is set and nothing fails."""
+    import platform
+
+    from plaintune.training import memory
+
+    memory.release()  # collects and trims without error, whatever the C library
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert memory.limit_heap_retention() is False
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    assert memory.limit_heap_retention() is (platform.libc_ver()[0] == "glibc")
+    monkeypatch.setattr(memory, "_glibc", lambda: None)
+    assert memory.limit_heap_retention() is False
+    memory.release()

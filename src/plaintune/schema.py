@@ -258,10 +258,10 @@ SCHEMA: dict = {
         "micro_batch_tokens": Field(RUNTIME, object, "auto", "Each batch is sorted by length and run as micro-batches of "
                                     "at most this many padded tokens (pairs x longest pair), cut where that saves "
                                     "padding: the optimizer step is the same as one pass over the batch, with "
-                                    "near-sorted padding and bounded activation memory. auto on CPU: 1024 for a "
-                                    "MiniLM-size model (hidden size x layers 384 x 6), proportionally fewer for a "
-                                    "bigger one (256 for a base model; at least 128), so activations stay near 0.3 "
-                                    "GB; auto on a GPU: one pass per batch; null: always one pass per batch.",
+                                    "near-sorted padding and bounded activation memory. auto: 1024 tokens on CPU "
+                                    "(for every model size: smaller passes save little memory and cost time), one "
+                                    "pass per batch on a GPU; null: always one pass per batch. Lower it to bound a "
+                                    "large model's activation memory.",
                                     nullable=True, check=_token_budget),
         "bucket_pool": Field(IDENTITY, int, 64, "Batches per shuffle pool when bucketing: larger pools mean less "
                              "padding, smaller ones more randomness.", check=at_least(1)),

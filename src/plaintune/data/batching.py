@@ -165,37 +165,22 @@ def padding_fraction(lengths: np.ndarray, batches: Sequence[Sequence[int]]) -> f
     return 1.0 - real / padded if padded else 0.0
 
 
-# micro_batch_tokens: auto on CPU. For MiniLM-L6 (hidden size 384 x 6 layers) 1024 tokens per pass cut
-# random batches' padding as well as any larger budget (bench/RESULTS.md) while its saved activations
-# stay near 0.3 GB. A token's saved activations grow with hidden size x layers, so a bigger model gets
-# proportionally fewer tokens per pass (all-mpnet-base-v2, 768 x 12: 256), down to a floor where the
-# per-pass overhead would dominate: a pass's activations then cost about the same few hundred MB for
-# every model (bench/RESULTS.md: a base model's synthetic step, 1024 -> 256 tokens, 0.75 GB less peak RSS;
-# a real short run only 61 MB less, where other costs dominate).
+# micro_batch_tokens: auto on CPU. For MiniLM-L6, 1024 tokens per pass cut random batches' padding
+# as well as any larger budget (bench/RESULTS.md). One budget for every model: on all-mpnet-base-v2
+# (12 x 768) passes of 256 tokens took 119 MB off the peak RSS but trained 1.4x slower (many small
+# passes), so a bigger model does not get a smaller default (bench/RESULTS.md, the base model).
 AUTO_MICRO_BATCH_TOKENS_CPU = 1024
-AUTO_REFERENCE_SIZE = 384 * 6   # MiniLM-L6's hidden size x layers, which 1024 tokens was measured on
-AUTO_MIN_TOKENS = 128
 
 
-def auto_cpu_budget(model_size: Optional[int]) -> int:
-    """auto's tokens per pass on CPU for a model of `model_size` = hidden size x layers (None: unknown,
-    MiniLM's budget); never more than that, never below AUTO_MIN_TOKENS, a multiple of 16."""
-    if not model_size:
-        return AUTO_MICRO_BATCH_TOKENS_CPU
-    scaled = AUTO_MICRO_BATCH_TOKENS_CPU * AUTO_REFERENCE_SIZE // model_size
-    return max(AUTO_MIN_TOKENS, min(AUTO_MICRO_BATCH_TOKENS_CPU, scaled // 16 * 16))
-
-
-def micro_batch_budget(requested, device: torch.device, model_size: Optional[int] = None) -> tuple[Optional[int], int]:
+def micro_batch_budget(requested, device: torch.device) -> tuple[Optional[int], int]:
     """(tokens per micro-batch or None for whole batches, the per-pass overhead in tokens).
 
     Cutting batches to save padding pays on CPU; a GPU pass has a large fixed cost relative to
     its tokens' work, so there a pass is priced at a full budget: batches are cut only to fit it.
-    `model_size` (hidden size x layers) scales auto's CPU budget, see auto_cpu_budget.
     """
     budget = requested
     if budget == "auto":
-        budget = auto_cpu_budget(model_size) if device.type == "cpu" else None
+        budget = AUTO_MICRO_BATCH_TOKENS_CPU if device.type == "cpu" else None
     overhead = PASS_OVERHEAD_TOKENS_CPU if device.type == "cpu" else (budget or 0)
     return budget, overhead
 

@@ -133,7 +133,7 @@ def check_inference_outputs(cfg: Box, saved_models: Sequence[str], sources: Sequ
     output = Path(cfg.inference.output_path)
     report = output.with_name(report_folder_name(output.stem))  # written when the predict file has labels
     check_outputs([("inference.output_path", output, False), ("inference.output_path", report, True)], inputs)
-    check_report_folder(report, "inference.output_path")
+    check_report_folder(report, "inference.output_path", standalone=True)
     rundir.check_not_in_a_run(Path(cfg.inference.output_path), "inference.output_path")
 
 

@@ -17,16 +17,45 @@ import pandas as pd
 from plaintune.rundir import atomic
 from plaintune.data.tables import PairTable
 from plaintune.errors import UserError
-from plaintune.rundir.names import REPORT_BY_SOURCE, REPORT_SCATTER, REPORT_SUMMARY, REPORT_WORST_PAIRS
+from plaintune.rundir.names import (REPORT_BY_SOURCE, REPORT_FILES, REPORT_SCATTER, REPORT_SUMMARY, REPORT_WORST_PAIRS,
+                                    TEMPORARY, is_one_of)
 from plaintune.training.metrics import compute_metrics
 
 WORST = 20
 
 
-def check_report_folder(folder: Path, key: str) -> None:
-    """Before any work: the report's folder must be creatable (not an existing file)."""
+# summary.json says who wrote it: a <stem>_report/ folder beside a submission is replaced only when it is
+# plaintune's (a run's report/ is covered by the run directory's own marker).
+REPORT_WRITER = "plaintune error report"
+LEGACY_SUMMARY_KEYS = {"file", "pairs", "pearson", "spread_ratio"}  # reports written before the mark
+
+
+def check_report_folder(folder: Path, key: str, standalone: bool = False) -> None:
+    """Before any work: the report's folder must be creatable (not an existing file). A `standalone`
+    folder (beside a submission, not in a run) that exists must be empty or an earlier report of
+    plaintune's, holding nothing else: its files are replaced, a user's never."""
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{key}: the error report goes to '{folder}/', but that is a file; move or delete it")
+    if not standalone or not folder.is_dir():
+        return
+    names = sorted(p.name for p in folder.iterdir())
+    others = [n for n in names if not is_one_of(n, REPORT_FILES)
+              and not ((m := TEMPORARY.match(n)) and is_one_of(m.group("target"), REPORT_FILES))]
+    if names and (others or not _written_here(folder / REPORT_SUMMARY)):
+        shown = ", ".join(others[:3]) if others else ", ".join(names[:3])
+        raise UserError(f"{key}: the error report goes to '{folder}/', which holds files plaintune did not write "
+                        f"({shown}); move them, or choose another inference.output_path (the report folder is "
+                        f"named after it)")
+
+
+def _written_here(summary: Path) -> bool:
+    """Whether `summary` is the summary.json of a plaintune error report."""
+    try:
+        content = json.loads(summary.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(content, dict) and (content.get("written_by") == REPORT_WRITER or
+                                          "written_by" not in content and LEGACY_SUMMARY_KEYS <= content.keys())
 
 
 def by_source(table: PairTable, predictions: np.ndarray, threshold: float) -> pd.DataFrame:
@@ -81,7 +110,7 @@ def write_error_report(folder: Path, table: PairTable, predictions: np.ndarray, 
     folder.mkdir(parents=True, exist_ok=True)
     metrics = compute_metrics(predictions, labels, 1, table.binary, threshold)
     spread = float(np.nanstd(predictions) / labels.std()) if labels.std() > 0 else float("nan")
-    summary = {"file": table.path, "pairs": len(table), **metrics,
+    summary = {"written_by": REPORT_WRITER, "file": table.path, "pairs": len(table), **metrics,
                "prediction_mean": float(np.nanmean(predictions)), "prediction_std": float(np.nanstd(predictions)),
                "label_mean": float(labels.mean()), "label_std": float(labels.std()), "spread_ratio": spread}
     atomic.write_text(folder / REPORT_SUMMARY, json.dumps(atomic.json_safe(summary), indent=2) + "\n")

@@ -35,7 +35,7 @@ from plaintune.data.tokenized import make_dataset
 from plaintune.errors import UserError
 from plaintune.inference.outputs import AUTOCAST, postprocess
 from plaintune.training.metrics import score
-from plaintune.model.loading import build_model, build_tokenizer, model_size
+from plaintune.model.loading import build_model, build_tokenizer
 from plaintune.model.precision import resolve as resolve_precision
 from plaintune.schema import LEAVES, SHARED
 from plaintune.config.validation import Origins, validate
@@ -216,7 +216,7 @@ def measure_speed(cfg: Box, table: data.PairTable, device: torch.device, rows: i
     picked = np.random.default_rng(cfg.seed).permutation(len(table))[:rows]
     dataset = make_dataset(table.take(picked), tokenizer, cfg.model.max_length, cfg.model.kind)
     model = build_model(cfg.model).to(device).train()
-    budget, overhead = micro_batch_budget(cfg.training.micro_batch_tokens, device, model_size(model.config))
+    budget, overhead = micro_batch_budget(cfg.training.micro_batch_tokens, device)
     batch_size = max(1, min(cfg.training.batch_size, len(picked) // (warmup_batches + 3)))
     loader = train_loader(dataset, TrainBatchSampler(dataset.lengths, batch_size, cfg.seed,
                                                       bucket=cfg.training.bucket_batches),

@@ -72,17 +72,6 @@ def build_model_config(model_spec: dict):
     return config, source, offline
 
 
-def model_size(config) -> Optional[int]:
-    """hidden size x layers, what a token's saved activations grow with; None when the config names
-    neither (architectures spell them hidden_size/d_model/dim and num_hidden_layers/n_layers/num_layers)."""
-    def first_int(*names: str) -> Optional[int]:
-        values = [getattr(config, n, None) for n in names]
-        return next((v for v in values if isinstance(v, int) and not isinstance(v, bool) and v > 0), None)
-
-    width, depth = first_int("hidden_size", "d_model", "dim"), first_int("num_hidden_layers", "n_layers", "num_layers")
-    return width * depth if width and depth else None
-
-
 # Integer config fields that count or size something: 0 or less builds a model without layers
 # (transformers accepts num_hidden_layers: -1 silently) or fails deep inside torch.
 COUNT_FIELD = re.compile(r"^(num_|n_)|_size$|_layers$|_heads$|^max_position_embeddings$")

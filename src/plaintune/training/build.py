@@ -19,8 +19,8 @@ from plaintune.data.tables import describe_files, read_tables, with_swapped_pair
 from plaintune.data.tokenized import make_dataset
 from plaintune.inference.outputs import AUTOCAST
 from plaintune.training.metrics import LOWER_IS_BETTER, followed_metric
-from plaintune.model.loading import (apply_freeze, build_model, build_model_config, build_tokenizer, check_vocabulary,
-                                     init_head_bias, model_size)
+from plaintune.model.loading import (apply_freeze, build_model, build_tokenizer, check_vocabulary,
+                                     init_head_bias)
 from plaintune.model.objective import CONFIG_ATTRIBUTE, checkpoint_record, head_is_fresh, parse_record, resolve_objective
 from plaintune.model.optim import BATCH_LOSSES, build_optimizer, build_scheduler, canonical_loss
 from plaintune.training.resume import OpenedRun, check_same_data
@@ -66,9 +66,7 @@ def load_data(cfg: Box, opened: OpenedRun, force: bool, dist_info, device: torch
     sampler = TrainBatchSampler(datasets["train"].lengths, training.batch_size, cfg.seed,
                                  bucket=training.bucket_batches, pool=training.bucket_pool,
                                  rank=dist_info.rank, world_size=dist_info.world_size)
-    # auto's budget scales with the model's size: its config is read now (a small file), the weights later
-    budget, overhead = micro_batch_budget(training.micro_batch_tokens, device,
-                                          model_size(build_model_config(cfg.model)[0]))
+    budget, overhead = micro_batch_budget(training.micro_batch_tokens, device)
     if canonical_loss(training.loss) in BATCH_LOSSES:
         budget = None  # the loss couples every pair of the batch
     return TrainData(tables, datasets, tokenizer,

@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 import numpy as np
 from box import Box
 
-from plaintune.training import distributed
+from plaintune.training import distributed, memory
 from plaintune.rundir import ownership
 from plaintune.model import precision
 from plaintune.data.batching import eval_loader
@@ -79,6 +79,8 @@ def train_run(cfg: Box, config_name: str, overrides: Sequence[str], request: Run
     # 1. Processes and device; the environment's settings are checked before anything loads.
     dist_info, device = distributed.setup(cfg.device, timeout_s=cfg.training.ddp_timeout_s)
     is_main = dist_info.is_main
+    if device.type == "cpu":
+        memory.limit_heap_retention()  # the allocator gives large freed blocks back (training/memory.py)
     wandb_mode(cfg.logging.wandb.mode)
     # "{time}" in run_name gives each run (e.g. each sweep trial) its own directory; rank 0 decides.
     # The commands printed for this run (resume, inference) name the directory it got.
@@ -99,6 +101,7 @@ def train_run(cfg: Box, config_name: str, overrides: Sequence[str], request: Run
         if lock is not None:
             lock.release()
         distributed.cleanup()
+        memory.release()  # the run's model and optimizer are garbage now: the next fold starts lean
 
 
 def _train_locked(cfg: Box, config_name: str, overrides: Sequence[str], request: RunRequest, dist_info, device,
@@ -152,6 +155,7 @@ def _train_locked(cfg: Box, config_name: str, overrides: Sequence[str], request:
         batches = Batches(data.train_loader, data.dev_loader, dev.labels, dev.binary)
         trainer = Trainer(train_model, objective, optim, batches, files, tracker, options, state)
         state = trainer.fit()
+        trainer.release_optimizer_state()
         if is_main:
             finish(cfg, trainer, data, run_dir, started,
                    None if request.quiet else command("inference.py", config_name, overrides, "--saved_model",

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from plaintune.training import distributed
+from plaintune.training import distributed, memory
 from plaintune.training.distributed import DistInfo
 from plaintune.errors import Interrupted, UserError
 from plaintune.inference.outputs import model_outputs
@@ -119,6 +119,14 @@ class Trainer:
                       f"{self.files.last_path}\nresume with: {self.options.resume_command}", file=sys.stderr)
             raise Interrupted(self.stop.agreed)
         return self.state
+
+    def release_optimizer_state(self) -> None:
+        """Free what only further optimizer steps need, once training is over and last.pt holds it:
+        the optimizer's moments (Adam: twice the weights) and gradients. The best model is then
+        read back for the final report without raising the run's peak memory (bench/RESULTS.md)."""
+        self.optim.optimizer.zero_grad(set_to_none=True)
+        self.optim.optimizer.state.clear()
+        memory.release()
 
     def steps_done(self) -> bool:
         """Whether training.max_steps optimizer steps are taken (never, without it)."""
