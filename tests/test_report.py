@@ -63,6 +63,11 @@ def test_unlabelled_predict_file_writes_no_report(project, capsys):
     assert inference.main(["--config", "t", "--saved_model", "t"]) == 0
     assert "error report" not in capsys.readouterr().out
     assert not (project / "output" / "sub_report").exists()
+    # a folder of the report's name holding a user's files is not in the way when no report is written
+    (project / "output" / "sub_report").mkdir()
+    (project / "output" / "sub_report" / "notes.txt").write_text("mine")
+    assert inference.main(["--config", "t", "--saved_model", "t"]) == 0
+    assert [p.name for p in (project / "output" / "sub_report").iterdir()] == ["notes.txt"]
 
 
 def test_inference_replaces_only_its_own_report_folder(project, capsys):
@@ -91,3 +96,32 @@ def test_inference_replaces_only_its_own_report_folder(project, capsys):
     (report / "notes.txt").write_text("mine")  # a user's file put into plaintune's report folder
     assert inference.main(args) == 2
     assert (report / "notes.txt").read_text() == "mine"
+
+
+def test_report_folder_check_ignores_desktop_files_and_refuses_what_it_cannot_write(tmp_path):
+    """What a desktop drops into a viewed report (.DS_Store) does not make it a user's; a report file name
+    taken by a folder, or a broken link where the folder goes, is refused before any work (not a traceback
+    after the submission is written)."""
+    from plaintune.errors import UserError
+    from plaintune.inference.report import REPORT_WRITER, check_report_folder
+
+    def refused(folder):
+        try:
+            check_report_folder(folder, "inference.output_path", standalone=True)
+        except UserError as err:
+            return str(err)
+        return None
+
+    viewed = tmp_path / "viewed_report"
+    viewed.mkdir()
+    (viewed / "summary.json").write_text(json.dumps({"written_by": REPORT_WRITER}))
+    for name in (".DS_Store", "._scatter.png", "Thumbs.db"):
+        (viewed / name).write_bytes(b"x")
+    (viewed / ".ipynb_checkpoints").mkdir()
+    assert refused(viewed) is None
+    (viewed / "scatter.png").mkdir()  # a folder where the plot goes
+    (viewed / "scatter.png" / "mine.txt").write_text("mine")
+    assert "scatter.png" in refused(viewed)
+    broken = tmp_path / "broken_report"
+    broken.symlink_to(tmp_path / "nowhere")
+    assert "does not exist" in refused(broken)

@@ -258,6 +258,9 @@ def test_heap_retention_is_limited_on_glibc_unless_the_user_chose(monkeypatch):
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
     assert memory.limit_heap_retention() is False
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1:glibc.malloc.mmap_threshold=65536")
+    assert memory.limit_heap_retention() is False  # the same choice in glibc's newer spelling
+    monkeypatch.delenv("GLIBC_TUNABLES")
     assert memory.limit_heap_retention() is (platform.libc_ver()[0] == "glibc")
     monkeypatch.setattr(memory, "_glibc", lambda: None)
     assert memory.limit_heap_retention() is False

@@ -124,16 +124,19 @@ def read_inference_inputs(cfg: Box, write: bool) -> tuple[data.PairTable, Option
 
 
 def check_inference_outputs(cfg: Box, saved_models: Sequence[str], sources: Sequence[Path],
-                            config_path: Optional[Path]) -> None:
-    """The submission may not overwrite any input of this inference, nor land inside a run directory."""
+                            config_path: Optional[Path], writes_report: bool) -> None:
+    """The submission (and, for a labelled predict file, its error report) may not overwrite any input of
+    this inference, nor land inside a run directory."""
     inputs = {f"data.{key}": cfg.data[key] for key in ("predict_path", "submission_template", "test_path",
                                                        "train_path", "dev_path")}
     inputs["--config"] = config_path
     inputs.update({f"--saved_model {name}": source for name, source in zip(saved_models, sources)})
     output = Path(cfg.inference.output_path)
-    report = output.with_name(report_folder_name(output.stem))  # written when the predict file has labels
-    check_outputs([("inference.output_path", output, False), ("inference.output_path", report, True)], inputs)
-    check_report_folder(report, "inference.output_path", standalone=True)
+    report = output.with_name(report_folder_name(output.stem))
+    check_outputs([("inference.output_path", output, False),
+                   *([("inference.output_path", report, True)] if writes_report else [])], inputs)
+    if writes_report:  # an unlabelled file writes none: whatever a folder of that name holds is not in the way
+        check_report_folder(report, "inference.output_path", standalone=True)
     rundir.check_not_in_a_run(Path(cfg.inference.output_path), "inference.output_path")
 
 
@@ -163,8 +166,9 @@ def predict_submission(cfg: Box, saved_models: Sequence[str], weights: Optional[
         weights, intercept = normalised_weights(weights, len(saved_models)), None
     table, test = read_inference_inputs(cfg, write)
     sources = [rundir.resolve_saved_model(name, rundir.runs_root(cfg)) for name in saved_models]
+    writes_report = write and table.labels is not None and cfg.model.num_labels == 1
     if write:
-        check_inference_outputs(cfg, saved_models, sources, config_path)
+        check_inference_outputs(cfg, saved_models, sources, config_path, writes_report)
     _, device = distributed.setup(cfg.device)
     predicted, tested = predict_members(cfg, sources, table, test, device, trust)
 
@@ -183,7 +187,7 @@ def predict_submission(cfg: Box, saved_models: Sequence[str], weights: Optional[
         write_submission(cfg.data.submission_template, table.ids, written, cfg.inference.output_path,
                          columns.id, columns.target, cfg.data.encoding, integer=num_labels > 1)
         print(f"wrote {len(values)} predictions to {cfg.inference.output_path}")
-        if table.labels is not None and num_labels == 1:
+        if writes_report:
             output = Path(cfg.inference.output_path)
             print(write_error_report(output.with_name(report_folder_name(output.stem)), table, values,
                                      cfg.data.binary_threshold))

@@ -30,17 +30,31 @@ REPORT_WRITER = "plaintune error report"
 LEGACY_SUMMARY_KEYS = {"file", "pairs", "pearson", "spread_ratio"}  # reports written before the mark
 
 
+# Files the desktop or a notebook drops into any folder a user opens (Finder, Explorer, Jupyter): the report
+# never writes or deletes them, so they do not make a folder someone else's.
+DESKTOP_LITTER = (".DS_Store", "Thumbs.db", "desktop.ini", ".ipynb_checkpoints")
+
+
 def check_report_folder(folder: Path, key: str, standalone: bool = False) -> None:
-    """Before any work: the report's folder must be creatable (not an existing file). A `standalone`
-    folder (beside a submission, not in a run) that exists must be empty or an earlier report of
-    plaintune's, holding nothing else: its files are replaced, a user's never."""
+    """Before any work: the report's folder must be creatable (not an existing file, not a broken link).
+    A `standalone` folder (beside a submission, not in a run) that exists must be empty or an earlier
+    report of plaintune's, holding nothing else: its files are replaced, a user's never."""
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{key}: the error report goes to '{folder}/', but that is a file; move or delete it")
+    if folder.is_symlink() and not folder.exists():
+        raise UserError(f"{key}: the error report goes to '{folder}/', a link to a folder that does not exist; "
+                        "delete the link or create the folder it points to")
     if not standalone or not folder.is_dir():
         return
-    names = sorted(p.name for p in folder.iterdir())
-    others = [n for n in names if not is_one_of(n, REPORT_FILES)
-              and not ((m := TEMPORARY.match(n)) and is_one_of(m.group("target"), REPORT_FILES))]
+    try:
+        entries = [p for p in folder.iterdir() if p.name not in DESKTOP_LITTER and not p.name.startswith("._")]
+    except OSError as err:
+        raise UserError(f"{key}: the error report goes to '{folder}/', which cannot be read ({err.strerror}); "
+                        "fix its permissions, or choose another inference.output_path") from None
+    names = sorted(p.name for p in entries)
+    # a report's name is plaintune's only as a file: a folder of that name (a user's) is not overwritten
+    others = sorted(p.name for p in entries if not (p.is_file() and is_one_of(p.name, REPORT_FILES))
+                    and not ((m := TEMPORARY.match(p.name)) and is_one_of(m.group("target"), REPORT_FILES)))
     if names and (others or not _written_here(folder / REPORT_SUMMARY)):
         shown = ", ".join(others[:3]) if others else ", ".join(names[:3])
         raise UserError(f"{key}: the error report goes to '{folder}/', which holds files plaintune did not write "

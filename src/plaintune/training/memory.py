@@ -9,7 +9,7 @@ after training. Two measures, measured in bench/RESULTS.md (the base model):
 - `limit_heap_retention` fixes the mmap threshold at 1 MB for CPU training: a block that large
   (a base model's activations, gradients) gets its own mapping, returned to the system when
   freed. Peak RSS 227 MB lower at the same speed (passes of 1024 tokens); a user's own
-  MALLOC_MMAP_THRESHOLD_ is left as it is.
+  MALLOC_MMAP_THRESHOLD_ (or glibc.malloc.mmap_threshold in GLIBC_TUNABLES) is left as it is.
 - `release` at the end of a phase whose memory the next does not need (the optimizer's state,
   once the last bundle is written): collect, then hand the heap's free pages back (malloc_trim).
 
@@ -41,9 +41,11 @@ def _glibc() -> Optional[ctypes.CDLL]:
 
 def limit_heap_retention() -> bool:
     """Fix glibc's mmap threshold at 1 MB for this process (CPU training); whether it was set.
-    Not when the user set MALLOC_MMAP_THRESHOLD_ (theirs wins) or the allocator is not glibc's."""
+    Not when the user chose one (MALLOC_MMAP_THRESHOLD_, or its newer spelling in GLIBC_TUNABLES:
+    theirs wins) or the allocator is not glibc's."""
     libc = _glibc()
-    if libc is None or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+    if libc is None or "MALLOC_MMAP_THRESHOLD_" in os.environ or \
+            "glibc.malloc.mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
 
