@@ -237,12 +237,11 @@ def test_optimizer_state_is_freed_before_the_best_model_is_read_back(project, mo
 
     def finish(cfg, trainer, *args, **kwargs):
         seen["moments"] = len(trainer.optim.optimizer.state)
-        seen["grads"] = sum(p.grad is not None for p in trainer.model.parameters())
         return real_finish(cfg, trainer, *args, **kwargs)
 
     monkeypatch.setattr(run_module, "finish", finish)
     assert train.main(["--config", "t"]) == 0
-    assert seen == {"moments": 0, "grads": 0}
+    assert seen == {"moments": 0}
     saved = torch.load(project / "saved_model" / "t" / "last.pt", weights_only=True)
     assert saved["optimizer_state_dict"]["state"]  # the resume bundle keeps them
 

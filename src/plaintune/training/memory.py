@@ -8,8 +8,9 @@ after training. Two measures, measured in bench/RESULTS.md (the base model):
 
 - `limit_heap_retention` fixes the mmap threshold at 1 MB for CPU training: a block that large
   (a base model's activations, gradients) gets its own mapping, returned to the system when
-  freed. Peak RSS 227 MB lower at the same speed (passes of 1024 tokens); a user's own
-  MALLOC_MMAP_THRESHOLD_ (or glibc.malloc.mmap_threshold in GLIBC_TUNABLES) is left as it is.
+  freed. Peak RSS 227 MB lower (passes of 1024 tokens; epoch times within the run-to-run spread,
+  bench/RESULTS.md). A user's own MALLOC_MMAP_THRESHOLD_ (or glibc.malloc.mmap_threshold in
+  GLIBC_TUNABLES) is left as it is.
 - `release` at the end of a phase whose memory the next does not need (the optimizer's state,
   once the last bundle is written): collect, then hand the heap's free pages back (malloc_trim).
 

@@ -122,9 +122,9 @@ class Trainer:
 
     def release_optimizer_state(self) -> None:
         """Free what only further optimizer steps need, once training is over and last.pt holds it:
-        the optimizer's moments (Adam: twice the weights) and gradients. The best model is then
-        read back for the final report without raising the run's peak memory (bench/RESULTS.md)."""
-        self.optim.optimizer.zero_grad(set_to_none=True)
+        the optimizer's moments (Adam: twice the weights; every step already drops the gradients).
+        The best model is then read back for the final report without raising the run's peak
+        memory (bench/RESULTS.md)."""
         self.optim.optimizer.state.clear()
         memory.release()
 
