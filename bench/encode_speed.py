@@ -78,7 +78,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pairs = Path(tmp) / "pairs.csv"
         frame.drop(columns=[c for c in ("label", "score") if c in frame]).to_csv(pairs, index=False)
+        template = Path(tmp) / "template.csv"
+        frame[["id"]].assign(target=0.0).to_csv(template, index=False)
         overrides = [f"model.name={args.model}", f"data.predict_path={pairs}", "data.test_path=null",
+                     f"data.submission_template={template}",
+                     "model.allow_unexpected=[encoder.pooler.*]",  # a pretrained model's pooler: unused
                      f"training.eval_batch_size={args.batch_size}", f"inference.precision={args.precision}",
                      "inference.round=null", "inference.clip=null"]
 
