@@ -253,7 +253,7 @@ def test_heap_retention_is_limited_on_glibc_unless_the_user_chose(monkeypatch):
 
     from plaintune.training import memory
 
-    memory.release()  # collects and trims without error, whatever the C library
+    memory.release()  # trims without error, whatever the C library
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
     assert memory.limit_heap_retention() is False
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")

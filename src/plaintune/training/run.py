@@ -101,7 +101,7 @@ def train_run(cfg: Box, config_name: str, overrides: Sequence[str], request: Run
         if lock is not None:
             lock.release()
         distributed.cleanup()
-        memory.release()  # the run's model and optimizer are garbage now: the next fold starts lean
+        memory.release()  # the run's model and optimizer are freed now: the next fold starts lean
 
 
 def _train_locked(cfg: Box, config_name: str, overrides: Sequence[str], request: RunRequest, dist_info, device,
