@@ -89,6 +89,25 @@ def test_ensemble_is_the_weighted_average(two_runs, capsys):
     assert inference.main(["--config", "t", "--saved_model", "a", "b", "--weights", "1"]) == 2
 
 
+def test_a_labelled_file_scored_against_itself_is_predicted_once(two_runs, monkeypatch, capsys):
+    """predict_path == test_path (scoring a held-out set): each model predicts the pairs once, and the
+    printed test score is the score of what was returned."""
+    from plaintune import predict
+    from plaintune.inference import predicting
+    from plaintune.training.metrics import compute_metrics
+
+    calls = []
+    real = predicting.member_outputs
+    monkeypatch.setattr(predicting, "member_outputs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    frame = predict("t", ["a", "b"], "data.predict_path=data/dev.csv", "data.test_path=data/dev.csv")
+    assert len(calls) == 2  # once per model, not once for predict and once for test
+    labels = pd.read_csv(two_runs / "data" / "dev.csv")["label"].to_numpy()
+    pearson = compute_metrics(frame["target"].to_numpy(), labels, 1)["pearson"]
+    assert f"ensemble test pearson {pearson:.4f}" in capsys.readouterr().out
+    predict("t", ["a"], "data.predict_path=data/dev.csv", "data.test_path=data/train.csv")
+    assert len(calls) == 2 + 2  # different pairs: predicted apart
+
+
 def test_symmetric_averaging_is_the_mean_of_both_orders(two_runs):
     project = two_runs
     straight = predictions(project, "--saved_model", "a")

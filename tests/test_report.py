@@ -41,6 +41,45 @@ def check_report(folder, frame: pd.DataFrame, predictions: np.ndarray) -> None:
     assert (folder / "scatter.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def dev_predictions_by_inference(project, capsys) -> np.ndarray:
+    """best/'s predictions on the labelled dev file, as inference.py writes them (unrounded)."""
+    dev = pd.read_csv(project / "data" / "dev.csv")
+    dev[["id"]].assign(target=0.0).to_csv(project / "data" / "dev_template.csv", index=False)
+    assert inference.main(["--config", "t", "--saved_model", "t", "data.predict_path=data/dev.csv",
+                           "data.submission_template=data/dev_template.csv", "inference.round=null",
+                           "inference.clip=null", "inference.output_path=output/dev.csv"]) == 0
+    assert "error report: output/dev_report/" in capsys.readouterr().out
+    return pd.read_csv(project / "output" / "dev.csv")["target"].to_numpy(dtype=np.float64)
+
+
+def spy_on_best_loads(monkeypatch) -> list:
+    """The checkpoints the end-of-training report loads back (none when it reuses the validation's predictions)."""
+    from plaintune.training import run
+
+    loads = []
+    real = run.load_weights
+    monkeypatch.setattr(run, "load_weights", lambda model, source, *a, **k: loads.append(source) or
+                        real(model, source, *a, **k))
+    return loads
+
+
+def test_report_of_a_best_saved_before_a_resume_is_predicted_from_best(project, capsys, monkeypatch):
+    """A resumed run whose validations never beat the best of an earlier process: the report is best/'s,
+    predicted from the checkpoint on disk, not from the last weights in memory."""
+    from plaintune.training import selection
+
+    loads = spy_on_best_loads(monkeypatch)
+    assert train.main(["--config", "t", "training.epochs=1"]) == 0
+    assert loads == []  # the run's own best validation already predicted dev with best/'s weights
+    with monkeypatch.context() as patch:
+        patch.setattr(selection, "is_better", lambda *args: False)  # no later validation is best
+        assert train.main(["--config", "t", "training.epochs=2", "--resume"]) == 0
+    assert [path.name for path in loads] == ["best"]
+    capsys.readouterr()
+    dev = pd.read_csv(project / "data" / "dev.csv")
+    check_report(project / "saved_model" / "t" / "report", dev, dev_predictions_by_inference(project, capsys))
+
+
 def test_report_after_training_and_at_inference(project, capsys):
     assert train.main(["--config", "t", "training.epochs=1"]) == 0
     out = capsys.readouterr().out

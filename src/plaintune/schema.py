@@ -62,6 +62,12 @@ class Field:
 
 MEMBER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
+# training.micro_batch_tokens: auto on CPU (data/batching.py applies it). For MiniLM-L6, 1024 tokens
+# per pass cut random batches' padding as well as any larger budget (bench/RESULTS.md). One budget for
+# every model: on all-mpnet-base-v2 (12 x 768) passes of 256 tokens took 119 MB off the peak RSS but
+# trained 1.4x slower (many small passes), so a bigger model does not get a smaller default.
+AUTO_MICRO_BATCH_TOKENS_CPU = 1024
+
 
 def _members(value: dict) -> Optional[str]:
     for name, overrides in value.items():
@@ -258,7 +264,7 @@ SCHEMA: dict = {
         "micro_batch_tokens": Field(RUNTIME, object, "auto", "Each batch is sorted by length and run as micro-batches of "
                                     "at most this many padded tokens (pairs x longest pair), cut where that saves "
                                     "padding: the optimizer step is the same as one pass over the batch, with "
-                                    "near-sorted padding and bounded activation memory. auto: 1024 tokens on CPU "
+                                    f"near-sorted padding and bounded activation memory. auto: {AUTO_MICRO_BATCH_TOKENS_CPU} tokens on CPU "
                                     "(for every model size: smaller passes save little memory and cost time), one "
                                     "pass per batch on a GPU; null: always one pass per batch. Lower it to bound a "
                                     "large model's activation memory.",

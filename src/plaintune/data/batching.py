@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from plaintune.data.tokenized import PadCollator, PairDataset
+from plaintune.schema import AUTO_MICRO_BATCH_TOKENS_CPU
 
 
 class TrainBatchSampler:
@@ -163,13 +164,6 @@ def padding_fraction(lengths: np.ndarray, batches: Sequence[Sequence[int]]) -> f
         real += int(sizes.sum())
         padded += int(sizes.max()) * len(batch)
     return 1.0 - real / padded if padded else 0.0
-
-
-# micro_batch_tokens: auto on CPU. For MiniLM-L6, 1024 tokens per pass cut random batches' padding
-# as well as any larger budget (bench/RESULTS.md). One budget for every model: on all-mpnet-base-v2
-# (12 x 768) passes of 256 tokens took 119 MB off the peak RSS but trained 1.4x slower (many small
-# passes), so a bigger model does not get a smaller default (bench/RESULTS.md, the base model).
-AUTO_MICRO_BATCH_TOKENS_CPU = 1024
 
 
 def micro_batch_budget(requested, device: torch.device) -> tuple[Optional[int], int]:

@@ -62,15 +62,21 @@ def load_model_for_inference(cfg: Box, source: Path, trust: bool = False):
     return model.eval(), tokenizer, report
 
 
+def predicts_both_orders(objective: Objective, symmetric: bool) -> bool:
+    """Whether inference.symmetric makes this model predict each pair twice: a bi-encoder's
+    cosine is symmetric already, so it predicts once."""
+    return symmetric and objective.kind != "bi_encoder"
+
+
 def member_outputs(model, tokenizer, objective: Objective, table: data.PairTable, cfg: Box, device: torch.device,
                    symmetric: bool) -> np.ndarray:
     """One model's outputs in a form that averages: scores (regression) or class probabilities.
 
     With `symmetric`, also predicts every pair as (sentence_2, sentence_1) and averages the two
-    (a bi-encoder's cosine is symmetric already, so it predicts once).
+    (see predicts_both_orders).
     """
     autocast_dtype = AUTOCAST[inference_precision(cfg, device)[0]]
-    symmetric = symmetric and objective.kind != "bi_encoder"
+    symmetric = predicts_both_orders(objective, symmetric)
     runs = []
     for swap in ((False, True) if symmetric else (False,)):
         dataset = make_dataset(table, tokenizer, cfg.model.max_length, objective.kind, swap=swap)
@@ -198,9 +204,15 @@ def predict_submission(cfg: Box, saved_models: Sequence[str], weights: Optional[
 
 def predict_members(cfg: Box, sources: Sequence[Path], table: data.PairTable, test: Optional[data.PairTable],
                     device: torch.device, trust: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Each member's outputs on the predict pairs and (if any) the test pairs, one model in memory at a time."""
+    """Each member's outputs on the predict pairs and (if any) the test pairs, one model in memory at a time.
+
+    When the test pairs are the predict pairs (a labelled file scored against itself), each model
+    predicts them once.
+    """
     predicted, tested = [], []
     loading = predicting = 0.0
+    test_is_table = test is not None and same_pairs(test, table)
+    both_orders = 0  # members that predicted each pair in both orders
     for source in sources:
         started = time.perf_counter()
         model, tokenizer, report = load_model_for_inference(cfg, source, trust)
@@ -213,15 +225,25 @@ def predict_members(cfg: Box, sources: Sequence[Path], table: data.PairTable, te
         predicted.append(member_outputs(model, tokenizer, objective, table, member_cfg, device,
                                         cfg.inference.symmetric))
         predicting += time.perf_counter() - started  # tokenizing and predicting, not loading
-        if test is not None:
+        both_orders += predicts_both_orders(objective, cfg.inference.symmetric)
+        if test_is_table:
+            tested.append(predicted[-1])
+        elif test is not None:
             tested.append(member_outputs(model, tokenizer, objective, test, member_cfg, device,
                                          cfg.inference.symmetric))
         del model
     pairs = len(table)
-    print(f"predicted {pairs} pairs with {len(sources)} model(s){' (symmetric)' if cfg.inference.symmetric else ''} "
+    orders = "" if not both_orders else " (both orders)" if both_orders == len(sources) else \
+        f" ({both_orders} of them in both orders)"
+    print(f"predicted {pairs} pairs with {len(sources)} model(s){orders} "
           f"in {predicting:.1f} s ({pairs * len(sources) / max(predicting, 1e-9):.1f} pairs/s per model, "
           f"{'%s (%s)' % inference_precision(cfg, device)}; loading took {loading:.1f} s)")
     return predicted, tested
+
+
+def same_pairs(first: data.PairTable, second: data.PairTable) -> bool:
+    """Whether two tables hold the same sentence pairs in the same order (so one prediction serves both)."""
+    return first.sentence_1 == second.sentence_1 and first.sentence_2 == second.sentence_2
 
 
 def with_trained_length(cfg: Box, model: torch.nn.Module, source: Path) -> Box:

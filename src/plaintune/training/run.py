@@ -200,10 +200,16 @@ def finish(cfg: Box, trainer: Trainer, data: TrainData, run_dir: Path, started: 
               f"check data.dev_path (the run's last.pt is in {run_dir})")
     best_dir = find_best_dir(run_dir)
     model = distributed.unwrap_model(trainer.model)
-    if best_dir is not None:
-        load_weights(model, best_dir)
+    loaded = False
 
     def best_predictions(role: str) -> np.ndarray:
+        nonlocal loaded
+        # the validation that saved best/ in this process already predicted dev with those very weights
+        if role == "dev" and trainer.best_dev_predictions is not None:
+            return trainer.best_dev_predictions
+        if not loaded:  # best/ from disk: saved by this process, or by an earlier one of a resumed run
+            load_weights(model, best_dir)
+            loaded = True
         loader = eval_loader(data.datasets[role], cfg.training.eval_batch_size, cfg.model.num_labels)
         outputs = model_outputs(model, loader, trainer.device, trainer.options.autocast_dtype)
         return trainer.objective.predictions(outputs)

@@ -91,6 +91,9 @@ class Trainer:
         self._finite_through = self.state.global_step  # last optimizer step with the train loss seen finite
         self._window_loss = torch.tensor(self.state.window_loss, dtype=torch.float64, device=self.device)
         self._train_speed: Optional[float] = None
+        self._dev_predictions: Optional[np.ndarray] = None  # the last validation's, every dev row in order
+        # best/'s dev predictions, when best/ was saved in this process (the final report reuses them)
+        self.best_dev_predictions: Optional[np.ndarray] = None
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> TrainState:
@@ -223,6 +226,7 @@ class Trainer:
         model, meta = self._evaluated_model(), self._model_meta()
         if verdict.best and self.options.save_best:
             self._on_main(lambda: self.files.save_best(model, meta))
+            self.best_dev_predictions = self._dev_predictions
         if verdict.top_k_changed:
             self._on_main(lambda: self.files.update_top_k(state.top_k, name, model, meta))
         if self.optim.scheduler_when == "metric":  # plateau, in the metric's direction (optim.build_scheduler)
@@ -253,7 +257,8 @@ class Trainer:
         rows = np.fromiter((i for batch in loader.batch_sampler for i in batch), dtype=np.int64)
         logits = distributed.gather_rows(rows, outputs[rows], len(labels))
         dev_loss = float(self.objective.dev_loss(torch.from_numpy(logits), torch.from_numpy(labels)))
-        metrics = compute_metrics(self.objective.predictions(logits), labels, self.objective.num_labels,
+        self._dev_predictions = self.objective.predictions(logits)
+        metrics = compute_metrics(self._dev_predictions, labels, self.objective.num_labels,
                                   self.batches.dev_binary, self.options.binary_threshold)
         # Best and early stopping are decided from these on every rank: take rank 0's, so the
         # ranks cannot decide differently (and then wait for each other in different places).
