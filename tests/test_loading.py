@@ -481,3 +481,38 @@ def test_convert_into_the_current_directory_leaves_no_temporary(project, formats
     (work / "mine.txt").write_text("x")
     assert checkpoint.main(args + ["--overwrite"]) == 0
     assert sorted(p.name for p in work.iterdir()) == sorted(names + ["mine.txt"])
+
+
+@pytest.mark.parametrize("architecture", ["bert", "roberta", "mpnet"])
+@pytest.mark.parametrize("kind", ["cross_encoder", "bi_encoder"])
+def test_the_documented_lower_half_freeze_fits_every_layout(tmp_path, architecture, kind):
+    """docs/recipes-and-metrics.md's globs freeze the embeddings, layers 0-5 and MPNet's shared position
+    bias of a 12-layer model, and nothing above: the backward pass can stop at layer 6. BERT and RoBERTa
+    take them without the position-bias glob (as the docs say: it would match nothing there)."""
+    import re
+
+    import yaml
+    from transformers import AutoConfig, AutoModel
+
+    from plaintune.model.loading import apply_freeze, build_model
+
+    from conftest import REPO
+
+    docs = (REPO / "docs" / "recipes-and-metrics.md").read_text(encoding="utf-8")
+    globs = yaml.safe_load(re.search(r"'model\.freeze=(\[[^']*\])'", docs).group(1))
+    if architecture != "mpnet":
+        assert "For BERT or RoBERTa drop that glob" in docs
+        globs = [glob for glob in globs if glob != "*relative_attention_bias*"]
+    config = AutoConfig.for_model(architecture, vocab_size=120, hidden_size=16, num_hidden_layers=12,
+                                  num_attention_heads=2, intermediate_size=32, max_position_embeddings=64)
+    AutoModel.from_config(config).save_pretrained(tmp_path)
+    model = build_model({"name": str(tmp_path), "kind": kind, "num_labels": 1}, pretrained=False)
+    apply_freeze(model, globs, [])
+    frozen = {name for name, param in model.named_parameters() if not param.requires_grad}
+    layer = re.compile(r"\.layer\.(\d+)\.")
+    for name, _ in model.named_parameters():
+        number = layer.search(name)
+        lower = ("embeddings." in name or "relative_attention_bias" in name
+                 or (number is not None and int(number.group(1)) < 6))
+        assert (name in frozen) == lower, name
+    assert any(layer.search(name) and int(layer.search(name).group(1)) == 5 for name in frozen)
