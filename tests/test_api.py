@@ -63,7 +63,9 @@ def test_api_mistakes_raise_user_error(project, call, expect):
 
 
 def test_time_run_name_prints_a_resume_command_that_resumes(project, capsys):
-    """run_name with {time}: the printed resume command names the directory the run got."""
+    """run_name with {time}: the printed resume call names the directory the run got. Started from
+    Python, the call printed is plaintune.train's (train.py prints its command line: test_resume.py),
+    and it runs as printed."""
     import signal
 
     from torch.optim.optimizer import register_optimizer_step_post_hook
@@ -82,9 +84,11 @@ def test_time_run_name_prints_a_resume_command_that_resumes(project, capsys):
     finally:
         handle.remove()
     command = [line for line in capsys.readouterr().err.splitlines() if line.startswith("resume with: ")][0]
-    resolved = command.split("run_name=")[-1].split()[0]
+    call = command.removeprefix("resume with: ")
+    assert call.startswith("plaintune.train('t', ") and call.endswith(", resume=True)")
+    resolved = call.split("run_name=")[-1].split("'")[0]
     assert "{time}" not in resolved and (project / "saved_model" / resolved / "last.pt").is_file()
-    result = plaintune.train("t", "run_name=tm-{time}", f"run_name={resolved}", resume=True)
+    result = eval(call, {"plaintune": plaintune})  # noqa: S307 - the line plaintune printed, run as a user would
     assert result.run_dir.name == resolved and result.history
 
 
@@ -109,3 +113,13 @@ def test_resume_problems_name_the_argument_as_the_caller_wrote_it(project, capsy
     assert capsys.readouterr().err.startswith("error: --resume: 'x.pt' does not exist")
     assert train.main(["--config", "t", "training.epochs=2", "--resume"]) == 2
     assert capsys.readouterr().err.startswith("error: --resume: the data changed since the checkpoint")
+
+
+def test_the_printed_resume_call_is_in_the_callers_language():
+    """After Ctrl-C, train.py prints its command line; plaintune.train its own call (a dict config named as
+    the caller's dict, not as a file that does not exist)."""
+    from plaintune.errors import API, CLI, CONFIG_DICT
+
+    assert CLI.resume_call("my cfg", ["a.b=1 2"], folds=5) == "python train.py --config 'my cfg' 'a.b=1 2' --folds 5 --resume"
+    assert API.resume_call("t", ["a.b=1"], folds=5) == "plaintune.train('t', 'a.b=1', folds=5, resume=True)"
+    assert API.resume_call(CONFIG_DICT, []) == "plaintune.train(<your config dict>, resume=True)"

@@ -14,7 +14,7 @@ from box import Box
 
 from plaintune.rundir import layout as rundir
 from plaintune.config.load import apply_overrides, load_config, resolve_config_path
-from plaintune.errors import API, Switches, UserError
+from plaintune.errors import API, CONFIG_DICT, Switches, UserError
 from plaintune.kfold.folds import folds_folder, run_folds
 from plaintune.kfold.leaderboard import run_leaderboard
 from plaintune.training.metrics import followed_metric, score
@@ -39,7 +39,7 @@ def load(config: ConfigLike, overrides: Sequence[str], purpose: str,
     if isinstance(config, dict):
         origins = Origins("config dict")
         return validate(apply_overrides(config, overrides, origins, origin), source="config dict", purpose=purpose,
-                        origins=origins), "CONFIG", None
+                        origins=origins), CONFIG_DICT, None
     name = str(config)
     return load_config(name, overrides, purpose=purpose, origin=origin), name, resolve_config_path(name)
 

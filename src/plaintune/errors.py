@@ -7,11 +7,12 @@ else is a bug in plaintune (or the environment) and exits 1 with a traceback.
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 import traceback
 from dataclasses import dataclass
-from typing import Callable, NoReturn, Sequence
+from typing import Callable, NoReturn, Optional, Sequence
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -63,14 +64,28 @@ class Switches:
     force: str
     folds: str
     turn_on: str  # what follows a switch's name to turn it on: nothing for a flag, "=True" for a keyword
+    command_line: bool  # train.py's flags (else the keywords of plaintune.train)
 
     def on(self, switch: str) -> str:
         """How to turn `switch` ('resume', 'overwrite', 'force') on: `--force`, or `force=True`."""
         return getattr(self, switch) + self.turn_on
 
+    def resume_call(self, config_name: str, overrides: Sequence[str], folds: Optional[int] = None) -> str:
+        """What continues a run as the caller started it (printed after Ctrl-C or SIGTERM): train.py's
+        command line, or the plaintune.train call (`config_name` CONFIG_DICT: the caller's own dict)."""
+        if self.command_line:
+            return " ".join(["python", "train.py", "--config", shlex.quote(config_name), *map(shlex.quote, overrides),
+                             *(["--folds", str(folds)] if folds is not None else []), "--resume"])
+        config = config_name if config_name == CONFIG_DICT else repr(config_name)
+        arguments = [config, *map(repr, overrides), *([f"folds={folds}"] if folds is not None else []), "resume=True"]
+        return f"plaintune.train({', '.join(arguments)})"
 
-CLI = Switches(resume="--resume", overwrite="--overwrite", force="--force", folds="--folds", turn_on="")
-API = Switches(resume="resume", overwrite="overwrite", force="force", folds="folds", turn_on="=True")
+
+CLI = Switches(resume="--resume", overwrite="--overwrite", force="--force", folds="--folds", turn_on="",
+               command_line=True)
+API = Switches(resume="resume", overwrite="overwrite", force="force", folds="folds", turn_on="=True",
+               command_line=False)
+CONFIG_DICT = "<your config dict>"  # how printed commands name a config given as a dict (plaintune.train({...}))
 
 
 class Interrupted(KeyboardInterrupt):

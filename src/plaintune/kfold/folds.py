@@ -274,8 +274,7 @@ def _run_folds_locked(cfg: Box, config_name: str, overrides: Sequence[str], fold
     pooled, parts, folder = cut_folds(cfg, folds, request, key)
     name = followed_metric("auto", cfg.model.num_labels)
     quoted = [shlex.quote(config_name), *map(shlex.quote, overrides)]
-    resume_cmd = request.resume_command or " ".join(["python", "train.py", "--config", *quoted, "--folds",
-                                                     str(folds), "--resume"])
+    resume_cmd = request.resume_command or request.switches.resume_call(config_name, overrides, folds)
     resuming = request.resume is not None and not request.overwrite
     out_of_fold = np.full(len(pooled), np.nan)
     summary = []

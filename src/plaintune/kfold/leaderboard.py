@@ -22,7 +22,7 @@ from plaintune.training import distributed
 from plaintune.rundir import ownership
 from plaintune.rundir import layout as rundir
 from plaintune.config.load import resolve_config_path
-from plaintune.errors import UserError
+from plaintune.errors import CONFIG_DICT, UserError
 from plaintune.kfold.ensemble import (Member, check_ensemble_dir, choose, estimate_seconds, fit_candidate,
                        measure_speed, member_configs, write_spec)
 from plaintune.inference.outputs import postprocess
@@ -71,7 +71,7 @@ def run_leaderboard(cfg: Box, config_name: str, overrides: Sequence[str], reques
     The ensemble's directory, and every member's k-fold folder and fold runs, are checked to be
     plaintune's (or free) before anything is written; the ensemble's directory is locked then:
     of two pipelines started at once on one run_name, the one that loses the lock writes nothing."""
-    source = str(resolve_config_path(config_name)) if config_name != "CONFIG" else "config dict"
+    source = str(resolve_config_path(config_name)) if config_name != CONFIG_DICT else "config dict"
     members = member_configs(cfg, source)
     # checked before anything is written or measured (the members' k-folds check it again)
     tables = data.read_tables(next(iter(members.values())))
@@ -100,7 +100,7 @@ def _run_locked(cfg: Box, config_name: str, overrides: Sequence[str], request: R
     announce_budget(members, folds, device)
 
     quoted = [shlex.quote(config_name), *map(shlex.quote, overrides)]
-    request = replace(request, resume_command=" ".join(["python train.py --config", *quoted, "--resume"]))
+    request = replace(request, resume_command=request.switches.resume_call(config_name, overrides))
     results: dict[str, FoldsResult] = {}
     for n, (name, member_cfg) in enumerate(members.items(), start=1):
         print(f"member {n}/{len(members)}: {name} ({member_cfg.model.kind}), "

@@ -149,8 +149,8 @@ def _train_locked(cfg: Box, config_name: str, overrides: Sequence[str], request:
         files = RunFiles(run_dir, cfg.checkpoint.keep_last, data.tokenizer,
                          {"config": to_plain(cfg), "data_fingerprints": data.fingerprints},
                          card=model_card(cfg, objective))
-        options = loop_options(cfg, device, dist_info, request.resume_command or command(
-            "train.py", config_name, overrides, "--resume"))
+        options = loop_options(cfg, device, dist_info,
+                               request.resume_command or request.switches.resume_call(config_name, overrides))
         dev = data.tables["dev"]
         batches = Batches(data.train_loader, data.dev_loader, dev.labels, dev.binary)
         trainer = Trainer(train_model, objective, optim, batches, files, tracker, options, state)
