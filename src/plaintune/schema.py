@@ -264,7 +264,8 @@ SCHEMA: dict = {
         "micro_batch_tokens": Field(RUNTIME, object, "auto", "Each batch is sorted by length and run as micro-batches of "
                                     "at most this many padded tokens (pairs x longest pair), cut where that saves "
                                     "padding: the optimizer step is the same as one pass over the batch, with "
-                                    f"near-sorted padding and bounded activation memory. auto: {AUTO_MICRO_BATCH_TOKENS_CPU} tokens on CPU "
+                                    "near-sorted padding and bounded activation memory. auto: "
+                                    f"{AUTO_MICRO_BATCH_TOKENS_CPU} tokens on CPU "
                                     "(for every model size: smaller passes save little memory and cost time), one "
                                     "pass per batch on a GPU; null: always one pass per batch. Lower it to bound a "
                                     "large model's activation memory.",
