@@ -128,6 +128,55 @@ def test_curves_png_is_a_valid_image(project):
     assert image.shape[0] > 100 and image.shape[1] > 300
 
 
+def spy_on_drawings(monkeypatch) -> list:
+    """The validations each curves.png drawing shows (their steps), one list per drawing."""
+    from plaintune.training import tracking
+
+    drawings = []
+    real = tracking.plot_curves
+
+    def plot(records, path, metric):
+        drawings.append([r["step"] for r in records if r["kind"] == "eval"])
+        real(records, path, metric)
+
+    monkeypatch.setattr(tracking, "plot_curves", plot)
+    return drawings
+
+
+def test_curves_are_redrawn_at_most_every_interval_and_complete_at_the_end(project, monkeypatch):
+    """Validations seconds apart are drawn once, when the run finishes; far enough apart, each is drawn."""
+    from plaintune.training import tracking
+
+    drawings = spy_on_drawings(monkeypatch)
+    assert train.main(["--config", "t", "training.epochs=2", "training.eval_every_n_steps=2"]) == 0
+    assert drawings == [[2, 4, 6, 8, 10, 12]]
+    drawings.clear()
+    monkeypatch.setattr(tracking, "PLOT_MIN_INTERVAL_S", 0.0)
+    assert train.main(["--config", "t", "training.epochs=2", "--overwrite"]) == 0
+    assert drawings == [[6], [6, 12]]
+
+
+def test_a_run_stopped_by_a_signal_draws_its_curves(project, monkeypatch):
+    import signal
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    drawings = spy_on_drawings(monkeypatch)
+    steps = {"n": 0}
+
+    def stop_after_step_8(optimizer, args, kwargs):
+        steps["n"] += 1
+        if steps["n"] == 8:
+            signal.raise_signal(signal.SIGTERM)
+
+    handle = register_optimizer_step_post_hook(stop_after_step_8)
+    try:
+        assert train.main(["--config", "t", "training.epochs=2"]) == 143
+    finally:
+        handle.remove()
+    assert drawings == [[6]] and (project / "saved_model" / "t" / "curves.png").is_file()
+
+
 def test_metrics_jsonl_has_train_and_eval_lines(project):
     assert train.main(["--config", "t", "training.epochs=2"]) == 0
     lines = [json.loads(x) for x in (project / "saved_model" / "t" / "metrics.jsonl").read_text().splitlines()]

@@ -226,6 +226,7 @@ def finish(cfg: Box, trainer: Trainer, data: TrainData, run_dir: Path, started: 
         trainer.tracker.log("test", state.global_step, state.epoch, metrics)
         print(f"test of the best model: {shown(metrics)}  ({cfg.data.test_path})")
     trainer.tracker.summary(**{f"best_{name}": state.best_metric, "best_epoch": state.best_epoch})
+    trainer.tracker.flush()  # curves.png complete before its size and path are printed
     best = f"best dev {name} {state.best_metric:.4f} at epoch {state.best_epoch:g}" \
         if state.best_metric is not None else f"no validation gave a finite dev {name}"
     stopped = f" (early stop at epoch {state.history[-1]['epoch']:g})" if state.stopped_early and state.history \

@@ -260,6 +260,13 @@ def plot_curves(records: list[dict], path: Path, metric: str) -> None:
     plt.close(fig)
 
 
+# curves.png is redrawn after a validation only when the last drawing is this old (a drawing costs 0.3-0.4 s:
+# a small run validating every few seconds would spend a large part of its time drawing). What is not drawn
+# then is drawn when the run finishes or stops on a signal (Tracker.flush); a run that fails or is killed
+# leaves at most this much of it undrawn (metrics.jsonl has every line).
+PLOT_MIN_INTERVAL_S = 30.0
+
+
 class Tracker:
     """Fans metrics out to the enabled sinks; a no-op on non-zero ranks."""
 
@@ -272,6 +279,8 @@ class Tracker:
         self.jsonl: Optional[JsonlSink] = None
         self.wandb: Optional[WandbSink] = wandb
         self.run_dir = run_dir
+        self._drawn_at = time.monotonic()  # as if just drawn: a run's first validation within 30 s waits too
+        self._plot_pending = False
         if not active:
             return
         self.jsonl = JsonlSink(run_dir)
@@ -294,7 +303,15 @@ class Tracker:
         for sink in self.sinks:
             sink.log(kind, step, epoch, metrics)
         if kind == "eval" and self.jsonl is not None:
+            self._plot_pending = True
+            if time.monotonic() - self._drawn_at >= PLOT_MIN_INTERVAL_S:
+                self.flush()
+
+    def flush(self) -> None:
+        """Draw curves.png now if a validation since the last drawing is not in it."""
+        if self._plot_pending and self.jsonl is not None:
             plot_curves(self.jsonl.records(), self.run_dir / PLOT_FILE, self.metric)
+            self._drawn_at, self._plot_pending = time.monotonic(), False
 
     def summary(self, **values: Any) -> None:
         if self.wandb:
