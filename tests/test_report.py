@@ -80,6 +80,20 @@ def test_report_of_a_best_saved_before_a_resume_is_predicted_from_best(project, 
     check_report(project / "saved_model" / "t" / "report", dev, dev_predictions_by_inference(project, capsys))
 
 
+def test_an_ema_runs_validation_and_report_are_best_s_own(project, capsys):
+    """training.ema: the dev metric that chose best/ (its meta) and the report are what best/ itself gives on
+    dev (inference.py), mid-epoch validations included. The average once ran integer buffers (BERT's
+    position_ids) through the EMA too, 3 -> int(2.9999) = 2: validation scored a model unlike the one saved."""
+    assert train.main(["--config", "t", "training.ema=0.9", "training.eval_every_n_steps=2"]) == 0
+    capsys.readouterr()
+    dev = pd.read_csv(project / "data" / "dev.csv")
+    predictions = dev_predictions_by_inference(project, capsys)
+    check_report(project / "saved_model" / "t" / "report", dev, predictions)
+    meta = json.loads((project / "saved_model" / "t" / "best" / "plaintune_state.json").read_text())
+    direct = compute_metrics(predictions, dev["label"].to_numpy(dtype=np.float64), 1)
+    assert meta["value"] == pytest.approx(direct["pearson"], abs=1e-5)
+
+
 def test_report_after_training_and_at_inference(project, capsys):
     assert train.main(["--config", "t", "training.epochs=1"]) == 0
     out = capsys.readouterr().out

@@ -68,11 +68,27 @@ class Optimization:
 
 
 def build_ema(model: nn.Module, decay: Optional[float]) -> Optional[AveragedModel]:
-    """torch's AveragedModel keeping an exponential moving average of `model`'s weights (and buffers),
-    on the model's device; None when training.ema is off."""
+    """torch's AveragedModel keeping an exponential moving average of `model`'s weights (and floating-point
+    buffers), on the model's device; None when training.ema is off."""
     if decay is None:
         return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return AveragedModel(model, multi_avg_fn=ema_of_floats(decay), use_buffers=True)
+
+
+def ema_of_floats(decay: float) -> Callable:
+    """torch's EMA update for floating-point tensors; any other tensor is copied from the model. torch
+    averages an integer buffer too and truncates: BERT's position_ids [0, 1, 2, 3] became [0, 1, 2, 2]
+    after a few steps, so validation scored (and chose best/ by) a model unlike the one saved."""
+    average = get_ema_multi_avg_fn(decay)
+
+    def update(averaged: list, current: list, steps) -> None:
+        if torch.is_floating_point(averaged[0]) or torch.is_complex(averaged[0]):
+            average(averaged, current, steps)
+        else:  # torch groups the tensors by dtype: a group is all floats or none
+            for kept, now in zip(averaged, current):
+                kept.copy_(now)
+
+    return update
 
 
 def seed_everything(seed: int) -> None:
