@@ -127,8 +127,9 @@ class Trainer:
     def release_optimizer_state(self) -> None:
         """Free what only further optimizer steps need, once training is over and last.pt holds it:
         the optimizer's moments (Adam: twice the weights; every step already drops the gradients).
-        The best model is then read back for the final report without raising the run's peak
-        memory (bench/RESULTS.md)."""
+        Where the end of training reads best/ back (a best saved by an earlier process of a resumed
+        run, or data.test_path to score), it does so without raising the run's peak memory
+        (bench/RESULTS.md)."""
         self.optim.optimizer.state.clear()
         memory.release()
 
