@@ -177,6 +177,22 @@ def test_a_run_stopped_by_a_signal_draws_its_curves(project, monkeypatch):
     assert drawings == [[6]] and (project / "saved_model" / "t" / "curves.png").is_file()
 
 
+def test_a_resumed_run_with_nothing_left_to_train_draws_what_its_last_process_did_not(project, monkeypatch):
+    """A process that dies after its last validation, before its curves are drawn (a crash while
+    scoring test_path, a kill): --resume has no epoch left, and still leaves curves.png complete."""
+    from plaintune.training import tracking
+
+    drawn = tracking.Tracker.flush
+    monkeypatch.setattr(tracking.Tracker, "flush", lambda self: None)  # the first process never draws
+    assert train.main(["--config", "t", "training.epochs=2"]) == 0
+    run = project / "saved_model" / "t"
+    assert not (run / "curves.png").exists()
+    monkeypatch.setattr(tracking.Tracker, "flush", drawn)
+    drawings = spy_on_drawings(monkeypatch)
+    assert train.main(["--config", "t", "training.epochs=2", "--resume"]) == 0
+    assert drawings == [[6, 12]] and (run / "curves.png").is_file()
+
+
 def test_metrics_jsonl_has_train_and_eval_lines(project):
     assert train.main(["--config", "t", "training.epochs=2"]) == 0
     lines = [json.loads(x) for x in (project / "saved_model" / "t" / "metrics.jsonl").read_text().splitlines()]

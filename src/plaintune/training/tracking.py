@@ -286,6 +286,9 @@ class Tracker:
         self.jsonl = JsonlSink(run_dir)
         if resumed is not None:
             self.jsonl.truncate_after(resumed.global_step, [(r["step"], r["epoch"]) for r in resumed.history])
+            # the process before may have ended before drawing its last validations (a crash, a kill):
+            # drawn at the latest when this run finishes, even one with nothing left to train
+            self._plot_pending = bool(resumed.history)
         elif self.jsonl.path.exists():
             self.jsonl.path.unlink()  # a fresh run starts a fresh history
         self.sinks.append(self.jsonl)
