@@ -193,6 +193,38 @@ def test_a_resumed_run_with_nothing_left_to_train_draws_what_its_last_process_di
     assert drawings == [[6, 12]] and (run / "curves.png").is_file()
 
 
+def test_a_drawing_that_fails_after_a_signal_keeps_the_resume_command(project, monkeypatch, capsys):
+    """The checkpoint is saved before the curves are drawn; a drawing that fails then is reported,
+    and the user still learns how to resume."""
+    import signal
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from plaintune.errors import UserError
+    from plaintune.training import tracking
+
+    def unwritable(records, path, metric):
+        raise UserError(f"cannot write '{path}': permission denied; choose a writable directory")
+
+    monkeypatch.setattr(tracking, "plot_curves", unwritable)
+    steps = {"n": 0}
+
+    def stop_after_step_8(optimizer, args, kwargs):
+        steps["n"] += 1
+        if steps["n"] == 8:
+            signal.raise_signal(signal.SIGTERM)
+
+    handle = register_optimizer_step_post_hook(stop_after_step_8)
+    try:
+        assert train.main(["--config", "t", "training.epochs=2"]) == 2
+    finally:
+        handle.remove()
+    err = capsys.readouterr().err
+    assert "resume with: python train.py --config t training.epochs=2 --resume" in err
+    assert err.rstrip().splitlines()[-1].startswith("error: cannot write 'saved_model/t/curves.png'")
+    assert (project / "saved_model" / "t" / "last.pt").is_file()
+
+
 def test_metrics_jsonl_has_train_and_eval_lines(project):
     assert train.main(["--config", "t", "training.epochs=2"]) == 0
     lines = [json.loads(x) for x in (project / "saved_model" / "t" / "metrics.jsonl").read_text().splitlines()]

@@ -117,10 +117,12 @@ class Trainer:
             self.stop.agree()  # a signal that came during the last validation or save
         if self.stop.agreed:
             self.save_last()
-            self.tracker.flush()  # curves.png shows every validation the resumed run will not repeat
-            if self.dist.is_main:
-                print(f"\ninterrupted ({self.stop.name}): resumable checkpoint saved to "
-                      f"{self.files.last_path}\nresume with: {self.options.resume_command}", file=sys.stderr)
+            try:
+                self.tracker.flush()  # curves.png shows every validation the resumed run will not repeat
+            finally:  # a drawing that fails is reported after this, never instead of it: last.pt is saved
+                if self.dist.is_main:
+                    print(f"\ninterrupted ({self.stop.name}): resumable checkpoint saved to "
+                          f"{self.files.last_path}\nresume with: {self.options.resume_command}", file=sys.stderr)
             raise Interrupted(self.stop.agreed)
         return self.state
 
