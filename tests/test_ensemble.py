@@ -158,6 +158,16 @@ def test_bad_members_stop_before_anything_trains(project, tiny_model_dir, capsys
     assert not (project / "saved_model").exists()
 
 
+def test_a_time_run_name_is_refused_before_anything_is_written_or_measured(project, tiny_model_dir, capsys):
+    """A leaderboard resumes by its members' fold names, so run_name must be fixed: refused as a k-fold
+    refuses it, naming run_name, before the pipeline's directory exists or a member's speed is measured."""
+    leaderboard_project(project, tiny_model_dir, members={"bi": ["model.kind=bi_encoder", "training.epochs=1"]})
+    assert train.main(["--config", "lb", "run_name=lb-{time}"]) == 2
+    captured = capsys.readouterr()
+    assert "run_name contains {time}" in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert "measured" not in captured.out and not (project / "saved_model").exists()
+
+
 def test_folds_flag_with_members_is_refused(project, tiny_model_dir, capsys):
     leaderboard_project(project, tiny_model_dir)
     assert train.main(["--config", "lb", "--folds", "3"]) == 2

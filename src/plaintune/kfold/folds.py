@@ -202,6 +202,12 @@ def check_fold_count(pooled_rows: int, folds: int, key: str) -> None:
                         f"at most {pooled_rows // 2}")
 
 
+def check_fixed_run_name(run_name: str, key: str) -> None:
+    """A k-fold's runs are found again by name (resume, the ensemble): no {time} in run_name."""
+    if "{time}" in run_name:
+        raise UserError(f"{key}: run_name contains {{time}}; give the folds a fixed run_name so they can resume")
+
+
 def cut_folds(cfg: Box, folds: int, request: RunRequest,
               key: Optional[str] = None) -> tuple[data.PairTable, list[np.ndarray], Path]:
     """Check that k-fold can run, pool train and dev, cut them, and write each fold's CSVs
@@ -216,8 +222,7 @@ def cut_folds(cfg: Box, folds: int, request: RunRequest,
     if not cfg.checkpoint.save_best:
         raise UserError(f"{key}: checkpoint.save_best is false; each fold's best model is needed for its "
                         "out-of-fold predictions and the ensemble")
-    if "{time}" in cfg.run_name:
-        raise UserError(f"{key}: run_name contains {{time}}; give the folds a fixed run_name so they can resume")
+    check_fixed_run_name(cfg.run_name, key)
     tables = data.read_tables(cfg)  # the user's own files: their overlap is checked before any fold file exists
     print("\n".join(data.describe_files(cfg, tables)))
     datacheck.check_overlap(tables["train"], tables["dev"], cfg.data.max_overlap)

@@ -26,7 +26,8 @@ from plaintune.errors import CONFIG_DICT, UserError
 from plaintune.kfold.ensemble import (Member, check_ensemble_dir, choose, estimate_seconds, fit_candidate,
                        measure_speed, member_configs, write_spec)
 from plaintune.inference.outputs import postprocess
-from plaintune.kfold.folds import FoldsResult, check_fold_count, check_fold_dirs_owned, folds_folder, run_folds
+from plaintune.kfold.folds import (FoldsResult, check_fixed_run_name, check_fold_count, check_fold_dirs_owned,
+                                   folds_folder, run_folds)
 from plaintune.training.metrics import score
 from plaintune.training.run import RunRequest
 from plaintune.rundir.lock import RunLock
@@ -73,7 +74,8 @@ def run_leaderboard(cfg: Box, config_name: str, overrides: Sequence[str], reques
     of two pipelines started at once on one run_name, the one that loses the lock writes nothing."""
     source = str(resolve_config_path(config_name)) if config_name != CONFIG_DICT else "config dict"
     members = member_configs(cfg, source)
-    # checked before anything is written or measured (the members' k-folds check it again)
+    # checked before anything is written or measured (the members' k-folds check them again)
+    check_fixed_run_name(cfg.run_name, "ensemble.folds")
     tables = data.read_tables(next(iter(members.values())))
     check_fold_count(len(data.pool(tables["train"], tables["dev"])), cfg.ensemble.folds, "ensemble.folds")
     ensemble_dir = rundir.run_dir_for(cfg)
