@@ -123,3 +123,18 @@ def test_the_printed_resume_call_is_in_the_callers_language():
     assert CLI.resume_call("my cfg", ["a.b=1 2"], folds=5) == "python train.py --config 'my cfg' 'a.b=1 2' --folds 5 --resume"
     assert API.resume_call("t", ["a.b=1"], folds=5) == "plaintune.train('t', 'a.b=1', folds=5, resume=True)"
     assert API.resume_call(CONFIG_DICT, []) == "plaintune.train(<your config dict>, resume=True)"
+
+
+def test_a_ddp_runs_resume_command_starts_as_many_processes(monkeypatch):
+    """Under torchrun the printed resume command is a torchrun line with the run's process counts: resumed
+    in one process, the effective batch would shrink."""
+    from plaintune.errors import CLI
+    from plaintune.training.distributed import DistInfo, launcher
+
+    assert launcher(DistInfo()) == "python"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert launcher(DistInfo(rank=1, local_rank=1, world_size=4)) == "torchrun --nproc_per_node 4"
+    assert launcher(DistInfo(rank=9, local_rank=1, world_size=8)) == \
+        "torchrun --nnodes 2 --nproc_per_node 4 <your rendezvous options>"
+    assert CLI.resume_call("t", [], launcher="torchrun --nproc_per_node 4") == \
+        "torchrun --nproc_per_node 4 train.py --config t --resume"

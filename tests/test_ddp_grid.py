@@ -223,7 +223,7 @@ def test_ddp_grid_finishes_and_scores_like_one_process(project, spread_model_dir
     sig, ref = f"w{world}-sig", f"w{world}-ref"
     assert codes[sig] == [143] * world, run["stderr"][-3000:]
     assert codes[f"{sig}-resume"] == [0] * world and codes[ref] == [0] * world
-    assert "resume with:" in run["stderr"] and "SIGTERM" in run["stderr"]
+    assert f"resume with: torchrun --nproc_per_node {world} " in run["stderr"] and "SIGTERM" in run["stderr"]
     reference, resumed = last_bundle(project, ref), last_bundle(project, sig)
     validated_at = [h["step"] for h in reference["train_state"]["history"]]
     assert [h["step"] for h in resumed["train_state"]["history"]] == validated_at

@@ -70,11 +70,13 @@ class Switches:
         """How to turn `switch` ('resume', 'overwrite', 'force') on: `--force`, or `force=True`."""
         return getattr(self, switch) + self.turn_on
 
-    def resume_call(self, config_name: str, overrides: Sequence[str], folds: Optional[int] = None) -> str:
+    def resume_call(self, config_name: str, overrides: Sequence[str], folds: Optional[int] = None,
+                    launcher: str = "python") -> str:
         """What continues a run as the caller started it (printed after Ctrl-C or SIGTERM): train.py's
-        command line, or the plaintune.train call (`config_name` CONFIG_DICT: the caller's own dict)."""
+        command line started by `launcher` (a torchrun line under DDP), or the plaintune.train call
+        (`config_name` CONFIG_DICT: the caller's own dict)."""
         if self.command_line:
-            return " ".join(["python", "train.py", "--config", shlex.quote(config_name), *map(shlex.quote, overrides),
+            return " ".join([launcher, "train.py", "--config", shlex.quote(config_name), *map(shlex.quote, overrides),
                              *(["--folds", str(folds)] if folds is not None else []), "--resume"])
         config = config_name if config_name == CONFIG_DICT else repr(config_name)
         arguments = [config, *map(repr, overrides), *([f"folds={folds}"] if folds is not None else []), "resume=True"]

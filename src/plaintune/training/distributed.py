@@ -37,6 +37,17 @@ class DistInfo:
         return self.world_size > 1
 
 
+def launcher(info: DistInfo) -> str:
+    """How to start this run's processes again (a printed resume command): python, or the torchrun line
+    with this run's process counts (resuming with fewer processes would change the effective batch)."""
+    if not info.enabled:
+        return "python"
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
+    if local == info.world_size:
+        return f"torchrun --nproc_per_node {local}"
+    return f"torchrun --nnodes {info.world_size // max(local, 1)} --nproc_per_node {local} <your rendezvous options>"
+
+
 def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
     if spec == "auto":
         if torch.cuda.is_available():

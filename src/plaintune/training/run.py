@@ -150,7 +150,8 @@ def _train_locked(cfg: Box, config_name: str, overrides: Sequence[str], request:
                          {"config": to_plain(cfg), "data_fingerprints": data.fingerprints},
                          card=model_card(cfg, objective))
         options = loop_options(cfg, device, dist_info,
-                               request.resume_command or request.switches.resume_call(config_name, overrides))
+                               request.resume_command or request.switches.resume_call(
+                                   config_name, overrides, launcher=distributed.launcher(dist_info)))
         dev = data.tables["dev"]
         batches = Batches(data.train_loader, data.dev_loader, dev.labels, dev.binary)
         trainer = Trainer(train_model, objective, optim, batches, files, tracker, options, state)
