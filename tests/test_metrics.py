@@ -78,8 +78,9 @@ def test_direction_and_auto():
 
 
 def validations(sequence: list[dict]):
+    """A stand-in for Trainer.validate scoring `sequence` in turn; no predictions (the report predicts from best/)."""
     values = iter(sequence)
-    return lambda self: dict(next(values))
+    return lambda self: (dict(next(values)), None)
 
 
 # Pearson peaks at epoch 2, Spearman at epoch 3, the dev loss is lowest at epoch 1.

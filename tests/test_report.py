@@ -99,13 +99,8 @@ def test_report_after_training_and_at_inference(project, capsys):
     out = capsys.readouterr().out
     assert "error report: " in out and "spread" in out
     dev = pd.read_csv(project / "data" / "dev.csv")
-    dev[["id"]].assign(target=0.0).to_csv(project / "data" / "dev_template.csv", index=False)
     # inference on the (labelled) dev file reproduces the predictions the training report used
-    assert inference.main(["--config", "t", "--saved_model", "t", "data.predict_path=data/dev.csv",
-                           "data.submission_template=data/dev_template.csv", "inference.round=null",
-                           "inference.clip=null", "inference.output_path=output/dev.csv"]) == 0
-    assert "error report: output/dev_report/" in capsys.readouterr().out
-    predictions = pd.read_csv(project / "output" / "dev.csv")["target"].to_numpy(dtype=np.float64)
+    predictions = dev_predictions_by_inference(project, capsys)
     check_report(project / "output" / "dev_report", dev, predictions)
     check_report(project / "saved_model" / "t" / "report", dev, predictions)
 

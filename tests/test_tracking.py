@@ -157,23 +157,11 @@ def test_curves_are_redrawn_at_most_every_interval_and_complete_at_the_end(proje
 
 
 def test_a_run_stopped_by_a_signal_draws_its_curves(project, monkeypatch):
-    import signal
-
-    from torch.optim.optimizer import register_optimizer_step_post_hook
+    from conftest import signal_after_step
 
     drawings = spy_on_drawings(monkeypatch)
-    steps = {"n": 0}
-
-    def stop_after_step_8(optimizer, args, kwargs):
-        steps["n"] += 1
-        if steps["n"] == 8:
-            signal.raise_signal(signal.SIGTERM)
-
-    handle = register_optimizer_step_post_hook(stop_after_step_8)
-    try:
+    with signal_after_step(8):
         assert train.main(["--config", "t", "training.epochs=2"]) == 143
-    finally:
-        handle.remove()
     assert drawings == [[6]] and (project / "saved_model" / "t" / "curves.png").is_file()
 
 
@@ -196,10 +184,7 @@ def test_a_resumed_run_with_nothing_left_to_train_draws_what_its_last_process_di
 def test_a_drawing_that_fails_after_a_signal_keeps_the_resume_command(project, monkeypatch, capsys):
     """The checkpoint is saved before the curves are drawn; a drawing that fails then is reported,
     and the user still learns how to resume."""
-    import signal
-
-    from torch.optim.optimizer import register_optimizer_step_post_hook
-
+    from conftest import signal_after_step
     from plaintune.errors import UserError
     from plaintune.training import tracking
 
@@ -207,18 +192,8 @@ def test_a_drawing_that_fails_after_a_signal_keeps_the_resume_command(project, m
         raise UserError(f"cannot write '{path}': permission denied; choose a writable directory")
 
     monkeypatch.setattr(tracking, "plot_curves", unwritable)
-    steps = {"n": 0}
-
-    def stop_after_step_8(optimizer, args, kwargs):
-        steps["n"] += 1
-        if steps["n"] == 8:
-            signal.raise_signal(signal.SIGTERM)
-
-    handle = register_optimizer_step_post_hook(stop_after_step_8)
-    try:
+    with signal_after_step(8):
         assert train.main(["--config", "t", "training.epochs=2"]) == 2
-    finally:
-        handle.remove()
     err = capsys.readouterr().err
     assert "resume with: python train.py --config t training.epochs=2 --resume" in err
     assert err.rstrip().splitlines()[-1].startswith("error: cannot write 'saved_model/t/curves.png'")

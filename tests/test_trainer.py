@@ -70,9 +70,10 @@ def test_validation_pearson_is_over_the_whole_set(project, tiny_model_dir):
     batches = Batches(train_loader=SimpleNamespace(batch_sampler=None), dev_loader=loader, dev_labels=table.labels)
     trainer = Trainer(model, Objective(1, "mse"), optim=None, batches=batches, files=RunFiles(project),
                       tracker=Tracker(project, {}, "pearson", active=False), options=LoopOptions(epochs=1))
-    metrics = trainer.validate()
+    metrics, predictions = trainer.validate()
     metric, loss = metrics["pearson"], metrics["loss"]
     assert metric == pytest.approx(whole, abs=1e-6)
+    assert predictions == pytest.approx(outputs, abs=1e-6)  # every dev row, in input order
     assert loss == pytest.approx(float(np.mean((outputs - table.labels) ** 2)), rel=1e-5)
 
 
@@ -160,7 +161,7 @@ def test_non_finite_loss_stops_at_once_and_keeps_the_last_finite_state(project, 
 
 def test_non_finite_metric_is_never_best_nor_top_k_and_is_no_improvement(project, monkeypatch):
     metrics = iter([float("nan"), 0.3, float("nan"), float("inf")])
-    monkeypatch.setattr(Trainer, "validate", lambda self: {"pearson": next(metrics), "loss": 1.0})
+    monkeypatch.setattr(Trainer, "validate", lambda self: ({"pearson": next(metrics), "loss": 1.0}, None))
     assert train.main(["--config", "t", "training.epochs=5", "training.early_stopping.patience=2",
                        "checkpoint.keep_top_k=3"]) == 0
     run = project / "saved_model" / "t"

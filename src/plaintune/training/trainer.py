@@ -91,8 +91,8 @@ class Trainer:
         self._finite_through = self.state.global_step  # last optimizer step with the train loss seen finite
         self._window_loss = torch.tensor(self.state.window_loss, dtype=torch.float64, device=self.device)
         self._train_speed: Optional[float] = None
-        self._dev_predictions: Optional[np.ndarray] = None  # the last validation's, every dev row in order
-        # best/'s dev predictions, when best/ was saved in this process (the final report reuses them)
+        # best/'s dev predictions, when best/ was saved in this process (the final report reuses them;
+        # None: it predicts dev from best/)
         self.best_dev_predictions: Optional[np.ndarray] = None
 
     # ------------------------------------------------------------------ loop
@@ -217,7 +217,7 @@ class Trainer:
         state = self.state
         self.ensure_finite(check_weights=True)  # a diverged model must not become best/
         started = time.perf_counter()
-        metrics = self.validate()
+        metrics, predictions = self.validate()
         followed = self.options.metric_name
         metric = metrics[followed]
         position = round(state.epoch + state.step_in_epoch / batches, 4) if mid_epoch else state.epoch
@@ -230,7 +230,7 @@ class Trainer:
         model, meta = self._evaluated_model(), self._model_meta()
         if verdict.best and self.options.save_best:
             self._on_main(lambda: self.files.save_best(model, meta))
-            self.best_dev_predictions = self._dev_predictions
+            self.best_dev_predictions = predictions
         if verdict.top_k_changed:
             self._on_main(lambda: self.files.update_top_k(state.top_k, name, model, meta))
         if self.optim.scheduler_when == "metric":  # plateau, in the metric's direction (optim.build_scheduler)
@@ -246,9 +246,9 @@ class Trainer:
                            f"validations (patience {rules.patience})")
 
     @torch.no_grad()
-    def validate(self) -> dict[str, float]:
+    def validate(self) -> tuple[dict[str, float], np.ndarray]:
         """Every metric (metrics.compute_metrics) and the loss over the whole dev set, computed once
-        over all predictions.
+        over all predictions; and those predictions, every dev row in order.
 
         Under DDP each rank predicts its share of the dev batches (maybe none) through the
         model inside the DDP wrapper, whose forwards need no other rank; the shares are
@@ -261,12 +261,12 @@ class Trainer:
         rows = np.fromiter((i for batch in loader.batch_sampler for i in batch), dtype=np.int64)
         logits = distributed.gather_rows(rows, outputs[rows], len(labels))
         dev_loss = float(self.objective.dev_loss(torch.from_numpy(logits), torch.from_numpy(labels)))
-        self._dev_predictions = self.objective.predictions(logits)
-        metrics = compute_metrics(self._dev_predictions, labels, self.objective.num_labels,
+        predictions = self.objective.predictions(logits)
+        metrics = compute_metrics(predictions, labels, self.objective.num_labels,
                                   self.batches.dev_binary, self.options.binary_threshold)
         # Best and early stopping are decided from these on every rank: take rank 0's, so the
         # ranks cannot decide differently (and then wait for each other in different places).
-        return distributed.broadcast_object({**metrics, "loss": dev_loss})
+        return distributed.broadcast_object({**metrics, "loss": dev_loss}), predictions
 
     # --------------------------------------------------------------- logging
     def log_train(self, samples_per_s: float, batches: int) -> None:
