@@ -5,7 +5,9 @@
     bench/gpu_check --dry-run            # on a CPU: the same code paths on a few rows, no timings worth reading
 
 1. `pytest -m cuda tests/test_cuda.py`: fp16 with the gradient scaler (and an exact resume),
-   bf16, auto's choice for this GPU, a 1-GPU torchrun run.
+   bf16, auto's choice for this GPU, a 1-GPU torchrun run, and one model family of each tokenizer
+   kind (WordPiece: KLUE-RoBERTa's shape; BPE: RoBERTa; sentencepiece: XLM-R) as a cross-encoder
+   (with gradient checkpointing) and a bi-encoder, trained and predicting on the GPU.
 2. For each model, each tool in its own process, the same cross-encoder work (STS Benchmark
    train, MSE on the raw labels, batch 32, lr 2e-5, max_length 128, no validation):
    - plaintune: configs/cross_encoder.yaml's model kind with precision auto (bf16 from Ampere on,

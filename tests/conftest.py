@@ -45,6 +45,27 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def families(tmp_path_factory) -> Path:
+    """Tiny models of every encoder family users fine-tune, each with a tokenizer of its kind (families.py)."""
+    from families import FAMILIES, build_family
+
+    root = tmp_path_factory.mktemp("families")
+    for family in FAMILIES:
+        build_family(family, root / family)
+    return root
+
+
+@pytest.fixture
+def korean_project(tmp_path, monkeypatch) -> Path:
+    """A project dir (cwd) with Korean pairs in data/ (families.py), for the family models."""
+    from families import write_korean_data
+
+    write_korean_data(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
 @contextmanager
 def signal_after_step(step: int, signum: int = signal.SIGTERM):
     """Within the block, this process sends itself `signum` right after its `step`-th optimizer step

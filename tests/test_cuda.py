@@ -92,3 +92,21 @@ def test_torchrun_on_one_gpu_trains_and_saves_plain_keys(project):
     evals = [json.loads(line) for line in (project / "saved_model" / "t" / "metrics.jsonl").read_text().splitlines()
              if '"eval"' in line]
     assert len(evals) == 2 and all(np.isfinite(e["pearson"]) for e in evals)
+
+
+@pytest.mark.parametrize("kind", ["cross_encoder", "bi_encoder"])
+@pytest.mark.parametrize("tokenizer_kind", ["wordpiece", "bpe", "sentencepiece"])
+def test_each_tokenizer_kind_trains_and_predicts_on_the_gpu(families, korean_project, tokenizer_kind, kind):
+    """One family of each tokenizer kind (KLUE-RoBERTa's shape, RoBERTa, XLM-R with 250k rows) on the GPU,
+    in auto precision, with gradient checkpointing on the cross-encoders: the inputs a model cannot take
+    would surface here as a device-side assert."""
+    import plaintune
+    from families import BY_TOKENIZER_KIND, family_config
+
+    cfg = family_config(families / BY_TOKENIZER_KIND[tokenizer_kind], kind)
+    cfg["device"], cfg["training"]["precision"] = "cuda", "auto"
+    cfg["training"]["gradient_checkpointing"] = kind == "cross_encoder"
+    result = plaintune.train(cfg)
+    assert np.isfinite(result.best_metric)
+    predicted = plaintune.predict(cfg, "t", write=True)["target"].to_numpy()
+    assert len(predicted) == 20 and np.isfinite(predicted).all()

@@ -19,7 +19,7 @@ LAYERS = [
                "rundir.ownership", "rundir.layout", "rundir.guard", "rundir.diskuse", "model.hub",
                "model.precision", "training.distributed", "training.memory"}),
     ("components", {"data.tables", "data.checks", "data.tokenized", "inference.outputs", "data.batching",
-                    "model.biencoder", "model.loading", "model.objective", "training.metrics", "inference.report",
+                    "model.architecture", "model.biencoder", "model.loading", "model.objective", "training.metrics", "inference.report",
                     "training.tracking"}),
     ("loop", {"training.state", "training.selection", "training.stopping", "training.trainer"}),
     ("run", {"training.build", "training.resume", "kfold.ensemble", "inference.predicting", "training.run"}),

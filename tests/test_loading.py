@@ -401,8 +401,8 @@ def test_impossible_config_overrides_name_the_key(tiny_model_dir, overrides, fra
 
 
 def test_possible_config_overrides_apply(tiny_model_dir):
-    config, _, _ = build_model_config(_spec(tiny_model_dir, config_overrides={
-        "num_hidden_layers": 3, "layer_norm_eps": 1e-7, "hidden_dropout_prob": 0}))
+    config = build_model_config(_spec(tiny_model_dir, config_overrides={
+        "num_hidden_layers": 3, "layer_norm_eps": 1e-7, "hidden_dropout_prob": 0})).config
     assert config.num_hidden_layers == 3 and config.layer_norm_eps == 1e-7 and config.hidden_dropout_prob == 0.0
 
 

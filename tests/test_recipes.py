@@ -36,7 +36,8 @@ def test_sigmoid_head_trains_predicts_in_range_and_is_remembered(project, capsys
 
     config = json.loads((project / "saved_model" / "t" / "best" / "config.json").read_text())
     assert config["plaintune_output"] == {"activation": "sigmoid", "low": 0.0, "high": 5.0, "kind": "cross_encoder",
-                                          "max_length": 48}  # the trained length: inference truncates to it
+                                          # what it was fed: inference truncates to the trained length too
+                                          "max_length": 48, "token_type_ids": True, "prompt": ""}
     # inference reads the activation from the checkpoint even if the config forgot it
     assert inference.main(["--config", "t", "--saved_model", "t", "inference.clip=null", "inference.round=null",
                            "model.output_activation=none", "training.loss=mse"]) == 0

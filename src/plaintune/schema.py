@@ -140,6 +140,12 @@ SCHEMA: dict = {
                             check=at_least(1)),
         "max_length": Field(IDENTITY | INFERENCE, int, 128, "Pairs are truncated to this many tokens (longest side first).",
                             check=between(8, 8192)),
+        "prompt": Field(IDENTITY | INFERENCE, str, None, "Text put before every sentence, for encoders trained with "
+                        "instructions (multilingual-e5: \"query: \"; bge, instructor: their query prompts). A "
+                        "bi-encoder reads it before each sentence; a cross-encoder before the pair, as "
+                        "sentence-transformers' CrossEncoder applies a prompt. Recorded with best/ and applied "
+                        "by inference, k-fold, the leaderboard and the sentence-transformers export (its "
+                        "default prompt). null: none.", nullable=True),
         "from_scratch": Field(IDENTITY | INFERENCE, bool, False, "Build the architecture from the model's config with random weights "
                               "instead of loading pretrained weights (smoke tests, tiny models)."),
         "config_overrides": Field(IDENTITY | INFERENCE, dict, {}, "Changes to the model's HF config, e.g. {num_hidden_layers: 2}. "
@@ -241,6 +247,11 @@ SCHEMA: dict = {
                                   "(effective batch = batch_size x grad_accum_steps x processes).",
                                   check=at_least(1)),
         "compile": Field(RUNTIME, bool, False, "torch.compile the model (checkpoints stay loadable anywhere)."),
+        "gradient_checkpointing": Field(RUNTIME, bool, False, "Recompute each transformer block's activations in the "
+                                        "backward pass instead of keeping them: a step's activation memory shrinks "
+                                        "to about one block's, for about a third more time per step; the result "
+                                        "is the same. For a large model on a small GPU (roberta-large on a 16 GB "
+                                        "T4: docs/multi-gpu-and-precision.md)."),
         "head_lr_multiplier": Field(IDENTITY, float, 10.0, "The task head (parameters outside the base model) trains at "
                                     "learning_rate times this.", check=above(0.0)),
         "layer_lr_decay": Field(IDENTITY, float, 1.0, "Layer-wise lr decay: layer i of L trains at learning_rate * "

@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 
 from plaintune.checkpoint.formats import CONFIG_ATTRIBUTE
 from plaintune.config.load import load_config
+from plaintune.model.architecture import read_architecture
 from plaintune.model.loading import build_model, build_tokenizer
 from plaintune.model.objective import checkpoint_record
 from plaintune.rundir import atomic
@@ -123,7 +124,7 @@ def convert(path: str, out_dir: str, config: str, overrides: Sequence[str], trus
     if record is not None:
         setattr(model.config, CONFIG_ATTRIBUTE, record)
         print(f"output mapping kept: {record['activation']} (recorded by plaintune)")
-    tokenizer = build_tokenizer(cfg.model)
+    tokenizer = build_tokenizer(cfg.model, read_architecture(model))  # asked for the inputs this model takes
 
     def fill(tmp: Path) -> None:
         model.save_pretrained(tmp)

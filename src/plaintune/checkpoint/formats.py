@@ -105,10 +105,12 @@ def parse_record(record: object, where: str) -> Optional[dict]:
     if ok:
         low, high = record.get("low", 0.0), record.get("high", 1.0)
         ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high)) \
-            and low < high and record.get("kind", "cross_encoder") in ("cross_encoder", "bi_encoder")
+            and low < high and record.get("kind", "cross_encoder") in ("cross_encoder", "bi_encoder") \
+            and isinstance(record.get("token_type_ids", False), bool) and isinstance(record.get("prompt", ""), str)
     if not ok:
         raise UserError(f"{where}: '{CONFIG_ATTRIBUTE}' is malformed ({record!r}); expected {{activation: "
-                        f"none|sigmoid|cosine, low: number, high: larger number, kind: cross_encoder|bi_encoder}}: "
+                        f"none|sigmoid|cosine, low: number, high: larger number, kind: cross_encoder|bi_encoder, "
+                        f"token_type_ids: true|false, prompt: text}}: "
                         "fix or remove it")
     return record
 

@@ -1,6 +1,7 @@
 """Tokenized pair datasets (token ids computed once) and dynamic padding of a batch."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -10,12 +11,37 @@ from torch.utils.data import Dataset
 from plaintune.data.tables import PairTable
 
 
-class PairDataset(Dataset):
-    """Sentence pairs tokenized once; items are unpadded token id lists."""
+@dataclass(frozen=True)
+class PairEncoding:
+    """How a model reads a sentence pair. Fixed when the model is built, recorded with best/
+    (config.json's plaintune_output), and read back by inference, so a model predicts as it trained."""
 
-    def __init__(self, table: PairTable, tokenizer, max_length: int, swap: bool = False):
+    kind: str = "cross_encoder"  # cross_encoder: one joint input; bi_encoder: each sentence alone
+    max_length: int = 128        # tokens per input, longest side truncated first
+    token_type_ids: bool = True  # segment ids, only for a model with a row for each side (model/architecture.py)
+    prompt: str = ""             # model.prompt: before each sentence (bi-encoder) or before the pair (cross-encoder)
+
+    def record(self) -> dict:
+        """The fields recorded in config.json (kind is recorded beside the output mapping)."""
+        return {"max_length": self.max_length, "token_type_ids": self.token_type_ids, "prompt": self.prompt}
+
+
+def with_prompt(sentences: list[str], prompt: str) -> list[str]:
+    return [prompt + sentence for sentence in sentences] if prompt else sentences
+
+
+class PairDataset(Dataset):
+    """Sentence pairs tokenized once; items are unpadded token id lists.
+
+    `token_type_ids` None takes what the tokenizer returns by habit; True or False asks for segment ids
+    or not (what the model takes). `prompt` goes before the first sentence, as sentence-transformers'
+    CrossEncoder puts a prompt before a pair."""
+
+    def __init__(self, table: PairTable, tokenizer, max_length: int, swap: bool = False,
+                 token_type_ids: Optional[bool] = None, prompt: str = ""):
         first, second = (table.sentence_2, table.sentence_1) if swap else (table.sentence_1, table.sentence_2)
-        encoded = tokenizer(first, second, truncation="longest_first", max_length=max_length)
+        encoded = tokenizer(with_prompt(first, prompt), second, truncation="longest_first", max_length=max_length,
+                            return_token_type_ids=token_type_ids)
         self.input_ids: list[list[int]] = encoded["input_ids"]
         self.token_type_ids: Optional[list[list[int]]] = encoded.get("token_type_ids")
         self.labels = table.labels
@@ -36,13 +62,16 @@ class PairDataset(Dataset):
 
 
 class SeparatePairDataset(Dataset):
-    """Both sentences tokenized on their own (for the bi-encoder); items carry `input_ids` and
-    `input_ids_b`. `lengths` is the longer side, which is what padding costs."""
+    """Both sentences tokenized on their own (for the bi-encoder), each after `prompt`; items carry
+    `input_ids` and `input_ids_b` (a single sentence's segment ids are all 0: the model's default).
+    `lengths` is the longer side, which is what padding costs."""
 
-    def __init__(self, table: PairTable, tokenizer, max_length: int, swap: bool = False):
+    def __init__(self, table: PairTable, tokenizer, max_length: int, swap: bool = False, prompt: str = ""):
         first, second = (table.sentence_2, table.sentence_1) if swap else (table.sentence_1, table.sentence_2)
-        self.input_ids = tokenizer(first, truncation=True, max_length=max_length)["input_ids"]
-        self.input_ids_b = tokenizer(second, truncation=True, max_length=max_length)["input_ids"]
+        self.input_ids = tokenizer(with_prompt(first, prompt), truncation=True, max_length=max_length,
+                                   return_token_type_ids=False)["input_ids"]
+        self.input_ids_b = tokenizer(with_prompt(second, prompt), truncation=True, max_length=max_length,
+                                     return_token_type_ids=False)["input_ids"]
         self.labels = table.labels
         self.lengths = np.array([max(len(a), len(b)) for a, b in zip(self.input_ids, self.input_ids_b)],
                                 dtype=np.int64)
@@ -58,10 +87,12 @@ class SeparatePairDataset(Dataset):
         return item
 
 
-def make_dataset(table: PairTable, tokenizer, max_length: int, kind: str = "cross_encoder", swap: bool = False):
-    """The dataset a model kind reads: joint pairs (cross-encoder) or separate sentences (bi-encoder)."""
-    cls = SeparatePairDataset if kind == "bi_encoder" else PairDataset
-    return cls(table, tokenizer, max_length, swap=swap)
+def make_dataset(table: PairTable, tokenizer, encoding: PairEncoding, swap: bool = False):
+    """The dataset a model reads: joint pairs (cross-encoder) or separate sentences (bi-encoder)."""
+    if encoding.kind == "bi_encoder":
+        return SeparatePairDataset(table, tokenizer, encoding.max_length, swap=swap, prompt=encoding.prompt)
+    return PairDataset(table, tokenizer, encoding.max_length, swap=swap, token_type_ids=encoding.token_type_ids,
+                       prompt=encoding.prompt)
 
 
 class PadCollator:

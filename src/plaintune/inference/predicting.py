@@ -21,15 +21,16 @@ from plaintune.model import precision
 from plaintune.rundir import layout as rundir
 from plaintune.rundir.names import report_folder_name
 from plaintune.data.batching import eval_loader
-from plaintune.data.tokenized import make_dataset
+from plaintune.data.tokenized import PairEncoding, make_dataset
 from plaintune.errors import UserError
 from plaintune.inference.outputs import AUTOCAST, postprocess, model_outputs, write_submission
 from plaintune.training.metrics import compute_metrics, shown
 from plaintune.inference.report import check_report_folder, write_error_report
 from plaintune.rundir.guard import check_outputs
-from plaintune.model.loading import build_model, build_tokenizer, check_vocabulary
+from plaintune.model.architecture import read_architecture
+from plaintune.model.loading import build_model, build_tokenizer, check_tokenizer_fits
 from plaintune.config.load import with_values
-from plaintune.model.objective import CONFIG_ATTRIBUTE, Objective, checkpoint_record, objective_for, trained_max_length
+from plaintune.model.objective import CONFIG_ATTRIBUTE, Objective, checkpoint_record, objective_for, trained_inputs
 from plaintune.checkpoint.weights import LoadRules, load_weights
 
 
@@ -57,9 +58,26 @@ def load_model_for_inference(cfg: Box, source: Path, trust: bool = False):
     hint = ("inference needs every tensor of the model; is it a checkpoint of another model or task? (this "
             f"config: model.name={cfg.model.name}, model.num_labels={cfg.model.num_labels})")
     report = load_weights(model, source, rules, trust=trust, strict_hint=hint)
-    tokenizer = build_tokenizer({"name": str(source)} if _has_tokenizer(source) else cfg.model)
-    check_vocabulary(model, tokenizer, cfg)
+    architecture = read_architecture(model)
+    tokenizer = build_tokenizer({"name": str(source)} if _has_tokenizer(source) else cfg.model, architecture)
+    check_tokenizer_fits(architecture, tokenizer, cfg.model)
     return model.eval(), tokenizer, report
+
+
+def inference_encoding(cfg: Box, model: torch.nn.Module, objective: Objective, source: Path,
+                       announce: bool = True) -> PairEncoding:
+    """How a checkpoint reads its pairs: as a plaintune checkpoint recorded it was trained (max_length,
+    segment ids, prompt), else from the config and the model's own architecture. A recorded value the
+    config contradicts wins, with a note: pairs read otherwise would be scored unlike in training
+    (and unlike the sentence-transformers export)."""
+    recorded = trained_inputs(model, source)
+    wanted = {"max_length": cfg.model.max_length, "prompt": cfg.model.prompt or ""}
+    for key, value in wanted.items():
+        if key in recorded and recorded[key] != value and announce:
+            print(f"note: model.{key} {recorded[key]!r} (what {source} was trained with; the config says {value!r})")
+    return PairEncoding(objective.kind, recorded.get("max_length", wanted["max_length"]),
+                        recorded.get("token_type_ids", read_architecture(model).token_type_ids),
+                        recorded.get("prompt", wanted["prompt"]))
 
 
 def predicts_both_orders(objective: Objective, symmetric: bool) -> bool:
@@ -68,8 +86,8 @@ def predicts_both_orders(objective: Objective, symmetric: bool) -> bool:
     return symmetric and objective.kind != "bi_encoder"
 
 
-def member_outputs(model, tokenizer, objective: Objective, table: data.PairTable, cfg: Box, device: torch.device,
-                   symmetric: bool) -> np.ndarray:
+def member_outputs(model, tokenizer, objective: Objective, table: data.PairTable, encoding: PairEncoding, cfg: Box,
+                   device: torch.device, symmetric: bool) -> np.ndarray:
     """One model's outputs in a form that averages: scores (regression) or class probabilities.
 
     With `symmetric`, also predicts every pair as (sentence_2, sentence_1) and averages the two
@@ -79,7 +97,7 @@ def member_outputs(model, tokenizer, objective: Objective, table: data.PairTable
     symmetric = predicts_both_orders(objective, symmetric)
     runs = []
     for swap in ((False, True) if symmetric else (False,)):
-        dataset = make_dataset(table, tokenizer, cfg.model.max_length, objective.kind, swap=swap)
+        dataset = make_dataset(table, tokenizer, encoding, swap=swap)
         logits = model_outputs(model, eval_loader(dataset, cfg.training.eval_batch_size, objective.num_labels),
                          device, autocast_dtype)
         runs.append(objective.predictions(logits) if objective.regression else softmax(logits))
@@ -219,17 +237,17 @@ def predict_members(cfg: Box, sources: Sequence[Path], table: data.PairTable, te
         print(f"checkpoint: {report.summary()}")
         model.to(device)
         objective = objective_for(model, cfg, source)
-        member_cfg = with_trained_length(cfg, model, source)
+        encoding = inference_encoding(cfg, model, objective, source)
         loading += time.perf_counter() - started
         started = time.perf_counter()
-        predicted.append(member_outputs(model, tokenizer, objective, table, member_cfg, device,
+        predicted.append(member_outputs(model, tokenizer, objective, table, encoding, cfg, device,
                                         cfg.inference.symmetric))
         predicting += time.perf_counter() - started  # tokenizing and predicting, not loading
         both_orders += predicts_both_orders(objective, cfg.inference.symmetric)
         if test_is_table:
             tested.append(predicted[-1])
         elif test is not None:
-            tested.append(member_outputs(model, tokenizer, objective, test, member_cfg, device,
+            tested.append(member_outputs(model, tokenizer, objective, test, encoding, cfg, device,
                                          cfg.inference.symmetric))
         del model
     pairs = len(table)
@@ -244,17 +262,6 @@ def predict_members(cfg: Box, sources: Sequence[Path], table: data.PairTable, te
 def same_pairs(first: data.PairTable, second: data.PairTable) -> bool:
     """Whether two tables hold the same sentence pairs in the same order (so one prediction serves both)."""
     return first.sentence_1 == second.sentence_1 and first.sentence_2 == second.sentence_2
-
-
-def with_trained_length(cfg: Box, model: torch.nn.Module, source: Path) -> Box:
-    """`cfg` with model.max_length set to the length a plaintune checkpoint was trained with: pairs
-    truncated otherwise would be scored unlike in training (and unlike sentence-transformers)."""
-    trained = trained_max_length(model, source)
-    if trained is None or trained == cfg.model.max_length:
-        return cfg
-    print(f"note: model.max_length {trained} (what {source} was trained with; the config says "
-          f"{cfg.model.max_length})")
-    return with_values(cfg, {"model.max_length": trained})
 
 
 def combine(outputs: list[np.ndarray], weights: Optional[Sequence[float]], num_labels: int,

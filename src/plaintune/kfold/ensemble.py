@@ -31,11 +31,11 @@ from plaintune.rundir import layout as rundir
 from plaintune.rundir.names import ENSEMBLE_FILE, LAST_FILE, fold_run_name, member_run_name
 from plaintune.data.batching import TrainBatchSampler, micro_batch_budget, train_loader
 from plaintune.config.load import apply_overrides, overridden_keys, to_plain
-from plaintune.data.tokenized import make_dataset
+from plaintune.data.tokenized import PairEncoding, make_dataset
 from plaintune.errors import UserError
 from plaintune.inference.outputs import AUTOCAST, postprocess
 from plaintune.training.metrics import score
-from plaintune.model.loading import build_model, build_tokenizer
+from plaintune.model.loading import build_model, build_model_config, build_tokenizer
 from plaintune.model.precision import resolve as resolve_precision
 from plaintune.schema import LEAVES, SHARED
 from plaintune.config.validation import Origins, validate
@@ -212,10 +212,13 @@ def measure_speed(cfg: Box, table: data.PairTable, device: torch.device, rows: i
     (forward, backward, AdamW's update) on real batches; the first `warmup_batches` are not timed
     (allocator and kernel warm-up), and the speed is the median over the timed batches, so one slow
     batch (another process, a page fault) does not skew the estimate the way a single total did."""
-    tokenizer = build_tokenizer(cfg.model)
+    prepared = build_model_config(cfg.model)
+    tokenizer = build_tokenizer(cfg.model, prepared.architecture)
     picked = np.random.default_rng(cfg.seed).permutation(len(table))[:rows]
-    dataset = make_dataset(table.take(picked), tokenizer, cfg.model.max_length, cfg.model.kind)
-    model = build_model(cfg.model).to(device).train()
+    encoding = PairEncoding(cfg.model.kind, cfg.model.max_length, prepared.architecture.token_type_ids,
+                            cfg.model.prompt or "")
+    dataset = make_dataset(table.take(picked), tokenizer, encoding)
+    model = build_model(cfg.model, prepared=prepared).to(device).train()
     budget, overhead = micro_batch_budget(cfg.training.micro_batch_tokens, device)
     batch_size = max(1, min(cfg.training.batch_size, len(picked) // (warmup_batches + 3)))
     loader = train_loader(dataset, TrainBatchSampler(dataset.lengths, batch_size, cfg.seed,

@@ -32,7 +32,7 @@ from plaintune.config.load import to_plain, with_values
 from plaintune.errors import CLI, Switches, UserError
 from plaintune.training.metrics import followed_metric, score
 from plaintune.model.objective import objective_for
-from plaintune.inference.predicting import load_model_for_inference, member_outputs
+from plaintune.inference.predicting import inference_encoding, load_model_for_inference, member_outputs
 from plaintune.training.resume import check_drift
 from plaintune.training.run import RunRequest, train_run
 from plaintune.rundir.layout import RunFiles
@@ -95,7 +95,9 @@ def _out_of_fold(fold_cfg: Box, table: data.PairTable, device: torch.device) -> 
     source = rundir.resolve_saved_model(fold_cfg.run_name, rundir.runs_root(fold_cfg))
     model, tokenizer, _ = load_model_for_inference(fold_cfg, source)
     model.to(device)
-    outputs = member_outputs(model, tokenizer, objective_for(model, fold_cfg, source, announce=False), table, fold_cfg, device,
+    objective = objective_for(model, fold_cfg, source, announce=False)
+    encoding = inference_encoding(fold_cfg, model, objective, source, announce=False)
+    outputs = member_outputs(model, tokenizer, objective, table, encoding, fold_cfg, device,
                              fold_cfg.inference.symmetric)
     return outputs if outputs.ndim == 1 else outputs.argmax(axis=-1)
 

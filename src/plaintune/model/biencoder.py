@@ -23,6 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
+PROMPT_NAME = "plaintune"  # the name model.prompt has among the export's sentence-transformers prompts
+
+
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Average of the token vectors, padding excluded."""
     weights = mask.unsqueeze(-1).to(hidden.dtype)
@@ -32,12 +35,14 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class BiEncoder(nn.Module):
     base_model_prefix = "encoder"
 
-    def __init__(self, encoder: nn.Module, max_seq_length: Optional[int] = None, normalize: bool = False):
+    def __init__(self, encoder: nn.Module, max_seq_length: Optional[int] = None, normalize: bool = False,
+                 prompt: str = ""):
         super().__init__()
         self.encoder = encoder
         self.config = encoder.config
         self.max_seq_length = max_seq_length   # what training truncated to: sentence-transformers must too
         self.normalize = normalize             # the base model's pipeline ended in Normalize (cosines unchanged)
+        self.prompt = prompt                   # model.prompt: sentence-transformers' default prompt in the export
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
               token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -58,7 +63,7 @@ class BiEncoder(nn.Module):
         # report of "newly initialized" tensors that reads as a broken export.
         model_args = {"add_pooling_layer": False} if getattr(self.encoder, "pooler", "none") is None else {}
         write_sentence_transformers_files(Path(path), self.config.hidden_size, self.max_seq_length, self.normalize,
-                                          model_args)
+                                          model_args, self.prompt)
 
 
 def base_normalizes(source: str) -> bool:
@@ -72,9 +77,10 @@ def base_normalizes(source: str) -> bool:
 
 
 def write_sentence_transformers_files(folder: Path, hidden_size: int, max_seq_length: Optional[int],
-                                      normalize: bool, model_args: Optional[dict] = None) -> None:
+                                      normalize: bool, model_args: Optional[dict] = None, prompt: str = "") -> None:
     """modules.json and the module configs that make `folder` (an encoder saved with save_pretrained)
-    a sentence-transformers model computing what plaintune computes: mean pooling over the tokens.
+    a sentence-transformers model computing what plaintune computes: mean pooling over the tokens,
+    after `prompt` (its default prompt, which encode() applies unless told otherwise).
     `model_args`: keyword arguments its Transformer module passes to from_pretrained ("model_args":
     the key every sentence-transformers version reads)."""
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -89,6 +95,8 @@ def write_sentence_transformers_files(folder: Path, hidden_size: int, max_seq_le
     files = {"modules.json": modules, "1_Pooling/config.json": pooling,
              "sentence_bert_config.json": {"max_seq_length": max_seq_length or 512, "do_lower_case": False,
                                            **({"model_args": model_args} if model_args else {})},
-             "config_sentence_transformers.json": {"similarity_fn_name": "cosine"}}
+             "config_sentence_transformers.json": {
+                 "similarity_fn_name": "cosine",
+                 **({"prompts": {PROMPT_NAME: prompt}, "default_prompt_name": PROMPT_NAME} if prompt else {})}}
     for name, content in files.items():
         (folder / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")

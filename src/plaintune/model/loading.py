@@ -1,5 +1,5 @@
 """The `model` config section -> tokenizer, model config and model, checked before anything trains;
-then what is done to a built model: vocabulary check, freezing, the head's initial bias.
+then what is done to a built model: freezing, the head's initial bias.
 
 Config overrides are checked against the model's own field types and built on
 the meta device first, so a bad value is reported by its key, not by torch.
@@ -7,28 +7,33 @@ the meta device first, so a bad value is reported by its key, not by torch.
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import re
 from pathlib import Path
 from collections.abc import Mapping
-from typing import Any, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import torch
 from box import Box
 from torch import nn
 
-from plaintune.model.biencoder import BiEncoder, base_normalizes
 from plaintune.checkpoint import formats
 from plaintune.errors import UserError
+from plaintune.model.architecture import Architecture, check_max_length, check_tokenizer, read_architecture
+from plaintune.model.biencoder import BiEncoder, base_normalizes
 from plaintune.model.hub import first_line, is_load_failure, load_error, quiet_transformers, resolve_model_source
 
 
-def build_tokenizer(model_spec: dict):
+def build_tokenizer(model_spec: dict, architecture: Optional[Architecture] = None):
+    """The tokenizer of model.name; given the model's Architecture, it returns exactly the inputs that
+    model takes (and is saved that way with best/, for every later reader of the export)."""
     from transformers import AutoTokenizer
 
     quiet_transformers()
     source, offline = resolve_model_source(model_spec["name"])
+    extra = {"model_input_names": architecture.input_names()} if architecture is not None else {}
     try:
-        return AutoTokenizer.from_pretrained(source, local_files_only=offline)
+        return AutoTokenizer.from_pretrained(source, local_files_only=offline, **extra)
     except Exception as err:
         if not is_load_failure(source, err):
             raise
@@ -38,8 +43,17 @@ def build_tokenizer(model_spec: dict):
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
 
 
-def build_model_config(model_spec: dict):
-    """(HF config with overrides, dropout and labels applied, source, local_files_only)."""
+class ModelConfig(NamedTuple):
+    config: Any                  # the HF config with overrides, dropout and labels applied
+    source: str                  # where the model is read from (a directory, or a hub id)
+    offline: bool                # local_files_only
+    architecture: Architecture   # what the model takes, read off it built on the meta device
+
+
+def build_model_config(model_spec: dict) -> ModelConfig:
+    """The model's config, checked: built on the meta device (which allocates nothing), so a bad
+    override, a max_length beyond the position table and the model's inputs are known before any
+    weights load or any text is tokenized."""
     from transformers import AutoConfig
 
     quiet_transformers()
@@ -66,10 +80,9 @@ def build_model_config(model_spec: dict):
     num_labels = model_spec["num_labels"]
     config.num_labels = num_labels
     config.problem_type = "regression" if num_labels == 1 else "single_label_classification"
-    if overrides:
-        _check_buildable(config, overrides, model_spec.get("kind"))
-    _check_max_length(config, model_spec.get("max_length"))
-    return config, source, offline
+    architecture = _architecture(config, overrides, model_spec.get("kind"))
+    check_max_length(architecture, model_spec.get("max_length"))
+    return ModelConfig(config, source, offline, architecture)
 
 
 # Integer config fields that count or size something: 0 or less builds a model without layers
@@ -112,53 +125,44 @@ def _override_value(key: str, current: Any, value: Any) -> Any:
     return value
 
 
-def _check_buildable(config, overrides: dict, kind: Optional[str]) -> None:
-    """transformers checks an architecture only while building it (hidden_size divisible by
-    num_attention_heads, a known hidden_act ...): build it on the meta device, which allocates
-    nothing, so a bad combination is reported by its config key before anything loads."""
+def _architecture(config, overrides: Mapping, kind: Optional[str]) -> Architecture:
+    """The model built on the meta device and read. transformers checks an architecture only while
+    building it (hidden_size divisible by num_attention_heads, a known hidden_act ...): a bad
+    combination of overrides is reported by its config key before anything loads."""
     from transformers import AutoModel, AutoModelForSequenceClassification
 
-    cls = AutoModel if kind == "bi_encoder" else AutoModelForSequenceClassification
     try:
         with torch.device("meta"):
-            cls.from_config(config)
+            if kind == "bi_encoder":
+                model = BiEncoder(AutoModel.from_config(config, **_pooling_flag(config)))
+            else:
+                model = AutoModelForSequenceClassification.from_config(config)
     except Exception as err:  # noqa: BLE001 - the same config builds without the overrides
+        if not overrides:
+            raise
         values = ", ".join(f"{k}: {v!r}" for k, v in overrides.items())
         raise UserError(f"model.config_overrides: transformers cannot build a {config.model_type} model with "
                         f"{{{values}}} ({type(err).__name__}: {first_line(err)}); change these values") from None
+    return read_architecture(model)
 
 
-# Models whose position ids start after the padding index (fairseq's layout): they have
-# max_position_embeddings - pad_token_id - 1 usable positions (514 -> 512 for RoBERTa).
-PADDING_OFFSET_MODELS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm")
+def _pooling_flag(config) -> dict:
+    """Encoders that build a pooler the bi-encoder never uses (BERT, RoBERTa, XLM-R, ALBERT, MPNet ...)
+    take add_pooling_layer: read off the class. An unused pooler would also stop DDP (parameters
+    that get no gradient)."""
+    from transformers import AutoModel
 
-
-def _check_max_length(config, max_length: Optional[int]) -> None:
-    """model.max_length beyond the learned position embeddings fails mid-training on the first long
-    pair (an index error on the embedding table); say so before anything runs."""
-    positions = getattr(config, "max_position_embeddings", None)
-    if max_length is None or not isinstance(positions, int) or isinstance(positions, bool):
-        return
-    if getattr(config, "position_embedding_type", "absolute") not in ("absolute", None) \
-            or getattr(config, "position_biased_input", True) is False:
-        return  # relative positions: no table to run past
-    if config.model_type in PADDING_OFFSET_MODELS:
-        positions -= (config.pad_token_id or 0) + 1
-    if max_length > positions:
-        raise UserError(f"model.max_length: {max_length} exceeds the model's {positions} positions; "
-                        f"set model.max_length <= {positions}")
-
-
-def _takes_pooling_flag(config) -> bool:
-    """BERT-like encoders build a pooler the bi-encoder never uses; they accept add_pooling_layer."""
-    return config.model_type in ("bert", "roberta", "xlm-roberta", "camembert")
+    model_class = AutoModel._model_mapping[type(config)]
+    takes_flag = "add_pooling_layer" in inspect.signature(model_class.__init__).parameters
+    return {"add_pooling_layer": False} if takes_flag else {}
 
 
 def _build_bi_encoder(model_spec: dict, config, source: str, offline: bool, pretrained: bool) -> nn.Module:
     from transformers import AutoModel
 
-    extra = {"add_pooling_layer": False} if _takes_pooling_flag(config) else {}
-    settings = {"max_seq_length": model_spec.get("max_length"), "normalize": base_normalizes(source)}
+    extra = _pooling_flag(config)
+    settings = {"max_seq_length": model_spec.get("max_length"), "normalize": base_normalizes(source),
+                "prompt": model_spec.get("prompt") or ""}
     if not pretrained:
         return BiEncoder(AutoModel.from_config(config, **extra), **settings)
     try:
@@ -170,7 +174,8 @@ def _build_bi_encoder(model_spec: dict, config, source: str, offline: bool, pret
         raise load_error(model_spec["name"], offline, err, source) from None
 
 
-def build_model(model_spec: dict, pretrained: Optional[bool] = None) -> nn.Module:
+def build_model(model_spec: dict, pretrained: Optional[bool] = None,
+                prepared: Optional[ModelConfig] = None) -> nn.Module:
     """The sequence-classification model named by `model.name` (a BiEncoder for model.kind: bi_encoder).
 
     With pretrained weights, tensors the checkpoint lacks (a fresh head) are initialised randomly
@@ -179,7 +184,7 @@ def build_model(model_spec: dict, pretrained: Optional[bool] = None) -> nn.Modul
     """
     from transformers import AutoModelForSequenceClassification
 
-    config, source, offline = build_model_config(model_spec)
+    config, source, offline, _ = prepared or build_model_config(model_spec)
     if pretrained is None:
         pretrained = not model_spec.get("from_scratch", False)
     if model_spec.get("kind") == "bi_encoder":
@@ -214,13 +219,11 @@ def build_model(model_spec: dict, pretrained: Optional[bool] = None) -> nn.Modul
 
 # ------------------------------------------------ after the weights are in place
 
-def check_vocabulary(model: torch.nn.Module, tokenizer, cfg: Box) -> None:
-    """A tokenizer with more ids than the model's embedding rows crashes mid-epoch (index error)."""
-    rows = getattr(model.config, "vocab_size", None)
-    if isinstance(rows, int) and rows < len(tokenizer):
-        key = "model.config_overrides.vocab_size" if "vocab_size" in cfg.model.config_overrides else "model.name"
-        raise UserError(f"{key}: the model has {rows} token embeddings but its tokenizer has {len(tokenizer)} tokens; "
-                        "ids beyond the table would crash: use the model's own vocabulary size or tokenizer")
+def check_tokenizer_fits(architecture: Architecture, tokenizer, model_spec: Mapping) -> None:
+    """The tokenizer's ids fit the model (architecture.check_tokenizer), blamed on the key that set them."""
+    overrides = model_spec.get("config_overrides") or {}
+    check_tokenizer(architecture, tokenizer, "model.config_overrides.vocab_size" if "vocab_size" in overrides
+                    else "model.name")
 
 
 def apply_freeze(model: torch.nn.Module, freeze: Sequence[str], unfreeze: Sequence[str]) -> tuple[int, int]:

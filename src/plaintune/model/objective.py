@@ -47,13 +47,13 @@ class Objective:
         """What inference needs to turn logits into scores (saved with the model)."""
         return {"activation": self.activation, "low": self.low, "high": self.low + self.span, "kind": self.kind}
 
-    def stamp(self, model_config, max_length: Optional[int] = None) -> None:
+    def stamp(self, model_config, inputs: dict) -> None:
         """Record the mapping in the model's config (config.json of best/): `plaintune_output` for
-        plaintune's inference, and for a cross-encoder the activation sentence-transformers'
-        CrossEncoder applies, so that CrossEncoder(best).predict() * span + low is this score
-        (sigmoid), or the score itself (raw output)."""
-        # the length the model was trained with: inference truncates to it too
-        setattr(model_config, CONFIG_ATTRIBUTE, {**self.describe(), "max_length": max_length})
+        plaintune's inference, with `inputs` (PairEncoding.record(): the max_length, segment ids and
+        prompt the model was trained with, which inference uses too), and for a cross-encoder the
+        activation sentence-transformers' CrossEncoder applies, so that CrossEncoder(best).predict()
+        * span + low is this score (sigmoid), or the score itself (raw output)."""
+        setattr(model_config, CONFIG_ATTRIBUTE, {**self.describe(), **inputs})
         if self.kind == "cross_encoder" and self.regression:
             activation = "torch.nn.modules.activation.Sigmoid" if self.activation == "sigmoid" \
                 else "torch.nn.modules.linear.Identity"
@@ -165,14 +165,23 @@ def record_from_bundle(bundle: object) -> Optional[dict]:
         return None
     label_range = (config.get("data") or {}).get("label_range") or [0.0, 1.0]
     return {"activation": activation, "low": float(label_range[0]), "high": float(label_range[1]), "kind": kind,
-            "max_length": model.get("max_length")}
+            "max_length": model.get("max_length"), "prompt": model.get("prompt") or ""}
 
 
-def trained_max_length(model: torch.nn.Module, source: Path) -> Optional[int]:
-    """The model.max_length a plaintune checkpoint was trained with (None: not recorded)."""
+def trained_inputs(model: torch.nn.Module, source: Path) -> dict:
+    """What a plaintune checkpoint was fed in training, as recorded: max_length, token_type_ids and
+    prompt, each only when recorded (a checkpoint from anywhere else records none)."""
     record = getattr(model.config, CONFIG_ATTRIBUTE, None) if source.is_dir() else checkpoint_record(source)
-    length = record.get("max_length") if isinstance(record, dict) else None
-    return length if isinstance(length, int) and not isinstance(length, bool) and length > 0 else None
+    record = record if isinstance(record, dict) else {}
+    found = {}
+    length = record.get("max_length")
+    if isinstance(length, int) and not isinstance(length, bool) and length > 0:
+        found["max_length"] = length
+    if isinstance(record.get("token_type_ids"), bool):
+        found["token_type_ids"] = record["token_type_ids"]
+    if isinstance(record.get("prompt"), str):
+        found["prompt"] = record["prompt"]
+    return found
 
 
 def checkpoint_record(source: Path) -> Optional[dict]:

@@ -28,7 +28,8 @@ def render(card: dict, meta: dict) -> str:
                    "padding=True, return_tensors=\"pt\")\n"
                    "label = model(**batch).logits.argmax(-1)   # the predicted class\n```")
     else:
-        loading = _loading(card.get("kind"), mapping.get("activation"), low, high, card.get("max_length"))
+        loading = _loading(card.get("kind"), mapping.get("activation"), low, high, card.get("max_length"),
+                           card.get("prompt") or "")
     lines += ["", "## Loading", "", "`path` is this folder; `pairs` a list of (sentence_1, sentence_2).", "", loading]
     if (card.get("num_labels") or 1) == 1:
         lines += ["", _tolerance(card.get("precision"))]
@@ -51,25 +52,29 @@ def _tolerance(precision: Optional[str]) -> str:
 
 
 def _loading(kind: Optional[str], activation: Optional[str], low: float, high: float,
-             max_length: Optional[int]) -> str:
+             max_length: Optional[int], prompt: str = "") -> str:
     span = high - low
     if kind == "bi_encoder":
+        applied = f"   # applies the prompt {prompt!r} it was trained with" if prompt else ""
         return ("```python\nfrom sentence_transformers import SentenceTransformer\n"
-                "model = SentenceTransformer(path)\n"
+                f"model = SentenceTransformer(path){applied}\n"
                 "cosine = model.similarity_pairwise(model.encode([a for a, _ in pairs]), "
                 "model.encode([b for _, b in pairs]))\n"
                 f"score = {low:g} + {span:g} * cosine   # the label range this model was trained on\n```")
+    # the prompt goes before the pair (before its first sentence), as CrossEncoder's prompt= does
+    predict = f"predict(pairs, prompt={prompt!r})" if prompt else "predict(pairs)"
     if activation == "sigmoid":
-        ce = f"score = {low:g} + {span:g} * CrossEncoder(path, max_length={max_length}).predict(pairs)"
+        ce = f"score = {low:g} + {span:g} * CrossEncoder(path, max_length={max_length}).{predict}"
         hf = f"score = {low:g} + {span:g} * logit.sigmoid()"
     else:
-        ce = f"score = CrossEncoder(path, max_length={max_length}).predict(pairs)"
+        ce = f"score = CrossEncoder(path, max_length={max_length}).{predict}"
         hf = "score = logit"
+    first = f"{prompt!r} + a" if prompt else "a"
     return ("```python\n# sentence-transformers\nfrom sentence_transformers import CrossEncoder\n"
             f"{ce}\n\n# plain transformers\nfrom transformers import AutoModelForSequenceClassification, "
             "AutoTokenizer\nmodel = AutoModelForSequenceClassification.from_pretrained(path)\n"
-            "tokenizer = AutoTokenizer.from_pretrained(path)\n"
-            "batch = tokenizer([a for a, _ in pairs], [b for _, b in pairs], truncation=True, "
+            "tokenizer = AutoTokenizer.from_pretrained(path)   # returns the inputs this model takes\n"
+            f"batch = tokenizer([{first} for a, _ in pairs], [b for _, b in pairs], truncation=True, "
             f"max_length={max_length}, padding=True, return_tensors=\"pt\")\n"
             f"logit = model(**batch).logits[:, 0]\n{hf}\n```\n\nOr with plaintune: "
             "`python inference.py --config CONFIG --saved_model path/to/this/folder`.")

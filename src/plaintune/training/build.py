@@ -16,11 +16,12 @@ from plaintune.data import checks as datacheck
 from plaintune import paths
 from plaintune.data.batching import TrainBatchSampler, eval_loader, micro_batch_budget, train_loader
 from plaintune.data.tables import describe_files, read_tables, with_swapped_pairs
-from plaintune.data.tokenized import make_dataset
+from plaintune.data.tokenized import PairEncoding, make_dataset
 from plaintune.inference.outputs import AUTOCAST
 from plaintune.training.metrics import LOWER_IS_BETTER, followed_metric
-from plaintune.model.loading import (apply_freeze, build_model, build_tokenizer, check_vocabulary,
-                                     init_head_bias)
+from plaintune.model.architecture import enable_gradient_checkpointing
+from plaintune.model.loading import (ModelConfig, apply_freeze, build_model, build_model_config, build_tokenizer,
+                                     check_tokenizer_fits, init_head_bias)
 from plaintune.model.objective import CONFIG_ATTRIBUTE, checkpoint_record, head_is_fresh, parse_record, resolve_objective
 from plaintune.model.optim import BATCH_LOSSES, build_optimizer, build_scheduler, canonical_loss
 from plaintune.training.resume import OpenedRun, check_same_data
@@ -38,6 +39,8 @@ class TrainData:
     train_loader: torch.utils.data.DataLoader
     dev_loader: torch.utils.data.DataLoader
     fingerprints: dict                # data files' hashes, kept in last.pt to refuse a resume on other data
+    model_config: ModelConfig         # the model's config and architecture, which decided the encoding
+    encoding: PairEncoding            # how the pairs were tokenized for this model (recorded with best/)
     micro_batch_tokens: Optional[int] = None  # padded tokens per training pass (None: one pass per batch)
 
 
@@ -56,12 +59,17 @@ def load_data(cfg: Box, opened: OpenedRun, force: bool, dist_info, device: torch
     fingerprints = datacheck.data_fingerprints(tables)
     if opened.bundle is not None:
         check_same_data(opened.bundle, fingerprints, force, dist_info.is_main, opened.switches)
-    tokenizer = build_tokenizer(cfg.model)
+    # What the model takes decides how the pairs are tokenized (model/architecture.py).
+    model_config = build_model_config(cfg.model)
+    tokenizer = build_tokenizer(cfg.model, model_config.architecture)
+    check_tokenizer_fits(model_config.architecture, tokenizer, cfg.model)
     if dist_info.is_main:
         datacheck.warn_poor_coverage(tokenizer, tables["train"], cfg.model.name)
     if cfg.data.augment.swap:
         tables["train"] = with_swapped_pairs(tables["train"])
-    datasets = {role: make_dataset(t, tokenizer, cfg.model.max_length, cfg.model.kind) for role, t in tables.items()}
+    encoding = PairEncoding(cfg.model.kind, cfg.model.max_length, model_config.architecture.token_type_ids,
+                            cfg.model.prompt or "")
+    datasets = {role: make_dataset(t, tokenizer, encoding) for role, t in tables.items()}
     num_labels, training, pin = cfg.model.num_labels, cfg.training, device.type == "cuda"
     sampler = TrainBatchSampler(datasets["train"].lengths, training.batch_size, cfg.seed,
                                  bucket=training.bucket_batches, pool=training.bucket_pool,
@@ -73,7 +81,7 @@ def load_data(cfg: Box, opened: OpenedRun, force: bool, dist_info, device: torch
                      train_loader(datasets["train"], sampler, num_labels, training.num_workers, pin, budget, overhead),
                      eval_loader(datasets["dev"], training.eval_batch_size, num_labels, training.num_workers, pin,
                                  dist_info.rank, dist_info.world_size),
-                     fingerprints, budget)
+                     fingerprints, model_config, encoding, budget)
 
 
 def load_model(cfg: Box, opened: OpenedRun, data: TrainData, trust: bool, announce: bool):
@@ -81,7 +89,8 @@ def load_model(cfg: Box, opened: OpenedRun, data: TrainData, trust: bool, announ
     start or the bundle's weights, then freezing. The objective follows where the head came from;
     the returned cfg records the output mapping and loss it resolved to (for config.yaml and last.pt)."""
     bundle, load_report = opened.bundle, None
-    model = build_model(cfg.model, pretrained=(not cfg.model.from_scratch) and bundle is None)
+    model = build_model(cfg.model, pretrained=(not cfg.model.from_scratch) and bundle is None,
+                        prepared=data.model_config)
     record = parse_record(getattr(model.config, CONFIG_ATTRIBUTE, None), f"model.name '{cfg.model.name}'")
     fresh_keys = None if cfg.model.from_scratch else getattr(model, "plaintune_fresh_keys", set())
     if cfg.model.init_from and bundle is None:
@@ -100,7 +109,6 @@ def load_model(cfg: Box, opened: OpenedRun, data: TrainData, trust: bool, announ
                            LoadRules(cfg.model.key_rules, allow_nonfinite=cfg.model.allow_nonfinite))
         if report.rules and announce:
             print(f"resume: {report.summary()}")
-    check_vocabulary(model, data.tokenizer, cfg)
     trainable, frozen = apply_freeze(model, cfg.model.freeze, cfg.model.unfreeze)
     if announce:
         print(f"model: {trainable:,} trainable parameters, {frozen:,} frozen")
@@ -128,7 +136,12 @@ def build_optimization(cfg: Box, model: torch.nn.Module, steps_per_epoch: int, d
 
 def wrap_for_training(model: torch.nn.Module, cfg: Box, dist_info, device: torch.device,
                       announce: bool = True, micro_batch_tokens: Optional[int] = None) -> torch.nn.Module:
-    """Move to the device, then torch.compile and DDP as configured; the unwrapped model is what is saved."""
+    """Gradient checkpointing, the device, then torch.compile and DDP as configured; the unwrapped model
+    is what is saved."""
+    if cfg.training.gradient_checkpointing:
+        how = enable_gradient_checkpointing(model)
+        if dist_info.is_main and announce:
+            print(f"gradient checkpointing: {how}")
     model.to(device)
     if cfg.training.compile:
         model = torch.compile(model)

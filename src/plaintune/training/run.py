@@ -122,7 +122,7 @@ def _train_locked(cfg: Box, config_name: str, overrides: Sequence[str], request:
     seed_everything(cfg.seed)
     data = load_data(cfg, opened, request.force, dist_info, device, announce=chatty)
     model, objective, cfg, load_report = load_model(cfg, opened, data, request.trust, chatty)
-    objective.stamp(model.config, cfg.model.max_length)  # what the output means, saved with best/
+    objective.stamp(model.config, data.encoding.record())  # what the output means and its inputs, saved with best/
     # 5. Optimization: the schedule needs the number of optimizer steps per epoch.
     steps_per_epoch = -(-len(data.train_loader.batch_sampler) // cfg.training.grad_accum_steps)
     optim = build_optimization(cfg, model, steps_per_epoch, device)
@@ -176,12 +176,14 @@ def model_card(cfg: Box, objective) -> dict:
     length = f"{training.epochs} epoch{'s' if training.epochs != 1 else ''}" + \
         (f" (at most {training.max_steps} optimizer steps)" if training.max_steps else "")
     recipe = (f"loss {training.loss}, {training.optimizer.name} lr {training.learning_rate:g}, batch "
-              f"{training.batch_size}, {length}, max_length {cfg.model.max_length}, seed {cfg.seed}")
+              f"{training.batch_size}, {length}, max_length {cfg.model.max_length}, seed {cfg.seed}"
+              + (f", prompt {cfg.model.prompt!r}" if cfg.model.prompt else ""))
     # absolute: the card travels with the model, away from the directory the run started in
     return {"run_name": cfg.run_name, "base_model": cfg.model.name, "kind": cfg.model.kind,
             "train_path": str(Path(cfg.data.train_path).resolve()), "dev_path": str(Path(cfg.data.dev_path).resolve()),
             "recipe": recipe, "precision": training.precision,
-            "mapping": objective.describe(), "max_length": cfg.model.max_length, "num_labels": cfg.model.num_labels}
+            "mapping": objective.describe(), "max_length": cfg.model.max_length, "num_labels": cfg.model.num_labels,
+            "prompt": cfg.model.prompt or ""}
 
 
 def command(script: str, config_name: str, overrides: Sequence[str], *extra: str) -> str:
