@@ -255,6 +255,7 @@ def main() -> None:
         result["peak_rss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print(json.dumps(result))
         return
+    args.data = args.data.resolve()  # a relative path would be read from data.dir of the shipped configs
     unknown = set(args.tools.split(",")) - set(RUNNERS)
     if unknown:
         parser.error(f"unknown tools: {', '.join(sorted(unknown))}")

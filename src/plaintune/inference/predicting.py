@@ -29,7 +29,6 @@ from plaintune.inference.report import check_report_folder, write_error_report
 from plaintune.rundir.guard import check_outputs
 from plaintune.model.architecture import read_architecture
 from plaintune.model.loading import build_model, build_tokenizer, check_tokenizer_fits
-from plaintune.config.load import with_values
 from plaintune.model.objective import CONFIG_ATTRIBUTE, Objective, checkpoint_record, objective_for, trained_inputs
 from plaintune.checkpoint.weights import LoadRules, load_weights
 
