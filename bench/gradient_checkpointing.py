@@ -13,6 +13,7 @@ Reports peak RSS (getrusage, the whole process), the training steps' samples/s (
 train_samples_per_s) and the final weights' agreement with the run without checkpointing (max |diff|,
 0 expected). CPU only. Appends JSON lines to bench/results/gradient_checkpointing.jsonl.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,22 +33,38 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_one(args) -> dict:
     """Inside the subprocess: one plaintune run; its numbers on stdout."""
     sys.path.insert(0, str(ROOT / "src"))
-    import plaintune
     import torch
 
+    import plaintune
+
     torch.set_num_threads(args.threads)
-    overrides = [f"output_dir={args.work}", f"run_name={args.name}", f"model.name={args.model}",
-                 f"model.kind={args.kind}", f"data.train_path={args.data / 'train.csv'}",
-                 f"data.dev_path={args.data / 'dev.csv'}", "data.test_path=null", "data.max_overlap=1.0",
-                 "training.precision=fp32", f"training.batch_size={args.batch_size}", "training.epochs=1",
-                 f"training.max_steps={args.steps}", "checkpoint.every_n_steps=0", "checkpoint.save_best=false",
-                 "logging.tensorboard=false", "logging.wandb.mode=disabled", "seed=42",
-                 f"training.gradient_checkpointing={str(args.checkpointing).lower()}",
-                 f"training.micro_batch_tokens={args.micro}"]
+    overrides = [
+        f"output_dir={args.work}",
+        f"run_name={args.name}",
+        f"model.name={args.model}",
+        f"model.kind={args.kind}",
+        f"data.train_path={args.data / 'train.csv'}",
+        f"data.dev_path={args.data / 'dev.csv'}",
+        "data.test_path=null",
+        "data.max_overlap=1.0",
+        "training.precision=fp32",
+        f"training.batch_size={args.batch_size}",
+        "training.epochs=1",
+        f"training.max_steps={args.steps}",
+        "checkpoint.every_n_steps=0",
+        "checkpoint.save_best=false",
+        "logging.tensorboard=false",
+        "logging.wandb.mode=disabled",
+        "seed=42",
+        f"training.gradient_checkpointing={str(args.checkpointing).lower()}",
+        f"training.micro_batch_tokens={args.micro}",
+    ]
     result = plaintune.train(str(ROOT / "configs" / "default.yaml"), *overrides)
     evals = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").open() if '"eval"' in line]
-    return {"train_samples_per_s": evals[-1]["train_samples_per_s"],
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    return {
+        "train_samples_per_s": evals[-1]["train_samples_per_s"],
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
 
 
 def max_difference(work: Path, first: str, second: str) -> float:
@@ -76,10 +93,17 @@ def main() -> None:
     if args.run:
         print(json.dumps(run_one(args)))
         return
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
-           "TOKENIZERS_PARALLELISM": "false"}
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "disabled",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        platform.processor(),
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work, data = Path(tmp), Path(tmp) / "data"
@@ -94,19 +118,47 @@ def main() -> None:
                 names = {}
                 for checkpointing in (False, True):
                     name = f"{kind}-{micro}-{'gc' if checkpointing else 'plain'}"
-                    command = [sys.executable, __file__, "--run", "--name", name, "--work", str(work),
-                               "--kind", kind, "--micro", micro, "--model", str(args.model), "--data", str(data),
-                               "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-                               "--threads", str(args.threads), *(["--checkpointing"] if checkpointing else [])]
+                    command = [
+                        sys.executable,
+                        __file__,
+                        "--run",
+                        "--name",
+                        name,
+                        "--work",
+                        str(work),
+                        "--kind",
+                        kind,
+                        "--micro",
+                        micro,
+                        "--model",
+                        str(args.model),
+                        "--data",
+                        str(data),
+                        "--steps",
+                        str(args.steps),
+                        "--batch-size",
+                        str(args.batch_size),
+                        "--threads",
+                        str(args.threads),
+                        *(["--checkpointing"] if checkpointing else []),
+                    ]
                     started = time.time()
                     process = subprocess.run(command, capture_output=True, text=True, env=env)
                     if process.returncode != 0:
                         raise SystemExit(f"error: {name} failed:\n{process.stderr[-3000:]}")
-                    row = {"kind": kind, "micro_batch_tokens": micro, "gradient_checkpointing": checkpointing,
-                           **json.loads(process.stdout.strip().splitlines()[-1]),
-                           "wall_s": round(time.time() - started, 1), "model": str(args.model),
-                           "steps": args.steps, "batch_size": args.batch_size, "cpu": cpu,
-                           "threads": args.threads, "time": time.strftime("%Y-%m-%d %H:%M")}
+                    row = {
+                        "kind": kind,
+                        "micro_batch_tokens": micro,
+                        "gradient_checkpointing": checkpointing,
+                        **json.loads(process.stdout.strip().splitlines()[-1]),
+                        "wall_s": round(time.time() - started, 1),
+                        "model": str(args.model),
+                        "steps": args.steps,
+                        "batch_size": args.batch_size,
+                        "cpu": cpu,
+                        "threads": args.threads,
+                        "time": time.strftime("%Y-%m-%d %H:%M"),
+                    }
                     names[checkpointing] = name
                     if checkpointing:
                         row["max_abs_weight_difference"] = max_difference(work, names[False], name)
@@ -120,8 +172,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for row in rows:
         diff = row.get("max_abs_weight_difference")
-        print(f"| {row['kind']} | {row['micro_batch_tokens']} | {'on' if row['gradient_checkpointing'] else 'off'} | "
-              f"{row['peak_rss_mb']} | {row['train_samples_per_s']:.2f} | {'' if diff is None else f'{diff:.1e}'} |")
+        print(
+            f"| {row['kind']} | {row['micro_batch_tokens']} | {'on' if row['gradient_checkpointing'] else 'off'} | "
+            f"{row['peak_rss_mb']} | {row['train_samples_per_s']:.2f} | {'' if diff is None else f'{diff:.1e}'} |"
+        )
 
 
 if __name__ == "__main__":

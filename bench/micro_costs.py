@@ -8,6 +8,7 @@
 3. inference on the STS Benchmark dev set, length-sorted, per batch size, in fp32
    and under bf16 autocast, with the Pearson correlation of bf16 to fp32 outputs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,7 +80,7 @@ def inference_speeds(model, data: Path) -> None:
         start = time.perf_counter()
         with torch.inference_mode():
             for i in range(0, len(order), batch_size):
-                rows = order[i:i + batch_size]
+                rows = order[i : i + batch_size]
                 batch = tokenizer.pad({k: [encoded[k][j] for j in rows] for k in encoded}, return_tensors="pt")
                 with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
                     out[rows] = model(**batch).logits.float()[:, 0].numpy()

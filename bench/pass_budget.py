@@ -10,6 +10,7 @@ process so that its peak RSS (VmHWM) is its own.
 Prints one line per setting: tokens per pass (both sides), peak RSS, seconds per step (median of
 the steps after the first, which allocates AdamW's state).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,12 @@ def one_setting(args) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - started)
-    return {"passes": args.run, "tokens_per_pass": 2 * per * args.tokens, "peak_rss_mb": peak_mb(),
-            "s_per_step": round(statistics.median(times[1:]), 2)}
+    return {
+        "passes": args.run,
+        "tokens_per_pass": 2 * per * args.tokens,
+        "peak_rss_mb": peak_mb(),
+        "s_per_step": round(statistics.median(times[1:]), 2),
+    }
 
 
 def main() -> None:
@@ -67,8 +72,22 @@ def main() -> None:
         print(json.dumps(one_setting(args)))
         return
     for passes in args.passes:
-        command = [sys.executable, __file__, "--model", args.model, "--pairs", str(args.pairs), "--tokens",
-                   str(args.tokens), "--steps", str(args.steps), "--threads", str(args.threads), "--run", str(passes)]
+        command = [
+            sys.executable,
+            __file__,
+            "--model",
+            args.model,
+            "--pairs",
+            str(args.pairs),
+            "--tokens",
+            str(args.tokens),
+            "--steps",
+            str(args.steps),
+            "--threads",
+            str(args.threads),
+            "--run",
+            str(passes),
+        ]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TRANSFORMERS_VERBOSITY": "error"}
         print(subprocess.run(command, capture_output=True, text=True, env=env, check=True).stdout.strip())
 

@@ -9,6 +9,7 @@ prints a table of seconds and shares.
     python bench/profile_epoch.py --rows 1600 --precision bf16
     python bench/profile_epoch.py --rows 1600 --bucketed --micro-batch-tokens 0
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,11 +31,11 @@ def main() -> None:
     from plaintune.data import batching
     from plaintune.data import tables as data
     from plaintune.data import tokenized as datasets
-    from plaintune.data.batching import PASS_OVERHEAD_TOKENS_CPU, TrainBatchSampler, MicroBatchCollator
-    from plaintune.model.objective import Objective
-    from plaintune.inference.outputs import model_outputs
+    from plaintune.data.batching import PASS_OVERHEAD_TOKENS_CPU, MicroBatchCollator, TrainBatchSampler
     from plaintune.model.loading import build_model, build_tokenizer
-    from plaintune.model.optim import build_optimizer
+    from plaintune.model.objective import Objective
+    from plaintune.model.outputs import model_outputs
+    from plaintune.recipe.optim import build_optimizer
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "stsb")
@@ -62,14 +63,15 @@ def main() -> None:
         train = data.read_pairs(str(args.data / "train.csv"), "train", columns)
         dev = data.read_pairs(str(args.data / "dev.csv"), "dev", columns)
         for field in ("ids", "sentence_1", "sentence_2"):
-            setattr(train, field, getattr(train, field)[:args.rows])
-        train.labels = train.labels[:args.rows]
+            setattr(train, field, getattr(train, field)[: args.rows])
+        train.labels = train.labels[: args.rows]
     with timed("tokenize (once)"):
         train_set = datasets.PairDataset(train, tokenizer, 128)
         dev_set = datasets.PairDataset(dev, tokenizer, 128)
     sampler = TrainBatchSampler(train_set.lengths, 32, seed=42, bucket=args.bucketed)
-    collate = MicroBatchCollator(datasets.PadCollator(train_set.pad_id), args.micro_batch_tokens or None,
-                                 PASS_OVERHEAD_TOKENS_CPU)
+    collate = MicroBatchCollator(
+        datasets.PadCollator(train_set.pad_id), args.micro_batch_tokens or None, PASS_OVERHEAD_TOKENS_CPU
+    )
     objective = Objective(1, "bce", "sigmoid")
     optimizer = build_optimizer({"name": "AdamW", "weight_decay": 0.01}, model, 5e-5, 10.0)
     dtype = torch.bfloat16 if args.precision == "bf16" else None
@@ -96,15 +98,19 @@ def main() -> None:
         with timed("save best/ (safetensors)"):
             model.save_pretrained(tmp)
         with timed("save last.pt (model+optimizer)"):
-            torch.save({"model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict()},
-                       Path(tmp) / "last.pt")
+            torch.save(
+                {"model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict()},
+                Path(tmp) / "last.pt",
+            )
         size = (Path(tmp) / "last.pt").stat().st_size
         with timed("load last.pt (resume)"):
             torch.load(Path(tmp) / "last.pt", weights_only=True)
     total = sum(times.values())
-    print(f"rows {args.rows}, batch 32, precision {args.precision}, threads {args.threads}, "
-          f"{'bucketed' if args.bucketed else 'random'} batches, micro-batch tokens {args.micro_batch_tokens}, "
-          f"last.pt {size / 2**20:.0f} MiB")
+    print(
+        f"rows {args.rows}, batch 32, precision {args.precision}, threads {args.threads}, "
+        f"{'bucketed' if args.bucketed else 'random'} batches, micro-batch tokens {args.micro_batch_tokens}, "
+        f"last.pt {size / 2**20:.0f} MiB"
+    )
     print("| phase | seconds | share |\n|---|---|---|")
     for phase, seconds in times.items():
         print(f"| {phase} | {seconds:.2f} | {seconds / total:.1%} |")

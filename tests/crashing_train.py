@@ -1,12 +1,13 @@
 """Run train.py's main under a fault plan, for crash tests (a test helper, not part of plaintune).
 
-    KILL_PLAN=step:N      SIGKILL right after the N-th optimizer step of this process
-    KILL_PLAN=validate:N  SIGKILL inside the N-th validation (between the last step and the epoch-end save)
-    KILL_PLAN=save:N      the N-th torch.save writes half its bytes, then SIGKILL (a crash mid-save)
-    KILL_PLAN=sigint:N    send ourselves SIGINT (Ctrl-C) after the N-th optimizer step
-    KILL_PLAN=sigterm:N   send ourselves SIGTERM (what Colab/SLURM/Kubernetes send) after the N-th optimizer step
-    KILL_RANK=R           under torchrun, carry out the plan in rank R only (default: every process)
+KILL_PLAN=step:N      SIGKILL right after the N-th optimizer step of this process
+KILL_PLAN=validate:N  SIGKILL inside the N-th validation (between the last step and the epoch-end save)
+KILL_PLAN=save:N      the N-th torch.save writes half its bytes, then SIGKILL (a crash mid-save)
+KILL_PLAN=sigint:N    send ourselves SIGINT (Ctrl-C) after the N-th optimizer step
+KILL_PLAN=sigterm:N   send ourselves SIGTERM (what Colab/SLURM/Kubernetes send) after the N-th optimizer step
+KILL_RANK=R           under torchrun, carry out the plan in rank R only (default: every process)
 """
+
 import os
 import signal
 import sys
@@ -35,6 +36,7 @@ def tick() -> bool:
 
 
 if mode in AFTER_STEP:
+
     def after_step(optimizer, args, kwargs):
         if getattr(optimizer, "speed_probe", False):
             return  # the leaderboard's time-budget probe, not training

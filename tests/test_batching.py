@@ -1,10 +1,11 @@
 """Length-bucketed batches: complete, deterministic, resumable, DDP-sharded, less padding."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from plaintune.data.batching import TrainBatchSampler, SortedBatchSampler, padding_fraction, split_by_length
+from plaintune.data.batching import SortedBatchSampler, TrainBatchSampler, padding_fraction, split_by_length
 
 
 @pytest.fixture
@@ -70,6 +71,7 @@ def test_sorted_eval_batches_cover_all_without_repeats(lengths):
 
 # ------------------------------------------------------------------ micro-batches
 
+
 def padded_cost(lengths, runs, overhead):
     return sum(len(r) * max(lengths[i] for i in r) + overhead for r in runs)
 
@@ -107,8 +109,11 @@ def test_micro_batch_cut_is_complete_within_budget_and_optimal(case):
 
 def test_micro_batches_cut_padding_of_random_batches(lengths):
     random_batches = TrainBatchSampler(lengths, 32, seed=0, bucket=False).epoch_batches(0)
-    cut = [[batch[i] for i in run] for batch in random_batches
-           for run in split_by_length(lengths[batch].tolist(), 2048, 64)]
+    cut = [
+        [batch[i] for i in run]
+        for batch in random_batches
+        for run in split_by_length(lengths[batch].tolist(), 2048, 64)
+    ]
     assert padding_fraction(lengths, cut) < padding_fraction(lengths, random_batches) / 2
     # an overhead larger than any saving keeps a batch whole when it fits the budget
     assert split_by_length([5, 50, 7], 10_000, 10_000) == [[1, 2, 0]]
@@ -126,6 +131,7 @@ def test_auto_micro_batch_budget_is_1024_tokens_on_cpu_and_whole_batches_on_a_gp
     assert micro_batch_budget("auto", gpu)[0] is None
 
 
+@pytest.mark.e2e
 def test_a_run_says_how_many_tokens_a_pass_holds(project, capsys):
     import train
 

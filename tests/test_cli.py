@@ -1,4 +1,5 @@
 """End to end through the real entry points: train -> best/ -> inference -> submission."""
+
 from __future__ import annotations
 
 import json
@@ -18,11 +19,20 @@ def run_train(*args: str) -> int:
     return train.main(["--config", "t", *args])
 
 
+@pytest.mark.e2e
 def test_train_then_inference(project, capsys):
     assert run_train() == 0
     run = project / "saved_model" / "t"
-    for name in ("config.yaml", "last.pt", "metrics.jsonl", "best/config.json", "best/model.safetensors",
-                 "best/tokenizer.json", "best/plaintune_state.json", "curves.png"):
+    for name in (
+        "config.yaml",
+        "last.pt",
+        "metrics.jsonl",
+        "best/config.json",
+        "best/model.safetensors",
+        "best/tokenizer.json",
+        "best/plaintune_state.json",
+        "curves.png",
+    ):
         assert (run / name).is_file(), name
     out = capsys.readouterr().out
     assert "next: python inference.py --config t --saved_model t" in out
@@ -58,6 +68,7 @@ def test_train_then_inference(project, capsys):
     np.testing.assert_allclose(submission["target"].to_numpy(), np.round(np.clip(raw, 0.0, 5.0), 1), atol=1e-9)
 
 
+@pytest.mark.e2e
 def test_inference_accepts_every_saved_model_form(project):
     assert run_train("training.epochs=1") == 0
     run = project / "saved_model" / "t"
@@ -69,7 +80,7 @@ def test_inference_accepts_every_saved_model_form(project):
     for form, values in outputs.items():
         np.testing.assert_allclose(values, outputs["t"], rtol=0, atol=1e-6, err_msg=form)
     shutil.copy(run / "last.pt", project / "saved_model" / "mine.pt")
-    assert inference.main(["--config", "t", "--saved_model", "mine"]) == 0
+    assert inference.main(["--config", "t", "--saved_model", "mine", "--overwrite"]) == 0  # another model
 
 
 def test_inference_restores_input_order(project, tiny_model_dir):
@@ -78,8 +89,8 @@ def test_inference_restores_input_order(project, tiny_model_dir):
     from plaintune.data.batching import eval_loader
     from plaintune.data.tables import read_pairs
     from plaintune.data.tokenized import PadCollator, PairDataset
-    from plaintune.inference.outputs import model_outputs
     from plaintune.inference.predicting import load_model_for_inference
+    from plaintune.model.outputs import model_outputs
 
     cfg = load_config("t")
     model, tokenizer, _ = load_model_for_inference(cfg, tiny_model_dir)
@@ -99,6 +110,7 @@ def test_inference_restores_input_order(project, tiny_model_dir):
     np.testing.assert_allclose(batched, np.array(single), atol=1e-5)
 
 
+@pytest.mark.e2e
 def test_hub_model_offline_is_one_clear_line(project, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code = train.main(["--config", "t", "model.name=klue/roberta-small"])
@@ -109,6 +121,7 @@ def test_hub_model_offline_is_one_clear_line(project, capsys, monkeypatch):
     assert not (project / "saved_model" / "t").exists()  # nothing written
 
 
+@pytest.mark.e2e
 def test_shipped_roberta_config_offline(project, capsys, monkeypatch):
     """The leaderboard user's command, with the competition files in data/ but no hub."""
     from conftest import REPO
@@ -121,12 +134,14 @@ def test_shipped_roberta_config_offline(project, capsys, monkeypatch):
     assert "Traceback" not in err
 
 
+@pytest.mark.e2e
 def test_missing_data_file_is_exit_2(project, capsys):
     assert run_train("data.train_path=data/nope.csv") == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "data/nope.csv" in err and "Traceback" not in err
 
 
+@pytest.mark.e2e
 def test_existing_run_is_not_clobbered(project, capsys):
     assert run_train("training.epochs=1") == 0
     before = (project / "saved_model" / "t" / "last.pt").read_bytes()
@@ -136,6 +151,7 @@ def test_existing_run_is_not_clobbered(project, capsys):
     assert run_train("training.epochs=1", "--overwrite") == 0
 
 
+@pytest.mark.e2e
 def test_unknown_saved_model_lists_runs(project, capsys):
     assert run_train("training.epochs=1") == 0
     assert inference.main(["--config", "t", "--saved_model", "nope"]) == 2
@@ -144,6 +160,7 @@ def test_unknown_saved_model_lists_runs(project, capsys):
     assert not (project / "output" / "sub.csv").exists()
 
 
+@pytest.mark.e2e
 def test_template_mismatch_writes_nothing(project, capsys):
     assert run_train("training.epochs=1") == 0
     template = project / "data" / "sample_submission.csv"
@@ -155,6 +172,7 @@ def test_template_mismatch_writes_nothing(project, capsys):
     assert not (project / "output" / "sub.csv").exists()
 
 
+@pytest.mark.e2e
 def test_classification_head(project, tiny_model_dir):
     """num_labels > 1 with CrossEntropyLoss trains on the binary label and writes class ids."""
     cfg = base_config(tiny_model_dir)
@@ -169,11 +187,12 @@ def test_classification_head(project, tiny_model_dir):
     assert set(pd.read_csv(project / "output" / "sub.csv")["target"]) <= {0, 1}
 
 
+@pytest.mark.e2e
 def test_nan_metric_never_counts_as_best(project, capsys, monkeypatch):
     """A run whose every validation scores NaN (a model predicting a constant) keeps no best/, says
     so, and still ends normally with its resumable last.pt."""
-    from plaintune.training.metrics import is_better
     from plaintune.model.objective import Objective
+    from plaintune.recipe.metrics import is_better
 
     assert is_better(0.1, None) and not is_better(float("nan"), None)
     assert not is_better(float("nan"), 0.2) and not is_better(float("inf"), 0.2)
@@ -190,13 +209,16 @@ def test_nan_metric_never_counts_as_best(project, capsys, monkeypatch):
     assert [r["epoch"] for r in evals if r["kind"] == "eval"] == [1, 2]
 
 
-@pytest.mark.parametrize("command, argv, expect", [
-    ("train", ["--config", "t", "--resume", "--overwrite"], "give one of them"),
-    ("train", ["--config", "t", "--bogus"], "unrecognized argument: --bogus"),
-    ("inference", ["--config", "t", "--saved_model", "t", "--weights", "x"], "--weights must be numbers"),
-    ("checkpoint", ["inspect"], "required"),
-    ("checkpoint", ["inspect", "x.pt", "--config", "t", "--bogus"], "unrecognized argument: --bogus"),
-])
+@pytest.mark.parametrize(
+    "command, argv, expect",
+    [
+        ("train", ["--config", "t", "--resume", "--overwrite"], "give one of them"),
+        ("train", ["--config", "t", "--bogus"], "unrecognized argument: --bogus"),
+        ("inference", ["--config", "t", "--saved_model", "t", "--weights", "x"], "--weights must be numbers"),
+        ("checkpoint", ["inspect"], "required"),
+        ("checkpoint", ["inspect", "x.pt", "--config", "t", "--bogus"], "unrecognized argument: --bogus"),
+    ],
+)
 def test_usage_mistakes_are_one_error_line(project, capsys, command, argv, expect):
     from plaintune.checkpoint import command as checkpoint
 
@@ -208,6 +230,7 @@ def test_usage_mistakes_are_one_error_line(project, capsys, command, argv, expec
     assert len(err) == 1 and err[0].startswith("error: ") and expect in err[0], err
 
 
+@pytest.mark.e2e
 def test_checkpoint_overrides_may_follow_config(project, capsys):
     from plaintune.checkpoint import command as checkpoint
 

@@ -1,4 +1,5 @@
 """Config loading: every shipped config validates; every class of mistake is one clear error."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,10 +10,10 @@ from box import BoxError
 from conftest import REPO, base_config
 from plaintune.config import load as config_mod
 from plaintune.config.load import load_config
-from plaintune.errors import UserError
-from plaintune.model.optim import build_optimizer
+from plaintune.config.schema import LEAVES
 from plaintune.config.validation import validate
-from plaintune.schema import LEAVES, SCHEMA
+from plaintune.errors import UserError
+from plaintune.recipe.optim import build_optimizer
 
 SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
 
@@ -58,8 +59,11 @@ def test_scientific_notation_in_a_config_file_reaches_the_optimizer_as_floats(pr
     path = project / "configs" / "t.yaml"
     text = path.read_text()
     assert "learning_rate: 0.001\n" in text and "    weight_decay: 0.01\n" in text
-    path.write_text(text.replace("learning_rate: 0.001\n", "learning_rate: 2e-5\n")
-                    .replace("    weight_decay: 0.01\n", "    weight_decay: 1e-2\n    eps: 1e-8\n"))
+    path.write_text(
+        text.replace("learning_rate: 0.001\n", "learning_rate: 2e-5\n").replace(
+            "    weight_decay: 0.01\n", "    weight_decay: 1e-2\n    eps: 1e-8\n"
+        )
+    )
     cfg = load_config("t")
     assert isinstance(cfg.training.learning_rate, float) and cfg.training.learning_rate == pytest.approx(2e-5)
     optimizer = build_optimizer(cfg.training.optimizer, torch.nn.Linear(2, 1), cfg.training.learning_rate)
@@ -71,9 +75,13 @@ def test_scientific_notation_in_a_config_file_reaches_the_optimizer_as_floats(pr
 def test_a_loaded_config_cannot_be_changed(project):
     """Nothing mutates the config mid-run: code that needs other values builds a copy (with_values)."""
     cfg = load_config("t")
-    for change in (lambda: setattr(cfg.training, "epochs", 9), lambda: cfg.__setitem__("seed", 1),
-                   lambda: cfg.model.update({"num_labels": 3}), lambda: delattr(cfg, "model"),
-                   lambda: cfg.data.pop("train_path")):
+    for change in (
+        lambda: setattr(cfg.training, "epochs", 9),
+        lambda: cfg.__setitem__("seed", 1),
+        lambda: cfg.model.update({"num_labels": 3}),
+        lambda: delattr(cfg, "model"),
+        lambda: cfg.data.pop("train_path"),
+    ):
         with pytest.raises(BoxError, match="frozen"):
             change()
     with pytest.raises((TypeError, AttributeError)):  # lists are frozen too
@@ -95,15 +103,18 @@ def test_defaults_fill_missing_keys(cfg_dict):
     assert cfg.inference.round == 1 and list(cfg.inference.clip) == [0.0, 5.0]
 
 
-@pytest.mark.parametrize("section,key,suggestion", [
-    (None, "sed", "seed"),
-    ("training", "learning_rat", "training.learning_rate"),
-    ("training", "epoch", "training.epochs"),
-    ("model", "nmae", "model.name"),
-    ("data", "train_pth", "data.train_path"),
-    ("training", "seed", "seed"),                 # right name, wrong section
-    ("inference", "output", "inference.output_path"),
-])
+@pytest.mark.parametrize(
+    "section,key,suggestion",
+    [
+        (None, "sed", "seed"),
+        ("training", "learning_rat", "training.learning_rate"),
+        ("training", "epoch", "training.epochs"),
+        ("model", "nmae", "model.name"),
+        ("data", "train_pth", "data.train_path"),
+        ("training", "seed", "seed"),  # right name, wrong section
+        ("inference", "output", "inference.output_path"),
+    ],
+)
 def test_unknown_key_suggests_nearest(cfg_dict, section, key, suggestion):
     (cfg_dict if section is None else cfg_dict[section])[key] = 1
     message = problems_of(cfg_dict)
@@ -111,22 +122,25 @@ def test_unknown_key_suggests_nearest(cfg_dict, section, key, suggestion):
     assert f"did you mean {suggestion}?" in message
 
 
-@pytest.mark.parametrize("path,value,fragment", [
-    ("training.epochs", "three", "expected a whole number"),
-    ("training.epochs", 0, "must be >= 1"),
-    ("training.batch_size", -4, "must be >= 1"),
-    ("training.learning_rate", 0, "must be > 0"),
-    ("training.learning_rate", "fast", "expected a number"),
-    ("training.precision", "fp8", "is not one of auto, fp32, bf16, fp16"),
-    ("logging.wandb.mode", "sometimes", "is not one of"),
-    ("model.num_labels", 0, "must be >= 1"),
-    ("inference.clip", [5, 0], "low must not exceed high"),
-    ("inference.clip", "0-5", "expected a list"),
-    ("training.bucket_batches", "yes", "expected true or false"),
-    ("device", "gpu", "must be auto, cpu, cuda"),
-    ("model", "bert", "expected a section of keys"),
-    ("model.key_rules", [["^a"]], "pairs"),
-])
+@pytest.mark.parametrize(
+    "path,value,fragment",
+    [
+        ("training.epochs", "three", "expected a whole number"),
+        ("training.epochs", 0, "must be >= 1"),
+        ("training.batch_size", -4, "must be >= 1"),
+        ("training.learning_rate", 0, "must be > 0"),
+        ("training.learning_rate", "fast", "expected a number"),
+        ("training.precision", "fp8", "is not one of auto, fp32, bf16, fp16"),
+        ("logging.wandb.mode", "sometimes", "is not one of"),
+        ("model.num_labels", 0, "must be >= 1"),
+        ("inference.clip", [5, 0], "low must not exceed high"),
+        ("inference.clip", "0-5", "expected a list"),
+        ("training.bucket_batches", "yes", "expected true or false"),
+        ("device", "gpu", "must be auto, cpu, cuda"),
+        ("model", "bert", "expected a section of keys"),
+        ("model.key_rules", [["^a"]], "pairs"),
+    ],
+)
 def test_wrong_values_name_the_key(cfg_dict, path, value, fragment):
     node = cfg_dict
     *parents, leaf = path.split(".")
@@ -137,17 +151,20 @@ def test_wrong_values_name_the_key(cfg_dict, path, value, fragment):
     assert path in message and fragment in message
 
 
-@pytest.mark.parametrize("path,value,fragment", [
-    ("training.loss", "MSE_Los", "unknown loss"),
-    ("training.loss", "CrossEntropyLoss", "is for classification"),
-    ("training.optimizer", {"name": "Adamm"}, "unknown optimizer"),
-    ("training.optimizer", {"name": "AdamW", "betas2": 0.9}, "training.optimizer.betas2: not an argument of AdamW"),
-    ("training.optimizer", {"name": "SGD", "lr": 0.1}, "set training.learning_rate instead"),
-    ("training.scheduler", {"name": "cosin"}, "unknown scheduler"),
-    ("training.scheduler", {"name": "linear", "warmup": 0.1}, "not an option of the linear scheduler"),
-    ("training.scheduler", {"name": "linear", "warmup_ratio": 3}, "between 0 and 1"),
-    ("training.scheduler", {"name": "linear", "warmup_ratio": 0.1, "warmup_steps": 5}, "not both"),
-])
+@pytest.mark.parametrize(
+    "path,value,fragment",
+    [
+        ("training.loss", "MSE_Los", "unknown loss"),
+        ("training.loss", "CrossEntropyLoss", "is for classification"),
+        ("training.optimizer", {"name": "Adamm"}, "unknown optimizer"),
+        ("training.optimizer", {"name": "AdamW", "betas2": 0.9}, "training.optimizer.betas2: not an argument of AdamW"),
+        ("training.optimizer", {"name": "SGD", "lr": 0.1}, "set training.learning_rate instead"),
+        ("training.scheduler", {"name": "cosin"}, "unknown scheduler"),
+        ("training.scheduler", {"name": "linear", "warmup": 0.1}, "not an option of the linear scheduler"),
+        ("training.scheduler", {"name": "linear", "warmup_ratio": 3}, "between 0 and 1"),
+        ("training.scheduler", {"name": "linear", "warmup_ratio": 0.1, "warmup_steps": 5}, "not both"),
+    ],
+)
 def test_component_names_and_arguments(cfg_dict, path, value, fragment):
     section, leaf = path.split(".")
     cfg_dict[section][leaf] = value
@@ -192,26 +209,32 @@ def test_load_by_name_and_by_path_with_overrides(project):
     assert cfg.training.optimizer.name == "AdamW"  # attribute access
 
 
-@pytest.mark.parametrize("override,fragment", [
-    ("training.epochs", "must look like key.path=value"),
-    ("=3", "must look like key.path=value"),
-    ("training..epochs=3", "must look like key.path=value"),
-    ("training.epoch=3", "did you mean training.epochs?"),
-    ("training.epochs=[1", "cannot parse the value"),
-    ("seed.x=1", "seed is not a section"),
-])
+@pytest.mark.parametrize(
+    "override,fragment",
+    [
+        ("training.epochs", "must look like key.path=value"),
+        ("=3", "must look like key.path=value"),
+        ("training..epochs=3", "must look like key.path=value"),
+        ("training.epoch=3", "did you mean training.epochs?"),
+        ("training.epochs=[1", "cannot parse the value"),
+        ("seed.x=1", "seed is not a section"),
+    ],
+)
 def test_bad_overrides(project, override, fragment):
     with pytest.raises(UserError) as err:
         load_config("t", [override])
     assert fragment in str(err.value)
 
 
-@pytest.mark.parametrize("text,fragment", [
-    ("", "the config is empty"),
-    ("- a\n- b\n", "top level must be a mapping"),
-    ("model:\n  name: [unclosed\n", "invalid YAML"),
-    ("a: 1\n\tb: 2\n", "invalid YAML"),
-])
+@pytest.mark.parametrize(
+    "text,fragment",
+    [
+        ("", "the config is empty"),
+        ("- a\n- b\n", "top level must be a mapping"),
+        ("model:\n  name: [unclosed\n", "invalid YAML"),
+        ("a: 1\n\tb: 2\n", "invalid YAML"),
+    ],
+)
 def test_bad_yaml_files(project, text, fragment):
     (project / "configs" / "bad.yaml").write_text(text)
     with pytest.raises(UserError) as err:
@@ -235,8 +258,9 @@ def test_config_reference_page_is_current():
     """docs/config.md is the generated page, byte for byte: a key added to the schema, a changed default,
     doc or role makes this fail until `python -m plaintune.config --update-docs` is run."""
     page = (REPO / "docs" / "config.md").read_text(encoding="utf-8")
-    assert page == config_mod.reference_page(), \
+    assert page == config_mod.reference_page(), (
         "docs/config.md is stale: regenerate it with python -m plaintune.config --update-docs"
+    )
     for key, spec in LEAVES.items():
         row = next((line for line in page.splitlines() if line.startswith(f"| `{key}` |")), None)
         assert row is not None, f"docs/config.md lacks {key}"
@@ -247,7 +271,7 @@ def test_config_reference_page_is_current():
 
 def test_update_docs_rewrites_the_page_and_refuses_unknown_arguments(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert config_mod.main(["--update-docs"]) == 2          # no docs/ here: one line, exit 2
+    assert config_mod.main(["--update-docs"]) == 2  # no docs/ here: one line, exit 2
     assert "run it in the repository's root" in capsys.readouterr().err
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "config.md").write_text("stale", encoding="utf-8")

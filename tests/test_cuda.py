@@ -4,6 +4,7 @@ Every test here carries the `cuda` marker and is skipped where CUDA is not avail
 (CI and the 2-core development machines). bench/gpu_check runs them on a GPU:
 `pytest -m cuda tests/test_cuda.py`.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,25 +19,29 @@ import torch
 
 import train
 from conftest import REPO
-from plaintune.model import precision
+from plaintune.runtime import precision
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bench/gpu_check runs it)")]
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bench/gpu_check runs it)"),
+]
 
 
 def bundle(project, run: str = "t") -> dict:
     return torch.load(project / "saved_model" / run / "last.pt", weights_only=True)
 
 
+@pytest.mark.e2e
 def test_auto_precision_on_this_gpu_is_bf16_or_fp16_by_capability(project):
     capability = torch.cuda.get_device_capability(0)
     expected = "bf16" if capability >= (8, 0) else "fp16" if capability >= (7, 0) else "fp32"
     assert precision.for_training("auto", torch.device("cuda", 0), None)[0] == expected
     assert train.main(["--config", "t", "device=cuda", "training.precision=auto", "training.epochs=1"]) == 0
-    saved = bundle(project)["config"]["training"]["precision"]
+    saved = bundle(project)["resolved"]["training.precision"]
     assert saved == expected  # the run records the concrete choice, so a resume keeps it
 
 
+@pytest.mark.e2e
 def test_fp16_trains_with_the_scaler_and_resumes_exactly(project):
     """fp16 autocast with a GradScaler: the scale is saved with last.pt and a resume continues it."""
     from torch.optim.optimizer import register_optimizer_step_post_hook
@@ -68,6 +73,7 @@ def test_fp16_trains_with_the_scaler_and_resumes_exactly(project):
         torch.testing.assert_close(resumed["model_state_dict"][key], tensor, rtol=0, atol=1e-5, msg=key)
 
 
+@pytest.mark.e2e
 def test_bf16_trains_without_a_scaler_and_predicts(project):
     assert train.main(["--config", "t", "device=cuda", "training.precision=bf16", "training.epochs=1"]) == 0
     saved = bundle(project)
@@ -79,21 +85,43 @@ def test_bf16_trains_without_a_scaler_and_predicts(project):
     assert (project / "output" / "sub.csv").exists()
 
 
+@pytest.mark.e2e
 def test_torchrun_on_one_gpu_trains_and_saves_plain_keys(project):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
-                             str(REPO / "train.py"), "--config", "t", "device=auto", "training.precision=auto",
-                             "training.epochs=2", "training.ddp_timeout_s=120"],
-                            cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=1",
+            str(REPO / "train.py"),
+            "--config",
+            "t",
+            "device=auto",
+            "training.precision=auto",
+            "training.epochs=2",
+            "training.ddp_timeout_s=120",
+        ],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     saved = bundle(project)
     assert saved["world_size"] == 1 and saved["epoch"] == 2
     assert not any(k.startswith("module.") for k in saved["model_state_dict"])
-    evals = [json.loads(line) for line in (project / "saved_model" / "t" / "metrics.jsonl").read_text().splitlines()
-             if '"eval"' in line]
+    evals = [
+        json.loads(line)
+        for line in (project / "saved_model" / "t" / "metrics.jsonl").read_text().splitlines()
+        if '"eval"' in line
+    ]
     assert len(evals) == 2 and all(np.isfinite(e["pearson"]) for e in evals)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("kind", ["cross_encoder", "bi_encoder"])
 @pytest.mark.parametrize("tokenizer_kind", ["wordpiece", "bpe", "sentencepiece"])
 def test_each_tokenizer_kind_trains_and_predicts_on_the_gpu(families, korean_project, tokenizer_kind, kind):

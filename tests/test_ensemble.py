@@ -1,5 +1,6 @@
 """The fitted ensemble: fitting on out-of-fold predictions, and the one-command leaderboard pipeline
 (k-fold per member, fit, ensemble.json, inference, resume after a kill)."""
+
 from __future__ import annotations
 
 import json
@@ -11,22 +12,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import inference
 import train
-import torch
-
 from conftest import DEMO, base_config, write_config
-from plaintune import api
-from plaintune.kfold import ensemble
-from plaintune.kfold import folds
+from plaintune import api, names
 from plaintune.errors import UserError
-from plaintune.rundir import names
+from plaintune.inference import ensemble as ensemble_file
+from plaintune.kfold import ensemble, folds
 
 HELPER = Path(__file__).parent / "crashing_train.py"
 
 
 # ------------------------------------------------------------------ fitting, on synthetic members
+
 
 def synthetic(seed: int = 0, n: int = 4000):
     """Three members: two informative, one anti-correlated; the labels are a known combination."""
@@ -37,6 +37,7 @@ def synthetic(seed: int = 0, n: int = 4000):
     return np.stack([a, b, bad], axis=1), labels
 
 
+@pytest.mark.e2e
 def test_nnls_recovers_a_known_combination_and_never_inverts_a_member():
     predictions, labels = synthetic()
     weights, intercept = ensemble.fit(predictions[:, :2], labels, "nnls")
@@ -46,6 +47,7 @@ def test_nnls_recovers_a_known_combination_and_never_inverts_a_member():
     assert weights[:2] == pytest.approx([0.6, 0.25], abs=0.01)
 
 
+@pytest.mark.e2e
 def test_lstsq_may_use_any_sign_and_mean_is_the_plain_average():
     predictions, labels = synthetic(1)
     weights, _ = ensemble.fit(predictions[:, :2], labels, "lstsq")
@@ -55,6 +57,7 @@ def test_lstsq_may_use_any_sign_and_mean_is_the_plain_average():
     assert list(weights) == pytest.approx([1 / 3] * 3) and intercept == 0.0
 
 
+@pytest.mark.e2e
 def test_cross_fitted_predictions_never_use_their_own_part():
     predictions, labels = synthetic(2, n=300)
     parts = folds.split_folds(300, 5, 7)
@@ -65,27 +68,38 @@ def test_cross_fitted_predictions_never_use_their_own_part():
         assert out[held_out] == pytest.approx(predictions[held_out] @ weights + intercept)
 
 
+@pytest.mark.e2e
 def test_members_that_learned_nothing_are_an_error_not_a_silent_average():
     predictions, labels = synthetic(3)
     with pytest.raises(UserError, match="correlate positively"):
         ensemble.fit(-predictions[:, :2], labels, "nnls")
 
 
-@pytest.mark.parametrize("text, problem", [("{", "unreadable or damaged"), ("[]", "unreadable or damaged"),
-                                           ('{"format": "x", "intercept": 0, "members": []}', "not a plaintune"),
-                                           ('{"format": "plaintune-ensemble", "intercept": NaN, "members": '
-                                            '[{"name": "a", "runs": ["r"], "weight": 1}]}', "not finite")])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("{", "unreadable or damaged"),
+        ("[]", "unreadable or damaged"),
+        ('{"format": "x", "intercept": 0, "members": []}', "not a plaintune"),
+        (
+            '{"format": "plaintune-ensemble", "intercept": NaN, "members": '
+            '[{"name": "a", "runs": ["r"], "weight": 1}]}',
+            "not finite",
+        ),
+    ],
+)
 def test_a_damaged_ensemble_file_is_one_clear_error(tmp_path, text, problem):
     (tmp_path / "ensemble.json").write_text(text)
     with pytest.raises(UserError, match=problem):
-        ensemble.read_spec(tmp_path)
+        ensemble_file.read_spec(tmp_path)
 
 
 # ------------------------------------------------------------------ the pipeline, on the tiny model
 
-MEMBERS = {"bi": ["model.kind=bi_encoder", "training.epochs=1"],
-           "cross": ["model.kind=cross_encoder", "training.loss=bce", "model.output_activation=sigmoid",
-                     "training.epochs=1"]}
+MEMBERS = {
+    "bi": ["model.kind=bi_encoder", "training.epochs=1"],
+    "cross": ["model.kind=cross_encoder", "training.loss=bce", "model.output_activation=sigmoid", "training.epochs=1"],
+}
 
 
 def leaderboard_project(project, tiny_model_dir, members=MEMBERS, **sections):
@@ -96,6 +110,7 @@ def leaderboard_project(project, tiny_model_dir, members=MEMBERS, **sections):
     write_config(project, cfg, "lb")
 
 
+@pytest.mark.e2e
 def test_one_command_trains_fits_and_inference_applies_the_fit(project, tiny_model_dir, capsys):
     leaderboard_project(project, tiny_model_dir)
     assert train.main(["--config", "lb"]) == 0
@@ -106,13 +121,17 @@ def test_one_command_trains_fits_and_inference_applies_the_fit(project, tiny_mod
     assert [m["name"] for m in spec["members"]] == ["bi", "cross"]
     assert spec["members"][0]["runs"] == ["lb-bi-fold1", "lb-bi-fold2"]
     assert all(m["weight"] >= 0 for m in spec["members"])
-    assert {"member bi", "member cross", "ensemble nnls (cross-fitted)", "ensemble mean (cross-fitted)",
-            "ensemble lstsq (cross-fitted)"} <= set(spec["out_of_fold"])
+    assert {
+        "member bi",
+        "member cross",
+        "ensemble nnls (cross-fitted)",
+        "ensemble mean (cross-fitted)",
+        "ensemble lstsq (cross-fitted)",
+    } <= set(spec["out_of_fold"])
     for member in ("bi", "cross"):  # each member is an ordinary k-fold of ordinary runs
         assert (project / "saved_model" / f"lb-{member}-fold2" / "best").is_dir()
 
-    assert inference.main(["--config", "lb", "--saved_model", "lb", "inference.round=null",
-                           "inference.clip=null"]) == 0
+    assert inference.main(["--config", "lb", "--saved_model", "lb", "inference.round=null", "inference.clip=null"]) == 0
     written = pd.read_csv(project / "output" / "sub.csv")["target"].to_numpy()
     # by hand: each member is the mean of its fold models, then the fitted weights and intercept
     frame = lambda names: api.predict("configs/lb.yaml", names)["target"].to_numpy()  # noqa: E731
@@ -120,13 +139,20 @@ def test_one_command_trains_fits_and_inference_applies_the_fit(project, tiny_mod
     assert written == pytest.approx(by_hand, abs=1e-5)
 
 
+@pytest.mark.e2e
 def test_a_killed_pipeline_resumes_without_retraining_finished_members(project, tiny_model_dir, capsys):
     """SIGKILL in the second member's first fold (72 pooled pairs, 2 folds, batch 8: 5 steps per fold),
     then --resume: the first member's folds are reused as they are, the rest completes."""
     leaderboard_project(project, tiny_model_dir, checkpoint={"every_n_steps": 2})
     env = {**os.environ, "KILL_PLAN": "step:14", "PYTHONHASHSEED": "0"}
-    killed = subprocess.run([sys.executable, str(HELPER), "--config", "lb"], cwd=project, env=env,
-                            capture_output=True, text=True, timeout=600)
+    killed = subprocess.run(
+        [sys.executable, str(HELPER), "--config", "lb"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert killed.returncode == -9, killed.stderr[-2000:]
     first_member = sorted((project / "saved_model").glob("lb-bi-fold*/last.pt"))
     stamps = {path: path.stat().st_mtime_ns for path in first_member}
@@ -144,12 +170,16 @@ def test_a_killed_pipeline_resumes_without_retraining_finished_members(project, 
     assert (project / "saved_model" / "lb" / "ensemble.json").is_file()
 
 
-@pytest.mark.parametrize("members, problem", [
-    ({"bi": ["training.epochs=0"]}, "ensemble.members.bi"),
-    ({"bi": ["run_name=other"]}, "may not set run_name"),
-    ({"bad name!": ["training.epochs=1"]}, "member name"),
-    ({"bi": "training.epochs=1"}, "list of key.path=value"),
-])
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "members, problem",
+    [
+        ({"bi": ["training.epochs=0"]}, "ensemble.members.bi"),
+        ({"bi": ["run_name=other"]}, "may not set run_name"),
+        ({"bad name!": ["training.epochs=1"]}, "member name"),
+        ({"bi": "training.epochs=1"}, "list of key.path=value"),
+    ],
+)
 def test_bad_members_stop_before_anything_trains(project, tiny_model_dir, capsys, members, problem):
     leaderboard_project(project, tiny_model_dir, members=members)
     assert train.main(["--config", "lb"]) == 2
@@ -158,6 +188,7 @@ def test_bad_members_stop_before_anything_trains(project, tiny_model_dir, capsys
     assert not (project / "saved_model").exists()
 
 
+@pytest.mark.e2e
 def test_a_time_run_name_is_refused_before_anything_is_written_or_measured(project, tiny_model_dir, capsys):
     """A leaderboard resumes by its members' fold names, so run_name must be fixed: refused as a k-fold
     refuses it, naming run_name, before the pipeline's directory exists or a member's speed is measured."""
@@ -168,12 +199,14 @@ def test_a_time_run_name_is_refused_before_anything_is_written_or_measured(proje
     assert "measured" not in captured.out and not (project / "saved_model").exists()
 
 
+@pytest.mark.e2e
 def test_folds_flag_with_members_is_refused(project, tiny_model_dir, capsys):
     leaderboard_project(project, tiny_model_dir)
     assert train.main(["--config", "lb", "--folds", "3"]) == 2
     assert "ensemble.folds" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_weights_flag_with_a_fitted_ensemble_is_refused(project, tiny_model_dir, capsys):
     leaderboard_project(project, tiny_model_dir, members={"bi": ["model.kind=bi_encoder", "training.epochs=1"]})
     assert train.main(["--config", "lb"]) == 0
@@ -196,6 +229,8 @@ def test_repeated_pairs_stay_in_one_fold_and_a_split_without_repeats_is_unchange
 
 # ------------------------------------------------------------------ what a new user tried (review findings)
 
+
+@pytest.mark.e2e
 def test_inference_may_not_write_over_an_ensemble(project, tiny_model_dir, capsys):
     leaderboard_project(project, tiny_model_dir, members={"bi": ["model.kind=bi_encoder", "training.epochs=1"]})
     assert train.main(["--config", "lb"]) == 0
@@ -214,6 +249,7 @@ def undeclared(directory: Path, layout: dict) -> list[str]:
     return sorted(name for name in os.listdir(directory) if not names.is_one_of(name, layout["."]))
 
 
+@pytest.mark.e2e
 def test_the_python_api_runs_the_pipeline_too(project, tiny_model_dir):
     leaderboard_project(project, tiny_model_dir, members={"bi": ["model.kind=bi_encoder", "training.epochs=1"]})
     result = api.train("configs/lb.yaml")
@@ -228,6 +264,7 @@ def test_the_python_api_runs_the_pipeline_too(project, tiny_model_dir):
     assert all(undeclared(result.run_dir.with_name(run), names.RUN_LAYOUT) == [] for run in result.runs)
 
 
+@pytest.mark.e2e
 def test_the_python_api_runs_a_k_fold(project):
     result = api.train("t", "training.epochs=1", folds=2)
     assert result.kind == "k-fold" and result.runs == ["t-fold1", "t-fold2"]
@@ -237,11 +274,17 @@ def test_the_python_api_runs_a_k_fold(project):
     assert [result.scores[f"fold {k}"] for k in (1, 2)] == pytest.approx([f["pearson"] for f in summary["folds"]])
 
 
-@pytest.mark.parametrize("override, problem", [("data.train_path=data/dev.csv", "data.train_path"),
-                                               ("ensemble.folds=3", "ensemble.folds"),
-                                               ("model.num_labels=3", "num_labels"),
-                                               ("inference.symmetric=true", "inference.symmetric"),
-                                               ("inference.precision=bf16", "inference.precision")])
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "override, problem",
+    [
+        ("data.train_path=data/dev.csv", "data.train_path"),
+        ("ensemble.folds=3", "ensemble.folds"),
+        ("model.num_labels=3", "num_labels"),
+        ("inference.symmetric=true", "inference.symmetric"),
+        ("inference.precision=bf16", "inference.precision"),
+    ],
+)
 def test_a_member_may_not_change_what_members_share(project, tiny_model_dir, capsys, override, problem):
     leaderboard_project(project, tiny_model_dir, members={"bi": ["model.kind=bi_encoder", override]})
     assert train.main(["--config", "lb"]) == 2
@@ -250,6 +293,7 @@ def test_a_member_may_not_change_what_members_share(project, tiny_model_dir, cap
     assert not (project / "saved_model").exists()
 
 
+@pytest.mark.e2e
 def test_resume_after_a_recipe_change_trains_finished_folds_on(project, tiny_model_dir, capsys):
     """A finished fold is reused only while its recipe holds: more epochs continue its run and predict again."""
     members = {"bi": ["model.kind=bi_encoder", "training.epochs=1"]}
@@ -264,12 +308,14 @@ def test_resume_after_a_recipe_change_trains_finished_folds_on(project, tiny_mod
     assert bundle["epoch"] == 2
     # a fold whose run was deleted is trained again rather than named in the fit
     import shutil
+
     shutil.rmtree(project / "saved_model" / "lb-bi-fold2")
     assert train.main(["--config", "lb", "--resume"]) == 0
     assert "has no best/ any more" in capsys.readouterr().out
     assert (project / "saved_model" / "lb-bi-fold2" / "best").is_dir()
 
 
+@pytest.mark.e2e
 def test_overwrite_removes_the_old_fit_first(project, tiny_model_dir, monkeypatch):
     leaderboard_project(project, tiny_model_dir, members={"bi": ["model.kind=bi_encoder", "training.epochs=1"]})
     assert train.main(["--config", "lb"]) == 0
@@ -283,13 +329,16 @@ def test_overwrite_removes_the_old_fit_first(project, tiny_model_dir, monkeypatc
     assert not spec.exists()  # never the old weights over the new members
 
 
+@pytest.mark.e2e
 def test_cosent_needs_pairs_to_rank_and_its_dev_loss_is_chunked(project):
     assert train.main(["--config", "t", "training.loss=cosent", "training.batch_size=1"]) == 2
     from plaintune.model.objective import Objective
+
     objective = Objective(1, "cosent", "cosine", kind="bi_encoder")
     import torch
+
     logits, labels = torch.rand(1000, 1), torch.rand(1000) * 5
-    chunks = [objective.loss(logits[i:i + 64], labels[i:i + 64]) for i in range(0, 1000, 64)]
+    chunks = [objective.loss(logits[i : i + 64], labels[i : i + 64]) for i in range(0, 1000, 64)]
     assert float(objective.dev_loss(logits, labels)) == pytest.approx(float(torch.stack(chunks).mean()))
 
 
@@ -301,6 +350,7 @@ def test_grouped_folds_are_balanced_and_never_empty():
         assert sizes[0] > 0 and sizes[-1] - sizes[0] <= 3, sizes
 
 
+@pytest.mark.e2e
 def test_out_of_fold_predictions_are_made_as_inference_will_make_them(project, tiny_model_dir, capsys):
     """inference.symmetric averages a cross-encoder's two orders at inference, so the out-of-fold
     predictions the ensemble is fitted on are made that way too; switching it re-predicts the folds."""
@@ -327,25 +377,8 @@ def test_out_of_fold_predictions_are_made_as_inference_will_make_them(project, t
     assert symmetric == pytest.approx(by_hand("inference.symmetric=true").tolist(), abs=1e-5)
     assert not np.allclose(plain, symmetric)
 
-    # predictions recorded before the recipe held inference.symmetric were made in one order: under
-    # symmetric they are stale; under the plain order they stand
-    for fold in (1, 2):
-        done = folder / f"fold{fold}_predictions.json"
-        record = json.loads(done.read_text())
-        del record["config"]["inference"]
-        done.write_text(json.dumps({**record, "predictions": plain if fold == 1 else record["predictions"]}))
-    assert train.main(["--config", "k", "--folds", "2", "--resume", "inference.symmetric=true"]) == 0
-    assert capsys.readouterr().out.count("predicting again") == 2
-    assert json.loads((folder / "fold1_predictions.json").read_text())["predictions"] == pytest.approx(symmetric)
-    for fold in (1, 2):
-        done = folder / f"fold{fold}_predictions.json"
-        record = json.loads(done.read_text())
-        del record["config"]["inference"]
-        done.write_text(json.dumps(record))
-    assert train.main(["--config", "k", "--folds", "2", "--resume", "inference.symmetric=false"]) == 0
-    assert capsys.readouterr().out.count("done earlier (k-fold") == 2
 
-
+@pytest.mark.e2e
 def test_a_bi_encoder_fold_is_not_predicted_again_when_symmetric_changes(project, tiny_model_dir, capsys):
     leaderboard_project(project, tiny_model_dir, members={"bi": ["model.kind=bi_encoder", "training.epochs=1"]})
     assert train.main(["--config", "lb"]) == 0
@@ -363,14 +396,16 @@ def test_a_bi_encoder_fold_is_not_predicted_again_when_symmetric_changes(project
 
 
 def test_later_overrides_win_wherever_they_stand_on_the_command_line():
-    args = inference.parse_args(["--config", "c", "inference.symmetric=false", "--saved_model", "m",
-                                 "inference.symmetric=true"])
+    args = inference.parse_args(
+        ["--config", "c", "inference.symmetric=false", "--saved_model", "m", "inference.symmetric=true"]
+    )
     assert args.saved_model == ["m"] and args.overrides == ["inference.symmetric=false", "inference.symmetric=true"]
     args = inference.parse_args(["--saved_model", "m", "a.b=1", "--config", "c", "a.b=2"])
     assert args.overrides == ["a.b=1", "a.b=2"]
 
 
 # ------------------------------------------------------------------ honesty: scored as inference applies it
+
 
 def honesty_members(seed: int = 5, n: int = 600, folds_count: int = 5):
     """A good member, a useless one (noise, plus an offset that changes from fold model to fold model:
@@ -395,8 +430,8 @@ def direct_cross_fitted(predictions, labels, parts, method, clip, decimals):
     the plain mean, the best member by Pearson; then inference's combine and the submission's clip/round."""
     from scipy.optimize import nnls as scipy_nnls
 
-    from plaintune.inference.outputs import postprocess
     from plaintune.inference.predicting import combine
+    from plaintune.inference.submission import postprocess
 
     out = np.full(len(labels), np.nan)
     for held in parts:
@@ -432,13 +467,14 @@ def test_a_combination_below_the_best_member_is_not_applied_silently():
     predictions, labels, parts = honesty_members()
     choice = ensemble.choose(predictions, labels, parts, "nnls", [0.0, 5.0], 1)
     best_single = choice.scores["best_member"]
-    assert best_single == pytest.approx(pearson(direct_cross_fitted(predictions, labels, parts, "best_member",
-                                                                    [0.0, 5.0], 1), labels))
+    assert best_single == pytest.approx(
+        pearson(direct_cross_fitted(predictions, labels, parts, "best_member", [0.0, 5.0], 1), labels)
+    )
     assert choice.scores["nnls"] < best_single  # the case the issue reported
     assert choice.applied in ("best_member", "mean") and choice.scores[choice.applied] >= best_single
     assert "below the best single member" in choice.reason and "nnls" in choice.reason
     weights, intercept = ensemble.fit_candidate(predictions, labels, choice.applied)
-    ensemble.check_weights(weights, intercept, choice.applied, "test")
+    ensemble_file.check_weights(weights, intercept, choice.applied, "test")
     assert list(weights) == [1.0, 0.0, 0.0] or choice.applied == "mean"
     # a combination that does beat the best member is kept as requested
     good = np.stack([predictions[:, 0], labels + np.random.default_rng(1).normal(0, 1.0, len(labels))], axis=1)
@@ -446,10 +482,16 @@ def test_a_combination_below_the_best_member_is_not_applied_silently():
     assert kept.applied == "nnls" and kept.scores["nnls"] >= kept.scores["best_member"]
 
 
+@pytest.mark.e2e
 def test_the_pipeline_records_what_it_applied_and_why(project, tiny_model_dir, capsys):
-    leaderboard_project(project, tiny_model_dir, members={"bi": ["model.kind=bi_encoder", "training.epochs=1"],
-                                                          "useless": ["model.kind=bi_encoder", "training.epochs=1",
-                                                                      "training.learning_rate=1e-9"]})
+    leaderboard_project(
+        project,
+        tiny_model_dir,
+        members={
+            "bi": ["model.kind=bi_encoder", "training.epochs=1"],
+            "useless": ["model.kind=bi_encoder", "training.epochs=1", "training.learning_rate=1e-9"],
+        },
+    )
     assert train.main(["--config", "lb"]) == 0
     out = capsys.readouterr().out
     spec = json.loads((project / "saved_model" / "lb" / "ensemble.json").read_text())
@@ -461,14 +503,20 @@ def test_the_pipeline_records_what_it_applied_and_why(project, tiny_model_dir, c
         assert "warning: ensemble.combine nnls" in out
 
 
-@pytest.mark.parametrize("weights, problem", [([0, 0], "all its weights are zero"), ([1, -0.5], "negative weights"),
-                                              ([1, None], "unreadable or damaged")])
+@pytest.mark.parametrize(
+    "weights, problem",
+    [([0, 0], "all its weights are zero"), ([1, -0.5], "negative weights"), ([1, None], "unreadable or damaged")],
+)
 def test_loaded_weights_are_checked(tmp_path, weights, problem):
-    spec = {"format": "plaintune-ensemble", "combine": "nnls", "intercept": 0.0,
-            "members": [{"name": f"m{k}", "runs": [f"r{k}"], "weight": w} for k, w in enumerate(weights)]}
+    spec = {
+        "format": "plaintune-ensemble",
+        "combine": "nnls",
+        "intercept": 0.0,
+        "members": [{"name": f"m{k}", "runs": [f"r{k}"], "weight": w} for k, w in enumerate(weights)],
+    }
     (tmp_path / "ensemble.json").write_text(json.dumps(spec))
     with pytest.raises(UserError, match=problem):
-        ensemble.read_spec(tmp_path)
+        ensemble_file.read_spec(tmp_path)
 
 
 @pytest.mark.parametrize("run", ["../outside", "/abs/run", "escape", "a/../../b", ""])
@@ -477,11 +525,15 @@ def test_member_runs_must_lie_inside_the_output_dir(tmp_path, run):
     (root / "ens").mkdir(parents=True)
     (tmp_path / "elsewhere").mkdir()
     (root / "escape").symlink_to(tmp_path / "elsewhere")
-    spec = {"format": "plaintune-ensemble", "combine": "nnls", "intercept": 0.0,
-            "members": [{"name": "m", "runs": [run], "weight": 1.0}]}
+    spec = {
+        "format": "plaintune-ensemble",
+        "combine": "nnls",
+        "intercept": 0.0,
+        "members": [{"name": "m", "runs": [run], "weight": 1.0}],
+    }
     (root / "ens" / "ensemble.json").write_text(json.dumps(spec))
     with pytest.raises(UserError, match="not a folder inside the ensemble's output_dir"):
-        ensemble.expand(["ens"], root)
+        ensemble_file.expand(["ens"], root)
 
 
 def test_a_member_fold_without_best_is_an_error_not_its_last_pt(tmp_path):
@@ -489,11 +541,15 @@ def test_a_member_fold_without_best_is_an_error_not_its_last_pt(tmp_path):
     (root / "ens").mkdir(parents=True)
     (root / "m-fold1").mkdir()
     (root / "m-fold1" / "last.pt").write_bytes(b"x")
-    spec = {"format": "plaintune-ensemble", "combine": "nnls", "intercept": 0.0,
-            "members": [{"name": "m", "runs": ["m-fold1"], "weight": 1.0}]}
+    spec = {
+        "format": "plaintune-ensemble",
+        "combine": "nnls",
+        "intercept": 0.0,
+        "members": [{"name": "m", "runs": ["m-fold1"], "weight": 1.0}],
+    }
     (root / "ens" / "ensemble.json").write_text(json.dumps(spec))
     with pytest.raises(UserError, match="has no complete best/"):
-        ensemble.expand(["ens"], root)
+        ensemble_file.expand(["ens"], root)
 
 
 def test_the_time_budget_counts_the_work_left_and_max_steps(tiny_model_dir):
@@ -512,8 +568,8 @@ def test_the_time_budget_counts_the_work_left_and_max_steps(tiny_model_dir):
 
 def test_the_measured_speed_is_a_median_of_whole_steps(tiny_model_dir, monkeypatch):
     """One slow batch (another process on the machine) does not move the median much."""
-    from plaintune.data import tables as data_mod
     from plaintune.config.validation import validate
+    from plaintune.data import tables as data_mod
 
     cfg = validate(base_config(tiny_model_dir))
     table = data_mod.read_pairs(str(DEMO / "train.csv"), "data.train_path", cfg.data.columns)

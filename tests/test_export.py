@@ -1,6 +1,7 @@
 """best/ loads in its own ecosystem and gives plaintune's predictions there: SentenceTransformer for a
 bi-encoder, CrossEncoder and AutoModelForSequenceClassification for a cross-encoder (the formulas of
 docs/exports.md)."""
+
 from __future__ import annotations
 
 import json
@@ -30,19 +31,31 @@ def pairs_of(project) -> list[tuple[str, str]]:
     return list(zip(frame["sentence_1"], frame["sentence_2"]))
 
 
+@pytest.mark.e2e
 def test_bi_encoder_best_is_a_sentence_transformers_model(project):
     from sentence_transformers import SentenceTransformer
 
-    assert train.main(["--config", "t", "model.kind=bi_encoder", "training.epochs=1",
-                       "training.learning_rate=1e-3"]) == 0
+    assert (
+        train.main(["--config", "t", "model.kind=bi_encoder", "training.epochs=1", "training.learning_rate=1e-3"]) == 0
+    )
     best = project / "saved_model" / "t" / "best"
     modules = json.loads((best / "modules.json").read_text())
     assert [m["type"].rsplit(".", 1)[-1] for m in modules][:2] == ["Transformer", "Pooling"]
     # In a fresh process, as a user loads it: no load report of missing / newly initialised tensors
     # (a pooler, which mean pooling never uses, reads as a broken export).
-    fresh = subprocess.run([sys.executable, "-c", "import sys; from sentence_transformers import SentenceTransformer; "
-                            "SentenceTransformer(sys.argv[1], device='cpu'); print('loaded')", str(best)],
-                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    fresh = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from sentence_transformers import SentenceTransformer; "
+            "SentenceTransformer(sys.argv[1], device='cpu'); print('loaded')",
+            str(best),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
     report = fresh.stdout + fresh.stderr
     assert "loaded" in fresh.stdout and "MISSING" not in report and "newly initialized" not in report, report
     model = SentenceTransformer(str(best), device="cpu")
@@ -55,6 +68,7 @@ def test_bi_encoder_best_is_a_sentence_transformers_model(project):
     np.testing.assert_allclose(low + (high - low) * cosine, plaintune_scores(project), atol=1e-5)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("activation", ["sigmoid", "none"])
 def test_cross_encoder_best_loads_with_cross_encoder_and_transformers(project, activation):
     from sentence_transformers import CrossEncoder
@@ -77,14 +91,21 @@ def test_cross_encoder_best_loads_with_cross_encoder_and_transformers(project, a
     record = model.config.plaintune_output
     assert record["activation"] == activation and (record["low"], record["high"]) == (0.0, 5.0)
     with torch.no_grad():
-        batch = tokenizer([a for a, _ in pairs], [b for _, b in pairs], padding=True, truncation=True,
-                          max_length=48, return_tensors="pt")
+        batch = tokenizer(
+            [a for a, _ in pairs],
+            [b for _, b in pairs],
+            padding=True,
+            truncation=True,
+            max_length=48,
+            return_tensors="pt",
+        )
         logits = model(**batch).logits[:, 0].double().numpy()
     raw = low + span / (1 + np.exp(-logits)) if activation == "sigmoid" else logits
     np.testing.assert_allclose(raw, expected, atol=1e-5)
 
 
-def test_model_card_and_legacy_meta_name(project):
+@pytest.mark.e2e
+def test_model_card_and_meta(project):
     assert train.main(["--config", "t", "training.epochs=1"]) == 0
     best = project / "saved_model" / "t" / "best"
     card = (best / "README.md").read_text()
@@ -94,7 +115,4 @@ def test_model_card_and_legacy_meta_name(project):
     assert "trained under fp32" in card and "within 1e-5" in card and "bf16" in card
     meta = json.loads((best / "plaintune_state.json").read_text())
     assert {"pearson", "spearman", "loss"} <= set(meta["metrics"])
-    # a run written before the rename (trainer_state.json) is still found and loaded
-    (best / "plaintune_state.json").rename(best / "trainer_state.json")
     assert find_best_dir(project / "saved_model" / "t") == best
-    assert inference.main(["--config", "t", "--saved_model", "t"]) == 0

@@ -3,6 +3,7 @@ RoBERTa, XLM-R, ELECTRA, ALBERT, DistilBERT, DeBERTa-v3, MPNet with tokenizers o
 as a cross-encoder and as a bi-encoder, on Korean pairs: what the model is fed comes from the model,
 every family trains, predicts a submission and exports, one family of each tokenizer kind survives a
 SIGKILL and resumes bit-identically, and a tokenizer that does not fit its model is refused up front."""
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,8 @@ import yaml
 
 import plaintune
 import train
-from families import BY_TOKENIZER_KIND, FAMILIES, family_config as config
+from families import BY_TOKENIZER_KIND, FAMILIES
+from families import family_config as config
 from plaintune.model.architecture import read_architecture
 from plaintune.model.loading import build_model_config
 
@@ -30,8 +32,17 @@ KINDS = ("cross_encoder", "bi_encoder")
 # What each family is fed beside token ids and the mask: segment ids only where the model has a row
 # for the second sentence (KLUE-RoBERTa and XLM-R have one token type; DistilBERT and MPNet take none;
 # DeBERTa-v3 has type_vocab_size 0).
-TAKES_SEGMENT_IDS = {"bert": True, "klue_roberta": False, "roberta": False, "xlm_roberta": False, "electra": True,
-                     "albert": True, "distilbert": False, "deberta_v3": False, "mpnet": False}
+TAKES_SEGMENT_IDS = {
+    "bert": True,
+    "klue_roberta": False,
+    "roberta": False,
+    "xlm_roberta": False,
+    "electra": True,
+    "albert": True,
+    "distilbert": False,
+    "deberta_v3": False,
+    "mpnet": False,
+}
 
 
 def test_each_familys_inputs_come_from_the_model(families):
@@ -40,15 +51,22 @@ def test_each_familys_inputs_come_from_the_model(families):
             spec = {"name": str(families / family), "kind": kind, "num_labels": 1, "max_length": 64}
             architecture = build_model_config(spec).architecture
             assert architecture.token_type_ids is TAKES_SEGMENT_IDS[family], (family, kind)
-    positions = {f: build_model_config({"name": str(families / f), "num_labels": 1, "max_length": 64}).architecture
-                 for f in ("klue_roberta", "mpnet", "deberta_v3", "bert")}
+    positions = {
+        f: build_model_config({"name": str(families / f), "num_labels": 1, "max_length": 64}).architecture
+        for f in ("klue_roberta", "mpnet", "deberta_v3", "bert")
+    }
     # fairseq-style tables lose the padding index and one more row; DeBERTa-v3 has relative positions only
     assert {f: (a.positions, a.padding_idx) for f, a in positions.items()} == {
-        "klue_roberta": (128, 1), "mpnet": (128, 1), "deberta_v3": (None, None), "bert": (128, None)}
+        "klue_roberta": (128, 1),
+        "mpnet": (128, 1),
+        "deberta_v3": (None, None),
+        "bert": (128, None),
+    }
     # gradient checkpointing: transformers' switch, or each block wrapped where it has none
     assert positions["mpnet"].checkpointing == "layers" and positions["bert"].checkpointing == "transformers"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_trains_predicts_and_exports(families, korean_project, family, kind):
@@ -84,13 +102,20 @@ def exported_scores(best: Path, kind: str, pairs: list, prompt: str = "") -> np.
     model = AutoModelForSequenceClassification.from_pretrained(best).eval()
     tokenizer = AutoTokenizer.from_pretrained(best)  # saved with the inputs this model takes
     with torch.no_grad():
-        batch = tokenizer([prompt + a for a, _ in pairs], [b for _, b in pairs], padding=True, truncation=True,
-                          max_length=record["max_length"], return_tensors="pt")
+        batch = tokenizer(
+            [prompt + a for a, _ in pairs],
+            [b for _, b in pairs],
+            padding=True,
+            truncation=True,
+            max_length=record["max_length"],
+            return_tensors="pt",
+        )
         hf = low + span * torch.sigmoid(model(**batch).logits[:, 0]).double().numpy()
     np.testing.assert_allclose(ce, hf, atol=1e-5)
     return hf
 
 
+@pytest.mark.e2e
 def test_klue_shape_predicts_as_if_segment_ids_never_existed(families, korean_project):
     """KLUE-RoBERTa's tokenizer returns segment ids 0/1 for a pair; its model has one token type. The
     cross-encoder trains, and exactly like a run whose tokenizer never produced segment ids at all."""
@@ -111,15 +136,29 @@ def test_klue_shape_predicts_as_if_segment_ids_never_existed(families, korean_pr
 
 def run_helper(project: Path, args: list[str], plan: str = "") -> subprocess.CompletedProcess:
     env = {**os.environ, "KILL_PLAN": plan, "PYTHONHASHSEED": "0"}
-    return subprocess.run([sys.executable, str(HELPER), "--config", "t", *args], cwd=project, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(HELPER), "--config", "t", *args],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("family", sorted(BY_TOKENIZER_KIND.values()))
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "family,kind",
+    [
+        (BY_TOKENIZER_KIND["wordpiece"], "cross_encoder"),  # KLUE-RoBERTa's shape, as roberta_small trains it
+        (BY_TOKENIZER_KIND["bpe"], "bi_encoder"),
+        (BY_TOKENIZER_KIND["sentencepiece"], "cross_encoder"),  # XLM-R's 250k rows
+    ],
+)
 def test_sigkill_then_resume_is_bit_identical(families, korean_project, family, kind):
-    """One family of each tokenizer kind (WordPiece, BPE, sentencepiece): killed two steps after the
-    step-4 save, resumed, it ends where an uninterrupted run ends, weights and logged story alike."""
+    """One family of each tokenizer kind (WordPiece, BPE, sentencepiece), both model kinds among them:
+    killed two steps after the step-4 save, resumed, it ends where an uninterrupted run ends, weights
+    and logged story alike."""
     (korean_project / "configs").mkdir()
     (korean_project / "configs" / "t.yaml").write_text(yaml.safe_dump(config(families / family, kind)))
     reference = run_helper(korean_project, ["run_name=ref"])
@@ -128,7 +167,9 @@ def test_sigkill_then_resume_is_bit_identical(families, korean_project, family, 
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     resumed = run_helper(korean_project, ["run_name=crash", "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    ref, got = (torch.load(korean_project / "saved_model" / run / "last.pt", weights_only=True) for run in ("ref", "crash"))
+    ref, got = (
+        torch.load(korean_project / "saved_model" / run / "last.pt", weights_only=True) for run in ("ref", "crash")
+    )
     assert got["train_state"]["global_step"] == ref["train_state"]["global_step"] == 12
     for key, tensor in ref["model_state_dict"].items():
         assert torch.equal(tensor, got["model_state_dict"][key]), f"{key} differs after resume"
@@ -143,6 +184,7 @@ def test_sigkill_then_resume_is_bit_identical(families, korean_project, family, 
 
 # ------------------------------------------------------------- a tokenizer that does not fit
 
+
 def refused(capsys, *args: str) -> str:
     assert train.main(["--config", "t", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -150,6 +192,7 @@ def refused(capsys, *args: str) -> str:
     return err[0]
 
 
+@pytest.mark.e2e
 def test_a_tokenizer_that_does_not_fit_is_refused_before_training(families, korean_project, capsys):
     (korean_project / "configs").mkdir()
     mixed = korean_project / "roberta-with-bert-tokenizer"
@@ -161,7 +204,9 @@ def test_a_tokenizer_that_does_not_fit_is_refused_before_training(families, kore
     # a RoBERTa model with a 30522-row BERT tokenizer: ids beyond its table
     (korean_project / "configs" / "t.yaml").write_text(yaml.safe_dump(config(mixed, "cross_encoder")))
     line = refused(capsys)
-    assert line.startswith("error: model.name: the model has ") and "token embeddings but its tokenizer has 30522" in line
+    assert (
+        line.startswith("error: model.name: the model has ") and "token embeddings but its tokenizer has 30522" in line
+    )
     assert not (korean_project / "saved_model" / "t" / "last.pt").exists()
     # the same with enough rows: BERT pads with 0, where RoBERTa numbers positions after its padding id 1
     line = refused(capsys, "model.from_scratch=true", "model.config_overrides={vocab_size: 30522}")
@@ -183,6 +228,7 @@ def test_the_architecture_is_read_off_a_real_model_too(families):
 
 # ------------------------------------------------------------- prompts (e5: "query: ")
 
+
 def test_prompt_goes_before_each_sentence_or_before_the_pair(families):
     from transformers import AutoTokenizer
 
@@ -190,7 +236,9 @@ def test_prompt_goes_before_each_sentence_or_before_the_pair(families):
     from plaintune.data.tokenized import PairEncoding, make_dataset
 
     tokenizer = AutoTokenizer.from_pretrained(families / "xlm_roberta")
-    table = PairTable(path="pairs.csv", ids=["a"], sentence_1=["남자가 기타를 친다."], sentence_2=["A man plays."], labels=None)
+    table = PairTable(
+        path="pairs.csv", ids=["a"], sentence_1=["남자가 기타를 친다."], sentence_2=["A man plays."], labels=None
+    )
     prompt_ids = tokenizer("query: ", add_special_tokens=False)["input_ids"]
 
     def ids(kind: str, prompt: str) -> dict:
@@ -199,12 +247,13 @@ def test_prompt_goes_before_each_sentence_or_before_the_pair(families):
 
     bi, plain_bi = ids("bi_encoder", "query: "), ids("bi_encoder", "")
     for side in ("input_ids", "input_ids_b"):  # the bi-encoder: before each sentence
-        assert bi[side][1:1 + len(prompt_ids)] == prompt_ids and len(bi[side]) > len(plain_bi[side])
+        assert bi[side][1 : 1 + len(prompt_ids)] == prompt_ids and len(bi[side]) > len(plain_bi[side])
     cross, plain_cross = ids("cross_encoder", "query: ")["input_ids"], ids("cross_encoder", "")["input_ids"]
-    assert cross[1:1 + len(prompt_ids)] == prompt_ids  # the cross-encoder: once, before the pair
+    assert cross[1 : 1 + len(prompt_ids)] == prompt_ids  # the cross-encoder: once, before the pair
     assert len(cross) - len(plain_cross) == len(prompt_ids)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("family,kind", [("xlm_roberta", "bi_encoder"), ("bert", "cross_encoder")])
 def test_a_prompt_is_recorded_exported_and_applied_by_inference(families, korean_project, family, kind, capsys):
     cfg = config(families / family, kind)
@@ -222,9 +271,29 @@ def test_a_prompt_is_recorded_exported_and_applied_by_inference(families, korean
     # inference reads the prompt the model was trained with, whatever the config says (with a note)
     capsys.readouterr()
     without = plaintune.predict({**cfg, "model": {**cfg["model"], "prompt": None}}, "t")["target"].to_numpy()
-    assert "note: model.prompt 'query: ' (what saved_model/t/best was trained with; the config says '')" in \
-        capsys.readouterr().out
+    assert (
+        "note: model.prompt 'query: ' (what saved_model/t/best was trained with; the config says '')"
+        in capsys.readouterr().out
+    )
     np.testing.assert_array_equal(without, predicted)
-    # and a run is its prompt: a resume with another one is refused
+    # and a run is its prompt: a resume given another one is refused
     with pytest.raises(plaintune.UserError, match=r"model\.prompt"):
-        plaintune.train({**cfg, "model": {**cfg["model"], "prompt": "passage: "}}, resume=True)
+        plaintune.train(cfg, "model.prompt='passage: '", resume=True)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("family,kind", [("xlm_roberta", "bi_encoder"), ("albert", "cross_encoder")])
+def test_frozen_word_embeddings_stay_as_loaded_and_keep_no_optimizer_state(families, korean_project, family, kind):
+    """model.freeze_word_embeddings finds the token table in any family (XLM-R's 250k rows inside a
+    bi-encoder, ALBERT's factorised one inside a classifier) and only it stays fixed."""
+    from transformers import AutoModel
+
+    cfg = config(families / family, kind)
+    cfg["model"]["freeze_word_embeddings"] = True
+    plaintune.train(cfg)
+    bundle = torch.load(korean_project / "saved_model" / "t" / "last.pt", weights_only=True)
+    original = AutoModel.from_pretrained(families / family).get_input_embeddings().weight
+    table = [k for k in bundle["model_state_dict"] if k.endswith("word_embeddings.weight")]
+    assert len(table) == 1 and torch.equal(bundle["model_state_dict"][table[0]], original)
+    moments = [state["exp_avg"].shape for state in bundle["optimizer_state_dict"]["state"].values()]
+    assert moments and original.shape not in moments  # AdamW keeps no state for the table

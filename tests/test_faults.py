@@ -1,5 +1,6 @@
 """Writes that fail (a full disk, an I/O error) and writes that were interrupted: one error line
 naming the file, the previous version intact, no temporaries left behind."""
+
 from __future__ import annotations
 
 import errno
@@ -12,8 +13,8 @@ import pytest
 import torch
 
 import train
-from plaintune.rundir import atomic
 from plaintune.errors import UserError
+from plaintune.rundir import atomic
 from plaintune.rundir.layout import RunFiles
 
 
@@ -34,6 +35,7 @@ def full_disk(monkeypatch, free: int = 0) -> None:
 
 # ---------------------------------------------------------------- atomic writes
 
+
 def torch_stream_error(tmp: Path) -> None:
     """What torch.save raises when the disk fills up mid-write: no errno, no 'space' in it."""
     tmp.write_bytes(b"partial")
@@ -46,8 +48,10 @@ def test_torch_save_on_a_full_disk_is_a_user_error(tmp_path, monkeypatch):
     full_disk(monkeypatch)
     with pytest.raises(UserError) as caught:
         atomic.write_with(target, torch_stream_error)
-    assert str(caught.value) == (f"cannot write '{target}': the disk is full; free space or choose another "
-                                 "directory (the previous file, if any, is intact)")
+    assert str(caught.value) == (
+        f"cannot write '{target}': the disk is full; free space or choose another "
+        "directory (the previous file, if any, is intact)"
+    )
     assert target.read_bytes() == b"previous" and not temporaries(tmp_path)
 
 
@@ -105,6 +109,7 @@ def test_replace_dir_failure_keeps_the_old_directory(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- saver
 
+
 def bundle_at(step: int) -> dict:
     return {"model_state_dict": {"w": torch.full((4,), float(step))}, "train_state": {"global_step": step}}
 
@@ -137,8 +142,13 @@ def test_failed_save_keeps_last_pt_in_place(tmp_path, monkeypatch, keep_last):
 
 def test_stale_temporaries_are_removed_anywhere_in_the_run(tmp_path):
     run = tmp_path / "run"
-    stale = [run / ".last.pt.a1b2c3d4.tmp", run / "checkpoints" / ".step-00000005.pt.zz_9yx8w.tmp",
-             run / "top" / ".epoch-002.k3j4h5g6.tmp", run / ".best.q1w2e3r4.tmp", run / "best" / ".x.json.abcdefgh.tmp"]
+    stale = [
+        run / ".last.pt.a1b2c3d4.tmp",
+        run / "checkpoints" / ".step-00000005.pt.zz_9yx8w.tmp",
+        run / "top" / ".epoch-002.k3j4h5g6.tmp",
+        run / ".best.q1w2e3r4.tmp",
+        run / "best" / ".x.json.abcdefgh.tmp",
+    ]
     for path in stale:
         if path.name.startswith((".epoch", ".best")):
             path.mkdir(parents=True)
@@ -146,8 +156,14 @@ def test_stale_temporaries_are_removed_anywhere_in_the_run(tmp_path):
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(b"half")
-    kept = [run / "last.pt", run / "best" / "model.safetensors", run / "top" / "epoch-001" / "config.json",
-            run / "notes.tmp", run / ".hidden", run / "tensorboard" / "events.out.tfevents.1.host"]
+    kept = [
+        run / "last.pt",
+        run / "best" / "model.safetensors",
+        run / "top" / "epoch-001" / "config.json",
+        run / "notes.tmp",
+        run / ".hidden",
+        run / "tensorboard" / "events.out.tfevents.1.host",
+    ]
     for path in kept:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"keep")
@@ -159,16 +175,19 @@ def test_stale_temporaries_are_removed_anywhere_in_the_run(tmp_path):
 
 # ---------------------------------------------------------------- a real full disk
 
+
 def mount_tmpfs(folder: Path, size: int) -> None:
     if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a tmpfs needs root")
     folder.mkdir(exist_ok=True)
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size // 1024}k", "tmpfs", str(folder)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size // 1024}k", "tmpfs", str(folder)], capture_output=True, text=True
+    )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
 
 
+@pytest.mark.e2e
 def test_training_on_a_disk_that_fills_up(project, capsys):
     """saved_model/ on a tmpfs that holds the step-5 last.pt and best/, but not the epoch-end last.pt
     next to them: one error line naming it, the step-5 bundle intact, and the run resumes once
@@ -187,15 +206,16 @@ def test_training_on_a_disk_that_fills_up(project, capsys):
         assert train.main(run) == 2
         err = capsys.readouterr().err
         errors = [line for line in err.splitlines() if line.startswith("error:")]
-        assert errors == ["error: cannot write 'saved_model/t/last.pt': the disk is full; free space or choose "
-                          "another directory (the previous file, if any, is intact)"], err
+        assert errors == [
+            "error: cannot write 'saved_model/t/last.pt': the disk is full; free space or choose "
+            "another directory (the previous file, if any, is intact)"
+        ], err
         assert "Traceback" not in err
         bundle = torch.load(saved / "t" / "last.pt", weights_only=True)
         assert bundle["train_state"]["global_step"] == 5
         assert (saved / "t" / "best" / "model.safetensors").is_file() and not temporaries(saved)
 
-        subprocess.run(["mount", "-o", f"remount,size={4 * (last_size + best_size) // 1024}k", str(saved)],
-                       check=True)
+        subprocess.run(["mount", "-o", f"remount,size={4 * (last_size + best_size) // 1024}k", str(saved)], check=True)
         assert train.main(run + ["--resume"]) == 0
         assert torch.load(saved / "t" / "last.pt", weights_only=True)["train_state"]["global_step"] == 6
     finally:

@@ -1,10 +1,10 @@
 """training.gradient_checkpointing: recomputed activations, the same run. transformers' switch (BERT) and
 the block-by-block fallback for models without one (MPNet, ALBERT), with EMA, torch.compile, DDP and a
 resume that turns it on or off."""
+
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 
@@ -30,16 +30,24 @@ def assert_same_weights(project, first: str, second: str) -> None:
 
 
 def run(cfg: dict, name: str, checkpointing: bool, **training) -> None:
-    cfg = {**cfg, "run_name": name, "model": {"dropout": 0.1, **cfg["model"]},  # dropout: the RNG is replayed
-           "training": {**cfg["training"], "gradient_checkpointing": checkpointing, **training}}
+    cfg = {
+        **cfg,
+        "run_name": name,
+        "model": {"dropout": 0.1, **cfg["model"]},  # dropout: the RNG is replayed
+        "training": {**cfg["training"], "gradient_checkpointing": checkpointing, **training},
+    }
     plaintune.train(cfg)
 
 
-@pytest.mark.parametrize("family,kind,training", [
-    ("bert", "cross_encoder", {}),                 # transformers' switch
-    ("mpnet", "bi_encoder", {"ema": 0.9}),         # each block wrapped (transformers has none for MPNet)
-    ("albert", "cross_encoder", {}),               # ALBERT's shared block, called once per layer
-])
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "family,kind,training",
+    [
+        ("bert", "cross_encoder", {}),  # transformers' switch
+        ("mpnet", "bi_encoder", {"ema": 0.9}),  # each block wrapped (transformers has none for MPNet)
+        ("albert", "cross_encoder", {}),  # ALBERT's shared block, called once per layer
+    ],
+)
 def test_checkpointing_changes_nothing_learned(families, korean_project, family, kind, training, capsys):
     cfg = family_config(families / family, kind)
     run(cfg, "plain", False, **training)
@@ -48,6 +56,7 @@ def test_checkpointing_changes_nothing_learned(families, korean_project, family,
     assert_same_weights(korean_project, "plain", "recomputed")
 
 
+@pytest.mark.e2e
 def test_checkpointing_under_torch_compile(families, korean_project, monkeypatch):
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend="eager"))
@@ -58,6 +67,7 @@ def test_checkpointing_under_torch_compile(families, korean_project, monkeypatch
     assert_same_weights(korean_project, "compiled", "recomputed")
 
 
+@pytest.mark.e2e
 def test_a_resume_may_turn_it_on_or_off(families, korean_project):
     """A runtime setting (it changes nothing learned): stopped with it on, resumed with it off, the run
     ends where one without it ends."""
@@ -70,6 +80,7 @@ def test_a_resume_may_turn_it_on_or_off(families, korean_project):
     assert_same_weights(korean_project, "plain", "switched")
 
 
+@pytest.mark.ddp
 def test_checkpointing_under_ddp(families, korean_project):
     """Two gloo processes, the fallback wrapper (MPNet) inside DDP: the same weights as without it."""
     (korean_project / "configs").mkdir()
@@ -77,9 +88,23 @@ def test_checkpointing_under_ddp(families, korean_project):
         cfg = family_config(families / "mpnet", "bi_encoder")
         cfg["run_name"], cfg["training"]["gradient_checkpointing"], cfg["training"]["epochs"] = name, on, 1
         (korean_project / "configs" / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
-        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                                 str(REPO / "train.py"), "--config", name, "training.ddp_timeout_s=60"],
-                                cwd=korean_project, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                                capture_output=True, text=True, timeout=600)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node=2",
+                str(REPO / "train.py"),
+                "--config",
+                name,
+                "training.ddp_timeout_s=60",
+            ],
+            cwd=korean_project,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
     assert_same_weights(korean_project, "plain", "recomputed")

@@ -1,10 +1,11 @@
 """Where model.name points: a local directory, a packaged model, or a clear error."""
+
 from __future__ import annotations
 
 import pytest
 
-from plaintune.model import hub
 from plaintune.errors import UserError
+from plaintune.model import hub
 
 
 def test_local_directory_without_config(tmp_path):

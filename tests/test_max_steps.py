@@ -1,4 +1,5 @@
 """training.max_steps: a quick try that stops after N optimizer steps and finishes as a complete run."""
+
 from __future__ import annotations
 
 import json
@@ -18,6 +19,7 @@ def evals(run: str = "t") -> list[dict]:
     return [r for r in map(json.loads, lines) if r["kind"] == "eval"]
 
 
+@pytest.mark.e2e
 def test_max_steps_stops_mid_epoch_and_finishes(project, capsys):
     # 48 training pairs in batches of 8: 6 steps per epoch, 12 in 2 epochs; stop after 3
     assert train.main(["--config", "t", "training.max_steps=3"]) == 0
@@ -32,6 +34,7 @@ def test_max_steps_stops_mid_epoch_and_finishes(project, capsys):
     assert state["optimizer_state_dict"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.e2e
 def test_max_steps_on_an_epoch_boundary_and_with_grad_accum(project):
     assert train.main(["--config", "t", "training.max_steps=6"]) == 0
     assert bundle()["train_state"]["global_step"] == 6 and bundle()["epoch"] == 1
@@ -40,6 +43,7 @@ def test_max_steps_on_an_epoch_boundary_and_with_grad_accum(project):
     assert bundle()["train_state"]["global_step"] == 2 and bundle()["train_state"]["step_in_epoch"] == 4
 
 
+@pytest.mark.e2e
 def test_resume_honours_max_steps(project, capsys):
     assert train.main(["--config", "t", "training.max_steps=3"]) == 0
     capsys.readouterr()
@@ -53,6 +57,7 @@ def test_resume_honours_max_steps(project, capsys):
     assert [r["step"] for r in evals()] == [3, 6, 8]
 
 
+@pytest.mark.e2e
 def test_kfold_folds_honour_max_steps(project):
     assert train.main(["--config", "t", "training.max_steps=2", "--folds", "2"]) == 0
     for fold in (1, 2):

@@ -1,17 +1,19 @@
 """Edges of metrics, reports and resumes that a user meets: unusable binary columns, a plateau on the
 dev loss, a report path taken by a file, a trained max_length, a resume with a new learning rate or
 from a run written before these options existed."""
+
 from __future__ import annotations
 
 import json
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 import inference
 import train
-from plaintune.model import optim
+from plaintune.recipe import optim
 
 
 def test_plateau_on_the_dev_loss_lowers_the_rate_when_the_loss_rises():
@@ -26,6 +28,7 @@ def test_plateau_on_the_dev_loss_lowers_the_rate_when_the_loss_rises():
     assert optimizer.param_groups[0]["lr"] == 0.5
 
 
+@pytest.mark.e2e
 def test_blank_binary_cells_only_switch_f1_off(project, capsys):
     dev = pd.read_csv(project / "data" / "dev.csv")
     dev["binary-label"] = dev["binary-label"].astype("object")
@@ -42,6 +45,7 @@ def test_blank_binary_cells_only_switch_f1_off(project, capsys):
     assert train.main(["--config", "t", "training.epochs=1", "run_name=n", "data.columns.binary_label=null"]) == 0
 
 
+@pytest.mark.e2e
 def test_a_file_where_the_report_goes_is_refused_before_any_work(project, capsys):
     from plaintune.rundir import ownership
 
@@ -55,6 +59,7 @@ def test_a_file_where_the_report_goes_is_refused_before_any_work(project, capsys
     assert (run / "report").read_text() == "mine" and not (run / "last.pt").exists()
 
 
+@pytest.mark.e2e
 def test_inference_truncates_to_the_trained_max_length(project, capsys):
     assert train.main(["--config", "t", "training.epochs=1", "model.max_length=16"]) == 0
     capsys.readouterr()
@@ -71,17 +76,23 @@ def learning_rates(project) -> list[float]:
     return [r["lr"] for r in map(json.loads, lines) if r["kind"] == "train"]
 
 
+@pytest.mark.e2e
 def test_resume_with_a_lower_learning_rate_uses_it(project, capsys):
     constant = "training.scheduler={name: constant}"
     assert train.main(["--config", "t", constant, "training.epochs=1"]) == 0
     assert set(learning_rates(project)) == {1e-3}
-    assert train.main(["--config", "t", constant, "training.epochs=2", "training.learning_rate=1e-4",
-                       "--resume", "--force"]) == 0
+    assert (
+        train.main(
+            ["--config", "t", constant, "training.epochs=2", "training.learning_rate=1e-4", "--resume", "--force"]
+        )
+        == 0
+    )
     assert "training.learning_rate 0.0001 instead of the checkpoint's 0.001" in capsys.readouterr().out
     rates = learning_rates(project)
     assert rates[:3] == [1e-3] * 3 and all(abs(r - 1e-4) < 1e-12 for r in rates[3:])
 
 
+@pytest.mark.e2e
 def test_resume_of_a_run_from_before_the_new_options(project, capsys):
     """A bundle whose config lacks keys added since (binary_label, binary_threshold, metric, ...)
     resumes without --force: a new option at its default is no change."""
@@ -99,6 +110,7 @@ def test_resume_of_a_run_from_before_the_new_options(project, capsys):
     assert "binary" not in out and "training.metric" not in out
 
 
+@pytest.mark.e2e
 def test_changing_the_metric_on_resume_says_what_best_holds(project, capsys):
     assert train.main(["--config", "t", "training.epochs=1"]) == 0
     assert train.main(["--config", "t", "training.epochs=2", "training.metric=loss", "--resume"]) == 0

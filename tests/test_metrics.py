@@ -1,4 +1,5 @@
 """Metrics: torchmetrics' values equal the textbook definitions, and training.metric decides what is kept."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 import train
-from plaintune.training.metrics import compute_metrics, followed_metric, is_better
+from plaintune.recipe.metrics import compute_metrics, followed_metric, is_better
 from plaintune.training.trainer import Trainer
 
 
@@ -84,16 +85,20 @@ def validations(sequence: list[dict]):
 
 
 # Pearson peaks at epoch 2, Spearman at epoch 3, the dev loss is lowest at epoch 1.
-STORY = [{"pearson": 0.50, "spearman": 0.40, "loss": 0.10},
-         {"pearson": 0.70, "spearman": 0.50, "loss": 0.30},
-         {"pearson": 0.60, "spearman": 0.80, "loss": 0.20}]
+STORY = [
+    {"pearson": 0.50, "spearman": 0.40, "loss": 0.10},
+    {"pearson": 0.70, "spearman": 0.50, "loss": 0.30},
+    {"pearson": 0.60, "spearman": 0.80, "loss": 0.20},
+]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("metric, best_epoch", [("pearson", 2), ("spearman", 3), ("loss", 1), ("auto", 2)])
 def test_training_metric_picks_the_best_epoch(project, monkeypatch, metric, best_epoch):
     monkeypatch.setattr(Trainer, "validate", validations(STORY))
-    assert train.main(["--config", "t", "training.epochs=3", f"training.metric={metric}",
-                       "checkpoint.keep_top_k=2"]) == 0
+    assert (
+        train.main(["--config", "t", "training.epochs=3", f"training.metric={metric}", "checkpoint.keep_top_k=2"]) == 0
+    )
     run = project / "saved_model" / "t"
     state = torch.load(run / "last.pt", weights_only=True)["train_state"]
     followed = "pearson" if metric == "auto" else metric
@@ -106,6 +111,7 @@ def test_training_metric_picks_the_best_epoch(project, monkeypatch, metric, best
     assert [r["spearman"] for r in evals if r["kind"] == "eval"] == [0.40, 0.50, 0.80]
 
 
+@pytest.mark.e2e
 def test_resume_with_another_metric_rederives_the_best(project, monkeypatch, capsys):
     monkeypatch.setattr(Trainer, "validate", validations(STORY))
     assert train.main(["--config", "t", "training.epochs=2"]) == 0  # pearson: best epoch 2
@@ -114,6 +120,7 @@ def test_resume_with_another_metric_rederives_the_best(project, monkeypatch, cap
     assert (state["metric"], state["best_epoch"], state["best_metric"]) == ("spearman", 3, 0.80)
 
 
+@pytest.mark.e2e
 def test_real_run_reports_every_metric_and_f1_needs_the_binary_column(project, capsys):
     assert train.main(["--config", "t", "training.epochs=1", "training.metric=f1"]) == 0
     out = capsys.readouterr().out

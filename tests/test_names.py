@@ -1,6 +1,7 @@
 """The names plaintune writes are declared once (rundir/names.py), and ownership knows every one of them:
 a temporary `.NAME.XXXXXXXX.tmp` of anything plaintune writes into its own folders is plaintune's to clean,
 a user's file with a similar name is not."""
+
 from __future__ import annotations
 
 import ast
@@ -10,15 +11,24 @@ from pathlib import Path
 import pytest
 
 import train
-from plaintune.rundir import atomic, names, ownership
+from plaintune import names
+from plaintune.rundir import atomic, ownership
 
-LAYOUTS = {ownership.RUN: names.RUN_LAYOUT, ownership.FOLDS: names.FOLDS_LAYOUT,
-           ownership.ENSEMBLE: names.ENSEMBLE_LAYOUT}
+LAYOUTS = {
+    ownership.RUN: names.RUN_LAYOUT,
+    ownership.FOLDS: names.FOLDS_LAYOUT,
+    ownership.ENSEMBLE: names.ENSEMBLE_LAYOUT,
+}
 # one name of each family, as plaintune makes it
-EXAMPLES = {names.STEP_BUNDLE: names.STEP_BUNDLE.name(step=120), names.EPOCH_MODEL: names.EPOCH_MODEL.name(epoch=3),
-            names.STEP_MODEL: names.STEP_MODEL.name(step=120), names.FOLD_PART: names.fold_file(2, "dev"),
-            names.FOLD_PREDICTIONS: names.fold_predictions_file(10), names.ANYTHING: "model.safetensors",
-            names.TENSORBOARD_EVENTS: "events.out.tfevents.1796620000.host.example.org.4242.0"}
+EXAMPLES = {
+    names.STEP_BUNDLE: names.STEP_BUNDLE.name(step=120),
+    names.EPOCH_MODEL: names.EPOCH_MODEL.name(epoch=3),
+    names.STEP_MODEL: names.STEP_MODEL.name(step=120),
+    names.FOLD_PART: names.fold_file(2, "dev"),
+    names.FOLD_PREDICTIONS: names.fold_predictions_file(10),
+    names.ANYTHING: "model.safetensors",
+    names.TENSORBOARD_EVENTS: "events.out.tfevents.1796620000.host.example.org.4242.0",
+}
 
 
 def temporary(target: str) -> str:
@@ -32,8 +42,11 @@ def undeclared(directory: Path, layout: dict) -> list[str]:
     for folder, declared in layout.items():
         if names.ANYTHING in declared or not (directory / folder).is_dir():
             continue
-        found += [f"{folder}/{entry}" for entry in os.listdir(directory / folder)
-                  if entry != names.LOCK_FILE and not names.is_one_of(entry, declared)]
+        found += [
+            f"{folder}/{entry}"
+            for entry in os.listdir(directory / folder)
+            if entry != names.LOCK_FILE and not names.is_one_of(entry, declared)
+        ]
     return found
 
 
@@ -45,8 +58,9 @@ def plant(paths: list[Path]) -> None:
 
 def test_names_imports_nothing_from_the_project():
     tree = ast.parse(Path(names.__file__).read_text(encoding="utf-8"))
-    imported = [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)] + \
-        [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    imported = [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)] + [
+        alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    ]
     assert [m for m in imported if m.startswith("plaintune")] == []
 
 
@@ -71,8 +85,11 @@ def test_every_declared_name_has_its_temporaries_cleaned_and_no_lookalike(kind, 
             made = name if isinstance(name, str) else EXAMPLES[name]
             ours.append(directory / folder / temporary(made))
             if names.ANYTHING not in declared:  # best/ is written whole: every temporary in it is plaintune's
-                theirs += [directory / folder / temporary(f"{made}.bak"), directory / folder / temporary(f"my{made}"),
-                           directory / folder / f".{made}.tmp"]
+                theirs += [
+                    directory / folder / temporary(f"{made}.bak"),
+                    directory / folder / temporary(f"my{made}"),
+                    directory / folder / f".{made}.tmp",
+                ]
     plant(ours + theirs)
     assert sorted(ownership.claim(directory, kind)) == sorted(ours)
     assert all(p.exists() for p in theirs) and not any(p.exists() for p in ours)
@@ -95,14 +112,27 @@ def test_atomic_writes_use_the_temporary_name_ownership_cleans(tmp_path):
     assert seen == [True, True, True] and not (run / names.BEST_OLD_DIR).exists()
 
 
+@pytest.mark.e2e
 def test_everything_a_run_writes_is_declared(project, tiny_model_dir):
     """A run that writes every kind of file (a warm start's load report, older bundles, top-k models of
     epoch ends and mid-epoch validations, the error report, TensorBoard): every entry in the run's
     folders is a name its layout declares, so ownership cleans its temporaries."""
     pytest.importorskip("tensorboard")
-    assert train.main(["--config", "t", f"model.init_from={tiny_model_dir}", "checkpoint.keep_last=3",
-                       "checkpoint.keep_top_k=9", "checkpoint.every_n_steps=2", "training.eval_every_n_steps=4",
-                       "logging.tensorboard=true"]) == 0
+    assert (
+        train.main(
+            [
+                "--config",
+                "t",
+                f"model.init_from={tiny_model_dir}",
+                "checkpoint.keep_last=3",
+                "checkpoint.keep_top_k=9",
+                "checkpoint.every_n_steps=2",
+                "training.eval_every_n_steps=4",
+                "logging.tensorboard=true",
+            ]
+        )
+        == 0
+    )
     run = project / "saved_model" / "t"
     present = {folder: os.listdir(run / folder) for folder in names.RUN_LAYOUT if (run / folder).is_dir()}
     assert {names.LOAD_REPORT_FILE, names.TENSORBOARD_DIR, names.TOP_DIR, names.REPORT_DIR} <= set(present["."])

@@ -1,19 +1,31 @@
 """Every loss, optimizer and scheduler name builds the right object; weight decay skips biases and norm weights."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
-from plaintune.model import optim
+from plaintune.recipe import optim
 
 
-@pytest.mark.parametrize("name,cls", [
-    ("MSELoss", nn.MSELoss), ("mse", nn.MSELoss), ("L1Loss", nn.L1Loss), ("l1", nn.L1Loss),
-    ("HuberLoss", nn.HuberLoss), ("huber", nn.HuberLoss), ("SmoothL1Loss", nn.SmoothL1Loss),
-    ("smooth_l1", nn.SmoothL1Loss), ("CrossEntropyLoss", nn.CrossEntropyLoss), ("cross_entropy", nn.CrossEntropyLoss),
-    ("BCEWithLogitsLoss", nn.BCEWithLogitsLoss), ("bce", nn.BCEWithLogitsLoss),
-])
+@pytest.mark.parametrize(
+    "name,cls",
+    [
+        ("MSELoss", nn.MSELoss),
+        ("mse", nn.MSELoss),
+        ("L1Loss", nn.L1Loss),
+        ("l1", nn.L1Loss),
+        ("HuberLoss", nn.HuberLoss),
+        ("huber", nn.HuberLoss),
+        ("SmoothL1Loss", nn.SmoothL1Loss),
+        ("smooth_l1", nn.SmoothL1Loss),
+        ("CrossEntropyLoss", nn.CrossEntropyLoss),
+        ("cross_entropy", nn.CrossEntropyLoss),
+        ("BCEWithLogitsLoss", nn.BCEWithLogitsLoss),
+        ("bce", nn.BCEWithLogitsLoss),
+    ],
+)
 def test_losses(name, cls):
     assert isinstance(optim.build_loss(name), cls)
 
@@ -26,11 +38,14 @@ class Tiny(nn.Module):
         self.head = nn.Linear(4, 1)
 
 
-@pytest.mark.parametrize("spec,cls", [
-    ({"name": "AdamW", "weight_decay": 0.01, "eps": 1e-7, "betas": [0.9, 0.98]}, torch.optim.AdamW),
-    ({"name": "adam"}, torch.optim.Adam),
-    ({"name": "SGD", "momentum": 0.9}, torch.optim.SGD),
-])
+@pytest.mark.parametrize(
+    "spec,cls",
+    [
+        ({"name": "AdamW", "weight_decay": 0.01, "eps": 1e-7, "betas": [0.9, 0.98]}, torch.optim.AdamW),
+        ({"name": "adam"}, torch.optim.Adam),
+        ({"name": "SGD", "momentum": 0.9}, torch.optim.SGD),
+    ],
+)
 def test_optimizers_pass_keyword_arguments(spec, cls):
     optimizer = optim.build_optimizer(spec, Tiny(), learning_rate=1e-3)
     assert isinstance(optimizer, cls)
@@ -44,8 +59,9 @@ def test_head_lr_multiplier_and_layer_decay(tiny_model_dir):
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)  # 2 layers
-    optimizer = optim.build_optimizer({"name": "AdamW", "weight_decay": 0.01}, model, 1e-3,
-                                      head_multiplier=10.0, layer_decay=0.5)
+    optimizer = optim.build_optimizer(
+        {"name": "AdamW", "weight_decay": 0.01}, model, 1e-3, head_multiplier=10.0, layer_decay=0.5
+    )
     lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     params = dict(model.named_parameters())
     assert lr_of[id(params["classifier.weight"])] == pytest.approx(1e-2)
@@ -99,8 +115,9 @@ def test_cosine_and_constant_and_step():
 
 def test_plateau_is_stepped_on_the_metric():
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler, when = optim.build_scheduler({"name": "ReduceLROnPlateau", "factor": 0.5, "patience": 0},
-                                            optimizer, 5, 3)
+    scheduler, when = optim.build_scheduler(
+        {"name": "ReduceLROnPlateau", "factor": 0.5, "patience": 0}, optimizer, 5, 3
+    )
     assert when == "metric"
     scheduler.step(0.5)
     scheduler.step(0.4)  # worse (mode max) -> reduce
@@ -115,15 +132,15 @@ def test_cosent_is_the_published_formula_and_only_the_order_counts():
     generator = torch.Generator().manual_seed(0)
     scores = torch.rand(9, generator=generator) * 2 - 1
     labels = torch.tensor([0.0, 1.2, 1.2, 3.0, 5.0, 2.2, 4.8, 0.4, 3.0])
-    brute = 1 + sum(math.exp(20 * (scores[j] - scores[i])) for i in range(9) for j in range(9)
-                    if labels[i] > labels[j])
+    brute = 1 + sum(math.exp(20 * (scores[j] - scores[i])) for i in range(9) for j in range(9) if labels[i] > labels[j])
     loss = optim.build_loss("CoSENTLoss")
     assert float(loss(scores, labels)) == pytest.approx(math.log(brute), rel=1e-5)
-    assert float(loss(scores, labels ** 3)) == pytest.approx(float(loss(scores, labels)), rel=1e-6)
+    assert float(loss(scores, labels**3)) == pytest.approx(float(loss(scores, labels)), rel=1e-6)
     assert float(loss(labels / 5, labels)) < float(loss(-labels / 5, labels))
     assert float(loss(scores, torch.full((9,), 2.0))) == 0.0  # no ordered pair: log(1)
 
 
+@pytest.mark.e2e
 def test_cosent_trains_a_bi_encoder_in_whole_batches(project, monkeypatch):
     """The loss couples the pairs of a batch: every batch is one pass, whatever the micro-batch budget."""
     import train
@@ -138,10 +155,33 @@ def test_cosent_trains_a_bi_encoder_in_whole_batches(project, monkeypatch):
         return parts
 
     monkeypatch.setattr(batching.MicroBatchCollator, "__call__", spy)
-    assert train.main(["--config", "t", "model.kind=bi_encoder", "training.loss=cosent", "training.epochs=1",
-                       "training.micro_batch_tokens=16"]) == 0
+    assert (
+        train.main(
+            [
+                "--config",
+                "t",
+                "model.kind=bi_encoder",
+                "training.loss=cosent",
+                "training.epochs=1",
+                "training.micro_batch_tokens=16",
+            ]
+        )
+        == 0
+    )
     assert seen and set(seen) == {1}
     seen.clear()  # the same budget cuts batches of a per-pair loss
-    assert train.main(["--config", "t", "model.kind=bi_encoder", "training.loss=mse", "training.epochs=1",
-                       "training.micro_batch_tokens=16", "--overwrite"]) == 0
+    assert (
+        train.main(
+            [
+                "--config",
+                "t",
+                "model.kind=bi_encoder",
+                "training.loss=mse",
+                "training.epochs=1",
+                "training.micro_batch_tokens=16",
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
     assert max(seen) > 1

@@ -1,4 +1,5 @@
 """The user's own files: data.dir, the shipped configs reading data/, and the files a run announces."""
+
 from __future__ import annotations
 
 import shutil
@@ -18,10 +19,14 @@ def test_shipped_offline_configs_read_the_users_data_folder(project):
     """default, cross_encoder and leaderboard run offline on the competition files in data/."""
     for name in ("default", "cross_encoder", "leaderboard"):
         cfg = load_config(str(REPO / "configs" / f"{name}.yaml"), purpose="train")
-        assert (cfg.data.train_path, cfg.data.dev_path, cfg.data.predict_path) == \
-            ("data/train.csv", "data/dev.csv", "data/test.csv"), name
-        demo = load_config(str(REPO / "configs" / f"{name}.yaml"), [f"data.dir={REPO / 'data' / 'demo'}"],
-                           purpose="inference")
+        assert (cfg.data.train_path, cfg.data.dev_path, cfg.data.predict_path) == (
+            "data/train.csv",
+            "data/dev.csv",
+            "data/test.csv",
+        ), name
+        demo = load_config(
+            str(REPO / "configs" / f"{name}.yaml"), [f"data.dir={REPO / 'data' / 'demo'}"], purpose="inference"
+        )
         assert demo.data.submission_template == str(REPO / "data" / "demo" / "sample_submission.csv")
 
 
@@ -39,15 +44,25 @@ def _own_files(folder, rows: dict) -> None:
         frame.head(count).to_csv(folder / name, index=False)
 
 
+@pytest.mark.e2e
 def test_data_dir_trains_on_those_files_and_says_so(project, capsys):
     _own_files(project / "mine", {"train.csv": 30, "dev.csv": 12, "test.csv": 20, "sample_submission.csv": 20})
     # the shipped-config style: bare file names under data.dir
-    overrides = ["data.dir=mine", "data.train_path=train.csv", "data.dev_path=dev.csv", "data.predict_path=test.csv",
-                 "data.submission_template=sample_submission.csv", "training.epochs=1"]
+    overrides = [
+        "data.dir=mine",
+        "data.train_path=train.csv",
+        "data.dev_path=dev.csv",
+        "data.predict_path=test.csv",
+        "data.submission_template=sample_submission.csv",
+        "training.epochs=1",
+    ]
     assert train.main(["--config", "t", *overrides]) == 0
     out = capsys.readouterr().out
-    for role, path, rows in (("train", "mine/train.csv", 30), ("dev", "mine/dev.csv", 12),
-                             ("predict", "mine/test.csv", 20)):
+    for role, path, rows in (
+        ("train", "mine/train.csv", 30),
+        ("dev", "mine/dev.csv", 12),
+        ("predict", "mine/test.csv", 20),
+    ):
         line = next(line for line in out.splitlines() if line.startswith(f"data: {role} "))
         assert path in line and f"({rows} rows)" in line
     saved = yaml.safe_load((project / "saved_model" / "t" / "config.yaml").read_text())

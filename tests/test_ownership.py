@@ -1,7 +1,8 @@
 """A run directory is plaintune's own (ownership.py): foreign folders are refused, with or without
---overwrite; runs of an earlier plaintune are adopted by what their files hold; temporaries are
-cleaned only by plaintune's names in its folders; of two runs started at the same instant on one
-run_name, the one that loses the lock writes nothing."""
+--overwrite (so is a run of an earlier plaintune without the marker); temporaries are cleaned only by
+plaintune's names in its folders; of two runs started at the same instant on one run_name, the one
+that loses the lock writes nothing."""
+
 from __future__ import annotations
 
 import hashlib
@@ -16,15 +17,18 @@ import pytest
 
 import train
 from conftest import REPO, base_config, write_config
-from plaintune.kfold import folds
-from plaintune.rundir import names, ownership
 from plaintune.data.checks import pair_key
 from plaintune.errors import UserError
+from plaintune.kfold import folds
+from plaintune.rundir import ownership
 
 
 def tree(path: Path) -> dict:
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
 
 
 def error_line(capsys) -> str:
@@ -44,6 +48,7 @@ def user_folder(root: Path) -> Path:
     return root
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("flags", [[], ["--overwrite"], ["--resume"], ["--overwrite", "--force"]])
 def test_a_folder_plaintune_did_not_make_is_refused_and_untouched(project, capsys, flags):
     folder = user_folder(project / "saved_model" / "mine")
@@ -55,6 +60,7 @@ def test_a_folder_plaintune_did_not_make_is_refused_and_untouched(project, capsy
     assert sorted(p.name for p in folder.iterdir()) == ["checkpoints", "config.yaml", "data", "last.pt"]
 
 
+@pytest.mark.e2e
 def test_the_project_folder_itself_as_a_run_directory(project, capsys):
     before = tree(project)
     for flags in ([], ["--overwrite"]):
@@ -63,6 +69,7 @@ def test_the_project_folder_itself_as_a_run_directory(project, capsys):
     assert tree(project) == before
 
 
+@pytest.mark.e2e
 def test_kfold_and_leaderboard_folders_are_checked_too(project, capsys):
     user_folder(project / "saved_model" / "t-folds")
     assert train.main(["--config", "t", "--folds", "2"]) == 2
@@ -72,6 +79,7 @@ def test_kfold_and_leaderboard_folders_are_checked_too(project, capsys):
     assert "'saved_model/lb' exists and was not made by plaintune" in error_line(capsys)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("flags", [[], ["--resume"], ["--overwrite"]])
 def test_a_user_folder_named_like_a_later_fold_stops_the_k_fold_before_any_fold_trains(project, capsys, flags):
     """Every fold's run directory is checked up front: a user's w-fold2 refuses the k-fold before
@@ -85,6 +93,7 @@ def test_a_user_folder_named_like_a_later_fold_stops_the_k_fold_before_any_fold_
     assert [p.name for p in notes.parent.iterdir()] == ["notes.txt"] and notes.read_text() == "the user's own notes"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("folder", ["lb-b-fold1", "lb-b-folds", "lb-a-fold2"])
 def test_a_user_folder_named_like_any_member_fold_stops_the_leaderboard_before_it_trains(project, capsys, folder):
     """Every member's k-fold folder and fold runs are checked before the first member's first fold
@@ -92,13 +101,18 @@ def test_a_user_folder_named_like_any_member_fold_stops_the_leaderboard_before_i
     notes = project / "saved_model" / folder / "notes.txt"
     notes.parent.mkdir(parents=True)
     notes.write_text("the user's own notes")
-    assert train.main(["--config", "t", "run_name=lb", "training.epochs=1", "ensemble.folds=2",
-                       "ensemble.members={a: [], b: []}"]) == 2
+    assert (
+        train.main(
+            ["--config", "t", "run_name=lb", "training.epochs=1", "ensemble.folds=2", "ensemble.members={a: [], b: []}"]
+        )
+        == 2
+    )
     assert f"run_name: 'saved_model/{folder}' exists and was not made by plaintune" in error_line(capsys)
     assert sorted(p.name for p in (project / "saved_model").iterdir()) == [folder]  # not even lb/
     assert [p.name for p in notes.parent.iterdir()] == ["notes.txt"] and notes.read_text() == "the user's own notes"
 
 
+@pytest.mark.e2e
 def test_a_marked_run_is_cleared_by_overwrite_and_an_empty_folder_is_taken(project, capsys):
     (project / "saved_model" / "t").mkdir(parents=True)  # made by the user in advance, still empty
     assert train.main(["--config", "t", "training.epochs=1"]) == 0
@@ -116,61 +130,19 @@ def test_a_marked_run_is_cleared_by_overwrite_and_an_empty_folder_is_taken(proje
     assert "is a k-fold's folder" in error_line(capsys)
 
 
-def unmarked_run(project, *args: str):
-    """A trained run whose marker is taken away, as an earlier plaintune (before the marker) left it."""
-    assert train.main(["--config", "t", *args]) == 0
+@pytest.mark.e2e
+def test_a_run_without_the_marker_is_refused_even_if_plaintune_wrote_it(project, capsys):
+    """0.x keeps no compatibility with earlier layouts: a trained run whose marker is gone (as a plaintune
+    before the marker left it) is refused like any foreign folder, with one line, and left as it was."""
+    assert train.main(["--config", "t", "training.epochs=1"]) == 0
     run = project / "saved_model" / "t"
     (run / ownership.MARKER).unlink()
-    return run
-
-
-def test_a_run_of_an_earlier_plaintune_is_adopted_by_its_contents(project, capsys):
-    run = unmarked_run(project, "training.epochs=1")
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     capsys.readouterr()
-    assert train.main(["--config", "t", "training.epochs=2", "--resume"]) == 0
-    assert "was made by an earlier plaintune" in capsys.readouterr().out
-    assert ownership.read_marker(run)["kind"] == "run"
-    # names alone prove nothing: files named like plaintune's with foreign contents
-    fake = project / "saved_model" / "fake"
-    (fake / "best").mkdir(parents=True)
-    for name in ("config.json", "plaintune_state.json"):
-        (fake / "best" / name).write_text("not json")
-    (fake / "last.pt").write_bytes(b"junk")
-    (fake / "config.yaml").write_text("run_name: fake\n")
-    assert ownership.legacy_evidence(fake, ownership.RUN) is None
-    assert train.main(["--config", "t", "run_name=fake", "--resume"]) == 2
-    assert "was not made by plaintune" in error_line(capsys)
-
-
-def test_a_run_whose_best_has_the_old_trainer_state_json_is_adopted(project, capsys):
-    """Before the rename, plaintune wrote best/'s state as trainer_state.json: with plaintune's keys it
-    proves the run is plaintune's, even when no resume bundle is left; a transformers.Trainer's
-    trainer_state.json never does, whatever keys were added to it."""
-    run = unmarked_run(project, "training.epochs=1", "checkpoint.keep_last_after_finish=false")
-    state = json.loads((run / "best" / "plaintune_state.json").read_text())
-    (run / "best" / "plaintune_state.json").unlink()
-    assert set(names.BEST_META_KEYS) <= set(state)  # what the trainer writes is what ownership asks for
-    old = {key: state[key] for key in names.BEST_META_KEYS}  # what it held then
-    (run / "best" / "trainer_state.json").write_text(json.dumps(old))
-    assert not (run / "last.pt").exists() and not (run / "checkpoints").exists()
-    assert ownership.legacy_evidence(run, ownership.RUN) == "best/trainer_state.json"
-    capsys.readouterr()
-    assert train.main(["--config", "t", "training.epochs=1", "--overwrite"]) == 0
-    assert "was made by an earlier plaintune (best/trainer_state.json)" in capsys.readouterr().out
-    assert ownership.read_marker(run)["kind"] == "run"
-
-    from transformers import TrainerState
-    hf = project / "saved_model" / "hf"
-    (hf / "best").mkdir(parents=True)
-    (hf / "best" / "config.json").write_text('{"model_type": "bert"}')
-    TrainerState(epoch=3.0, global_step=900, best_metric=0.8, log_history=[{"loss": 0.5, "step": 10}]) \
-        .save_to_json(str(hf / "best" / "trainer_state.json"))
-    for extra in ({}, {"metric": "pearson", "value": 0.8}):
-        hf_state = {**json.loads((hf / "best" / "trainer_state.json").read_text()), **extra}
-        (hf / "best" / "trainer_state.json").write_text(json.dumps(hf_state))
-        assert ownership.legacy_evidence(hf, ownership.RUN) is None
-        with pytest.raises(UserError, match="was not made by plaintune"):
-            ownership.check_owned(hf, ownership.RUN)
+    for argv in (["--resume"], ["--overwrite"], []):
+        assert train.main(["--config", "t", "training.epochs=2", *argv]) == 2
+        assert "was not made by plaintune" in error_line(capsys)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
 def test_only_plaintunes_own_temporaries_are_cleaned(project):
@@ -178,8 +150,7 @@ def test_only_plaintunes_own_temporaries_are_cleaned(project):
     run.mkdir(parents=True)
     ownership.write_marker(run, ownership.RUN)
     ours = [run / ".last.pt.a1b2c3d4.tmp", run / ".config.yaml.zz_9yx8w.tmp", run / "top" / ".epoch-2.k3j4h5g6.tmp"]
-    theirs = [run / ".notes.abcdefgh.tmp", run / "data" / ".last.pt.a1b2c3d4.tmp",
-              run / "mine" / ".best.q1w2e3r4.tmp"]
+    theirs = [run / ".notes.abcdefgh.tmp", run / "data" / ".last.pt.a1b2c3d4.tmp", run / "mine" / ".best.q1w2e3r4.tmp"]
     for path in ours + theirs:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x")
@@ -188,6 +159,7 @@ def test_only_plaintunes_own_temporaries_are_cleaned(project):
     assert all(p.exists() for p in theirs) and not any(p.exists() for p in ours)
 
 
+@pytest.mark.e2e
 def test_output_dir_problems_name_output_dir(project, capsys, monkeypatch):
     (project / "afile").write_text("x")
     for value in ("afile", "afile/below"):
@@ -195,8 +167,9 @@ def test_output_dir_problems_name_output_dir(project, capsys, monkeypatch):
         line = error_line(capsys)
         assert line.startswith(f"error: output_dir: '{value}'") and "run_name" not in line.split(";")[0]
     real_access = os.access
-    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if Path(path).name == "locked" else
-                        real_access(path, mode, **kw))
+    monkeypatch.setattr(
+        os, "access", lambda path, mode, **kw: False if Path(path).name == "locked" else real_access(path, mode, **kw)
+    )
     (project / "locked").mkdir()
     with pytest.raises(UserError, match=r"output_dir: cannot write in 'locked'"):
         ownership.check_owned(Path("locked") / "t", ownership.RUN)
@@ -212,11 +185,26 @@ def race(project: Path, mode: str) -> list[tuple[dict, dict]]:
     """Two driver processes on the same run names, released together each round; per round the
     (winner, loser) results."""
     (project / "barrier").mkdir(exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    procs = [subprocess.Popen([sys.executable, str(Path(__file__).parent / "race_driver.py"), str(project), mode,
-                               seed, str(ROUNDS), str(project / f"{mode}-{seed}.json")], env=env)
-             for seed in ("11", "22")]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(Path(__file__).parent / "race_driver.py"),
+                str(project),
+                mode,
+                seed,
+                str(ROUNDS),
+                str(project / f"{mode}-{seed}.json"),
+            ],
+            env=env,
+        )
+        for seed in ("11", "22")
+    ]
     for proc in procs:
         assert proc.wait(timeout=600) == 0
     a, b = (json.loads((project / f"{mode}-{seed}.json").read_text()) for seed in ("11", "22"))
@@ -231,6 +219,7 @@ def race(project: Path, mode: str) -> list[tuple[dict, dict]]:
     return rounds
 
 
+@pytest.mark.e2e
 def test_two_single_runs_started_together(project):
     for number, _ in enumerate(race(project, "single")):
         run = project / "saved_model" / f"single{number}"
@@ -238,6 +227,7 @@ def test_two_single_runs_started_together(project):
         assert files == [ownership.MARKER, "config.yaml"], files  # the winner's first write, nothing of the loser
 
 
+@pytest.mark.e2e
 def test_two_kfolds_started_together_keep_the_winners_folds(project):
     pooled = pd.concat([pd.read_csv(project / "data" / "train.csv"), pd.read_csv(project / "data" / "dev.csv")])
     keys = [pair_key(a, b) for a, b in zip(pooled["sentence_1"], pooled["sentence_2"])]
@@ -249,9 +239,11 @@ def test_two_kfolds_started_together_keep_the_winners_folds(project):
             dev = pd.read_csv(folder / f"fold{fold}_dev.csv")
             assert list(dev["id"]) == list(pooled["id"].iloc[held_out])
         assert sorted(p.name for p in folder.iterdir()) == sorted(
-            [ownership.MARKER, "split.json", "fold1_train.csv", "fold1_dev.csv", "fold2_train.csv", "fold2_dev.csv"])
+            [ownership.MARKER, "split.json", "fold1_train.csv", "fold1_dev.csv", "fold2_train.csv", "fold2_dev.csv"]
+        )
 
 
+@pytest.mark.e2e
 def test_two_leaderboards_started_together(project, tiny_model_dir):
     cfg = base_config(tiny_model_dir)
     cfg["ensemble"] = {"members": {"a": [], "b": ["training.learning_rate=1e-4"]}, "folds": 2}
@@ -261,7 +253,8 @@ def test_two_leaderboards_started_together(project, tiny_model_dir):
         assert sorted(p.name for p in folder.iterdir()) == [ownership.MARKER]
 
 
-def test_another_trainers_folder_or_a_copied_config_is_not_taken_for_an_earlier_plaintunes(project, capsys):
+@pytest.mark.e2e
+def test_another_trainers_folder_or_a_copied_config_is_refused(project, capsys):
     """An HF Trainer checkpoint folder (trainer_state.json) and a user's copy of a shipped config named
     after the run are the user's: refused, nothing deleted, with or without --overwrite."""
     hf = project / "saved_model" / "hf"

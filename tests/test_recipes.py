@@ -1,4 +1,5 @@
 """Score-improving options: label scaling with a sigmoid head, head bias, ensembles, symmetric averaging."""
+
 from __future__ import annotations
 
 import json
@@ -27,29 +28,57 @@ def test_label_scaling_round_trip():
     assert other.predictions(np.array([0.0]))[0] == pytest.approx(2.0)
 
 
+@pytest.mark.e2e
 def test_sigmoid_head_trains_predicts_in_range_and_is_remembered(project, capsys):
-    args = ["model.output_activation=sigmoid", "training.loss=bce", "model.head_bias_init=label_mean",
-            "training.head_lr_multiplier=5", "training.epochs=1"]
+    args = [
+        "model.output_activation=sigmoid",
+        "training.loss=bce",
+        "model.head_bias_init=label_mean",
+        "training.head_lr_multiplier=5",
+        "training.epochs=1",
+    ]
     assert train.main(["--config", "t", *args]) == 0
     # the head bias started at logit(mean label / 5)
     import json
 
     config = json.loads((project / "saved_model" / "t" / "best" / "config.json").read_text())
-    assert config["plaintune_output"] == {"activation": "sigmoid", "low": 0.0, "high": 5.0, "kind": "cross_encoder",
-                                          # what it was fed: inference truncates to the trained length too
-                                          "max_length": 48, "token_type_ids": True, "prompt": ""}
+    assert config["plaintune_output"] == {
+        "activation": "sigmoid",
+        "low": 0.0,
+        "high": 5.0,
+        "kind": "cross_encoder",
+        # what it was fed: inference truncates to the trained length too
+        "max_length": 48,
+        "token_type_ids": True,
+        "prompt": "",
+    }
     # inference reads the activation from the checkpoint even if the config forgot it
-    assert inference.main(["--config", "t", "--saved_model", "t", "inference.clip=null", "inference.round=null",
-                           "model.output_activation=none", "training.loss=mse"]) == 0
-    assert "output mapping: sigmoid (recorded by plaintune with the checkpoint; the config's model.output_activation=none is ignored" in capsys.readouterr().out
+    assert (
+        inference.main(
+            [
+                "--config",
+                "t",
+                "--saved_model",
+                "t",
+                "inference.clip=null",
+                "inference.round=null",
+                "model.output_activation=none",
+                "training.loss=mse",
+            ]
+        )
+        == 0
+    )
+    assert (
+        "output mapping: sigmoid (recorded by plaintune with the checkpoint; "
+        "the config's model.output_activation=none is ignored" in capsys.readouterr().out
+    )
     target = pd.read_csv(project / "output" / "sub.csv")["target"]
     assert ((target > 0) & (target < 5)).all()
 
 
 def test_head_bias_starts_at_the_label_mean(project, tiny_model_dir):
     from plaintune.config.load import load_config
-    from plaintune.model.loading import build_model
-    from plaintune.model.loading import init_head_bias
+    from plaintune.model.loading import build_model, init_head_bias
 
     objective = Objective(1, "bce", "sigmoid")
     spec = load_config("t").model
@@ -64,17 +93,21 @@ def test_head_bias_starts_at_the_label_mean(project, tiny_model_dir):
 
 
 def predictions(project, *args) -> np.ndarray:
-    assert inference.main(["--config", "t", "inference.round=null", "inference.clip=null", *args]) == 0
+    # each call replaces the last one's submission, written for other models
+    assert inference.main(["--config", "t", "inference.round=null", "inference.clip=null", "--overwrite", *args]) == 0
     return pd.read_csv(project / "output" / "sub.csv")["target"].to_numpy()
 
 
 @pytest.fixture
 def two_runs(project):
     assert train.main(["--config", "t", "run_name=a", "training.epochs=1", "seed=1"]) == 0
-    assert train.main(["--config", "t", "run_name=b", "training.epochs=1", "seed=2", "training.learning_rate=3e-3"]) == 0
+    assert (
+        train.main(["--config", "t", "run_name=b", "training.epochs=1", "seed=2", "training.learning_rate=3e-3"]) == 0
+    )
     return project
 
 
+@pytest.mark.e2e
 def test_ensemble_is_the_weighted_average(two_runs, capsys):
     project = two_runs
     a = predictions(project, "--saved_model", "a")
@@ -82,8 +115,7 @@ def test_ensemble_is_the_weighted_average(two_runs, capsys):
     assert not np.allclose(a, b)
     mean = predictions(project, "--saved_model", "a", "b")
     np.testing.assert_allclose(mean, (a + b) / 2, rtol=0, atol=1e-6)
-    weighted = predictions(project, "--saved_model", "a", "b", "--weights", "1", "3",
-                           "data.test_path=data/dev.csv")
+    weighted = predictions(project, "--saved_model", "a", "b", "--weights", "1", "3", "data.test_path=data/dev.csv")
     np.testing.assert_allclose(weighted, 0.25 * a + 0.75 * b, rtol=0, atol=1e-6)
     out = capsys.readouterr().out
     assert "member a: test pearson" in out and "member b: test pearson" in out and "ensemble test pearson" in out
@@ -95,7 +127,7 @@ def test_a_labelled_file_scored_against_itself_is_predicted_once(two_runs, monke
     printed test score is the score of what was returned."""
     from plaintune import predict
     from plaintune.inference import predicting
-    from plaintune.training.metrics import compute_metrics
+    from plaintune.recipe.metrics import compute_metrics
 
     calls = []
     real = predicting.member_outputs
@@ -109,6 +141,7 @@ def test_a_labelled_file_scored_against_itself_is_predicted_once(two_runs, monke
     assert len(calls) == 2 + 2  # different pairs: predicted apart
 
 
+@pytest.mark.e2e
 def test_symmetric_averaging_is_the_mean_of_both_orders(two_runs):
     project = two_runs
     straight = predictions(project, "--saved_model", "a")
@@ -121,6 +154,7 @@ def test_symmetric_averaging_is_the_mean_of_both_orders(two_runs):
     np.testing.assert_allclose(symmetric, (straight + swapped) / 2, rtol=0, atol=1e-6)
 
 
+@pytest.mark.e2e
 def test_swap_augmentation_doubles_the_training_pairs(project):
     assert train.main(["--config", "t", "training.epochs=1", "data.augment.swap=true"]) == 0
     state = torch.load(project / "saved_model" / "t" / "last.pt", weights_only=True)["train_state"]
@@ -135,6 +169,7 @@ def test_swapped_table():
     assert both.sentence_1 == ["A.", "B."] and both.sentence_2 == ["B.", "A."] and both.labels.tolist() == [3.0, 3.0]
 
 
+@pytest.mark.e2e
 def test_bi_encoder_train_save_load_predict(project, capsys):
     """SBERT-style bi-encoder through the same trainer, checkpoints and inference."""
     args = ["model.kind=bi_encoder", "training.epochs=2", "training.learning_rate=1e-3"]
@@ -153,16 +188,21 @@ def test_bi_encoder_train_save_load_predict(project, capsys):
     symmetric = predictions(project, "--saved_model", "t", "inference.symmetric=true")
     np.testing.assert_allclose(symmetric, scores, atol=1e-5)
     # its resume bundle resumes
-    assert train.main(["--config", "t", *args[:-2], "training.epochs=3", "training.learning_rate=1e-3",
-                       "--resume"]) == 0
+    assert (
+        train.main(["--config", "t", *args[:-2], "training.epochs=3", "training.learning_rate=1e-3", "--resume"]) == 0
+    )
 
 
+@pytest.mark.e2e
 def test_bi_encoder_rejects_cross_encoder_options(project, capsys):
-    assert train.main(["--config", "t", "model.kind=bi_encoder", "training.loss=bce",
-                       "model.output_activation=sigmoid"]) == 2
+    assert (
+        train.main(["--config", "t", "model.kind=bi_encoder", "training.loss=bce", "model.output_activation=sigmoid"])
+        == 2
+    )
     assert "bi-encoder regresses the cosine" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_k_fold_partitions_trains_scores_out_of_fold_and_resumes(project, capsys):
     import json
 
@@ -187,8 +227,14 @@ def test_k_fold_partitions_trains_scores_out_of_fold_and_resumes(project, capsys
     part = held_out[0].rename(columns={"label": "score"})
     part.to_csv(project / "data" / "fold1_in.csv", index=False)
     part[["id"]].assign(target=0.0).to_csv(project / "data" / "fold1_template.csv", index=False)
-    direct = predictions(project, "--saved_model", "kf-fold1", "data.predict_path=data/fold1_in.csv",
-                         "data.submission_template=data/fold1_template.csv", "data.test_path=null")
+    direct = predictions(
+        project,
+        "--saved_model",
+        "kf-fold1",
+        "data.predict_path=data/fold1_in.csv",
+        "data.submission_template=data/fold1_template.csv",
+        "data.test_path=null",
+    )
     np.testing.assert_allclose(direct, fold1, rtol=0, atol=1e-5)
 
     # again without --resume: refused with the way out; with --resume: nothing retrained, same score
@@ -200,6 +246,7 @@ def test_k_fold_partitions_trains_scores_out_of_fold_and_resumes(project, capsys
     assert train.main(["--config", "t", "--folds", "1"]) == 2
 
 
+@pytest.mark.e2e
 def test_mapping_config_override_reaches_the_model(project):
     """A mapping-valued model.config_overrides (the frozen config holds it as a Box) is a plain dict
     in the model's config.json."""

@@ -1,5 +1,6 @@
 """The error report: written after training for the best model on dev, and by inference for a labelled
 predict file; its tables agree with a direct computation."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ import pytest
 
 import inference
 import train
-from plaintune.training.metrics import compute_metrics
+from plaintune.recipe.metrics import compute_metrics
 
 
 def check_report(folder, frame: pd.DataFrame, predictions: np.ndarray) -> None:
@@ -28,13 +29,14 @@ def check_report(folder, frame: pd.DataFrame, predictions: np.ndarray) -> None:
         expected = compute_metrics(predictions[mask], labels[mask], 1)
         assert row.pairs == mask.sum()
         for name in ("pearson", "spearman"):
-            assert (np.isnan(expected[name]) and np.isnan(getattr(row, name))) or \
-                getattr(row, name) == pytest.approx(expected[name], abs=1e-6)
+            assert (np.isnan(expected[name]) and np.isnan(getattr(row, name))) or getattr(row, name) == pytest.approx(
+                expected[name], abs=1e-6
+            )
         assert row.mean_abs_error == pytest.approx(np.abs(predictions[mask] - labels[mask]).mean(), abs=1e-6)
     worst = pd.read_csv(folder / "worst_pairs.csv")
     errors = np.abs(predictions - labels)
     assert len(worst) == min(20, len(frame))
-    assert worst["error"].abs().tolist() == pytest.approx(sorted(errors, reverse=True)[:len(worst)], abs=1e-5)
+    assert worst["error"].abs().tolist() == pytest.approx(sorted(errors, reverse=True)[: len(worst)], abs=1e-5)
     first = worst.iloc[0]
     row = frame[frame["id"] == first["id"]].iloc[0]
     assert (first["sentence_1"], first["sentence_2"]) == (row["sentence_1"], row["sentence_2"])
@@ -45,9 +47,22 @@ def dev_predictions_by_inference(project, capsys) -> np.ndarray:
     """best/'s predictions on the labelled dev file, as inference.py writes them (unrounded)."""
     dev = pd.read_csv(project / "data" / "dev.csv")
     dev[["id"]].assign(target=0.0).to_csv(project / "data" / "dev_template.csv", index=False)
-    assert inference.main(["--config", "t", "--saved_model", "t", "data.predict_path=data/dev.csv",
-                           "data.submission_template=data/dev_template.csv", "inference.round=null",
-                           "inference.clip=null", "inference.output_path=output/dev.csv"]) == 0
+    assert (
+        inference.main(
+            [
+                "--config",
+                "t",
+                "--saved_model",
+                "t",
+                "data.predict_path=data/dev.csv",
+                "data.submission_template=data/dev_template.csv",
+                "inference.round=null",
+                "inference.clip=null",
+                "inference.output_path=output/dev.csv",
+            ]
+        )
+        == 0
+    )
     assert "error report: output/dev_report/" in capsys.readouterr().out
     return pd.read_csv(project / "output" / "dev.csv")["target"].to_numpy(dtype=np.float64)
 
@@ -58,11 +73,13 @@ def spy_on_best_loads(monkeypatch) -> list:
 
     loads = []
     real = run.load_weights
-    monkeypatch.setattr(run, "load_weights", lambda model, source, *a, **k: loads.append(source) or
-                        real(model, source, *a, **k))
+    monkeypatch.setattr(
+        run, "load_weights", lambda model, source, *a, **k: loads.append(source) or real(model, source, *a, **k)
+    )
     return loads
 
 
+@pytest.mark.e2e
 def test_report_of_a_best_saved_before_a_resume_is_predicted_from_best(project, capsys, monkeypatch):
     """A resumed run whose validations never beat the best of an earlier process: the report is best/'s,
     predicted from the checkpoint on disk, not from the last weights in memory."""
@@ -80,6 +97,7 @@ def test_report_of_a_best_saved_before_a_resume_is_predicted_from_best(project, 
     check_report(project / "saved_model" / "t" / "report", dev, dev_predictions_by_inference(project, capsys))
 
 
+@pytest.mark.e2e
 def test_an_ema_runs_validation_and_report_are_best_s_own(project, capsys):
     """training.ema: the dev metric that chose best/ (its meta) and the report are what best/ itself gives on
     dev (inference.py), mid-epoch validations included. The average once ran integer buffers (BERT's
@@ -94,6 +112,7 @@ def test_an_ema_runs_validation_and_report_are_best_s_own(project, capsys):
     assert meta["value"] == pytest.approx(direct["pearson"], abs=1e-5)
 
 
+@pytest.mark.e2e
 def test_report_after_training_and_at_inference(project, capsys):
     assert train.main(["--config", "t", "training.epochs=1"]) == 0
     out = capsys.readouterr().out
@@ -105,6 +124,7 @@ def test_report_after_training_and_at_inference(project, capsys):
     check_report(project / "saved_model" / "t" / "report", dev, predictions)
 
 
+@pytest.mark.e2e
 def test_unlabelled_predict_file_writes_no_report(project, capsys):
     assert train.main(["--config", "t", "training.epochs=1"]) == 0
     capsys.readouterr()
@@ -118,14 +138,22 @@ def test_unlabelled_predict_file_writes_no_report(project, capsys):
     assert [p.name for p in (project / "output" / "sub_report").iterdir()] == ["notes.txt"]
 
 
+@pytest.mark.e2e
 def test_inference_replaces_only_its_own_report_folder(project, capsys):
     """<stem>_report/ beside the submission: an earlier plaintune report is replaced; a folder holding a
     user's files (or a summary.json plaintune did not write) is refused before any work, its files intact."""
     assert train.main(["--config", "t", "training.epochs=1"]) == 0
     dev = pd.read_csv(project / "data" / "dev.csv")
     dev[["id"]].assign(target=0.0).to_csv(project / "data" / "dev_template.csv", index=False)
-    args = ["--config", "t", "--saved_model", "t", "data.predict_path=data/dev.csv",
-            "data.submission_template=data/dev_template.csv", "inference.output_path=output/dev.csv"]
+    args = [
+        "--config",
+        "t",
+        "--saved_model",
+        "t",
+        "data.predict_path=data/dev.csv",
+        "data.submission_template=data/dev_template.csv",
+        "inference.output_path=output/dev.csv",
+    ]
     report = project / "output" / "dev_report"
     assert inference.main(args) == 0
     assert json.loads((report / "summary.json").read_text())["written_by"] == "plaintune error report"

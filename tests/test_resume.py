@@ -1,4 +1,5 @@
 """Checkpoints you can trust: real SIGKILLs and Ctrl-C, then resume to a bit-identical result."""
+
 from __future__ import annotations
 
 import errno
@@ -22,8 +23,9 @@ RUN = ["--config", "t", "training.epochs=3", "checkpoint.every_n_steps=4"]
 
 def run_helper(project: Path, args: list[str], plan: str = "") -> subprocess.CompletedProcess:
     env = {**os.environ, "KILL_PLAN": plan, "PYTHONHASHSEED": "0"}
-    return subprocess.run([sys.executable, str(HELPER), *RUN, *args], cwd=project, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(HELPER), *RUN, *args], cwd=project, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def bundle(project: Path, run: str) -> dict:
@@ -48,6 +50,7 @@ def assert_same_run(project: Path, reference: str, other: str) -> None:
     assert len(steps) == len(set(steps)), "a step was logged twice"
 
 
+@pytest.mark.e2e
 def test_sigkill_anywhere_then_resume_is_bit_identical(project):
     reference = run_helper(project, ["run_name=ref"])
     assert reference.returncode == 0, reference.stderr
@@ -73,6 +76,7 @@ def test_sigkill_anywhere_then_resume_is_bit_identical(project):
     assert_same_run(project, "ref", "crash")
 
 
+@pytest.mark.e2e
 def test_ctrl_c_or_sigterm_saves_and_resume_finishes_the_same_run(project):
     """Ctrl-C (SIGINT) and SIGTERM (what Colab, SLURM and Kubernetes send before a kill) alike:
     finish the step, write last.pt, print the resume command, exit 128 + the signal number."""
@@ -88,6 +92,7 @@ def test_ctrl_c_or_sigterm_saves_and_resume_finishes_the_same_run(project):
         assert_same_run(project, "ref", run)
 
 
+@pytest.mark.e2e
 def test_second_signal_aborts_without_saving_and_handlers_are_restored(project, capsys):
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
@@ -113,6 +118,7 @@ def test_second_signal_aborts_without_saving_and_handlers_are_restored(project, 
     assert bundle(project, "t")["train_state"]["global_step"] == 12
 
 
+@pytest.mark.e2e
 def test_corrupt_newest_checkpoint_is_skipped(project, capsys):
     assert train.main(["--config", "t", "checkpoint.keep_last=2", "training.epochs=1"]) == 0
     run = project / "saved_model" / "t"
@@ -125,9 +131,21 @@ def test_corrupt_newest_checkpoint_is_skipped(project, capsys):
     assert bundle(project, "t")["train_state"]["global_step"] == 6
 
 
+@pytest.mark.e2e
 def test_retention_counts(project):
-    assert train.main(["--config", "t", "training.epochs=3", "checkpoint.every_n_steps=2",
-                       "checkpoint.keep_last=3", "checkpoint.keep_top_k=2"]) == 0
+    assert (
+        train.main(
+            [
+                "--config",
+                "t",
+                "training.epochs=3",
+                "checkpoint.every_n_steps=2",
+                "checkpoint.keep_last=3",
+                "checkpoint.keep_top_k=2",
+            ]
+        )
+        == 0
+    )
     run = project / "saved_model" / "t"
     steps = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert steps == ["step-00000014.pt", "step-00000016.pt"]  # plus last.pt at step 18
@@ -137,11 +155,24 @@ def test_retention_counts(project):
     best_two = sorted(history, key=lambda r: -r["pearson"])[:2]
     assert top == sorted(f"epoch-{r['epoch']:03d}" for r in best_two)
     # the bookkeeping survives a resume that trains further
-    assert train.main(["--config", "t", "training.epochs=4", "checkpoint.every_n_steps=2",
-                       "checkpoint.keep_last=3", "checkpoint.keep_top_k=2", "--resume"]) == 0
+    assert (
+        train.main(
+            [
+                "--config",
+                "t",
+                "training.epochs=4",
+                "checkpoint.every_n_steps=2",
+                "checkpoint.keep_last=3",
+                "checkpoint.keep_top_k=2",
+                "--resume",
+            ]
+        )
+        == 0
+    )
     assert len(list((run / "checkpoints").iterdir())) == 2 and len(list((run / "top").iterdir())) == 2
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("prefix", ["", "module."])
 def test_seed_style_bundle_resumes(project, capsys, prefix, tiny_model_dir):
     """A bundle written by tutorial code: {model_state_dict, optimizer_state_dict, epoch, loss}."""
@@ -153,8 +184,15 @@ def test_seed_style_bundle_resumes(project, capsys, prefix, tiny_model_dir):
     model(input_ids=torch.tensor([[101, 2023, 102]])).logits.sum().backward()
     optimizer.step()
     path = project / "seed.pt"
-    torch.save({"model_state_dict": {prefix + k: v for k, v in model.state_dict().items()},
-                "optimizer_state_dict": optimizer.state_dict(), "epoch": 1, "loss": 0.5}, path)
+    torch.save(
+        {
+            "model_state_dict": {prefix + k: v for k, v in model.state_dict().items()},
+            "optimizer_state_dict": optimizer.state_dict(),
+            "epoch": 1,
+            "loss": 0.5,
+        },
+        path,
+    )
     assert train.main(["--config", "t", "--resume", str(path)]) == 0
     out = capsys.readouterr().out
     assert out.count("warning: the checkpoint lacks parts of a plaintune bundle") == 1
@@ -168,6 +206,7 @@ def test_seed_style_bundle_resumes(project, capsys, prefix, tiny_model_dir):
     assert counts == {7.0}
 
 
+@pytest.mark.e2e
 def test_config_drift_refused_unless_forced(project, capsys):
     assert train.main(["--config", "t", "training.epochs=1"]) == 0
     assert train.main(["--config", "t", "training.epochs=2", "training.batch_size=4", "seed=1", "--resume"]) == 2
@@ -177,6 +216,7 @@ def test_config_drift_refused_unless_forced(project, capsys):
     assert "resuming despite changed seed" in capsys.readouterr().out
 
 
+@pytest.mark.e2e
 def test_allowed_changes_are_noted(project, capsys):
     assert train.main(["--config", "t", "training.epochs=1"]) == 0
     assert train.main(["--config", "t", "training.epochs=2", "training.log_every_n_steps=3", "--resume"]) == 0
@@ -184,11 +224,13 @@ def test_allowed_changes_are_noted(project, capsys):
     assert "config changes since the checkpoint" in out and "training.epochs" in out
 
 
+@pytest.mark.e2e
 def test_resume_without_checkpoint(project, capsys):
     assert train.main(["--config", "t", "--resume"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_full_disk_keeps_previous_checkpoint(project, capsys, monkeypatch):
     assert train.main(["--config", "t", "training.epochs=1"]) == 0
     before = (project / "saved_model" / "t" / "last.pt").read_bytes()
@@ -206,6 +248,7 @@ def test_full_disk_keeps_previous_checkpoint(project, capsys, monkeypatch):
     assert not list((project / "saved_model" / "t").glob(".*.tmp"))
 
 
+@pytest.mark.e2e
 def test_unwritable_run_directory(project, capsys, tiny_model_dir):
     (project / "saved_model").write_text("not a directory")
     assert train.main(["--config", "t", "training.epochs=1"]) == 2
@@ -214,6 +257,7 @@ def test_unwritable_run_directory(project, capsys, tiny_model_dir):
     write_config(project, base_config(tiny_model_dir))
 
 
+@pytest.mark.e2e
 def test_a_finished_run_without_last_pt_is_never_replaced_silently(project, capsys):
     """checkpoint.keep_last_after_finish: false drops last.pt; the same command again must not train a
     new run over the finished one, and --resume says why it cannot continue."""

@@ -1,5 +1,6 @@
 """One source of truth: every key's role on its schema Field, the checks derived from it, the YAML reader
 that refuses duplicate keys, and problems blamed on where their values came from."""
+
 from __future__ import annotations
 
 import copy
@@ -7,22 +8,16 @@ import copy
 import pytest
 
 import train
-from conftest import base_config, write_config
+from conftest import base_config
 from plaintune import api
 from plaintune.config import load as config_mod
+from plaintune.config import schema
+from plaintune.config.schema import IDENTITY, INFERENCE, LEAVES, PREDICTION, SHARED, Field, Role
+from plaintune.errors import ConfigError, Problem, UserError
 from plaintune.kfold import ensemble
 from plaintune.training import resume
-from plaintune import schema
-from plaintune.errors import ConfigError, Problem, UserError
-from plaintune.schema import IDENTITY, INFERENCE, LEAVES, MEANINGS, PREDICTION, SHARED, Field, Role
-
 
 # ---------------------------------------------------------------- roles
-
-@pytest.mark.parametrize("key", sorted(LEAVES))
-def test_every_leaf_key_declares_what_changing_it_means(key):
-    declared = [m for m in MEANINGS if m in LEAVES[key].role]
-    assert len(declared) == 1, f"{key} declares {declared}"
 
 
 def test_a_field_without_a_role_cannot_be_written():
@@ -36,17 +31,30 @@ def test_a_field_without_a_role_cannot_be_written():
 
 def test_keys_that_change_the_meaning_of_the_data_are_identity():
     """A resume that doubles the epoch (swap) or rescales every target (label_range) is another run."""
-    for key in ("data.augment.swap", "data.label_range", "data.train_path", "model.name", "training.learning_rate",
-                "model.freeze", "training.max_grad_norm"):
+    for key in (
+        "data.augment.swap",
+        "data.label_range",
+        "data.train_path",
+        "model.name",
+        "training.learning_rate",
+        "model.freeze",
+        "training.max_grad_norm",
+    ):
         assert IDENTITY in LEAVES[key].role, key
 
 
 def test_inference_reads_exactly_the_keys_marked_for_it():
     inference_keys = set(schema.keys_with(INFERENCE))
-    assert {"model.name", "data.predict_path", "inference.round", "training.eval_batch_size",
-            "training.precision"} <= inference_keys
-    assert not {"training.epochs", "training.optimizer", "checkpoint.every_n_steps",
-                "data.augment.swap"} & inference_keys
+    assert {
+        "model.name",
+        "data.predict_path",
+        "inference.round",
+        "training.eval_batch_size",
+        "training.precision",
+    } <= inference_keys
+    assert (
+        not {"training.epochs", "training.optimizer", "checkpoint.every_n_steps", "data.augment.swap"} & inference_keys
+    )
 
 
 def drift(change: dict) -> tuple[list[str], list[str]]:
@@ -78,16 +86,26 @@ def test_a_key_the_old_checkpoint_did_not_know_is_no_change():
     assert resume.check_drift(saved, current) == ([], [])
 
 
-def test_precision_auto_follows_the_checkpoint():
+def test_auto_is_compared_as_each_run_resolved_it():
+    """The config keeps the user's auto; last.pt records what it resolved to. A resume whose config still
+    says auto continues with the checkpoint's value (no change); a concrete value that differs is one."""
+    from plaintune.training.derived import effective, resumed_values
+
     saved = config_mod.to_plain(config_mod.validate(base_config(schema.__file__)))
-    saved["training"]["precision"] = "bf16"
+    saved["training"]["precision"], saved["training"]["loss"] = "auto", "auto"
+    resolved = {"training.precision": "bf16", "training.loss": "bce"}
+    assert set(resolved) <= set(schema.resolved_keys())
     current = copy.deepcopy(saved)
-    current["training"]["precision"] = "auto"
-    assert resume.check_drift(saved, current) == ([], [])
+    then = effective(saved, resolved)
+    assert resume.check_drift(then, effective(current, resumed_values(current, resolved))) == ([], [])
     current["training"]["precision"] = "fp32"
-    assert resume.check_drift(saved, current) == ([], ["training.precision"])
+    assert resume.check_drift(then, effective(current, resumed_values(current, resolved))) == (
+        [],
+        ["training.precision"],
+    )
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("override", ["data.augment.swap=true", "data.label_range=[0, 10]"])
 def test_a_resume_that_changes_the_data_meaning_is_refused(project, capsys, override):
     assert train.main(["--config", "t", "training.epochs=1"]) == 0
@@ -119,11 +137,15 @@ def test_prediction_keys_are_the_shared_ones_inference_applies():
 
 # ---------------------------------------------------------------- YAML
 
-@pytest.mark.parametrize("text, key, lines", [
-    ("training:\n  epochs: 1\ntraining:\n  batch_size: 2\n", "training", (1, 3)),
-    ("seed: 1\nmodel:\n  name: x\n  name: y\n", "model.name", (3, 4)),
-    ("data:\n  columns: {id: a, id: b}\n", "data.columns.id", None),
-])
+
+@pytest.mark.parametrize(
+    "text, key, lines",
+    [
+        ("training:\n  epochs: 1\ntraining:\n  batch_size: 2\n", "training", (1, 3)),
+        ("seed: 1\nmodel:\n  name: x\n  name: y\n", "model.name", (3, 4)),
+        ("data:\n  columns: {id: a, id: b}\n", "data.columns.id", None),
+    ],
+)
 def test_a_key_written_twice_in_a_config_file_is_an_error(project, text, key, lines):
     (project / "configs" / "dup.yaml").write_text(text)
     with pytest.raises(UserError) as err:
@@ -138,6 +160,7 @@ def test_a_key_written_twice_inside_an_override_is_an_error(project):
         config_mod.load_config("t", ["training={epochs: 1, epochs: 2}"])
 
 
+@pytest.mark.e2e
 def test_the_cli_reports_a_duplicate_in_one_line(project, capsys):
     path = project / "configs" / "t.yaml"
     path.write_text(path.read_text() + "seed: 3\n")
@@ -146,8 +169,10 @@ def test_the_cli_reports_a_duplicate_in_one_line(project, capsys):
     assert len(err) == 1 and "seed is written twice" in err[0]
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("2e-5", 2e-5), ("1E8", 1e8), ("-3.5e+2", -350.0), (".5e-1", 0.05), ("1_000", 1000), ("7", 7), ("0x10", 16)])
+@pytest.mark.parametrize(
+    "text, expected",
+    [("2e-5", 2e-5), ("1E8", 1e8), ("-3.5e+2", -350.0), (".5e-1", 0.05), ("1_000", 1000), ("7", 7), ("0x10", 16)],
+)
 def test_numbers_in_exponent_form_are_numbers(text, expected):
     value = config_mod.yamlfile.load_value(text, "x")
     assert value == expected and type(value) is type(expected)
@@ -160,25 +185,33 @@ def test_strings_that_only_look_like_numbers_stay_strings(text):
 
 # ---------------------------------------------------------------- blame
 
+
 def test_a_problem_carries_its_key_message_and_origin():
-    err = ConfigError([Problem("training.epochs", "must be >= 1", "c.yaml:3"), Problem("sed", "unknown key", "command line")])
+    err = ConfigError(
+        [Problem("training.epochs", "must be >= 1", "c.yaml:3"), Problem("sed", "unknown key", "command line")]
+    )
     assert err.problems[0].key == "training.epochs" and err.problems[1].origin == "command line"
     assert str(err) == "2 problems: c.yaml:3: training.epochs: must be >= 1; command line: sed: unknown key"
 
 
-@pytest.mark.parametrize("override, key", [
-    ("trainig.epochs=2", "trainig"),            # a mistyped section, top level
-    ("sed=1", "sed"),
-    ("training.epochs=0", "training.epochs"),
-    ("training={epochs: 0}", "training.epochs"),
-    ("model.max_length=3", "model.max_length"),
-])
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("trainig.epochs=2", "trainig"),  # a mistyped section, top level
+        ("sed=1", "sed"),
+        ("training.epochs=0", "training.epochs"),
+        ("training={epochs: 0}", "training.epochs"),
+        ("model.max_length=3", "model.max_length"),
+    ],
+)
 def test_a_bad_override_is_blamed_on_the_command_line(project, capsys, override, key):
     assert train.main(["--config", "t", override]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: command line: {key}"), err
 
 
+@pytest.mark.e2e
 def test_a_bad_value_in_the_file_is_blamed_on_its_line(project, capsys):
     path = project / "configs" / "t.yaml"
     lines = path.read_text().splitlines()
@@ -198,6 +231,7 @@ def test_problems_from_both_places_are_each_blamed(project):
     assert origins["training.epochs"] == "command line" and origins["sed"].startswith("configs/t.yaml:")
 
 
+@pytest.mark.e2e
 def test_the_python_api_names_itself_not_the_command_line(project):
     with pytest.raises(ConfigError) as err:
         api.train("t", "training.epochs=0")

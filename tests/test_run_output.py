@@ -1,17 +1,32 @@
 """What a finished run prints and keeps: disk (checkpoint.keep_last_after_finish), quiet k-fold lines, the plot hint."""
+
 from __future__ import annotations
+
+import pytest
 
 import inference
 import train
 
 
+@pytest.mark.e2e
 def test_a_finished_run_can_drop_its_resume_bundles(project, capsys):
     run = project / "saved_model" / "t"
     assert train.main(["--config", "t", "training.epochs=1", "checkpoint.keep_last=2"]) == 0
     out = capsys.readouterr().out
     assert (run / "last.pt").is_file() and "on disk:" in out and "last.pt" in out  # the default keeps it
-    assert train.main(["--config", "t", "training.epochs=2", "checkpoint.keep_last=2",
-                       "checkpoint.keep_last_after_finish=false", "--overwrite"]) == 0
+    assert (
+        train.main(
+            [
+                "--config",
+                "t",
+                "training.epochs=2",
+                "checkpoint.keep_last=2",
+                "checkpoint.keep_last_after_finish=false",
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert not (run / "last.pt").exists() and not (run / "checkpoints").exists()
     assert (run / "best" / "model.safetensors").is_file()
@@ -21,6 +36,7 @@ def test_a_finished_run_can_drop_its_resume_bundles(project, capsys):
     assert inference.main(["--config", "t", "--saved_model", "t"]) == 0  # best/ is all inference needs
 
 
+@pytest.mark.e2e
 def test_a_kfold_prints_one_line_per_fold_and_one_next(project, capsys):
     assert train.main(["--config", "t", "training.epochs=1", "--folds", "2"]) == 0
     out = capsys.readouterr().out

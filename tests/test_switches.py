@@ -1,6 +1,7 @@
 """Messages name train's switches as the caller wrote them: `plaintune.train(resume=True, ...)` reads
 resume=True, overwrite=True, force=True, folds; `python train.py` reads --resume, --overwrite, --force,
 --folds. Each case runs once per caller and checks the one spelling is there and the other is not."""
+
 from __future__ import annotations
 
 import pytest
@@ -50,6 +51,7 @@ def trained_once(project) -> None:
 CALLERS = ["api", "cli"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("caller", CALLERS)
 def test_a_run_with_a_checkpoint(project, capsys, caller):
     trained_once(project)
@@ -58,6 +60,7 @@ def test_a_run_with_a_checkpoint(project, capsys, caller):
     check_spelling(caller, message, ["resume", "overwrite"])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("caller", CALLERS)
 def test_resume_with_a_changed_identity_key(project, capsys, caller):
     trained_once(project)
@@ -67,6 +70,7 @@ def test_resume_with_a_changed_identity_key(project, capsys, caller):
     check_spelling(caller, message, ["force"])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("caller", CALLERS)
 def test_resume_from_a_corrupt_last_pt(project, capsys, caller):
     trained_once(project)
@@ -78,6 +82,7 @@ def test_resume_from_a_corrupt_last_pt(project, capsys, caller):
     check_spelling(caller, message, ["overwrite"])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("caller", CALLERS)
 def test_resume_from_a_file_that_is_not_a_torch_file(project, capsys, caller):
     (project / "junk.pt").write_text("hello")
@@ -87,6 +92,7 @@ def test_resume_from_a_file_that_is_not_a_torch_file(project, capsys, caller):
     check_spelling(caller, message, [])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("caller", CALLERS)
 def test_folds_on_a_leaderboard_config(project, tiny_model_dir, capsys, caller):
     cfg = base_config(tiny_model_dir)
@@ -98,6 +104,7 @@ def test_folds_on_a_leaderboard_config(project, tiny_model_dir, capsys, caller):
     assert not (project / "saved_model").exists()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("caller", CALLERS)
 def test_folds_checks_name_the_caller_s_switch(project, capsys, caller):
     message = refusal(caller, capsys, "t", folds=1)
@@ -106,6 +113,7 @@ def test_folds_checks_name_the_caller_s_switch(project, capsys, caller):
     check_spelling(caller, message, ["folds"])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("caller", CALLERS)
 def test_a_k_fold_that_exists(project, capsys, caller):
     assert train.main(["--config", "t", "training.epochs=1", "--folds", "2"]) == 0

@@ -1,4 +1,5 @@
 """Watching a run: wandb (offline, real library), TensorBoard, metrics.jsonl, the plot, early stopping."""
+
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ def evals(project, run="t") -> list[dict]:
     return [r for r in map(json.loads, lines) if r["kind"] == "eval"]
 
 
+@pytest.mark.e2e
 def test_wandb_offline_logs_config_and_metrics_and_resumes_the_same_run(project, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("WANDB_DIR", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
@@ -47,6 +49,7 @@ def run_record(path):
     return next(r.run for r in read_records(path) if r.WhichOneof("record_type") == "run")
 
 
+@pytest.mark.e2e
 def test_wandb_follows_its_environment_variables(project, tmp_path, monkeypatch, capsys):
     """auto means WANDB_MODE; WANDB_PROJECT, WANDB_RUN_GROUP and WANDB_DIR apply unless the config sets them."""
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -62,13 +65,26 @@ def test_wandb_follows_its_environment_variables(project, tmp_path, monkeypatch,
     assert (run.project, run.run_group) == ("from-env", "group-env")
 
     # the config's own values win over the environment
-    assert train.main(["--config", "t", "run_name=u", "logging.wandb.mode=auto", "training.epochs=1",
-                       "logging.wandb.project=from-config", "logging.wandb.group=group-config"]) == 0
+    assert (
+        train.main(
+            [
+                "--config",
+                "t",
+                "run_name=u",
+                "logging.wandb.mode=auto",
+                "training.epochs=1",
+                "logging.wandb.project=from-config",
+                "logging.wandb.group=group-config",
+            ]
+        )
+        == 0
+    )
     files = sorted((tmp_path / "elsewhere" / "wandb").glob("offline-run-*/run-*.wandb"))
     projects = {(run_record(f).project, run_record(f).run_group) for f in files}
     assert projects == {("from-env", "group-env"), ("from-config", "group-config")}
 
 
+@pytest.mark.e2e
 def test_wandb_mode_disabled_in_the_environment_writes_nothing(project, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "elsewhere"))
@@ -77,6 +93,7 @@ def test_wandb_mode_disabled_in_the_environment_writes_nothing(project, tmp_path
     assert "run_ids" in torch.load(project / "saved_model" / "t" / "last.pt", weights_only=True)
 
 
+@pytest.mark.e2e
 def test_invalid_wandb_mode_is_one_error_line(project, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "bogus")
     assert train.main(["--config", "t", "logging.wandb.mode=offline", "training.epochs=1"]) == 2
@@ -85,6 +102,7 @@ def test_invalid_wandb_mode_is_one_error_line(project, monkeypatch, capsys):
     assert not (project / "saved_model").exists()
 
 
+@pytest.mark.e2e
 def test_a_backend_that_cannot_start_stops_the_run_before_anything_is_lost(project, monkeypatch, capsys):
     import wandb
 
@@ -99,12 +117,16 @@ def test_a_backend_that_cannot_start_stops_the_run_before_anything_is_lost(proje
     capsys.readouterr()
     assert train.main(["--config", "t", "training.epochs=1", "logging.wandb.mode=online", "--overwrite"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "logging.wandb: wandb could not start in online mode (api.wandb.ai: connection " \
-        "refused)" in err[0] and "logging.wandb.mode=offline" in err[0]
+    assert (
+        len(err) == 1
+        and "logging.wandb: wandb could not start in online mode (api.wandb.ai: connection refused)" in err[0]
+        and "logging.wandb.mode=offline" in err[0]
+    )
     after = {p: p.read_bytes() for p in (project / "saved_model" / "t").rglob("*") if p.is_file()}
     assert after == before  # --overwrite did not get to clear the previous run
 
 
+@pytest.mark.e2e
 def test_tensorboard_events_hold_the_metric_each_epoch(project):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -118,6 +140,7 @@ def test_tensorboard_events_hold_the_metric_each_epoch(project):
     assert {"train/loss", "train/lr", "train/samples_per_s", "eval/loss"} <= set(accumulator.Tags()["scalars"])
 
 
+@pytest.mark.e2e
 def test_curves_png_is_a_valid_image(project):
     assert train.main(["--config", "t", "training.epochs=2"]) == 0
     data = (project / "saved_model" / "t" / "curves.png").read_bytes()
@@ -143,6 +166,7 @@ def spy_on_drawings(monkeypatch) -> list:
     return drawings
 
 
+@pytest.mark.e2e
 def test_curves_are_redrawn_at_most_every_interval_and_complete_at_the_end(project, monkeypatch):
     """Validations seconds apart are drawn once, when the run finishes; far enough apart, each is drawn."""
     from plaintune.training import tracking
@@ -156,6 +180,7 @@ def test_curves_are_redrawn_at_most_every_interval_and_complete_at_the_end(proje
     assert drawings == [[6], [6, 12]]
 
 
+@pytest.mark.e2e
 def test_a_run_stopped_by_a_signal_draws_its_curves(project, monkeypatch):
     from conftest import signal_after_step
 
@@ -165,6 +190,7 @@ def test_a_run_stopped_by_a_signal_draws_its_curves(project, monkeypatch):
     assert drawings == [[6]] and (project / "saved_model" / "t" / "curves.png").is_file()
 
 
+@pytest.mark.e2e
 def test_a_resumed_run_with_nothing_left_to_train_draws_what_its_last_process_did_not(project, monkeypatch):
     """A process that dies after its last validation, before its curves are drawn (a crash while
     scoring test_path, a kill): --resume has no epoch left, and still leaves curves.png complete."""
@@ -181,6 +207,7 @@ def test_a_resumed_run_with_nothing_left_to_train_draws_what_its_last_process_di
     assert drawings == [[6, 12]] and (run / "curves.png").is_file()
 
 
+@pytest.mark.e2e
 def test_a_drawing_that_fails_after_a_signal_keeps_the_resume_command(project, monkeypatch, capsys):
     """The checkpoint is saved before the curves are drawn; a drawing that fails then is reported,
     and the user still learns how to resume."""
@@ -200,6 +227,7 @@ def test_a_drawing_that_fails_after_a_signal_keeps_the_resume_command(project, m
     assert (project / "saved_model" / "t" / "last.pt").is_file()
 
 
+@pytest.mark.e2e
 def test_metrics_jsonl_has_train_and_eval_lines(project):
     assert train.main(["--config", "t", "training.epochs=2"]) == 0
     lines = [json.loads(x) for x in (project / "saved_model" / "t" / "metrics.jsonl").read_text().splitlines()]
@@ -209,16 +237,28 @@ def test_metrics_jsonl_has_train_and_eval_lines(project):
     assert [r["epoch"] for r in evals(project)] == [1, 2]
 
 
+@pytest.mark.e2e
 def test_early_stopping_stops_at_the_expected_epoch(project, capsys):
     # A min_delta no real gain can reach: only the first validation counts as progress.
-    assert train.main(["--config", "t", "training.epochs=5", "training.early_stopping.patience=2",
-                       "training.early_stopping.min_delta=10"]) == 0
+    assert (
+        train.main(
+            [
+                "--config",
+                "t",
+                "training.epochs=5",
+                "training.early_stopping.patience=2",
+                "training.early_stopping.min_delta=10",
+            ]
+        )
+        == 0
+    )
     assert [r["epoch"] for r in evals(project)] == [1, 2, 3]
     assert "early stopping" in capsys.readouterr().out
     state = torch.load(project / "saved_model" / "t" / "last.pt", weights_only=True)["train_state"]
     assert state["stopped_early"] and state["bad_validations"] == 2
 
 
+@pytest.mark.e2e
 def test_early_stopping_counter_survives_resume(project):
     stop = ["training.early_stopping.patience=3", "training.early_stopping.min_delta=10"]
     assert train.main(["--config", "t", "training.epochs=2", *stop]) == 0  # bad_validations = 1
@@ -227,14 +267,17 @@ def test_early_stopping_counter_survives_resume(project):
     assert [r["epoch"] for r in evals(project)] == [1, 2, 3, 4]
 
 
+@pytest.mark.e2e
 def test_sweep_style_arguments(project):
     assert train.main(["--config", "t", "--training.epochs=1", "--training.learning_rate=5e-4"]) == 0
     saved = (project / "saved_model" / "t" / "config.yaml").read_text()
     assert "epochs: 1" in saved and "learning_rate: 0.0005" in saved
 
 
+@pytest.mark.e2e
 def test_sweep_spec_runs_train_py_with_unique_run_names(project):
     import yaml
+
     from conftest import REPO
 
     spec = yaml.safe_load((REPO / "configs" / "sweep.yaml").read_text())

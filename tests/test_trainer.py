@@ -1,4 +1,5 @@
 """Trainer behaviour: validation over the whole dev set, best selection, resume equivalence."""
+
 from __future__ import annotations
 
 import json
@@ -15,15 +16,14 @@ from torch import nn
 
 import train
 from plaintune.config.load import load_config
-from plaintune.data.batching import eval_loader
+from plaintune.data.batching import TrainBatchSampler, eval_loader
 from plaintune.data.tables import read_pairs
 from plaintune.data.tokenized import PairDataset
 from plaintune.model.objective import Objective
-from plaintune.inference.outputs import model_outputs
-from plaintune.training.metrics import compute_metrics
-from plaintune.data.batching import TrainBatchSampler
-from plaintune.training.tracking import Tracker
+from plaintune.model.outputs import model_outputs
+from plaintune.recipe.metrics import compute_metrics
 from plaintune.rundir.layout import RunFiles
+from plaintune.training.tracking import Tracker
 from plaintune.training.trainer import Batches, LoopOptions, Trainer
 
 
@@ -68,8 +68,15 @@ def test_validation_pearson_is_over_the_whole_set(project, tiny_model_dir):
 
     model.calls = 0
     batches = Batches(train_loader=SimpleNamespace(batch_sampler=None), dev_loader=loader, dev_labels=table.labels)
-    trainer = Trainer(model, Objective(1, "mse"), optim=None, batches=batches, files=RunFiles(project),
-                      tracker=Tracker(project, {}, "pearson", active=False), options=LoopOptions(epochs=1))
+    trainer = Trainer(
+        model,
+        Objective(1, "mse"),
+        optim=None,
+        batches=batches,
+        files=RunFiles(project),
+        tracker=Tracker(project, {}, "pearson", active=False),
+        options=LoopOptions(epochs=1),
+    )
     metrics, predictions = trainer.validate()
     metric, loss = metrics["pearson"], metrics["loss"]
     assert metric == pytest.approx(whole, abs=1e-6)
@@ -81,6 +88,7 @@ def final_weights(project) -> dict:
     return torch.load(project / "saved_model" / "t" / "last.pt", weights_only=True)["model_state_dict"]
 
 
+@pytest.mark.e2e
 def test_resume_after_epoch_equals_uninterrupted(project):
     """Run 1 epoch, then --resume with epochs=2: bit-identical to 2 epochs straight.
 
@@ -98,6 +106,7 @@ def test_resume_after_epoch_equals_uninterrupted(project):
         assert torch.equal(tensor, resumed["model_state_dict"][key]), key
 
 
+@pytest.mark.e2e
 def test_training_is_reproducible_from_the_seed(project):
     assert train.main(["--config", "t", "training.epochs=1"]) == 0
     first = final_weights(project)
@@ -133,12 +142,17 @@ def nan_loss_from(monkeypatch, step: int) -> None:
     monkeypatch.setattr(Objective, "loss", loss)
 
 
-@pytest.mark.parametrize("precision, nan_from, log_every, when", [
-    ("fp32", 8, 1, "at optimizer step 8"),  # seen at the step-8 log
-    ("fp16", 9, 4, "between optimizer steps 8 (last seen finite) and 10"),  # seen before the step-10 save
-])
-def test_non_finite_loss_stops_at_once_and_keeps_the_last_finite_state(project, monkeypatch, capsys, precision,
-                                                                       nan_from, log_every, when):
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "precision, nan_from, log_every, when",
+    [
+        ("fp32", 8, 1, "at optimizer step 8"),  # seen at the step-8 log
+        ("fp16", 9, 4, "between optimizer steps 8 (last seen finite) and 10"),  # seen before the step-10 save
+    ],
+)
+def test_non_finite_loss_stops_at_once_and_keeps_the_last_finite_state(
+    project, monkeypatch, capsys, precision, nan_from, log_every, when
+):
     from safetensors.torch import load_file
 
     nan_loss_from(monkeypatch, nan_from)
@@ -159,11 +173,16 @@ def test_non_finite_loss_stops_at_once_and_keeps_the_last_finite_state(project, 
     assert all(torch.isfinite(t).all() for t in load_file(best / "model.safetensors").values())
 
 
+@pytest.mark.e2e
 def test_non_finite_metric_is_never_best_nor_top_k_and_is_no_improvement(project, monkeypatch):
     metrics = iter([float("nan"), 0.3, float("nan"), float("inf")])
     monkeypatch.setattr(Trainer, "validate", lambda self: ({"pearson": next(metrics), "loss": 1.0}, None))
-    assert train.main(["--config", "t", "training.epochs=5", "training.early_stopping.patience=2",
-                       "checkpoint.keep_top_k=3"]) == 0
+    assert (
+        train.main(
+            ["--config", "t", "training.epochs=5", "training.early_stopping.patience=2", "checkpoint.keep_top_k=3"]
+        )
+        == 0
+    )
     run = project / "saved_model" / "t"
     state = torch.load(run / "last.pt", weights_only=True)["train_state"]
     assert (state["best_epoch"], state["best_metric"]) == (2, 0.3)
@@ -173,7 +192,7 @@ def test_non_finite_metric_is_never_best_nor_top_k_and_is_no_improvement(project
 
 
 def test_is_better_only_for_finite_metrics():
-    from plaintune.training.metrics import is_better
+    from plaintune.recipe.metrics import is_better
 
     nan, inf = float("nan"), float("inf")
     assert not is_better(nan, None) and not is_better(inf, None) and not is_better(-inf, None)
@@ -182,7 +201,7 @@ def test_is_better_only_for_finite_metrics():
     assert is_better(-0.5, nan)  # a best from an older bundle that kept a NaN
 
 
-
+@pytest.mark.e2e
 def test_ema_validates_and_saves_the_moving_average_and_resumes_bit_identically(project, monkeypatch):
     """training.ema: after each optimizer step a = d a + (1 - d) w (a = w after the first); best/ holds
     the average, last.pt the raw weights and the average, and a resume continues both exactly."""
@@ -202,8 +221,9 @@ def test_ema_validates_and_saves_the_moving_average_and_resumes_bit_identically(
     assert train.main(["--config", "t", f"training.ema={decay}", "training.epochs=1"]) == 0
     expected = given[0]
     for weights in given[1:]:
-        expected = {k: decay * expected[k] + (1 - decay) * w if w.is_floating_point() else w
-                    for k, w in weights.items()}
+        expected = {
+            k: decay * expected[k] + (1 - decay) * w if w.is_floating_point() else w for k, w in weights.items()
+        }
     best = load_file(str(project / "saved_model" / "t" / "best" / "model.safetensors"))
     bundle = torch.load(project / "saved_model" / "t" / "last.pt", weights_only=True)
     assert len(given) == bundle["train_state"]["global_step"] > 3
@@ -218,8 +238,13 @@ def test_ema_validates_and_saves_the_moving_average_and_resumes_bit_identically(
     args = ["--config", "t", f"training.ema={decay}", "training.epochs=2"]
     assert train.main([*args, "run_name=full"]) == 0
     helper = Path(__file__).parent / "crashing_train.py"  # SIGKILL after step 8; last.pt is from step 5
-    killed = subprocess.run([sys.executable, str(helper), *args, "run_name=cut"], cwd=project, timeout=300,
-                            env={**os.environ, "KILL_PLAN": "step:8", "PYTHONHASHSEED": "0"}, capture_output=True)
+    killed = subprocess.run(
+        [sys.executable, str(helper), *args, "run_name=cut"],
+        cwd=project,
+        timeout=300,
+        env={**os.environ, "KILL_PLAN": "step:8", "PYTHONHASHSEED": "0"},
+        capture_output=True,
+    )
     assert killed.returncode == -9
     assert train.main([*args, "run_name=cut", "--resume"]) == 0
     full = torch.load(project / "saved_model" / "full" / "last.pt", weights_only=True)
@@ -228,6 +253,7 @@ def test_ema_validates_and_saves_the_moving_average_and_resumes_bit_identically(
         assert torch.equal(tensor, cut["ema_state_dict"][key]), key
 
 
+@pytest.mark.e2e
 def test_optimizer_state_is_freed_before_the_best_model_is_read_back(project, monkeypatch):
     """Once last.pt holds the optimizer's moments, the final report reads best/ back without them in memory
     (for a base model they are twice the weights: the run's peak was this reload)."""
@@ -252,7 +278,7 @@ def test_heap_retention_is_limited_on_glibc_unless_the_user_chose(monkeypatch):
     MALLOC_MMAP_THRESHOLD_ is theirs; elsewhere nothing is set and nothing fails."""
     import platform
 
-    from plaintune.training import memory
+    from plaintune.runtime import memory
 
     memory.release()  # trims without error, whatever the C library
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")

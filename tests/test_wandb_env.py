@@ -1,4 +1,5 @@
 """wandb finds its own credentials: the decision between online and offline, and one line per run."""
+
 from __future__ import annotations
 
 import os
@@ -51,6 +52,7 @@ def test_unusable_credentials_are_one_line_not_silently_offline(no_wandb_env, mo
         wandb_mode("auto")
 
 
+@pytest.mark.e2e
 def test_a_resumed_offline_run_is_one_line_and_its_sync_covers_every_part(project, no_wandb_env, capsys):
     args = ["--config", "t", "logging.wandb.mode=offline"]
     assert train.main([*args, "training.epochs=1"]) == 0
@@ -61,8 +63,11 @@ def test_a_resumed_offline_run_is_one_line_and_its_sync_covers_every_part(projec
     parts = sorted(wandb_dir.glob("offline-run-*"))
     assert len(parts) == 2
     for text in (first, out):
-        lines = [line for line in text.splitlines() if ("wandb" in line.lower() or "W&B" in line)
-                 and not line.startswith(("next:", "resume with"))]
+        lines = [
+            line
+            for line in text.splitlines()
+            if ("wandb" in line.lower() or "W&B" in line) and not line.startswith(("next:", "resume with"))
+        ]
         assert len(lines) == 1, lines
     sync = next(line for line in out.splitlines() if line.startswith("wandb:"))
     assert all(f"saved_model/t/wandb/{part.name}" in sync for part in parts) and "wandb sync" in sync

@@ -5,6 +5,7 @@ a LevelDB-style log: 32 KiB blocks of chunks, each with a 7-byte header (crc32c,
 little-endian length, type FULL/FIRST/MIDDLE/LAST); the chunks of one record
 join into a serialized `wandb_internal_pb2.Record`.
 """
+
 from __future__ import annotations
 
 import struct
@@ -26,11 +27,11 @@ def read_records(path: Path) -> list:
         if left_in_block < HEADER:  # block trailer padding
             offset += left_in_block
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[offset:offset + HEADER])
+        _crc, length, kind = struct.unpack("<IHB", data[offset : offset + HEADER])
         if length == 0 and kind == 0:
             offset += left_in_block  # zero padding up to the next block
             continue
-        chunk = data[offset + HEADER:offset + HEADER + length]
+        chunk = data[offset + HEADER : offset + HEADER + length]
         offset += HEADER + length
         if kind in (FULL, FIRST):
             pending = chunk
@@ -54,9 +55,11 @@ def logged(path: Path) -> dict:
         elif kind == "run":  # the config given to wandb.init travels in the run record
             out["config"].update({item.key: item.value_json for item in record.run.config.update})
         elif kind == "history":
-            out["history"].append({item.key or "/".join(item.nested_key): item.value_json
-                                   for item in record.history.item})
+            out["history"].append(
+                {item.key or "/".join(item.nested_key): item.value_json for item in record.history.item}
+            )
         elif kind == "summary":
-            out["summary"].update({item.key or "/".join(item.nested_key): item.value_json
-                                   for item in record.summary.update})
+            out["summary"].update(
+                {item.key or "/".join(item.nested_key): item.value_json for item in record.summary.update}
+            )
     return out

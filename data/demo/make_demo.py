@@ -9,6 +9,7 @@ scene ~0.3; a little noise makes it less mechanical.
 
     python data/demo/make_demo.py      # rewrites the CSVs next to this file
 """
+
 from __future__ import annotations
 
 import csv
@@ -16,18 +17,42 @@ import random
 from pathlib import Path
 
 SUBJECTS = [
-    ["a man", "a guy", "a gentleman"], ["a woman", "a lady"], ["a child", "a kid", "a young child"],
-    ["a dog", "a puppy"], ["a cat", "a kitten"], ["a chef", "a cook"], ["a student", "a pupil"],
-    ["a doctor", "a physician"], ["a girl", "a young girl"], ["a boy", "a young boy"],
-    ["an old man", "an elderly man"], ["a group of people", "a crowd of people"], ["a teacher", "an instructor"],
+    ["a man", "a guy", "a gentleman"],
+    ["a woman", "a lady"],
+    ["a child", "a kid", "a young child"],
+    ["a dog", "a puppy"],
+    ["a cat", "a kitten"],
+    ["a chef", "a cook"],
+    ["a student", "a pupil"],
+    ["a doctor", "a physician"],
+    ["a girl", "a young girl"],
+    ["a boy", "a young boy"],
+    ["an old man", "an elderly man"],
+    ["a group of people", "a crowd of people"],
+    ["a teacher", "an instructor"],
     ["a musician", "a performer"],
 ]
 # action -> (verb forms, objects that fit it; each object with its paraphrases)
 ACTIONS = [
-    (["is playing", "plays"], [["a guitar", "an acoustic guitar"], ["the piano", "a piano"], ["a violin", "the violin"],
-                              ["soccer", "football"], ["chess", "a game of chess"]]),
-    (["is eating", "eats"], [["an apple", "a red apple"], ["a sandwich", "a sub"], ["some soup", "a bowl of soup"],
-                            ["noodles", "a plate of noodles"]]),
+    (
+        ["is playing", "plays"],
+        [
+            ["a guitar", "an acoustic guitar"],
+            ["the piano", "a piano"],
+            ["a violin", "the violin"],
+            ["soccer", "football"],
+            ["chess", "a game of chess"],
+        ],
+    ),
+    (
+        ["is eating", "eats"],
+        [
+            ["an apple", "a red apple"],
+            ["a sandwich", "a sub"],
+            ["some soup", "a bowl of soup"],
+            ["noodles", "a plate of noodles"],
+        ],
+    ),
     (["is reading", "reads"], [["a book", "a novel"], ["a newspaper", "the paper"], ["a letter", "a note"]]),
     (["is riding", "rides"], [["a bicycle", "a bike"], ["a horse", "a pony"], ["a motorcycle", "a motorbike"]]),
     (["is cooking", "is preparing"], [["dinner", "an evening meal"], ["rice", "some rice"], ["pasta", "spaghetti"]]),
@@ -36,24 +61,41 @@ ACTIONS = [
     (["is carrying", "is holding"], [["a bag", "a handbag"], ["a box", "a carton"], ["a basket", "a wicker basket"]]),
 ]
 PLACES = [
-    ["in the park", "at the park"], ["in the kitchen", "in a kitchen"], ["on the street", "on the road"],
-    ["on the beach", "by the sea"], ["in the office", "at work"], ["in the garden", "in the yard"],
-    ["at school", "in a classroom"], ["at home", "in the house"], ["on a bus", "aboard a bus"],
+    ["in the park", "at the park"],
+    ["in the kitchen", "in a kitchen"],
+    ["on the street", "on the road"],
+    ["on the beach", "by the sea"],
+    ["in the office", "at work"],
+    ["in the garden", "in the yard"],
+    ["at school", "in a classroom"],
+    ["at home", "in the house"],
+    ["on a bus", "aboard a bus"],
 ]
 
 # What changing each part of the scene costs on the 0-5 scale.
 PENALTY = {"place": 1.0, "object": 1.6, "action": 2.8, "subject": 1.8, "drop_place": 0.4}
 CHANGES = [  # (parts changed, weight of this kind of pair)
-    ((), 3), (("place",), 3), (("object",), 3), (("action",), 2), (("subject",), 2),
-    (("subject", "place"), 2), (("object", "place"), 2), (("subject", "action"), 2),
-    (("drop_place",), 2), (("unrelated",), 3),
+    ((), 3),
+    (("place",), 3),
+    (("object",), 3),
+    (("action",), 2),
+    (("subject",), 2),
+    (("subject", "place"), 2),
+    (("object", "place"), 2),
+    (("subject", "action"), 2),
+    (("drop_place",), 2),
+    (("unrelated",), 3),
 ]
 
 
 def random_scene(rng: random.Random) -> dict:
     action = rng.randrange(len(ACTIONS))
-    return {"subject": rng.randrange(len(SUBJECTS)), "action": action,
-            "object": rng.randrange(len(ACTIONS[action][1])), "place": rng.randrange(len(PLACES))}
+    return {
+        "subject": rng.randrange(len(SUBJECTS)),
+        "action": action,
+        "object": rng.randrange(len(ACTIONS[action][1])),
+        "place": rng.randrange(len(PLACES)),
+    }
 
 
 def render(scene: dict, rng: random.Random, with_place: bool = True) -> str:

@@ -4,6 +4,7 @@
 the same two functions. They are imported on first use, so that `python -m plaintune.checkpoint`
 and `import plaintune` stay light.
 """
+
 from plaintune.errors import UserError
 
 __all__ = ["train", "predict", "TrainResult", "UserError"]

@@ -4,20 +4,22 @@ A `UserError` ends a command with exit status 2 and a single `error: ...` line
 on stderr that names the file, key, row or column and says what to do. Anything
 else is a bug in plaintune (or the environment) and exits 1 with a traceback.
 """
+
 from __future__ import annotations
 
 import argparse
-import shlex
+import os
 import signal
 import sys
 import traceback
 from dataclasses import dataclass
-from typing import Callable, NoReturn, Optional, Sequence
+from typing import Callable, NoReturn, Sequence
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
 
 
 class UserError(Exception):
@@ -51,43 +53,6 @@ class ConfigError(UserError):
             super().__init__(f"{self.problems[0].origin}: {count}{body}")
         else:
             super().__init__(count + "; ".join(map(str, self.problems)))
-
-
-@dataclass(frozen=True)
-class Switches:
-    """train's switches as the caller wrote them, for messages: train.py's flags (`--resume`) or the
-    Python API's keywords (`resume=True`). A message names a switch by its field ("--resume: ...",
-    "without resume") or says how to turn it on with `on` ("pass --force", "pass force=True")."""
-
-    resume: str
-    overwrite: str
-    force: str
-    folds: str
-    turn_on: str  # what follows a switch's name to turn it on: nothing for a flag, "=True" for a keyword
-    command_line: bool  # train.py's flags (else the keywords of plaintune.train)
-
-    def on(self, switch: str) -> str:
-        """How to turn `switch` ('resume', 'overwrite', 'force') on: `--force`, or `force=True`."""
-        return getattr(self, switch) + self.turn_on
-
-    def resume_call(self, config_name: str, overrides: Sequence[str], folds: Optional[int] = None,
-                    launcher: str = "python") -> str:
-        """What continues a run as the caller started it (printed after Ctrl-C or SIGTERM): train.py's
-        command line started by `launcher` (a torchrun line under DDP), or the plaintune.train call
-        (`config_name` CONFIG_DICT: the caller's own dict)."""
-        if self.command_line:
-            return " ".join([launcher, "train.py", "--config", shlex.quote(config_name), *map(shlex.quote, overrides),
-                             *(["--folds", str(folds)] if folds is not None else []), "--resume"])
-        config = config_name if config_name == CONFIG_DICT else repr(config_name)
-        arguments = [config, *map(repr, overrides), *([f"folds={folds}"] if folds is not None else []), "resume=True"]
-        return f"plaintune.train({', '.join(arguments)})"
-
-
-CLI = Switches(resume="--resume", overwrite="--overwrite", force="--force", folds="--folds", turn_on="",
-               command_line=True)
-API = Switches(resume="resume", overwrite="overwrite", force="force", folds="folds", turn_on="=True",
-               command_line=False)
-CONFIG_DICT = "<your config dict>"  # how printed commands name a config given as a dict (plaintune.train({...}))
 
 
 class Interrupted(KeyboardInterrupt):
@@ -140,3 +105,8 @@ def run_cli(body: Callable[[], int], debug: bool = False) -> int:
     except KeyboardInterrupt as err:
         print("interrupted", file=sys.stderr)
         return err.exit_status if isinstance(err, Interrupted) else EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away (`python -m plaintune.config | head`): no traceback, and none at exit
+        # either when Python flushes stdout again (the shell's status for SIGPIPE)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE

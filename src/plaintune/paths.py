@@ -6,6 +6,7 @@ is a device, a folder given for a file is a folder, a symlink loop is a loop, an
 way that cannot be searched is "permission denied" (os.stat, since newer Pythons' Path.is_file
 answers False for it).
 """
+
 from __future__ import annotations
 
 import errno
@@ -47,8 +48,15 @@ def path_kind(path: Union[str, Path]) -> tuple[str, str]:
 
 
 def _what(kind: str, detail: str) -> str:
-    return {FILE: "a file", DIR: "a directory", MISSING: "does not exist", DEVICE: detail, LOOP: detail,
-            DENIED: "permission denied", OTHER: detail}[kind]
+    return {
+        FILE: "a file",
+        DIR: "a directory",
+        MISSING: "does not exist",
+        DEVICE: detail,
+        LOOP: detail,
+        DENIED: "permission denied",
+        OTHER: detail,
+    }[kind]
 
 
 def require(path: Union[str, Path], key: str, want: tuple[str, ...] = (FILE,), fix: str = "") -> str:
@@ -64,8 +72,7 @@ def require(path: Union[str, Path], key: str, want: tuple[str, ...] = (FILE,), f
         detail_text = "" if detail in ("not found", "No such file or directory") else f" ({detail})"
         raise UserError(f"{where} does not exist{detail_text}; {fix}")
     if kind == DENIED:
-        raise UserError(f"{where}: permission denied; make it and its folders readable, or copy it somewhere "
-                        "readable")
+        raise UserError(f"{where}: permission denied; make it and its folders readable, or copy it somewhere readable")
     raise UserError(f"{where} is {_what(kind, detail)}, not {wanted}; {fix}")
 
 
@@ -79,7 +86,9 @@ def check_readable(path: Union[str, Path], key: str) -> None:
             with open(path, "rb"):
                 pass
     except PermissionError:
-        raise UserError(f"{key}: cannot read '{path}': permission denied; make it readable (chmod -R u+rX "
-                        f"'{path}') or copy it somewhere readable") from None
+        raise UserError(
+            f"{key}: cannot read '{path}': permission denied; make it readable (chmod -R u+rX "
+            f"'{path}') or copy it somewhere readable"
+        ) from None
     except OSError as err:
         raise UserError(f"{key}: cannot read '{path}': {err.strerror or err}") from None

@@ -1,4 +1,5 @@
 """`python -m plaintune.checkpoint inspect|convert ...`: the command lives in command.py."""
+
 import sys
 
 from plaintune.checkpoint.command import main

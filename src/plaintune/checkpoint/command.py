@@ -7,9 +7,10 @@
                                       an existing non-empty OUT_DIR needs --overwrite, and then only
                                       the model's files in it (config, weights, tokenizer) are replaced
 
-Reading (formats.py) and loading (weights.py) are the code training and inference use,
+Reading (weights/formats.py) and loading (weights/load.py) are the code training and inference use,
 so what inspect reports is what a run would do; this module is only the command.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,15 +19,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional, Sequence
 
-from plaintune.checkpoint.formats import CONFIG_ATTRIBUTE
 from plaintune.config.load import load_config
+from plaintune.errors import ArgumentParser, UserError, run_cli
 from plaintune.model.architecture import read_architecture
 from plaintune.model.loading import build_model, build_tokenizer
-from plaintune.model.objective import checkpoint_record
 from plaintune.rundir import atomic
-from plaintune.errors import ArgumentParser, UserError, run_cli
-from plaintune.checkpoint.formats import SHARD_INDEXES, WEIGHT_FILES, read_json_object, read_state_dict
-from plaintune.checkpoint.weights import LoadRules, load_into, load_weights
+from plaintune.weights import record as saved_record
+from plaintune.weights.formats import SHARD_INDEXES, WEIGHT_FILES, read_json_object, read_record, read_state_dict
+from plaintune.weights.load import LoadRules, load_into, load_weights
 
 
 def _size(num_bytes: int) -> str:
@@ -42,9 +42,13 @@ def describe(state: dict, fmt: str, path: Path) -> str:
     params = sum(t.numel() for t in state.values())
     size = sum(t.numel() * t.element_size() for t in state.values())
     prefixes = Counter(k.split(".", 1)[0] for k in state)
-    lines = [f"checkpoint: {path}", f"format:     {fmt}", f"tensors:    {len(state)} ({params:,} values, {_size(size)})",
-             f"dtypes:     {', '.join(f'{d} x{n}' for d, n in dtypes.most_common())}",
-             f"prefixes:   {', '.join(f'{p}. x{n}' for p, n in prefixes.most_common(8))}"]
+    lines = [
+        f"checkpoint: {path}",
+        f"format:     {fmt}",
+        f"tensors:    {len(state)} ({params:,} values, {_size(size)})",
+        f"dtypes:     {', '.join(f'{d} x{n}' for d, n in dtypes.most_common())}",
+        f"prefixes:   {', '.join(f'{p}. x{n}' for p, n in prefixes.most_common(8))}",
+    ]
     shown = list(state.items())[:3] + list(state.items())[-2:] if len(state) > 5 else list(state.items())
     lines += [f"  {name} {tuple(t.shape)} {str(t.dtype).replace('torch.', '')}" for name, t in shown]
     return "\n".join(lines)
@@ -56,8 +60,9 @@ def _model_from_config(name: str, overrides: Sequence[str]):
 
 
 def _load_rules(model_cfg) -> LoadRules:
-    return LoadRules(model_cfg.key_rules, model_cfg.allow_missing, model_cfg.allow_unexpected,
-                     model_cfg.allow_nonfinite)
+    return LoadRules(
+        model_cfg.key_rules, model_cfg.allow_missing, model_cfg.allow_unexpected, model_cfg.allow_nonfinite
+    )
 
 
 def inspect(path: str, config: Optional[str], overrides: Sequence[str], trust: bool) -> int:
@@ -95,24 +100,30 @@ def check_out_dir(src: str, out: Path, overwrite: bool) -> None:
     itself or a folder inside it, or a non-empty folder (a data folder, a run directory ...)
     unless --overwrite. Checked before any model loads."""
     if out.exists() and not out.is_dir():
-        raise UserError(f"convert: OUT_DIR '{out}' is a file; give a directory (new or empty) to write the "
-                        "Hugging Face model into")
+        raise UserError(
+            f"convert: OUT_DIR '{out}' is a file; give a directory (new or empty) to write the Hugging Face model into"
+        )
     source, target = Path(src).resolve(), out.resolve()
     if (target == source or source in target.parents) and not overwrite:
         where = "is the checkpoint itself" if target == source else "is inside the checkpoint"
-        raise UserError(f"convert: OUT_DIR '{out}' {where} '{src}'; choose another directory, or pass --overwrite "
-                        "to write the model's files into it")
+        raise UserError(
+            f"convert: OUT_DIR '{out}' {where} '{src}'; choose another directory, or pass --overwrite "
+            "to write the model's files into it"
+        )
     if out.is_dir() and not overwrite:
         entries = sorted(p.name for p in out.iterdir())
         if entries:
             shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
-            raise UserError(f"convert: OUT_DIR '{out}' exists and is not empty ({shown}); choose a new directory, "
-                            "or pass --overwrite to replace only the model's files in it (config.json, weights, "
-                            "tokenizer files)")
+            raise UserError(
+                f"convert: OUT_DIR '{out}' exists and is not empty ({shown}); choose a new directory, "
+                "or pass --overwrite to replace only the model's files in it (config.json, weights, "
+                "tokenizer files)"
+            )
 
 
-def convert(path: str, out_dir: str, config: str, overrides: Sequence[str], trust: bool,
-            overwrite: bool = False) -> int:
+def convert(
+    path: str, out_dir: str, config: str, overrides: Sequence[str], trust: bool, overwrite: bool = False
+) -> int:
     out = Path(out_dir)
     check_out_dir(path, out, overwrite)
     cfg, model = _model_from_config(config, overrides)
@@ -120,9 +131,9 @@ def convert(path: str, out_dir: str, config: str, overrides: Sequence[str], trus
     print(report.summary())
     # A plaintune checkpoint keeps its output mapping in the converted directory; without it the
     # result would read as a foreign model and predict raw logits.
-    record = checkpoint_record(Path(path))
+    record = read_record(Path(path))
     if record is not None:
-        setattr(model.config, CONFIG_ATTRIBUTE, record)
+        saved_record.attach(model.config, record)
         print(f"output mapping kept: {record['activation']} (recorded by plaintune)")
     tokenizer = build_tokenizer(cfg.model, read_architecture(model))  # asked for the inputs this model takes
 
@@ -141,8 +152,9 @@ def convert(path: str, out_dir: str, config: str, overrides: Sequence[str], trus
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = ArgumentParser(prog="python -m plaintune.checkpoint", description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(
+        prog="python -m plaintune.checkpoint", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p_inspect = sub.add_parser("inspect", help="show what a checkpoint holds")
     p_inspect.add_argument("path")
@@ -151,8 +163,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_convert.add_argument("path")
     p_convert.add_argument("out_dir")
     p_convert.add_argument("--config", required=True)
-    p_convert.add_argument("--overwrite", action="store_true",
-                           help="write into an existing non-empty OUT_DIR, replacing only the model's files")
+    p_convert.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into an existing non-empty OUT_DIR, replacing only the model's files",
+    )
     for p in (p_inspect, p_convert):
         p.add_argument("overrides", nargs="*", help="key.path=value config overrides")
         p.add_argument("--trust-checkpoint", action="store_true", help="allow unpickling a whole model")
@@ -166,8 +181,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error(f"unrecognized argument: {item}")
     if args.command == "inspect":
         return run_cli(lambda: inspect(args.path, args.config, args.overrides, args.trust_checkpoint), args.debug)
-    return run_cli(lambda: convert(args.path, args.out_dir, args.config, args.overrides, args.trust_checkpoint,
-                                   args.overwrite), args.debug)
+    return run_cli(
+        lambda: convert(args.path, args.out_dir, args.config, args.overrides, args.trust_checkpoint, args.overwrite),
+        args.debug,
+    )
 
 
 if __name__ == "__main__":

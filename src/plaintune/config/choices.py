@@ -1,10 +1,11 @@
 """Checks of the loss, optimizer and scheduler choices and their options, before any model loads.
 
-Names are checked against optim.py's tables, options against the classes'
+Names are checked against recipe/optim.py's tables, options against the classes'
 signatures; then the optimizer and scheduler are built once over a dummy
 parameter, so values torch would reject (betas, eps, ...) are reported
 against the config, not as a traceback an hour into a run.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -12,8 +13,21 @@ import inspect
 import torch
 
 from plaintune.errors import Problem, first_line
-from plaintune.model.optim import (BATCH_LOSSES, CLASSIFICATION_LOSSES, LOSS_NAMES, LOSSES, OPTIMIZERS, REGRESSION_LOSSES,
-                    SCHEDULERS, build_scheduler, canonical_loss, canonical_name, canonical_scheduler, spec_options)
+from plaintune.recipe.optim import (
+    BATCH_LOSSES,
+    CLASSIFICATION_LOSSES,
+    LOSS_NAMES,
+    LOSSES,
+    OPTIMIZER_NAMES,
+    OPTIMIZERS,
+    REGRESSION_LOSSES,
+    SCHEDULERS,
+    build_scheduler,
+    canonical_loss,
+    canonical_name,
+    canonical_scheduler,
+    spec_options,
+)
 
 
 def check_loss(cfg: dict) -> list[Problem]:
@@ -23,25 +37,52 @@ def check_loss(cfg: dict) -> list[Problem]:
     loss = canonical_loss(given)
     activation = cfg["model"].get("output_activation")
     if loss == "bce" and activation == "none":
-        problems.append(Problem("training.loss", "BCEWithLogitsLoss scores labels scaled to 0-1 and needs "
-                        "model.output_activation: sigmoid (or auto)"))
+        problems.append(
+            Problem(
+                "training.loss",
+                "BCEWithLogitsLoss scores labels scaled to 0-1 and needs model.output_activation: sigmoid (or auto)",
+            )
+        )
     if loss == "auto":
         pass  # resolved with the output mapping once the model is built (objective.resolve_objective)
     elif loss not in LOSSES:
         problems.append(Problem("training.loss", f"unknown loss '{given}'; valid: {LOSS_NAMES}, auto"))
     elif num_labels == 1 and loss in CLASSIFICATION_LOSSES:
-        problems.append(Problem("training.loss", f"{given} is for classification but model.num_labels is 1 "
-                        "(regression); use MSELoss or set model.num_labels"))
+        problems.append(
+            Problem(
+                "training.loss",
+                f"{given} is for classification but model.num_labels is 1 "
+                "(regression); use MSELoss or set model.num_labels",
+            )
+        )
     elif num_labels > 1 and loss in REGRESSION_LOSSES:
-        problems.append(Problem("training.loss", f"{given} is for regression but model.num_labels is "
-                        f"{num_labels}; use CrossEntropyLoss or set model.num_labels: 1"))
-    if loss in BATCH_LOSSES and isinstance(cfg["training"].get("batch_size"), int) \
-            and cfg["training"]["batch_size"] < 2:
-        problems.append(Problem("training.loss", f"{given} ranks the pairs within each batch; training.batch_size "
-                        f"{cfg['training']['batch_size']} gives it none to rank (use 16 or more)"))
+        problems.append(
+            Problem(
+                "training.loss",
+                f"{given} is for regression but model.num_labels is "
+                f"{num_labels}; use CrossEntropyLoss or set model.num_labels: 1",
+            )
+        )
+    if (
+        loss in BATCH_LOSSES
+        and isinstance(cfg["training"].get("batch_size"), int)
+        and cfg["training"]["batch_size"] < 2
+    ):
+        problems.append(
+            Problem(
+                "training.loss",
+                f"{given} ranks the pairs within each batch; training.batch_size "
+                f"{cfg['training']['batch_size']} gives it none to rank (use 16 or more)",
+            )
+        )
     if activation == "sigmoid" and num_labels == 1 and cfg["data"].get("label_range") is None:
-        problems.append(Problem("model.output_activation", "sigmoid maps the head to data.label_range, which is null; "
-                        "set data.label_range (e.g. [0.0, 5.0]) or model.output_activation: none"))
+        problems.append(
+            Problem(
+                "model.output_activation",
+                "sigmoid maps the head to data.label_range, which is null; "
+                "set data.label_range (e.g. [0.0, 5.0]) or model.output_activation: none",
+            )
+        )
     if cfg["model"].get("kind") == "bi_encoder":
         if num_labels != 1:
             problems.append(Problem("model.kind", "bi_encoder scores similarity; it needs model.num_labels: 1"))
@@ -56,7 +97,7 @@ def check_optimizer(spec: dict, learning_rate: float, dry_run: bool = True) -> l
     nothing wrong so far, whatever torch says about the values."""
     name = spec.get("name")
     if not isinstance(name, str) or canonical_name(name) not in OPTIMIZERS:
-        return [Problem("training.optimizer.name", f"unknown optimizer {name!r}; valid: AdamW, Adam, SGD")]
+        return [Problem("training.optimizer.name", f"unknown optimizer {name!r}; valid: {OPTIMIZER_NAMES}")]
     problems = []
     cls = OPTIMIZERS[canonical_name(name)]
     accepted = set(inspect.signature(cls).parameters) - {"params", "lr"}
@@ -64,8 +105,12 @@ def check_optimizer(spec: dict, learning_rate: float, dry_run: bool = True) -> l
         if key == "lr":
             problems.append(Problem("training.optimizer.lr", "set training.learning_rate instead"))
         elif key not in accepted:
-            problems.append(Problem(f"training.optimizer.{key}", f"not an argument of {cls.__name__}; "
-                            f"valid: {', '.join(sorted(accepted))}"))
+            problems.append(
+                Problem(
+                    f"training.optimizer.{key}",
+                    f"not an argument of {cls.__name__}; valid: {', '.join(sorted(accepted))}",
+                )
+            )
         elif isinstance(value, str):
             problems.append(Problem(f"training.optimizer.{key}", f"expected a number, got {value!r}"))
     if dry_run and not problems:
@@ -84,8 +129,12 @@ def check_scheduler(spec: dict, epochs: int, dry_run: bool = True) -> list[Probl
     options = spec_options(spec)
     for key, value in options.items():
         if key not in accepted:
-            problems.append(Problem(f"training.scheduler.{key}", f"not an option of the {name} scheduler; "
-                            f"valid: {', '.join(sorted(accepted))}"))
+            problems.append(
+                Problem(
+                    f"training.scheduler.{key}",
+                    f"not an option of the {name} scheduler; valid: {', '.join(sorted(accepted))}",
+                )
+            )
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
             problems.append(Problem(f"training.scheduler.{key}", f"expected a number, got {value!r}"))
         elif value < 0:
@@ -121,12 +170,20 @@ def _try_optimizer(cls: type, spec: dict, learning_rate: float) -> list[Problem]
     options = spec_options(spec)
     options.pop("weight_decay", None)
     try:
-        cls([torch.nn.Parameter(torch.zeros(1))], lr=learning_rate,
-            weight_decay=float(spec.get("weight_decay", 0.0) or 0.0), **options)
+        cls(
+            [torch.nn.Parameter(torch.zeros(1))],
+            lr=learning_rate,
+            weight_decay=float(spec.get("weight_decay", 0.0) or 0.0),
+            **options,
+        )
     except (ValueError, TypeError, RuntimeError) as err:
         options = ", ".join(f"training.optimizer.{k}" for k in spec if k != "name")
-        return [Problem("training.optimizer", f"{cls.__name__} rejects these values: {options or 'its defaults'} "
-                        f"({first_line(err)})")]
+        return [
+            Problem(
+                "training.optimizer",
+                f"{cls.__name__} rejects these values: {options or 'its defaults'} ({first_line(err)})",
+            )
+        ]
     return []
 
 
@@ -137,6 +194,11 @@ def _try_scheduler(spec: dict, epochs: int) -> list[Problem]:
         build_scheduler(spec, optimizer, steps_per_epoch=10, epochs=epochs)
     except (ValueError, TypeError, RuntimeError, OverflowError) as err:
         options = ", ".join(f"training.scheduler.{k}" for k in spec if k != "name")
-        return [Problem("training.scheduler", f"the {spec.get('name')} scheduler rejects these values: "
-                        f"{options or 'its defaults'} ({first_line(err)})")]
+        return [
+            Problem(
+                "training.scheduler",
+                f"the {spec.get('name')} scheduler rejects these values: "
+                f"{options or 'its defaults'} ({first_line(err)})",
+            )
+        ]
     return []

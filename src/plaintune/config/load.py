@@ -4,6 +4,7 @@ The loaded config is a frozen Box (see validation.py): code that needs other
 values builds a copy with `with_values`. `python -m plaintune.config` prints the
 config reference (`--update-docs` rewrites docs/config.md).
 """
+
 from __future__ import annotations
 
 import copy
@@ -16,11 +17,25 @@ import yaml
 from box import Box
 
 from plaintune.config import yamlfile
-from plaintune.errors import UserError, run_cli
-from plaintune.schema import INFERENCE, MEANINGS, REQUIRED, SCHEMA, SHARED, Role, assign, leaves, lookup, owning_key
+from plaintune.config.schema import (
+    INFERENCE,
+    MEANINGS,
+    REQUIRED,
+    SCHEMA,
+    SHARED,
+    Role,
+    assign,
+    leaves,
+    lookup,
+    owning_key,
+)
 from plaintune.config.validation import Origins, freeze, validate
+from plaintune.errors import UserError, run_cli
 
 CONFIG_DIR = Path("configs")
+# The shipped configs of this checkout (src/plaintune/config/load.py -> the project root's configs/):
+# a notebook started in another folder finds `default` there when its own folder has no configs/.
+PROJECT_CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
 
 
 def _is_sweep(path: Path) -> bool:
@@ -32,15 +47,23 @@ def _is_sweep(path: Path) -> bool:
 
 
 def resolve_config_path(name: str) -> Path:
-    """`NAME` is configs/NAME.yaml, or a path to a YAML file."""
+    """`NAME` is configs/NAME.yaml (in the working directory, else the project's configs/), or a path
+    to a YAML file."""
     candidates = [Path(name)] if name.endswith((".yaml", ".yml")) or os.sep in name else []
-    candidates += [CONFIG_DIR / f"{name}.yaml", CONFIG_DIR / f"{name}.yml", Path(name)]
+    folders = [CONFIG_DIR] + ([PROJECT_CONFIG_DIR] if PROJECT_CONFIG_DIR.resolve() != CONFIG_DIR.resolve() else [])
+    candidates += [folder / f"{name}{suffix}" for folder in folders for suffix in (".yaml", ".yml")] + [Path(name)]
     for path in candidates:
         if path.is_file():
             return path
-    shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if not _is_sweep(p)) if CONFIG_DIR.is_dir() else []
+    shipped = sorted(
+        {p.stem for folder in folders if folder.is_dir() for p in folder.glob("*.yaml") if not _is_sweep(p)}
+    )
     hint = f"; shipped configs: {', '.join(shipped)}" if shipped else ""
-    raise UserError(f"config '{name}' not found (looked for {CONFIG_DIR / (name + '.yaml')} and {name}){hint}")
+    looked = " and ".join(str(folder / f"{name}.yaml") for folder in folders)
+    raise UserError(
+        f"config '{name}' not found (looked for {looked} and {name}){hint}; give a path to your YAML file, or "
+        "start from a shipped one"
+    )
 
 
 def read_yaml(path: Path) -> tuple[dict, dict[str, int]]:
@@ -55,8 +78,10 @@ def read_yaml(path: Path) -> tuple[dict, dict[str, int]]:
     if data is None:
         raise UserError(f"{path}: the config is empty; start from configs/default.yaml")
     if not isinstance(data, dict):
-        raise UserError(f"{path}: the top level must be a mapping of keys (got a {type(data).__name__}); "
-                        "start from configs/default.yaml")
+        raise UserError(
+            f"{path}: the top level must be a mapping of keys (got a {type(data).__name__}); "
+            "start from configs/default.yaml"
+        )
     return data, lines
 
 
@@ -88,8 +113,9 @@ def overridden_keys(overrides: Iterable[str]) -> list[str]:
     return keys
 
 
-def apply_overrides(data: dict, overrides: Iterable[str], origins: Optional[Origins] = None,
-                    origin: str = "command line") -> dict:
+def apply_overrides(
+    data: dict, overrides: Iterable[str], origins: Optional[Origins] = None, origin: str = "command line"
+) -> dict:
     """Apply `key.path=value` overrides, noting in `origins` that `origin` set each key. An override
     naming a whole section merges a mapping into it (`training={epochs: 1}` keeps the other training
     keys); emptying a section is an error. A key given twice takes the later value, as on any command
@@ -99,8 +125,10 @@ def apply_overrides(data: dict, overrides: Iterable[str], origins: Optional[Orig
         key, value = parse_override(text)
         if isinstance(lookup(SCHEMA, key), dict):
             if not isinstance(value, dict):
-                raise UserError(f"{origin}: override '{text}': {key} is a section of keys; set one key "
-                                f"({key}.KEY=value) or give a mapping ({key}={{KEY: value}})")
+                raise UserError(
+                    f"{origin}: override '{text}': {key} is a section of keys; set one key "
+                    f"({key}.KEY=value) or give a mapping ({key}={{KEY: value}})"
+                )
             value = {**(lookup(data, key) if isinstance(lookup(data, key), dict) else {}), **value}
         parts = key.split(".")
         for end in range(1, len(parts)):
@@ -113,8 +141,9 @@ def apply_overrides(data: dict, overrides: Iterable[str], origins: Optional[Orig
     return data
 
 
-def load_config(name: str, overrides: Iterable[str] = (), purpose: Optional[str] = None,
-                origin: str = "command line") -> Box:
+def load_config(
+    name: str, overrides: Iterable[str] = (), purpose: Optional[str] = None, origin: str = "command line"
+) -> Box:
     """Read configs/NAME.yaml (or a path), apply `key.path=value` overrides, validate; frozen.
 
     A problem is blamed on where its value came from: the file and the key's line, or `origin`
@@ -122,8 +151,9 @@ def load_config(name: str, overrides: Iterable[str] = (), purpose: Optional[str]
     path = resolve_config_path(name)
     data, lines = read_yaml(path)
     origins = Origins(str(path), lines)
-    return validate(apply_overrides(data, overrides, origins, origin), source=str(path), purpose=purpose,
-                    origins=origins)
+    return validate(
+        apply_overrides(data, overrides, origins, origin), source=str(path), purpose=purpose, origins=origins
+    )
 
 
 def to_plain(cfg: Any) -> Any:
@@ -159,8 +189,11 @@ def reference_markdown() -> str:
     """The config reference table (key, role, default, meaning), generated from the schema."""
     rows = ["| key | role | default | meaning |", "|---|---|---|---|"]
     for key, spec in leaves():
-        default = "(required)" if spec.default is REQUIRED else yaml.safe_dump(
-            spec.default, default_flow_style=True).strip().removesuffix("...").strip()
+        default = (
+            "(required)"
+            if spec.default is REQUIRED
+            else yaml.safe_dump(spec.default, default_flow_style=True).strip().removesuffix("...").strip()
+        )
         rows.append(f"| `{key}` | {role_label(spec.role)} | `{default}` | {spec.doc} |")
     return "\n".join(rows)
 
@@ -169,7 +202,7 @@ REFERENCE_PAGE = Path("docs") / "config.md"
 REFERENCE_INTRO = """\
 # Config reference
 
-Generated from `src/plaintune/schema.py` by `python -m plaintune.config --update-docs`; do not edit by
+Generated from `src/plaintune/config/schema.py` by `python -m plaintune.config --update-docs`; do not edit by
 hand (`tests/test_config.py` fails when this page and the schema differ).
 
 A config is one YAML file (`configs/NAME.yaml`, or any path) plus `key.path=value` overrides on the
@@ -181,8 +214,8 @@ The role says what changing a key means:
 
 | role | changing it... |
 |---|---|
-| identity | makes another run: `--resume` refuses it, naming the keys (`--force` continues anyway); a finished k-fold or leaderboard fold trains again |
-| recipe | shapes what is learned, but `--resume` continues under the new value with a note; a finished k-fold or leaderboard fold trains again |
+| identity | makes another run: `--resume` refuses it (`--force` continues anyway); a finished fold trains again |
+| recipe | shapes what is learned; `--resume` continues with a note; a finished fold trains again |
 | prediction | how a trained model predicts: a finished fold predicts its held-out part again, without training |
 | runtime | where or how the work runs and is written; nothing learned or predicted changes |
 | inference | (added to one of the above) inference reads it, so a problem with its value blocks inference too |
@@ -202,8 +235,9 @@ def reference_page() -> str:
 def update_reference(path: Path = REFERENCE_PAGE) -> None:
     """Rewrite docs/config.md from the schema."""
     if not path.parent.is_dir():
-        raise UserError(f"--update-docs: there is no '{path.parent}' folder here; run it in the repository's "
-                        "root, where docs/ is")
+        raise UserError(
+            f"--update-docs: there is no '{path.parent}' folder here; run it in the repository's root, where docs/ is"
+        )
     path.write_text(reference_page(), encoding="utf-8")
 
 
@@ -217,10 +251,11 @@ def main(argv: Optional[list] = None) -> int:
         return run_cli(lambda: update_reference() or 0)
     if args:
         return run_cli(lambda: _unknown_arguments(args))
-    print(reference_markdown())
-    return 0
+    return run_cli(lambda: print(reference_markdown()) or 0)
 
 
 def _unknown_arguments(args: list) -> int:
-    raise UserError(f"python -m plaintune.config: unknown arguments {' '.join(args)}; run it without arguments "
-                    "to print the config reference, or with --update-docs to rewrite docs/config.md")
+    raise UserError(
+        f"python -m plaintune.config: unknown arguments {' '.join(args)}; run it without arguments "
+        "to print the config reference, or with --update-docs to rewrite docs/config.md"
+    )

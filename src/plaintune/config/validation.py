@@ -5,13 +5,14 @@ unknown keys (with the nearest valid key), wrong types, bad choices, out-of-rang
 numbers, unknown loss/optimizer/scheduler names and their keyword arguments,
 and missing data files.
 """
+
 from __future__ import annotations
 
 import copy
 import difflib
-from dataclasses import replace
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -19,15 +20,9 @@ from box import Box
 
 from plaintune import paths
 from plaintune.config.choices import check_component_choices
-from plaintune.errors import ConfigError, Problem
-from plaintune.schema import INFERENCE, LEAVES, REQUIRED, SCHEMA, Field, owning_key
+from plaintune.config.schema import INFERENCE, LEAVES, REQUIRED, SCHEMA, Field, data_files, owning_key
 from plaintune.config.yamlfile import line_of
-
-# Which data files must exist for which command.
-REQUIRED_FILES = {
-    "train": ("train_path", "dev_path"),
-    "inference": ("predict_path", "submission_template"),
-}
+from plaintune.errors import ConfigError, Problem
 
 
 def freeze(data: dict) -> Box:
@@ -95,8 +90,9 @@ def _validate_section(data: Any, schema: dict, prefix: str, problems: list[Probl
     for key, spec in schema.items():
         where = f"{prefix}{key}"
         if isinstance(spec, dict):
-            out[key] = _validate_section(data.get(key, {}) if data.get(key) is not None else {}, spec,
-                                         where + ".", problems)
+            out[key] = _validate_section(
+                data.get(key, {}) if data.get(key) is not None else {}, spec, where + ".", problems
+            )
         elif key in data:
             value = data[key]
             if spec.open_keys and isinstance(value, dict) and isinstance(spec.default, dict):
@@ -132,31 +128,48 @@ def _check_values(cfg: dict, problems: list[Problem]) -> None:
         problems.append(Problem("seed", f"must be between 0 and 2**32 - 1 (got {cfg['seed']})"))
     name = cfg["run_name"]
     if not RUN_NAME.fullmatch(name) or name.strip(".") == "" or name != name.strip() or len(name) > 200:
-        problems.append(Problem("run_name", f"{name!r} is not a plain name (no '/', '\\', '..' or control "
-                                "characters, at most 200 characters); runs go under output_dir, so give just a "
-                                "name, e.g. run_name=roberta_lr3"))
+        problems.append(
+            Problem(
+                "run_name",
+                f"{name!r} is not a plain name (no '/', '\\', '..' or control "
+                "characters, at most 200 characters); runs go under output_dir, so give just a "
+                "name, e.g. run_name=roberta_lr3",
+            )
+        )
     label_range = cfg["data"]["label_range"]
     if isinstance(label_range, list) and len(label_range) == 2 and label_range[0] == label_range[1]:
-        problems.append(Problem("data.label_range", f"low and high are equal ({label_range}); labels need a "
-                                "range, e.g. [0.0, 5.0]"))
+        problems.append(
+            Problem("data.label_range", f"low and high are equal ({label_range}); labels need a range, e.g. [0.0, 5.0]")
+        )
     if cfg["model"]["num_labels"] > 1 and cfg["training"]["metric"] in ("pearson", "spearman"):
-        problems.append(Problem("training.metric", f"{cfg['training']['metric']} correlates scores, but "
-                                f"model.num_labels is {cfg['model']['num_labels']} (classification); use "
-                                "accuracy, f1 or loss"))
+        problems.append(
+            Problem(
+                "training.metric",
+                f"{cfg['training']['metric']} correlates scores, but "
+                f"model.num_labels is {cfg['model']['num_labels']} (classification); use "
+                "accuracy, f1 or loss",
+            )
+        )
     columns = cfg["data"]["columns"]
     read = {key: columns[key] for key in ("id", "sentence_1", "sentence_2", "label")}
     seen: dict = {}
     for key, column in read.items():
         if column in seen:
-            problems.append(Problem(f"data.columns.{key}", f"'{column}' is also data.columns.{seen[column]}; "
-                                    "each role needs its own column"))
+            problems.append(
+                Problem(
+                    f"data.columns.{key}",
+                    f"'{column}' is also data.columns.{seen[column]}; each role needs its own column",
+                )
+            )
         seen.setdefault(column, key)
     if columns["target"] == columns["id"]:
-        problems.append(Problem("data.columns.target", f"'{columns['target']}' is the id column; predictions "
-                                "would overwrite the ids: name the template's score column (e.g. target)"))
-
-
-DATA_FILE_KEYS = ("train_path", "dev_path", "test_path", "predict_path", "submission_template")
+        problems.append(
+            Problem(
+                "data.columns.target",
+                f"'{columns['target']}' is the id column; predictions "
+                "would overwrite the ids: name the template's score column (e.g. target)",
+            )
+        )
 
 
 def _apply_data_dir(cfg: dict) -> None:
@@ -165,7 +178,7 @@ def _apply_data_dir(cfg: dict) -> None:
     folder = cfg["data"]["dir"]
     if folder is None:
         return
-    for key in DATA_FILE_KEYS:
+    for key in data_files():
         value = cfg["data"][key]
         if isinstance(value, str) and not Path(value).expanduser().is_absolute():
             cfg["data"][key] = str(Path(folder) / value)
@@ -174,25 +187,35 @@ def _apply_data_dir(cfg: dict) -> None:
 
 def _check_files(cfg: dict, purpose: Optional[str], base: Path, problems: list[Problem]) -> None:
     data = cfg["data"]
-    keys = list(REQUIRED_FILES.get(purpose, ()))
-    if purpose == "train" and data.get("test_path"):
-        keys.append("test_path")
+    # the files this command must find: training's (and a test file when one is set), or inference's
+    required = {"train": data_files("train"), "inference": data_files("predict")}.get(purpose, ())
+    optional = data_files("test") if purpose == "train" else ()
+    keys = [*required, *(key for key in optional if data.get(key))]
     for key in keys:
         value = data.get(key)
         if not isinstance(value, str):
             continue
         kind, detail = paths.path_kind(base / value)
         if kind == paths.MISSING:
-            problems.append(Problem(f"data.{key}", f"file '{value}' does not exist; put your file there, set "
-                                    "data.dir to the folder that holds your files (data.dir=data/demo: the demo "
-                                    f"set), or override data.{key}=path/to/file.csv"))
+            problems.append(
+                Problem(
+                    f"data.{key}",
+                    f"file '{value}' does not exist; put your file there, set "
+                    "data.dir to the folder that holds your files (data.dir=data/demo: the demo "
+                    f"set), or override data.{key}=path/to/file.csv",
+                )
+            )
         elif kind not in (paths.FILE, paths.DENIED):  # a folder, a device, a loop: not a data file
             what = "a directory" if kind == paths.DIR else detail
-            problems.append(Problem(f"data.{key}", f"'{value}' is {what}, not a file; give the CSV file "
-                                    f"(data.{key}=path/to/file.csv)"))
+            problems.append(
+                Problem(
+                    f"data.{key}", f"'{value}' is {what}, not a file; give the CSV file (data.{key}=path/to/file.csv)"
+                )
+            )
 
 
 # ---------------------------------------------------------------- where values came from
+
 
 class Origins:
     """Where each key's value came from, so a problem is blamed on what the user actually wrote:
@@ -212,6 +235,7 @@ class Origins:
     def of(self, dotted: str) -> str:
         if not dotted:
             return self.source
+        dotted = re.sub(r"\[\d+\]", "", dotted)  # a list element (data.label_range[1]) is its list's
         parts = dotted.split(".")
         for end in range(len(parts), 0, -1):  # the key, or a section set as a whole
             origin = self.set_by.get(".".join(parts[:end]))
@@ -226,6 +250,7 @@ class Origins:
 
 # ---------------------------------------------------------------- the whole config
 
+
 def _read_at_inference(problem: Problem) -> bool:
     """Whether a problem can matter to inference: its key is one inference reads, or unknown (typos
     and misplaced sections always count)."""
@@ -233,8 +258,13 @@ def _read_at_inference(problem: Problem) -> bool:
     return key is None or INFERENCE in LEAVES[key].role
 
 
-def validate(data: dict, source: str = "config", purpose: Optional[str] = None,
-             base: Path = Path("."), origins: Optional[Origins] = None) -> Box:
+def validate(
+    data: dict,
+    source: str = "config",
+    purpose: Optional[str] = None,
+    base: Path = Path("."),
+    origins: Optional[Origins] = None,
+) -> Box:
     """Check `data` against the schema and return it completed with defaults, frozen (see `freeze`).
 
     `purpose` ('train' or 'inference') adds checks that the files that command reads exist;

@@ -8,6 +8,7 @@ On top of PyYAML's safe loader it
 - refuses documents that expand to more values than any config has ("billion laughs");
 - records the line of every key, so a problem can name where its value was written.
 """
+
 from __future__ import annotations
 
 import re
@@ -31,7 +32,8 @@ class _Loader(yaml.SafeLoader):
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."))
+    list("-+0123456789."),
+)
 
 
 def _walk(node: yaml.Node, where: str, lines: dict[str, int], label: str) -> None:
@@ -42,8 +44,10 @@ def _walk(node: yaml.Node, where: str, lines: dict[str, int], label: str) -> Non
         node, where = stack.pop()
         budget -= 1
         if budget < 0:
-            raise UserError(f"{label}: expands to more than {MAX_NODES:,} values (YAML anchors and aliases "
-                            "nested into each other?); write the values out")
+            raise UserError(
+                f"{label}: expands to more than {MAX_NODES:,} values (YAML anchors and aliases "
+                "nested into each other?); write the values out"
+            )
         if isinstance(node, yaml.MappingNode):
             seen: dict[Any, int] = {}
             for key_node, value_node in node.value:
@@ -55,8 +59,10 @@ def _walk(node: yaml.Node, where: str, lines: dict[str, int], label: str) -> Non
                 dotted = f"{where}.{key}" if where else str(key)
                 if key in seen:
                     where_twice = f"line {seen[key]} and line {line}" if seen[key] != line else f"twice on line {line}"
-                    raise UserError(f"{label}: {dotted} is written twice ({where_twice}); keep one: YAML would "
-                                    "silently use the later one")
+                    raise UserError(
+                        f"{label}: {dotted} is written twice ({where_twice}); keep one: YAML would "
+                        "silently use the later one"
+                    )
                 seen[key] = line
                 lines.setdefault(dotted, line)
                 stack.append((value_node, dotted))

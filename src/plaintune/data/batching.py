@@ -5,6 +5,7 @@ length. The training order is a pure function of (seed, epoch), so a resumed
 run can rebuild it and skip exactly the batches it already consumed; no sampler
 state beyond (epoch, batches done) needs saving.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from plaintune.config.schema import AUTO_MICRO_BATCH_TOKENS_CPU
 from plaintune.data.tokenized import PadCollator, PairDataset
-from plaintune.schema import AUTO_MICRO_BATCH_TOKENS_CPU
 
 
 class TrainBatchSampler:
@@ -32,8 +33,16 @@ class TrainBatchSampler:
     steps (their gradients are averaged, so a repeat weighs like one more batch).
     """
 
-    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, bucket: bool = True, pool: int = 64,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        lengths: np.ndarray,
+        batch_size: int,
+        seed: int,
+        bucket: bool = True,
+        pool: int = 64,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         self.lengths = np.asarray(lengths)
         self.batch_size = batch_size
         self.seed = seed
@@ -55,10 +64,10 @@ class TrainBatchSampler:
         order = rng.permutation(len(self.lengths))
         if self.bucket:
             pool_size = self.batch_size * self.pool
-            pools = [order[i:i + pool_size] for i in range(0, len(order), pool_size)]
+            pools = [order[i : i + pool_size] for i in range(0, len(order), pool_size)]
             # Stable sort keeps the random order among equal lengths.
             order = np.concatenate([p[np.argsort(self.lengths[p], kind="stable")] for p in pools])
-        batches = [order[i:i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
+        batches = [order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
         batches = [batches[i] for i in rng.permutation(len(batches))]
         # Pad cyclically: with fewer batches than ranks (a tiny train set) a plain
         # `batches[:missing]` is too short and a rank would get no batch at all, then
@@ -68,11 +77,11 @@ class TrainBatchSampler:
         return batches
 
     def rank_batches(self, epoch: int) -> list[list[int]]:
-        return self.epoch_batches(epoch)[self.rank::self.world_size]
+        return self.epoch_batches(epoch)[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[list[int]]:
         batches = self.rank_batches(self.epoch)
-        yield from batches[self.start:]
+        yield from batches[self.start :]
 
     def __len__(self) -> int:
         """Batches per epoch for this rank (a full epoch, not counting `start`)."""
@@ -87,7 +96,7 @@ class SortedBatchSampler:
 
     def __init__(self, lengths: np.ndarray, batch_size: int, rank: int = 0, world_size: int = 1):
         order = np.argsort(-np.asarray(lengths), kind="stable")
-        batches = [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+        batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
         self.batches = batches[rank::world_size]
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -115,19 +124,19 @@ def split_by_length(lengths: Sequence[int], max_tokens: int, pass_overhead: int 
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     sizes = [int(lengths[i]) for i in order]
     n = len(sizes)
-    best = [0.0] + [math.inf] * n      # best[j]: cheapest cut of the first j items
-    start = [0] * (n + 1)              # start[j]: where the last run of that cut begins
+    best = [0.0] + [math.inf] * n  # best[j]: cheapest cut of the first j items
+    start = [0] * (n + 1)  # start[j]: where the last run of that cut begins
     for j in range(1, n + 1):
         for i in range(j - 1, -1, -1):  # run = sorted items i..j-1, its longest is sizes[i]
             tokens = (j - i) * sizes[i]
             if tokens > max_tokens and i < j - 1:
-                break                   # growing the run only adds tokens
+                break  # growing the run only adds tokens
             cost = best[i] + tokens + pass_overhead
             if cost < best[j]:
                 best[j], start[j] = cost, i
     runs, j = [], n
     while j > 0:
-        runs.append(order[start[j]:j])
+        runs.append(order[start[j] : j])
         j = start[j]
     return runs[::-1]
 
@@ -152,8 +161,10 @@ class MicroBatchCollator:
             return [self.collate(items)]
         # A pair costs its joint length (cross-encoder) or both sides' lengths (bi-encoder).
         lengths = [len(item["input_ids"]) + len(item.get("input_ids_b", ())) for item in items]
-        return [self.collate([items[i] for i in run])
-                for run in split_by_length(lengths, self.max_tokens, self.pass_overhead)]
+        return [
+            self.collate([items[i] for i in run])
+            for run in split_by_length(lengths, self.max_tokens, self.pass_overhead)
+        ]
 
 
 def padding_fraction(lengths: np.ndarray, batches: Sequence[Sequence[int]]) -> float:
@@ -181,6 +192,7 @@ def micro_batch_budget(requested, device: torch.device) -> tuple[Optional[int], 
 
 # ---------------------------------------------------------------- loaders
 
+
 def label_dtype(num_labels: int) -> torch.dtype:
     return torch.float32 if num_labels == 1 else torch.long
 
@@ -191,20 +203,46 @@ def _private_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def train_loader(dataset: PairDataset, sampler: TrainBatchSampler, num_labels: int,
-                 num_workers: int = 0, pin_memory: bool = False, micro_batch_tokens: Optional[int] = None,
-                 pass_overhead: int = 0) -> DataLoader:
+def train_loader(
+    dataset: PairDataset,
+    sampler: TrainBatchSampler,
+    num_labels: int,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    micro_batch_tokens: Optional[int] = None,
+    pass_overhead: int = 0,
+) -> DataLoader:
     """Batches from `sampler`, each as a list of micro-batches (one, when `micro_batch_tokens` is None)."""
-    collate = MicroBatchCollator(PadCollator(dataset.pad_id, label_dtype(num_labels)), micro_batch_tokens,
-                                 pass_overhead)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
-                      num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
-                      generator=_private_generator(sampler.seed))
+    collate = MicroBatchCollator(
+        PadCollator(dataset.pad_id, label_dtype(num_labels)), micro_batch_tokens, pass_overhead
+    )
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        generator=_private_generator(sampler.seed),
+    )
 
 
-def eval_loader(dataset: PairDataset, batch_size: int, num_labels: int, num_workers: int = 0,
-                pin_memory: bool = False, rank: int = 0, world_size: int = 1) -> DataLoader:
+def eval_loader(
+    dataset: PairDataset,
+    batch_size: int,
+    num_labels: int,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+) -> DataLoader:
     """Batches sorted by length (least padding); the `index` field restores input order."""
     sampler = SortedBatchSampler(dataset.lengths, batch_size, rank=rank, world_size=world_size)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=PadCollator(dataset.pad_id, label_dtype(num_labels)),
-                      num_workers=num_workers, pin_memory=pin_memory, generator=_private_generator(0))
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=PadCollator(dataset.pad_id, label_dtype(num_labels)),
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        generator=_private_generator(0),
+    )

@@ -3,6 +3,7 @@
 These need all rows of a file (or of two files) at once, unlike the per-row checks
 of `data.read_pairs`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,12 +29,16 @@ def check_followed_metric(table: PairTable, key: str, cfg) -> None:
     column = cfg.data.columns.binary_label
     if table.binary is None:
         why = table.binary_problem or f"has no column '{column}'" if column else "data.columns.binary_label is null"
-        raise UserError(f"training.metric: {metric} scores the dev file's binary column, but {key} "
-                        f"'{table.path}' {why}; add it (1 where label >= 3), set data.columns.binary_label, or "
-                        "follow pearson")
+        raise UserError(
+            f"training.metric: {metric} scores the dev file's binary column, but {key} "
+            f"'{table.path}' {why}; add it (1 where label >= 3), set data.columns.binary_label, or "
+            "follow pearson"
+        )
     if metric == "f1" and table.binary.min() == table.binary.max():
-        raise UserError(f"training.metric: f1 is undefined on {key} '{table.path}': every '{column}' value is "
-                        f"{table.binary[0]}; use a dev set with both classes, or follow pearson")
+        raise UserError(
+            f"training.metric: f1 is undefined on {key} '{table.path}': every '{column}' value is "
+            f"{table.binary[0]}; use a dev set with both classes, or follow pearson"
+        )
 
 
 def check_dev_scores(table: PairTable, key: str, num_labels: int) -> None:
@@ -41,11 +46,15 @@ def check_dev_scores(table: PairTable, key: str, num_labels: int) -> None:
     if num_labels > 1:
         return
     if len(table) < 2:
-        raise UserError(f"{key}: '{table.path}' has {len(table)} row; Pearson needs at least 2 rows with different "
-                        "labels: use a larger dev set")
+        raise UserError(
+            f"{key}: '{table.path}' has {len(table)} row; Pearson needs at least 2 rows with different "
+            "labels: use a larger dev set"
+        )
     if np.ptp(table.labels) == 0:
-        raise UserError(f"{key}: '{table.path}': every label is {table.labels[0]:g}; Pearson is undefined on "
-                        "constant labels: use a dev set with different scores")
+        raise UserError(
+            f"{key}: '{table.path}': every label is {table.labels[0]:g}; Pearson is undefined on "
+            "constant labels: use a dev set with different scores"
+        )
 
 
 def pair_key(first: str, second: str) -> tuple[str, str]:
@@ -70,12 +79,16 @@ def check_overlap(train: PairTable, dev: PairTable, max_share: float, announce: 
         return
     share = pairs / len(dev)
     if share > max_share:
-        raise UserError(f"data.dev_path: {pairs} of {len(dev)} dev pairs ({share:.1%}) also appear in data.train_path "
-                        f"('{train.path}'), above data.max_overlap={max_share:g}; dev scores would measure memorised "
-                        "pairs: remove them from one file, or raise data.max_overlap if intended")
+        raise UserError(
+            f"data.dev_path: {pairs} of {len(dev)} dev pairs ({share:.1%}) also appear in data.train_path "
+            f"('{train.path}'), above data.max_overlap={max_share:g}; dev scores would measure memorised "
+            "pairs: remove them from one file, or raise data.max_overlap if intended"
+        )
     if announce:
-        print(f"note: {pairs} of {len(dev)} dev pairs ({share:.1%}) also appear in the training data"
-              + (f"; {ids} dev ids are also train ids" if ids else ""))
+        print(
+            f"note: {pairs} of {len(dev)} dev pairs ({share:.1%}) also appear in the training data"
+            + (f"; {ids} dev ids are also train ids" if ids else "")
+        )
 
 
 def fingerprint(path: str, rows: int) -> dict:
@@ -101,8 +114,11 @@ def changed_files(saved: Optional[dict], current: dict) -> list[str]:
 
 def data_fingerprints(tables: dict[str, PairTable]) -> dict:
     # train and dev make the run; test_path is only scored at the end, so editing it changes nothing here
-    return {f"data.{role}_path": fingerprint(table.path, len(table)) for role, table in tables.items()
-            if role in ("train", "dev") and Path(table.path).is_file()}
+    return {
+        f"data.{role}_path": fingerprint(table.path, len(table))
+        for role, table in tables.items()
+        if role in ("train", "dev") and Path(table.path).is_file()
+    }
 
 
 def tokenizer_coverage(tokenizer, sentences: list[str], sample: int = 1000) -> Optional[dict]:
@@ -123,14 +139,26 @@ def tokenizer_coverage(tokenizer, sentences: list[str], sample: int = 1000) -> O
     return {"unknown": unknown / len(ids), "single": single / len(ids), "per_char": len(ids) / max(characters, 1)}
 
 
-def warn_poor_coverage(tokenizer, table: PairTable, model_name: str) -> None:
-    """One warning, with the numbers and the fix, when the model cannot read the data's language."""
+# Hangul syllables, jamo and compatibility jamo
+HANGUL = ((0xAC00, 0xD7A3), (0x1100, 0x11FF), (0x3130, 0x318F))
+
+
+def hangul_share(sentences: list[str], sample: int = 1000) -> float:
+    """The share of letters that are Hangul, over a sample of the sentences."""
+    letters = [c for s in sentences[:sample] for c in s if c.isalpha()]
+    korean = sum(any(low <= ord(c) <= high for low, high in HANGUL) for c in letters)
+    return korean / len(letters) if letters else 0.0
+
+
+def warn_poor_coverage(tokenizer, table: PairTable, model_name: str, remedy: str) -> None:
+    """One warning, with the numbers in words and `remedy` (a model for the data's language), when the
+    model cannot read the data's language."""
     stats = tokenizer_coverage(tokenizer, table.sentence_1 + table.sentence_2)
     if stats is None or (stats["unknown"] < 0.02 and stats["single"] < 0.6):
         return
-    print(f"warning: the tokenizer of model.name '{model_name}' covers this data poorly: "
-          f"{stats['unknown']:.1%} unknown tokens, {stats['single']:.0%} single-character pieces, "
-          f"{stats['per_char']:.2f} tokens per character (text in the model's language: ~0%, ~30%, ~0.3); "
-          "expect poor scores. Use a model for this language, as a cross-encoder (for Korean: python train.py "
-          "--config roberta_small, klue/roberta-small; without the hub, save it with save_pretrained where you "
-          "have network and set model.name to that directory)")
+    print(
+        f"warning: the tokenizer of model.name '{model_name}' reads this data poorly: "
+        f"{stats['unknown']:.1%} of its tokens are unknown to the model, {stats['single']:.0%} are single "
+        f"characters, and it needs {stats['per_char']:.2f} tokens per character (for text in the model's own "
+        f"language: about 0%, 30% and 0.3); expect poor scores. Use a model for this language: {remedy}"
+    )

@@ -3,6 +3,7 @@
 Errors name the config key, the file, the line and the column, so a user can
 fix the CSV without reading code. Line numbers count the header as line 1.
 """
+
 from __future__ import annotations
 
 import csv
@@ -29,9 +30,9 @@ class PairTable:
     sentence_1: list[str]
     sentence_2: list[str]
     labels: Optional[np.ndarray]
-    binary: Optional[np.ndarray] = None   # the 0/1 column (data.columns.binary_label), when the file has one
+    binary: Optional[np.ndarray] = None  # the 0/1 column (data.columns.binary_label), when the file has one
     binary_problem: Optional[str] = None  # why a binary column the file has cannot be used
-    sources: Optional[list] = None        # the `source` column (genre), when the file has one
+    sources: Optional[list] = None  # the `source` column (genre), when the file has one
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -40,16 +41,27 @@ class PairTable:
         """The rows at `positions`, in that order (the optional columns too)."""
         pick = lambda values: None if values is None else [values[i] for i in positions]  # noqa: E731
         array = lambda values: None if values is None else values[np.asarray(positions, dtype=int)]  # noqa: E731
-        return PairTable(path=self.path, ids=pick(self.ids), sentence_1=pick(self.sentence_1),
-                         sentence_2=pick(self.sentence_2), labels=array(self.labels), binary=array(self.binary),
-                         binary_problem=self.binary_problem, sources=pick(self.sources))
+        return PairTable(
+            path=self.path,
+            ids=pick(self.ids),
+            sentence_1=pick(self.sentence_1),
+            sentence_2=pick(self.sentence_2),
+            labels=array(self.labels),
+            binary=array(self.binary),
+            binary_problem=self.binary_problem,
+            sources=pick(self.sources),
+        )
 
 
 def pool(first: PairTable, second: PairTable) -> PairTable:
     """Two labelled tables as one (train and dev pooled for k-fold), first's rows first."""
-    return PairTable(path=f"{first.path} + {second.path}", ids=first.ids + second.ids,
-                     sentence_1=first.sentence_1 + second.sentence_1, sentence_2=first.sentence_2 + second.sentence_2,
-                     labels=np.concatenate([first.labels, second.labels]))
+    return PairTable(
+        path=f"{first.path} + {second.path}",
+        ids=first.ids + second.ids,
+        sentence_1=first.sentence_1 + second.sentence_1,
+        sentence_2=first.sentence_2 + second.sentence_2,
+        labels=np.concatenate([first.labels, second.labels]),
+    )
 
 
 def _rows_text(lines: Sequence[int]) -> str:
@@ -75,20 +87,35 @@ def _read_rows(path: str, where: str, encoding: str) -> tuple[list[list[str]], l
                     rows.append(row)
                     lines.append(reader.line_num)
     except UnicodeDecodeError as err:
-        hint = ("; Korean Excel exports are often cp949: set data.encoding=cp949"
-                if codec == "utf-8-sig" else "; set data.encoding to the file's encoding")
-        raise UserError(f"{where} is not valid {encoding} (byte {err.object[err.start:err.start + 1]!r} "
-                        f"at offset {err.start}){hint}") from None
+        hint = (
+            "; Korean Excel exports are often cp949: set data.encoding=cp949"
+            if codec == "utf-8-sig"
+            else "; set data.encoding to the file's encoding"
+        )
+        raise UserError(
+            f"{where} is not valid {encoding} (byte {err.object[err.start : err.start + 1]!r} "
+            f"at offset {err.start}){hint}"
+        ) from None
     except LookupError:
         raise UserError(f"data.encoding: unknown encoding '{encoding}'; use e.g. utf-8 or cp949") from None
     except PermissionError:
-        raise UserError(f"{where}: permission denied; make it readable (chmod u+r '{path}') or copy it "
-                        "somewhere readable") from None
+        raise UserError(
+            f"{where}: permission denied; make it readable (chmod u+r '{path}') or copy it somewhere readable"
+        ) from None
     except OSError as err:  # e.g. an I/O error on a failing disk or a dropped network mount
         raise UserError(f"{where} cannot be read ({err.strerror or err})") from None
     except csv.Error as err:
-        raise UserError(f"{where} is not a well-formed CSV (line {lines[-1] + 1 if lines else 1}: {err}); "
-                        "quote fields that contain commas or quotes") from None
+        line = lines[-1] + 1 if lines else 1
+        if "field larger than field limit" in str(err):
+            # almost always a quote that opens a field and never closes: the rest of the file is one field
+            raise UserError(
+                f"{where}: from line {line} on, one field is longer than {csv.field_size_limit():,} characters: "
+                f'usually a quote (") that opens a field and is never closed, so the rest of the file reads as '
+                f'one text; check the quotes on line {line} (a quote inside a quoted field is written twice: "")'
+            ) from None
+        raise UserError(
+            f"{where} is not a well-formed CSV (line {line}: {err}); quote fields that contain commas or quotes"
+        ) from None
     return rows, lines
 
 
@@ -112,8 +139,10 @@ def read_csv_checked(path: str, key: str, encoding: str = "utf-8") -> pd.DataFra
     ragged = [(line, len(row)) for line, row in zip(lines[1:], rows[1:]) if len(row) != len(header)]
     if ragged:
         line, count = ragged[0]
-        raise UserError(f"{where} is not a well-formed CSV: line {line} has {count} fields but the header has "
-                        f"{len(header)} ({len(ragged)} such rows); quote fields that contain commas")
+        raise UserError(
+            f"{where} is not a well-formed CSV: line {line} has {count} fields but the header has "
+            f"{len(header)} ({len(ragged)} such rows); quote fields that contain commas"
+        )
     frame = pd.DataFrame(rows[1:], columns=header, dtype=str)
     frame.attrs["lines"] = lines[1:]  # file line of each row, for messages
     return frame
@@ -125,12 +154,21 @@ def require_columns(frame: pd.DataFrame, where: str, needed: dict[str, str]) -> 
     if missing:
         names = ", ".join(f"'{c}'" for _, c in missing)
         keys = ", ".join(f"data.columns.{k}" for k, _ in missing)
-        raise UserError(f"{where} lacks column{'s' if len(missing) > 1 else ''} {names} "
-                        f"(found: {', '.join(map(str, frame.columns))}); rename the header or set {keys}")
+        raise UserError(
+            f"{where} lacks column{'s' if len(missing) > 1 else ''} {names} "
+            f"(found: {', '.join(map(str, frame.columns))}); rename the header or set {keys}"
+        )
 
 
-def read_pairs(path: str, key: str, columns: dict, encoding: str = "utf-8", labelled: Optional[bool] = True,
-               label_range: Optional[Sequence[float]] = None, unique_ids: bool = False) -> PairTable:
+def read_pairs(
+    path: str,
+    key: str,
+    columns: dict,
+    encoding: str = "utf-8",
+    labelled: Optional[bool] = True,
+    label_range: Optional[Sequence[float]] = None,
+    unique_ids: bool = False,
+) -> PairTable:
     """Read and check a pair CSV. `key` is the config key that named it (for messages).
 
     `labelled` None: labels are read when the file has a label column whose every value is a
@@ -148,21 +186,25 @@ def read_pairs(path: str, key: str, columns: dict, encoding: str = "utf-8", labe
         text = frame[col].str.strip()
         bad = text.str.lower().isin(MISSING_TEXT).to_numpy()
         if bad.any():
-            raise UserError(f"{where}: empty sentence in column '{col}' at {_rows_text(lines[bad])}; "
-                            "fill or drop those rows")
+            raise UserError(
+                f"{where}: empty sentence in column '{col}' at {_rows_text(lines[bad])}; fill or drop those rows"
+            )
 
     ids = frame[columns["id"]].tolist()
     if unique_ids:
         dup = frame[columns["id"]].duplicated(keep="first").to_numpy()
         if dup.any():
             first = frame[columns["id"]][dup].iloc[0]
-            raise UserError(f"{where}: duplicate id '{first}' in column '{columns['id']}' at "
-                            f"{_rows_text(lines[dup])}; ids must be unique")
+            raise UserError(
+                f"{where}: duplicate id '{first}' in column '{columns['id']}' at "
+                f"{_rows_text(lines[dup])}; ids must be unique"
+            )
 
     if labelled is None:
         label_column = columns["label"]
-        numbers = pd.to_numeric(frame[label_column].str.strip(), errors="coerce") \
-            if label_column in frame.columns else None
+        numbers = (
+            pd.to_numeric(frame[label_column].str.strip(), errors="coerce") if label_column in frame.columns else None
+        )
         labelled = numbers is not None and bool(np.isfinite(numbers.to_numpy(dtype=np.float64)).all())
     labels = None
     if labelled:
@@ -171,25 +213,38 @@ def read_pairs(path: str, key: str, columns: dict, encoding: str = "utf-8", labe
         bad = ~np.isfinite(numbers)
         if bad.any():
             first = frame[col][bad].iloc[0]
-            raise UserError(f"{where}: label {first!r} in column '{col}' at {_rows_text(lines[bad])} is not a "
-                            "number; fix those rows")
+            raise UserError(
+                f"{where}: label {first!r} in column '{col}' at {_rows_text(lines[bad])} is not a "
+                "number; fix those rows"
+            )
         if label_range is not None:
             low, high = label_range
             bad = (numbers < low) | (numbers > high)
             if bad.any():
-                raise UserError(f"{where}: label {numbers[bad][0]:g} in column '{col}' at {_rows_text(lines[bad])} "
-                                f"is outside data.label_range [{low:g}, {high:g}]; fix the rows or set "
-                                "data.label_range")
+                raise UserError(
+                    f"{where}: label {numbers[bad][0]:g} in column '{col}' at {_rows_text(lines[bad])} "
+                    f"is outside data.label_range [{low:g}, {high:g}]; fix the rows or set "
+                    "data.label_range"
+                )
         labels = numbers.astype(np.float32)
     # the binary column scores regression models; a classifier trained on it has it as its label
-    binary, binary_problem = _binary_column(frame, columns.get("binary_label"), lines) \
-        if labelled and columns.get("binary_label") != columns["label"] else (None, None)
+    binary, binary_problem = (
+        _binary_column(frame, columns.get("binary_label"), lines)
+        if labelled and columns.get("binary_label") != columns["label"]
+        else (None, None)
+    )
     sources = frame["source"].tolist() if "source" in frame.columns else None
 
-    return PairTable(path=path, ids=[str(i) for i in ids],
-                     sentence_1=frame[columns["sentence_1"]].tolist(),
-                     sentence_2=frame[columns["sentence_2"]].tolist(), labels=labels, binary=binary,
-                     binary_problem=binary_problem, sources=sources)
+    return PairTable(
+        path=path,
+        ids=[str(i) for i in ids],
+        sentence_1=frame[columns["sentence_1"]].tolist(),
+        sentence_2=frame[columns["sentence_2"]].tolist(),
+        labels=labels,
+        binary=binary,
+        binary_problem=binary_problem,
+        sources=sources,
+    )
 
 
 def _binary_column(frame: pd.DataFrame, column: Optional[str], lines: np.ndarray) -> tuple:
@@ -201,8 +256,9 @@ def _binary_column(frame: pd.DataFrame, column: Optional[str], lines: np.ndarray
     values = pd.to_numeric(frame[column].str.strip(), errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isin(values, (0.0, 1.0))
     if bad.any():
-        return None, (f"has {frame[column][bad].iloc[0]!r} in column '{column}' at {_rows_text(lines[bad])}, "
-                      "not 0 or 1")
+        return None, (
+            f"has {frame[column][bad].iloc[0]!r} in column '{column}' at {_rows_text(lines[bad])}, not 0 or 1"
+        )
     return values.astype(np.int64), None
 
 
@@ -212,16 +268,22 @@ def check_class_labels(table: PairTable, key: str, num_labels: int, column: str)
     bad = (labels != np.round(labels)) | (labels < 0) | (labels >= num_labels)
     if bad.any():
         lines = np.flatnonzero(bad) + 2
-        raise UserError(f"{key}: '{table.path}': label {labels[bad][0]:g} in column '{column}' at "
-                        f"{_rows_text(lines)} is not a class id 0..{num_labels - 1} "
-                        f"(model.num_labels={num_labels})")
+        raise UserError(
+            f"{key}: '{table.path}': label {labels[bad][0]:g} in column '{column}' at "
+            f"{_rows_text(lines)} is not a class id 0..{num_labels - 1} "
+            f"(model.num_labels={num_labels})"
+        )
 
 
 def with_swapped_pairs(table: PairTable) -> PairTable:
     """The table followed by every pair reversed (similarity is symmetric, the encoder input is not)."""
-    return PairTable(path=table.path, ids=table.ids + [f"{i}~swapped" for i in table.ids],
-                     sentence_1=table.sentence_1 + table.sentence_2, sentence_2=table.sentence_2 + table.sentence_1,
-                     labels=None if table.labels is None else np.concatenate([table.labels, table.labels]))
+    return PairTable(
+        path=table.path,
+        ids=table.ids + [f"{i}~swapped" for i in table.ids],
+        sentence_1=table.sentence_1 + table.sentence_2,
+        sentence_2=table.sentence_2 + table.sentence_1,
+        labels=None if table.labels is None else np.concatenate([table.labels, table.labels]),
+    )
 
 
 def read_tables(cfg: Box) -> dict:
@@ -253,5 +315,13 @@ def describe_files(cfg: Box, tables: dict) -> list[str]:
     return lines
 
 
-__all__ = ["PairTable", "read_pairs", "describe_files",
-           "read_csv_checked", "require_columns", "check_class_labels", "with_swapped_pairs", "read_tables"]
+__all__ = [
+    "PairTable",
+    "read_pairs",
+    "describe_files",
+    "read_csv_checked",
+    "require_columns",
+    "check_class_labels",
+    "with_swapped_pairs",
+    "read_tables",
+]

@@ -1,4 +1,5 @@
 """Tokenized pair datasets (token ids computed once) and dynamic padding of a batch."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,9 +18,9 @@ class PairEncoding:
     (config.json's plaintune_output), and read back by inference, so a model predicts as it trained."""
 
     kind: str = "cross_encoder"  # cross_encoder: one joint input; bi_encoder: each sentence alone
-    max_length: int = 128        # tokens per input, longest side truncated first
+    max_length: int = 128  # tokens per input, longest side truncated first
     token_type_ids: bool = True  # segment ids, only for a model with a row for each side (model/architecture.py)
-    prompt: str = ""             # model.prompt: before each sentence (bi-encoder) or before the pair (cross-encoder)
+    prompt: str = ""  # model.prompt: before each sentence (bi-encoder) or before the pair (cross-encoder)
 
     def record(self) -> dict:
         """The fields recorded in config.json (kind is recorded beside the output mapping)."""
@@ -37,16 +38,27 @@ class PairDataset(Dataset):
     or not (what the model takes). `prompt` goes before the first sentence, as sentence-transformers'
     CrossEncoder puts a prompt before a pair."""
 
-    def __init__(self, table: PairTable, tokenizer, max_length: int, swap: bool = False,
-                 token_type_ids: Optional[bool] = None, prompt: str = ""):
+    def __init__(
+        self,
+        table: PairTable,
+        tokenizer,
+        max_length: int,
+        swap: bool = False,
+        token_type_ids: Optional[bool] = None,
+        prompt: str = "",
+    ):
         first, second = (table.sentence_2, table.sentence_1) if swap else (table.sentence_1, table.sentence_2)
-        encoded = tokenizer(with_prompt(first, prompt), second, truncation="longest_first", max_length=max_length,
-                            return_token_type_ids=token_type_ids)
+        encoded = tokenizer(
+            with_prompt(first, prompt),
+            second,
+            truncation="longest_first",
+            max_length=max_length,
+            return_token_type_ids=token_type_ids,
+        )
         self.input_ids: list[list[int]] = encoded["input_ids"]
         self.token_type_ids: Optional[list[list[int]]] = encoded.get("token_type_ids")
         self.labels = table.labels
-        self.lengths = np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64,
-                                   count=len(self.input_ids))
+        self.lengths = np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self.input_ids))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def __len__(self) -> int:
@@ -68,13 +80,14 @@ class SeparatePairDataset(Dataset):
 
     def __init__(self, table: PairTable, tokenizer, max_length: int, swap: bool = False, prompt: str = ""):
         first, second = (table.sentence_2, table.sentence_1) if swap else (table.sentence_1, table.sentence_2)
-        self.input_ids = tokenizer(with_prompt(first, prompt), truncation=True, max_length=max_length,
-                                   return_token_type_ids=False)["input_ids"]
-        self.input_ids_b = tokenizer(with_prompt(second, prompt), truncation=True, max_length=max_length,
-                                     return_token_type_ids=False)["input_ids"]
+        self.input_ids = tokenizer(
+            with_prompt(first, prompt), truncation=True, max_length=max_length, return_token_type_ids=False
+        )["input_ids"]
+        self.input_ids_b = tokenizer(
+            with_prompt(second, prompt), truncation=True, max_length=max_length, return_token_type_ids=False
+        )["input_ids"]
         self.labels = table.labels
-        self.lengths = np.array([max(len(a), len(b)) for a, b in zip(self.input_ids, self.input_ids_b)],
-                                dtype=np.int64)
+        self.lengths = np.array([max(len(a), len(b)) for a, b in zip(self.input_ids, self.input_ids_b)], dtype=np.int64)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def __len__(self) -> int:
@@ -91,8 +104,9 @@ def make_dataset(table: PairTable, tokenizer, encoding: PairEncoding, swap: bool
     """The dataset a model reads: joint pairs (cross-encoder) or separate sentences (bi-encoder)."""
     if encoding.kind == "bi_encoder":
         return SeparatePairDataset(table, tokenizer, encoding.max_length, swap=swap, prompt=encoding.prompt)
-    return PairDataset(table, tokenizer, encoding.max_length, swap=swap, token_type_ids=encoding.token_type_ids,
-                       prompt=encoding.prompt)
+    return PairDataset(
+        table, tokenizer, encoding.max_length, swap=swap, token_type_ids=encoding.token_type_ids, prompt=encoding.prompt
+    )
 
 
 class PadCollator:

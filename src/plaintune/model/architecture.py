@@ -7,6 +7,7 @@ decided once per model from the model itself, built on the meta device (no memor
 anything is tokenized, and the tokenizer is then asked for exactly those inputs (and saved that way
 with best/, so every later reader of the export feeds the model the same).
 """
+
 from __future__ import annotations
 
 import functools
@@ -28,11 +29,11 @@ class Architecture:
     """The facts about a built model that decide what it may be fed."""
 
     model_type: str
-    token_type_ids: bool         # forward takes segment ids, and the model has a row for each side of a pair
-    vocab_rows: Optional[int]    # rows of the token embedding table: an id at or beyond it fails
-    positions: Optional[int]     # longest input the position table holds; None: relative positions only
-    padding_idx: Optional[int]   # the token id a fairseq-style position table counts as padding (RoBERTa, MPNet)
-    checkpointing: str           # gradient checkpointing: "transformers" (its switch), "layers" (ours), "" (none)
+    token_type_ids: bool  # forward takes segment ids, and the model has a row for each side of a pair
+    vocab_rows: Optional[int]  # rows of the token embedding table: an id at or beyond it fails
+    positions: Optional[int]  # longest input the position table holds; None: relative positions only
+    padding_idx: Optional[int]  # the token id a fairseq-style position table counts as padding (RoBERTa, MPNet)
+    checkpointing: str  # gradient checkpointing: "transformers" (its switch), "layers" (ours), "" (none)
 
     def input_names(self) -> list[str]:
         """The tokenizer outputs this model takes (a tokenizer's `model_input_names`)."""
@@ -65,15 +66,17 @@ def read_architecture(model: nn.Module) -> Architecture:
     type_rows = getattr(config, "type_vocab_size", None)
     token_types = takes_types and (not isinstance(type_rows, int) or type_rows >= 2)
     embeddings = called.get_input_embeddings()
-    vocab_rows = embeddings.num_embeddings if isinstance(embeddings, nn.Embedding) else \
-        getattr(config, "vocab_size", None)
+    vocab_rows = (
+        embeddings.num_embeddings if isinstance(embeddings, nn.Embedding) else getattr(config, "vocab_size", None)
+    )
     positions, padding_idx = _position_table(encoder, config)
     if getattr(called, "supports_gradient_checkpointing", False):
         checkpointing = "transformers"
     else:
         checkpointing = "layers" if encoder_layers(encoder) is not None else ""
-    return Architecture(str(getattr(config, "model_type", "")), token_types, vocab_rows, positions, padding_idx,
-                        checkpointing)
+    return Architecture(
+        str(getattr(config, "model_type", "")), token_types, vocab_rows, positions, padding_idx, checkpointing
+    )
 
 
 def _position_table(encoder: nn.Module, config) -> tuple[Optional[int], Optional[int]]:
@@ -94,8 +97,10 @@ def _position_table(encoder: nn.Module, config) -> tuple[Optional[int], Optional
 def check_max_length(architecture: Architecture, max_length: Optional[int]) -> None:
     """model.max_length beyond the position table fails mid-training on the first long pair."""
     if max_length is not None and architecture.positions is not None and max_length > architecture.positions:
-        raise UserError(f"model.max_length: {max_length} exceeds the model's {architecture.positions} positions; "
-                        f"set model.max_length <= {architecture.positions}")
+        raise UserError(
+            f"model.max_length: {max_length} exceeds the model's {architecture.positions} positions; "
+            f"set model.max_length <= {architecture.positions}"
+        )
 
 
 def check_tokenizer(architecture: Architecture, tokenizer, where: str = "model.name") -> None:
@@ -103,18 +108,24 @@ def check_tokenizer(architecture: Architecture, tokenizer, where: str = "model.n
     what would otherwise surface as an IndexError (or a device-side assert) in the middle of a run."""
     rows, size = architecture.vocab_rows, len(tokenizer)
     if isinstance(rows, int) and rows < size:
-        raise UserError(f"{where}: the model has {rows} token embeddings but its tokenizer has {size} tokens; "
-                        "ids beyond the table would crash: use the model's own vocabulary size or tokenizer")
+        raise UserError(
+            f"{where}: the model has {rows} token embeddings but its tokenizer has {size} tokens; "
+            "ids beyond the table would crash: use the model's own vocabulary size or tokenizer"
+        )
     pad = tokenizer.pad_token_id
     if pad is not None and isinstance(rows, int) and pad >= rows:
-        raise UserError(f"{where}: the tokenizer pads with id {pad} ({tokenizer.pad_token!r}), beyond the model's "
-                        f"{rows} token embeddings; use the model's own tokenizer")
+        raise UserError(
+            f"{where}: the tokenizer pads with id {pad} ({tokenizer.pad_token!r}), beyond the model's "
+            f"{rows} token embeddings; use the model's own tokenizer"
+        )
     if pad is not None and architecture.padding_idx is not None and pad != architecture.padding_idx:
         # such a model numbers positions by counting the tokens that are not its padding id
-        raise UserError(f"{where}: the tokenizer pads with id {pad} ({tokenizer.pad_token!r}) but this "
-                        f"{architecture.model_type} model counts id {architecture.padding_idx} as padding when it "
-                        "numbers positions; use the model's own tokenizer, or a model whose pad_token_id is "
-                        f"{pad} (model.config_overrides.pad_token_id={pad} when training from scratch)")
+        raise UserError(
+            f"{where}: the tokenizer pads with id {pad} ({tokenizer.pad_token!r}) but this "
+            f"{architecture.model_type} model counts id {architecture.padding_idx} as padding when it "
+            "numbers positions; use the model's own tokenizer, or a model whose pad_token_id is "
+            f"{pad} (model.config_overrides.pad_token_id={pad} when training from scratch)"
+        )
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> str:
@@ -139,9 +150,11 @@ def enable_gradient_checkpointing(model: nn.Module) -> str:
         for block in encoder_layers(called.base_model):
             block.__class__ = _checkpointed_class(type(block))
         return "each encoder block checkpointed (transformers has no switch for this model)"
-    raise UserError(f"training.gradient_checkpointing: a {read_architecture(model).model_type or 'model of this'} "
-                    "model has neither transformers' switch nor a stack of encoder blocks to checkpoint; set "
-                    "training.gradient_checkpointing=false")
+    raise UserError(
+        f"training.gradient_checkpointing: a {read_architecture(model).model_type or 'model of this'} "
+        "model has neither transformers' switch nor a stack of encoder blocks to checkpoint; set "
+        "training.gradient_checkpointing=false"
+    )
 
 
 @functools.cache

@@ -4,66 +4,80 @@ then what is done to a built model: freezing, the head's initial bias.
 Config overrides are checked against the model's own field types and built on
 the meta device first, so a bad value is reported by its key, not by torch.
 """
+
 from __future__ import annotations
 
 import fnmatch
 import inspect
 import re
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, NamedTuple, Optional, Sequence
 
 import torch
-from box import Box
 from torch import nn
 
-from plaintune.checkpoint import formats
 from plaintune.errors import UserError
-from plaintune.model.architecture import Architecture, check_max_length, check_tokenizer, read_architecture
+from plaintune.model.architecture import (
+    Architecture,
+    check_max_length,
+    check_tokenizer,
+    read_architecture,
+    transformer_of,
+)
 from plaintune.model.biencoder import BiEncoder, base_normalizes
-from plaintune.model.hub import first_line, is_load_failure, load_error, quiet_transformers, resolve_model_source
+from plaintune.model.hub import (
+    PACKAGED_ADVICE,
+    first_line,
+    is_load_failure,
+    load_error,
+    quiet_transformers,
+    resolve_model_source,
+)
+from plaintune.weights import formats
 
 
-def build_tokenizer(model_spec: dict, architecture: Optional[Architecture] = None):
+def build_tokenizer(model_spec: dict, architecture: Optional[Architecture] = None, advice: str = PACKAGED_ADVICE):
     """The tokenizer of model.name; given the model's Architecture, it returns exactly the inputs that
     model takes (and is saved that way with best/, for every later reader of the export)."""
     from transformers import AutoTokenizer
 
     quiet_transformers()
-    source, offline = resolve_model_source(model_spec["name"])
+    source, offline = resolve_model_source(model_spec["name"], advice)
     extra = {"model_input_names": architecture.input_names()} if architecture is not None else {}
     try:
         return AutoTokenizer.from_pretrained(source, local_files_only=offline, **extra)
     except Exception as err:
         if not is_load_failure(source, err):
             raise
-        raise load_error(model_spec["name"], offline, err, source) from None
+        raise load_error(model_spec["name"], offline, err, source, advice) from None
 
 
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
 
 
 class ModelConfig(NamedTuple):
-    config: Any                  # the HF config with overrides, dropout and labels applied
-    source: str                  # where the model is read from (a directory, or a hub id)
-    offline: bool                # local_files_only
-    architecture: Architecture   # what the model takes, read off it built on the meta device
+    config: Any  # the HF config with overrides, dropout and labels applied
+    source: str  # where the model is read from (a directory, or a hub id)
+    offline: bool  # local_files_only
+    architecture: Architecture  # what the model takes, read off it built on the meta device
+    advice: str = PACKAGED_ADVICE  # the last way out a load error offers (fitted to the data's language)
 
 
-def build_model_config(model_spec: dict) -> ModelConfig:
+def build_model_config(model_spec: dict, advice: str = PACKAGED_ADVICE) -> ModelConfig:
     """The model's config, checked: built on the meta device (which allocates nothing), so a bad
     override, a max_length beyond the position table and the model's inputs are known before any
     weights load or any text is tokenized."""
     from transformers import AutoConfig
 
     quiet_transformers()
-    source, offline = resolve_model_source(model_spec["name"])
+    source, offline = resolve_model_source(model_spec["name"], advice)
     if Path(source).is_dir():  # a damaged config.json is named as such, before transformers guesses
         formats.check_model_config(Path(source) / "config.json")
     try:
         config = AutoConfig.from_pretrained(source, local_files_only=offline)
     except (OSError, ValueError) as err:
-        raise load_error(model_spec["name"], offline, err, source) from None
+        raise load_error(model_spec["name"], offline, err, source, advice) from None
     overrides = model_spec.get("config_overrides") or {}
     for key, value in overrides.items():
         if not hasattr(config, key):
@@ -82,7 +96,7 @@ def build_model_config(model_spec: dict) -> ModelConfig:
     config.problem_type = "regression" if num_labels == 1 else "single_label_classification"
     architecture = _architecture(config, overrides, model_spec.get("kind"))
     check_max_length(architecture, model_spec.get("max_length"))
-    return ModelConfig(config, source, offline, architecture)
+    return ModelConfig(config, source, offline, architecture, advice)
 
 
 # Integer config fields that count or size something: 0 or less builds a model without layers
@@ -118,8 +132,9 @@ def _override_value(key: str, current: Any, value: Any) -> Any:
         if _kind(value) == "a whole number":
             value = float(value)
     if _kind(value) != expected:
-        raise UserError(f"model.config_overrides.{key}: expected {expected} (like the model's {current!r}), "
-                        f"got {value!r}")
+        raise UserError(
+            f"model.config_overrides.{key}: expected {expected} (like the model's {current!r}), got {value!r}"
+        )
     if expected == "a whole number" and COUNT_FIELD.search(key) and current >= 1 and value < 1:
         raise UserError(f"model.config_overrides.{key}: must be >= 1 (got {value})")
     return value
@@ -141,8 +156,10 @@ def _architecture(config, overrides: Mapping, kind: Optional[str]) -> Architectu
         if not overrides:
             raise
         values = ", ".join(f"{k}: {v!r}" for k, v in overrides.items())
-        raise UserError(f"model.config_overrides: transformers cannot build a {config.model_type} model with "
-                        f"{{{values}}} ({type(err).__name__}: {first_line(err)}); change these values") from None
+        raise UserError(
+            f"model.config_overrides: transformers cannot build a {config.model_type} model with "
+            f"{{{values}}} ({type(err).__name__}: {first_line(err)}); change these values"
+        ) from None
     return read_architecture(model)
 
 
@@ -157,25 +174,31 @@ def _pooling_flag(config) -> dict:
     return {"add_pooling_layer": False} if takes_flag else {}
 
 
-def _build_bi_encoder(model_spec: dict, config, source: str, offline: bool, pretrained: bool) -> nn.Module:
+def _build_bi_encoder(model_spec: dict, prepared: ModelConfig, pretrained: bool) -> nn.Module:
     from transformers import AutoModel
 
+    config, source, offline = prepared.config, prepared.source, prepared.offline
     extra = _pooling_flag(config)
-    settings = {"max_seq_length": model_spec.get("max_length"), "normalize": base_normalizes(source),
-                "prompt": model_spec.get("prompt") or ""}
+    settings = {
+        "max_seq_length": model_spec.get("max_length"),
+        "normalize": base_normalizes(source),
+        "prompt": model_spec.get("prompt") or "",
+    }
     if not pretrained:
         return BiEncoder(AutoModel.from_config(config, **extra), **settings)
     try:
-        return BiEncoder(AutoModel.from_pretrained(source, config=config, local_files_only=offline, **extra),
-                         **settings)
+        return BiEncoder(
+            AutoModel.from_pretrained(source, config=config, local_files_only=offline, **extra), **settings
+        )
     except Exception as err:
         if not is_load_failure(source, err):
             raise
-        raise load_error(model_spec["name"], offline, err, source) from None
+        raise load_error(model_spec["name"], offline, err, source, prepared.advice) from None
 
 
-def build_model(model_spec: dict, pretrained: Optional[bool] = None,
-                prepared: Optional[ModelConfig] = None) -> nn.Module:
+def build_model(
+    model_spec: dict, pretrained: Optional[bool] = None, prepared: Optional[ModelConfig] = None
+) -> nn.Module:
     """The sequence-classification model named by `model.name` (a BiEncoder for model.kind: bi_encoder).
 
     With pretrained weights, tensors the checkpoint lacks (a fresh head) are initialised randomly
@@ -184,33 +207,35 @@ def build_model(model_spec: dict, pretrained: Optional[bool] = None,
     """
     from transformers import AutoModelForSequenceClassification
 
-    config, source, offline, _ = prepared or build_model_config(model_spec)
+    prepared = prepared or build_model_config(model_spec)
+    config, source, offline = prepared.config, prepared.source, prepared.offline
     if pretrained is None:
         pretrained = not model_spec.get("from_scratch", False)
     if model_spec.get("kind") == "bi_encoder":
-        return _build_bi_encoder(model_spec, config, source, offline, pretrained)
+        return _build_bi_encoder(model_spec, prepared, pretrained)
     if not pretrained:
         return AutoModelForSequenceClassification.from_config(config)
     try:
         # Mismatched shapes load as fresh tensors here and are checked against allow_missing below.
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            source, config=config, local_files_only=offline, output_loading_info=True,
-            ignore_mismatched_sizes=True)
+            source, config=config, local_files_only=offline, output_loading_info=True, ignore_mismatched_sizes=True
+        )
     except Exception as err:
         if not is_load_failure(source, err):
             raise
-        raise load_error(model_spec["name"], offline, err, source) from None
+        raise load_error(model_spec["name"], offline, err, source, prepared.advice) from None
     fresh = sorted(info.get("missing_keys", []))
     if fresh:
-        print(f"model: {len(fresh)} tensors not in the pretrained weights, initialised fresh: "
-              f"{', '.join(fresh)}")
+        print(f"model: {len(fresh)} tensors not in the pretrained weights, initialised fresh: {', '.join(fresh)}")
     mismatched = sorted(str(m[0] if isinstance(m, (tuple, list)) else m) for m in info.get("mismatched_keys", []))
     allowed = model_spec.get("allow_missing") or []
     refused = [k for k in mismatched if not any(fnmatch.fnmatchcase(k, g) for g in allowed)]
     if refused:
-        raise UserError(f"model.name: '{model_spec['name']}' holds {', '.join(refused)} in another shape than "
-                        f"this model (model.num_labels={model_spec['num_labels']}); to start them fresh, set "
-                        f"model.allow_missing (e.g. [\"classifier.*\"])")
+        raise UserError(
+            f"model.name: '{model_spec['name']}' holds {', '.join(refused)} in another shape than "
+            f"this model (model.num_labels={model_spec['num_labels']}); to start them fresh, set "
+            f'model.allow_missing (e.g. ["classifier.*"])'
+        )
     if mismatched:
         print(f"model: {len(mismatched)} tensors of another shape, initialised fresh: {', '.join(mismatched)}")
     model.plaintune_fresh_keys = set(fresh) | set(mismatched)  # what did not come from the checkpoint
@@ -219,15 +244,21 @@ def build_model(model_spec: dict, pretrained: Optional[bool] = None,
 
 # ------------------------------------------------ after the weights are in place
 
+
 def check_tokenizer_fits(architecture: Architecture, tokenizer, model_spec: Mapping) -> None:
     """The tokenizer's ids fit the model (architecture.check_tokenizer), blamed on the key that set them."""
     overrides = model_spec.get("config_overrides") or {}
-    check_tokenizer(architecture, tokenizer, "model.config_overrides.vocab_size" if "vocab_size" in overrides
-                    else "model.name")
+    check_tokenizer(
+        architecture, tokenizer, "model.config_overrides.vocab_size" if "vocab_size" in overrides else "model.name"
+    )
 
 
-def apply_freeze(model: torch.nn.Module, freeze: Sequence[str], unfreeze: Sequence[str]) -> tuple[int, int]:
-    """Set requires_grad by globs; return (trainable, frozen) parameter counts."""
+def apply_freeze(
+    model: torch.nn.Module, freeze: Sequence[str], unfreeze: Sequence[str], word_embeddings: bool = False
+) -> tuple[int, int]:
+    """Set requires_grad by globs, and with `word_embeddings` freeze the token embedding table (found as
+    the model's input embeddings, so no family's parameter name is needed); return (trainable, frozen)
+    parameter counts."""
     names = [n for n, _ in model.named_parameters()]
     for pattern in list(freeze) + list(unfreeze):
         if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
@@ -238,11 +269,15 @@ def apply_freeze(model: torch.nn.Module, freeze: Sequence[str], unfreeze: Sequen
         if any(fnmatch.fnmatchcase(name, p) for p in unfreeze):
             frozen = False
         param.requires_grad_(not frozen)
+    if word_embeddings:
+        transformer_of(model).get_input_embeddings().weight.requires_grad_(False)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     if trainable == 0:
-        raise UserError(f"model.freeze: {list(freeze)} freezes every parameter, so nothing would train; narrow it, "
-                        f"or re-open some with model.unfreeze (e.g. [\"{names[-1]}\"])")
+        raise UserError(
+            f"model.freeze: {list(freeze)} freezes every parameter, so nothing would train; narrow it, "
+            f'or re-open some with model.unfreeze (e.g. ["{names[-1]}"])'
+        )
     return trainable, frozen
 
 
@@ -250,8 +285,11 @@ def init_head_bias(model: torch.nn.Module, value: float) -> bool:
     """Set the bias of a freshly initialised head's output layer (the last 1-element bias outside
     the base model). A head that came trained with the weights is left alone. Returns whether set."""
     prefix = getattr(model, "base_model_prefix", "") + "."
-    biases = [(n, p) for n, p in model.named_parameters()
-              if not n.startswith(prefix) and n.endswith("bias") and p.shape == (1,)]
+    biases = [
+        (n, p)
+        for n, p in model.named_parameters()
+        if not n.startswith(prefix) and n.endswith("bias") and p.shape == (1,)
+    ]
     fresh = getattr(model, "plaintune_fresh_keys", None)  # None: built from scratch, all fresh
     if not biases or (fresh is not None and biases[-1][0] not in fresh):
         return False

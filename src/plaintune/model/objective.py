@@ -9,9 +9,9 @@ Which mapping a head gets follows where it came from (`resolve_objective`): a
 plaintune checkpoint's recorded one, raw output for anyone else's, sigmoid for
 a head plaintune starts fresh.
 """
+
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -20,18 +20,26 @@ import torch
 import torch.nn.functional as F
 from box import Box
 
-from plaintune.checkpoint import formats
-from plaintune.checkpoint.formats import ACTIVATIONS, CONFIG_ATTRIBUTE, parse_record
-from plaintune.config.load import with_values
 from plaintune.errors import UserError
-from plaintune.model.optim import BATCH_LOSSES, build_loss, canonical_loss
-
+from plaintune.recipe.optim import BATCH_LOSSES, build_loss, canonical_loss
+from plaintune.weights import formats
+from plaintune.weights import record as saved_record
 
 
 class Objective:
-    def __init__(self, num_labels: int, loss: str, activation: str = "none",
-                 label_range: Optional[Sequence[float]] = (0.0, 5.0), kind: str = "cross_encoder"):
+    def __init__(
+        self,
+        num_labels: int,
+        loss: str,
+        activation: str = "none",
+        label_range: Optional[Sequence[float]] = (0.0, 5.0),
+        kind: str = "cross_encoder",
+        resolved: Optional[dict] = None,
+    ):
         self.kind = kind
+        # the config values `auto` resolved to for this head ({dotted key: value}), which a run records
+        # beside its config (training/derived.py)
+        self.resolved = dict(resolved or {})
         self.num_labels = num_labels
         self.loss_name = canonical_loss(loss)
         self.activation = activation if num_labels == 1 else "none"
@@ -53,16 +61,24 @@ class Objective:
         prompt the model was trained with, which inference uses too), and for a cross-encoder the
         activation sentence-transformers' CrossEncoder applies, so that CrossEncoder(best).predict()
         * span + low is this score (sigmoid), or the score itself (raw output)."""
-        setattr(model_config, CONFIG_ATTRIBUTE, {**self.describe(), **inputs})
+        saved_record.write(model_config, self.describe(), inputs)
         if self.kind == "cross_encoder" and self.regression:
-            activation = "torch.nn.modules.activation.Sigmoid" if self.activation == "sigmoid" \
+            activation = (
+                "torch.nn.modules.activation.Sigmoid"
+                if self.activation == "sigmoid"
                 else "torch.nn.modules.linear.Identity"
+            )
             model_config.sentence_transformers = {"activation_fn": activation}
 
     @classmethod
     def from_saved(cls, saved: dict, num_labels: int, loss: str) -> "Objective":
-        return cls(num_labels, loss, saved.get("activation", "none"), (saved["low"], saved["high"]),
-                   saved.get("kind", "cross_encoder"))
+        return cls(
+            num_labels,
+            loss,
+            saved.get("activation", "none"),
+            (saved["low"], saved["high"]),
+            saved.get("kind", "cross_encoder"),
+        )
 
     def to_unit(self, labels: torch.Tensor) -> torch.Tensor:
         return (labels - self.low) / self.span
@@ -87,7 +103,7 @@ class Objective:
         need memory and time quadratic in the set's size."""
         if self.loss_name not in BATCH_LOSSES or len(labels) <= chunk:
             return self.loss(logits, labels)
-        losses = [self.loss(logits[i:i + chunk], labels[i:i + chunk]) for i in range(0, len(labels), chunk)]
+        losses = [self.loss(logits[i : i + chunk], labels[i : i + chunk]) for i in range(0, len(labels), chunk)]
         return torch.stack(losses).mean()
 
     def predictions(self, logits: np.ndarray) -> np.ndarray:
@@ -110,12 +126,14 @@ class Objective:
 
 # ------------------------------------------------------------- output mapping
 # A checkpoint's head was trained with some mapping from its output to a score. plaintune
-# records it (CONFIG_ATTRIBUTE in config.json, the config in a resume bundle); a model from
+# records it (weights/record.py: config.json, the config in a resume bundle); a model from
 # anywhere else has no record, and its output is taken raw, as transformers gives it. The
 # config's `auto` never reinterprets someone else's head.
 
-def choose_activation(requested: str, record: Optional[dict], head_fresh: bool, has_range: bool,
-                      record_wins: bool) -> tuple[str, str]:
+
+def choose_activation(
+    requested: str, record: Optional[dict], head_fresh: bool, has_range: bool, record_wins: bool
+) -> tuple[str, str]:
     """(activation, why) for a regression head.
 
     `requested` is model.output_activation (auto, none or sigmoid); `record` the checkpoint's
@@ -133,8 +151,10 @@ def choose_activation(requested: str, record: Optional[dict], head_fresh: bool, 
         if has_range:
             return "sigmoid", "a fresh head: sigmoid scaled to data.label_range"
         return "none", "a fresh head, and data.label_range is null"
-    return "none", ("the checkpoint has no plaintune record of its output mapping, so its raw output is used as "
-                    "transformers gives it; set model.output_activation=sigmoid if it was trained that way")
+    return "none", (
+        "the checkpoint has no plaintune record of its output mapping, so its raw output is used as "
+        "transformers gives it; set model.output_activation=sigmoid if it was trained that way"
+    )
 
 
 def choose_loss(requested: str, activation: str, num_labels: int) -> str:
@@ -145,67 +165,15 @@ def choose_loss(requested: str, activation: str, num_labels: int) -> str:
     if requested == "auto":
         return "bce" if activation == "sigmoid" else "mse"
     if canonical_loss(requested) == "bce" and activation != "sigmoid":
-        raise UserError(f"training.loss: {requested} needs a sigmoid head, but the output mapping is {activation} "
-                        "(see the 'output mapping' line above); use training.loss=auto or mse, or set "
-                        "model.output_activation=sigmoid")
+        raise UserError(
+            f"training.loss: {requested} needs a sigmoid head, but the output mapping is {activation} "
+            "(see the 'output mapping' line above); use training.loss=auto or mse, or set "
+            "model.output_activation=sigmoid"
+        )
     return requested
 
 
 # ------------------------------------------- which mapping a checkpoint's head gets
-
-def record_from_bundle(bundle: object) -> Optional[dict]:
-    """The output record of a plaintune resume bundle (from the run config inside it); None otherwise."""
-    config = bundle.get("config") if isinstance(bundle, dict) else None
-    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
-        return None
-    model = config["model"]
-    kind = model.get("kind", "cross_encoder")
-    activation = "cosine" if kind == "bi_encoder" else model.get("output_activation")
-    if activation not in ("none", "sigmoid", "cosine"):
-        return None
-    label_range = (config.get("data") or {}).get("label_range") or [0.0, 1.0]
-    return {"activation": activation, "low": float(label_range[0]), "high": float(label_range[1]), "kind": kind,
-            "max_length": model.get("max_length"), "prompt": model.get("prompt") or ""}
-
-
-def trained_inputs(model: torch.nn.Module, source: Path) -> dict:
-    """What a plaintune checkpoint was fed in training, as recorded: max_length, token_type_ids and
-    prompt, each only when recorded (a checkpoint from anywhere else records none)."""
-    record = getattr(model.config, CONFIG_ATTRIBUTE, None) if source.is_dir() else checkpoint_record(source)
-    record = record if isinstance(record, dict) else {}
-    found = {}
-    length = record.get("max_length")
-    if isinstance(length, int) and not isinstance(length, bool) and length > 0:
-        found["max_length"] = length
-    if isinstance(record.get("token_type_ids"), bool):
-        found["token_type_ids"] = record["token_type_ids"]
-    if isinstance(record.get("prompt"), str):
-        found["prompt"] = record["prompt"]
-    return found
-
-
-def checkpoint_record(source: Path) -> Optional[dict]:
-    """How plaintune mapped this checkpoint's output, if plaintune wrote it: config.json's record for a
-    directory, the run config for a resume bundle; None for a checkpoint made anywhere else."""
-    source = Path(source)
-    if source.is_dir():
-        config_file = source / "config.json"
-        try:
-            meta = json.loads(config_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None  # reading the weights reports a damaged or missing config.json
-        return parse_record(meta.get(CONFIG_ATTRIBUTE), str(config_file)) if isinstance(meta, dict) else None
-    if not source.is_file():
-        return None
-    if source.name in formats.WEIGHT_FILES and (source.parent / "config.json").is_file():
-        return checkpoint_record(source.parent)  # best/model.safetensors: the directory's record
-    if source.suffix == ".safetensors":
-        return None
-    try:  # memory-mapped: only the small config entry is read
-        bundle = formats.quiet_torch_load(source, weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - unreadable or pickled files are reported by the weight loader
-        return None
-    return record_from_bundle(bundle)
 
 
 def head_is_fresh(model: torch.nn.Module, fresh_keys: Optional[set]) -> bool:
@@ -217,46 +185,56 @@ def head_is_fresh(model: torch.nn.Module, fresh_keys: Optional[set]) -> bool:
     return any(name in fresh_keys for name in model.state_dict() if not name.startswith(prefix))
 
 
-def resolve_objective(cfg: Box, record: Optional[dict], head_fresh: bool, record_wins: bool,
-                      announce: bool = True) -> tuple[Objective, Box]:
-    """The Objective for this run or checkpoint, and a copy of `cfg` holding the resolved mapping and
-    loss (so config.yaml and the resume bundle say what was used); prints one line saying why."""
+def resolve_objective(
+    cfg: Box,
+    record: Optional[dict],
+    head_fresh: bool,
+    record_wins: bool,
+    announce: bool = True,
+    kind: Optional[str] = None,
+) -> Objective:
+    """The Objective for this run or checkpoint (of model kind `kind`, else model.kind), holding what
+    the config's `auto` resolved to (Objective.resolved); prints one line saying why."""
     num_labels = cfg.model.num_labels
-    if record is not None and record.get("kind", "cross_encoder") != cfg.model.kind:
+    kind = kind or cfg.model.kind
+    resolved = {}
+    if record is not None and record.get("kind", "cross_encoder") != kind:
         record = None  # a record of another model kind says nothing about this model's head
-    if cfg.model.kind == "bi_encoder":
+    if kind == "bi_encoder":
         activation, why, kind = "cosine", "the bi-encoder's cosine, scaled to the label range", "bi_encoder"
     elif num_labels > 1:
         activation, why, kind = "none", "classification: the class with the highest logit", "cross_encoder"
     else:
-        activation, why = choose_activation(cfg.model.output_activation, record, head_fresh,
-                                            cfg.data.label_range is not None, record_wins)
+        activation, why = choose_activation(
+            cfg.model.output_activation, record, head_fresh, cfg.data.label_range is not None, record_wins
+        )
         kind = "cross_encoder"
         if activation == "sigmoid" and cfg.data.label_range is None and record is None:
-            raise UserError("model.output_activation: sigmoid maps the head to data.label_range, which is null; "
-                            "set data.label_range (e.g. [0.0, 5.0])")
-        cfg = with_values(cfg, {"model.output_activation": activation})
+            raise UserError(
+                "model.output_activation: sigmoid maps the head to data.label_range, which is null; "
+                "set data.label_range (e.g. [0.0, 5.0])"
+            )
+        resolved["model.output_activation"] = activation
     from_record = record is not None and activation == record.get("activation") and not head_fresh
     label_range = (record["low"], record["high"]) if from_record else cfg.data.label_range
     if record_wins:  # inference: the loss is never used
         loss = "crossentropy" if num_labels > 1 else "mse"
     else:
         loss = choose_loss(cfg.training.loss, activation, num_labels)
-        cfg = with_values(cfg, {"training.loss": loss})
+        resolved["training.loss"] = loss
     if announce and num_labels == 1:
         print(f"output mapping: {activation} ({why})")
-    return Objective(num_labels, loss, activation, label_range, kind=kind), cfg
+    return Objective(num_labels, loss, activation, label_range, kind=kind, resolved=resolved)
 
 
 def objective_for(model: torch.nn.Module, cfg: Box, source: Optional[Path] = None, announce: bool = True) -> Objective:
     """How to read this checkpoint's outputs: as plaintune recorded them, whatever the config says;
     for a checkpoint plaintune did not write, raw unless the config sets model.output_activation."""
-    record = checkpoint_record(source) if source is not None and not source.is_dir() else None
+    record = formats.read_record(source) if source is not None and not source.is_dir() else None
     # A file's record is its own (or its HF directory's); model.config came from model.name then,
     # and model.name's record says nothing about someone else's weights.
     if source is None or source.is_dir():
         where = f"{source / 'config.json'}" if source is not None else "the checkpoint's config.json"
-        record = parse_record(getattr(model.config, CONFIG_ATTRIBUTE, None), where)
-    if record is not None:  # the model was built as the checkpoint's kind
-        cfg = with_values(cfg, {"model.kind": record.get("kind", "cross_encoder")})
-    return resolve_objective(cfg, record, head_fresh=False, record_wins=True, announce=announce)[0]
+        record = saved_record.of_config(model.config, where)
+    kind = record.get("kind", "cross_encoder") if record is not None else None  # the model was built as its kind
+    return resolve_objective(cfg, record, head_fresh=False, record_wins=True, announce=announce, kind=kind)

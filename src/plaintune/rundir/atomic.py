@@ -7,6 +7,7 @@ Temporaries are named `.NAME.XXXXXXXX.tmp` next to their target, so a run can
 find and delete what a killed write left behind (ownership.stale_temporaries: only
 plaintune's own names in its own folders).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Union
 
 from plaintune.errors import UserError
-from plaintune.rundir.names import OLD_SUFFIX, TEMP_SUFFIX, temp_prefix
+from plaintune.names import OLD_SUFFIX, TEMP_SUFFIX, temp_prefix
 
 PathLike = Union[str, Path]
 
@@ -30,8 +31,14 @@ DISK_FULL = "the disk is full; free space or choose another directory"
 # Exceptions other than OSError that writers raise for an I/O failure: torch.save's
 # PytorchStreamWriter (a RuntimeError) and safetensors' serializer. Anything else a writer
 # raises (e.g. an object that cannot be pickled) is a bug in plaintune and propagates.
-WRITER_IO_FAILURES = ("PytorchStreamWriter", "inline_container", "file write failed", "unexpected pos",
-                      "I/O error", "Error while serializing")
+WRITER_IO_FAILURES = (
+    "PytorchStreamWriter",
+    "inline_container",
+    "file write failed",
+    "unexpected pos",
+    "I/O error",
+    "Error while serializing",
+)
 
 
 def _errnos(err: BaseException) -> set[int]:
@@ -154,8 +161,9 @@ def write_text(path: PathLike, text: str, encoding: str = "utf-8") -> None:
         tmp.write_text(text, encoding=encoding)
 
 
-def write_with(path: PathLike, writer: Callable[[Path], None],
-               before_replace: Optional[Callable[[], None]] = None) -> None:
+def write_with(
+    path: PathLike, writer: Callable[[Path], None], before_replace: Optional[Callable[[], None]] = None
+) -> None:
     """Atomically create `path` with `writer(tmp_path)` (e.g. torch.save, DataFrame.to_csv)."""
     with atomic_path(path, before_replace) as tmp:
         writer(tmp)

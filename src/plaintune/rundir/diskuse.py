@@ -1,10 +1,11 @@
 """What a finished run occupies on disk, and dropping its resume bundles once nothing needs them."""
+
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-from plaintune.rundir.names import LAST_FILE, STEP_DIR
+from plaintune.names import LAST_FILE, STEP_DIR
 
 
 def size_of(path: Path) -> int:

@@ -5,6 +5,7 @@ and its outputs as paths (a file, or a directory whose tree it replaces); any
 input that is an output, or lies inside a replaced tree, stops the command with
 one line before anything is written.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -43,7 +44,9 @@ def check_outputs(outputs: Iterable[tuple[str, PathLike, bool]], inputs: Mapping
                 what = "lies inside"
             else:
                 continue
-            raise UserError(f"{out_key}: '{out_path}' {what} the input {in_key} ('{inputs[in_key]}'); writing there "
-                            f"would destroy it: choose another {out_key}")
+            raise UserError(
+                f"{out_key}: '{out_path}' {what} the input {in_key} ('{inputs[in_key]}'); writing there "
+                f"would destroy it: choose another {out_key}"
+            )
         if not is_tree and target.is_dir():
             raise UserError(f"{out_key}: '{out_path}' is a directory; give a file path (e.g. output/submission.csv)")

@@ -11,6 +11,7 @@ its own to survive a crash or a resume; the top-k list lives in the train state,
 which is inside the bundle. Keeping writers and readers here means they cannot
 drift apart.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,23 +23,42 @@ from typing import Callable, Optional
 import torch
 from box import Box
 
-from plaintune.rundir import atomic
-from plaintune.rundir import modelcard
-from plaintune.rundir import ownership
 from plaintune import paths
+from plaintune.commands import CLI, Switches
 from plaintune.config.load import resolve_config_path
-from plaintune.errors import CLI, Switches, UserError
-from plaintune.checkpoint.formats import SHARD_INDEXES, WEIGHT_FILES, check_checkpoint_dir, stat_path
-from plaintune.rundir.names import (BEST_DIR, BEST_DIRS, BEST_META, CONFIG_FILE, ENSEMBLE_FILE, LAST_FILE,
-                                    LEGACY_BEST_META, LOAD_REPORT_FILE, MARKER, MODEL_CARD, RUN_FILES, RUN_FOLDERS,
-                                    RUN_LAYOUT,
-                                    SPLIT_FILE, STEP_BUNDLE, STEP_DIR, TOP_DIR, TOP_MODELS, is_one_of)
+from plaintune.config.schema import data_files
+from plaintune.errors import UserError
+from plaintune.names import (
+    BEST_DIR,
+    BEST_DIRS,
+    BEST_META,
+    CONFIG_FILE,
+    ENSEMBLE_FILE,
+    LAST_FILE,
+    LOAD_REPORT_FILE,
+    MARKER,
+    MODEL_CARD,
+    RUN_FILES,
+    RUN_FOLDERS,
+    RUN_LAYOUT,
+    SPLIT_FILE,
+    STEP_BUNDLE,
+    STEP_DIR,
+    TOP_DIR,
+    TOP_MODELS,
+    is_one_of,
+)
+from plaintune.rundir import atomic, modelcard, ownership
+from plaintune.weights.formats import SHARD_INDEXES, WEIGHT_FILES, check_checkpoint_dir, stat_path
 
 
 def is_complete_best(path: Path) -> bool:
-    meta = (path / BEST_META).is_file() or (path / LEGACY_BEST_META).is_file()
-    return (path / "config.json").is_file() and meta and any(
-        (path / name).is_file() for name in WEIGHT_FILES + SHARD_INDEXES)
+    meta = (path / BEST_META).is_file()
+    return (
+        (path / "config.json").is_file()
+        and meta
+        and any((path / name).is_file() for name in WEIGHT_FILES + SHARD_INDEXES)
+    )
 
 
 def find_best_dir(run_dir: Path) -> Optional[Path]:
@@ -59,8 +79,9 @@ def resolve_saved_model(value: str, saved_root: Path = Path("saved_model")) -> P
             return candidate
         if is_dir:
             # Its small files are checked now, before any model is built from its config.json.
-            if (candidate / "config.json").is_file() or any((candidate / n).is_file()
-                                                            for n in WEIGHT_FILES + SHARD_INDEXES):
+            if (candidate / "config.json").is_file() or any(
+                (candidate / n).is_file() for n in WEIGHT_FILES + SHARD_INDEXES
+            ):
                 check_checkpoint_dir(candidate, where)
                 return candidate
             for name in BEST_DIRS:  # an unreadable best/ is named, not passed over for last.pt
@@ -73,8 +94,10 @@ def resolve_saved_model(value: str, saved_root: Path = Path("saved_model")) -> P
             if (candidate / LAST_FILE).is_file():
                 print(f"note: {candidate} has no complete best/ yet; using its {LAST_FILE}")
                 return candidate / LAST_FILE
-            raise UserError(f"--saved_model '{value}': directory '{candidate}' holds no checkpoint "
-                            "(no best/, last.pt or model weights)")
+            raise UserError(
+                f"--saved_model '{value}': directory '{candidate}' holds no checkpoint "
+                "(no best/, last.pt or model weights)"
+            )
     runs = sorted(p.name for p in saved_root.iterdir()) if saved_root.is_dir() else []
     hint = f"; runs under {saved_root}/: {', '.join(runs)}" if runs else f"; {saved_root}/ has no runs yet"
     raise UserError(f"--saved_model '{value}': no such file, directory or run name{hint}")
@@ -83,13 +106,19 @@ def resolve_saved_model(value: str, saved_root: Path = Path("saved_model")) -> P
 class RunFiles:
     """Writes a run's checkpoints: last.pt (rotated into checkpoints/), best/ and top/."""
 
-    def __init__(self, run_dir: Path, keep_last: int = 1, tokenizer=None, bundle_extra: Optional[dict] = None,
-                 card: Optional[dict] = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        keep_last: int = 1,
+        tokenizer=None,
+        bundle_extra: Optional[dict] = None,
+        card: Optional[dict] = None,
+    ):
         self.run_dir = Path(run_dir)
         self.keep_last = keep_last
-        self.tokenizer = tokenizer               # saved beside every model directory
-        self.bundle_extra = bundle_extra or {}   # more plain data for every last.pt (config, data fingerprints)
-        self.card = card                         # the run's facts for each model's README.md (modelcard.py)
+        self.tokenizer = tokenizer  # saved beside every model directory
+        self.bundle_extra = bundle_extra or {}  # more plain data for every last.pt (config, data fingerprints)
+        self.card = card  # the run's facts for each model's README.md (modelcard.py)
 
     @property
     def last_path(self) -> Path:
@@ -118,7 +147,7 @@ class RunFiles:
 
         bundle = {**bundle, **self.bundle_extra}
         atomic.write_with(self.last_path, lambda tmp: torch.save(bundle, tmp), before_replace=keep_previous)
-        for _, path in self.step_bundles()[max(0, self.keep_last - 1):]:
+        for _, path in self.step_bundles()[max(0, self.keep_last - 1) :]:
             path.unlink(missing_ok=True)
 
     def save_model_dir(self, target: Path, model, meta: dict) -> None:
@@ -162,8 +191,12 @@ class RunFiles:
         return candidates + [p for _, p in self.step_bundles()]
 
 
-def read_newest_bundle(candidates: list[Path], reader: Callable[[Path], dict],
-                       warn: Callable[[str], None] = print, switches: Switches = CLI) -> tuple[Path, dict]:
+def read_newest_bundle(
+    candidates: list[Path],
+    reader: Callable[[Path], dict],
+    warn: Callable[[str], None] = print,
+    switches: Switches = CLI,
+) -> tuple[Path, dict]:
     """The first candidate that reads; unreadable ones are skipped with a warning naming them."""
     failures = []
     for path in candidates:
@@ -173,9 +206,11 @@ def read_newest_bundle(candidates: list[Path], reader: Callable[[Path], dict],
             failures.append(str(path))
             warn(f"warning: skipping unreadable checkpoint {path} ({err})")
     key = switches.resume
-    raise UserError(f"{key}: no readable checkpoint ({', '.join(failures)} could not be read); start the run "
-                    f"over with {switches.on('overwrite')} (this deletes its checkpoints; without {key}), or give "
-                    f"{key} the path of a readable bundle")
+    raise UserError(
+        f"{key}: no readable checkpoint ({', '.join(failures)} could not be read); start the run "
+        f"over with {switches.on('overwrite')} (this deletes its checkpoints; without {key}), or give "
+        f"{key} the path of a readable bundle"
+    )
 
 
 # ------------------------------------------------------------- where runs live
@@ -208,17 +243,23 @@ def config_file(config_name: str) -> Optional[Path]:
 def check_not_in_a_run(target: Path, key: str) -> None:
     """A file written into a run directory could replace its checkpoints or logs (last.pt, metrics.jsonl)."""
     for folder in Path(target).expanduser().resolve().parents:
-        if (folder / LAST_FILE).is_file() or (folder / BEST_DIR).is_dir() and (folder / CONFIG_FILE).is_file() \
-                or (folder / SPLIT_FILE).is_file() \
-                or (folder / ENSEMBLE_FILE).is_file() \
-                or (folder / MARKER).is_file():  # a k-fold's folder, a fitted ensemble, any marked
-            raise UserError(f"{key}: '{target}' lies inside the run directory '{folder}', whose files are "
-                            f"checkpoints and logs: choose another {key} (e.g. output/submission.csv)")
+        if (
+            (folder / LAST_FILE).is_file()
+            or (folder / BEST_DIR).is_dir()
+            and (folder / CONFIG_FILE).is_file()
+            or (folder / SPLIT_FILE).is_file()
+            or (folder / ENSEMBLE_FILE).is_file()
+            or (folder / MARKER).is_file()
+        ):  # a k-fold's folder, a fitted ensemble, any marked
+            raise UserError(
+                f"{key}: '{target}' lies inside the run directory '{folder}', whose files are "
+                f"checkpoints and logs: choose another {key} (e.g. output/submission.csv)"
+            )
 
 
 def run_inputs(cfg: Box, fresh: bool, config_path: Optional[Path] = None) -> dict:
     """What a training run reads. A resumed run takes its weights from the bundle, not model.name/init_from."""
-    inputs = {f"data.{role}_path": cfg.data.get(f"{role}_path") for role in ("train", "dev", "test")}
+    inputs = {f"data.{key}": cfg.data.get(key) for key in data_files("train", "test")}
     inputs["--config"] = config_path
     if fresh:
         inputs["model.init_from"] = cfg.model.init_from
@@ -232,7 +273,9 @@ def clear_run(run_dir: Path, switches: Switches = CLI) -> None:
     only in a directory marked as plaintune's). best/ is a model directory plaintune writes and replaces
     whole; in checkpoints/, top/, report/ and tensorboard/ only plaintune's names go."""
     if ownership.read_marker(run_dir) is None:  # check_owned and claim come first; never a user's folder
-        raise UserError(f"{switches.overwrite}: '{run_dir}' is not marked as a plaintune run directory; nothing deleted")
+        raise UserError(
+            f"{switches.overwrite}: '{run_dir}' is not marked as a plaintune run directory; nothing deleted"
+        )
     for name in RUN_FILES:
         if name != CONFIG_FILE:  # start_run_dir writes the new one next
             (run_dir / name).unlink(missing_ok=True)
@@ -258,8 +301,9 @@ def clear_run(run_dir: Path, switches: Switches = CLI) -> None:
             pass  # not empty: the user's files are in it
 
 
-def start_run_dir(run_dir: Path, config_text: str, clear: bool, load_report: Optional[str],
-                  switches: Switches = CLI) -> None:
+def start_run_dir(
+    run_dir: Path, config_text: str, clear: bool, load_report: Optional[str], switches: Switches = CLI
+) -> None:
     """Rank 0, under the run's lock, after ownership.check_owned: mark the directory, remove what
     killed saves left, clear for --overwrite, write config.yaml (and what a warm start loaded)."""
     ownership.claim(run_dir, ownership.RUN)  # the marker first: the directory is plaintune's from now on

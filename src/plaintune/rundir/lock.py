@@ -6,6 +6,7 @@ holder (pid, host) for the error message. Where the filesystem has no flock (som
 network/FUSE mounts), the file's pid is the lock, and a pid that no longer runs on
 this host is taken as stale.
 """
+
 from __future__ import annotations
 
 import errno
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from plaintune.errors import UserError
-from plaintune.rundir.names import LOCK_FILE
+from plaintune.names import LOCK_FILE
 
 
 def _pid_alive(pid: int) -> bool:
@@ -48,12 +49,18 @@ class RunLock:
         self.path = Path(run_dir) / LOCK_FILE
         self.run_name = run_name
         self.fd: Optional[int] = None
-        self.created: list[Path] = []   # folders this lock made (the run's, output_dir ...), innermost first
+        self.created: list[Path] = []  # folders this lock made (the run's, output_dir ...), innermost first
 
     def _refuse(self, pid: Optional[int], host: str) -> UserError:
-        who = f"pid {pid}" + (f" on {host}" if host and host != socket.gethostname() else "") if pid else "another process"
-        return UserError(f"run_name: '{self.run_name}' is being trained right now by {who} (lock {self.path}); wait "
-                         "for it to finish, stop it, or choose another run_name=...")
+        who = (
+            f"pid {pid}" + (f" on {host}" if host and host != socket.gethostname() else "")
+            if pid
+            else "another process"
+        )
+        return UserError(
+            f"run_name: '{self.run_name}' is being trained right now by {who} (lock {self.path}); wait "
+            "for it to finish, stop it, or choose another run_name=..."
+        )
 
     def acquire(self) -> "RunLock":
         try:
@@ -107,13 +114,16 @@ class RunLock:
             earlier = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
             if earlier and _holder(earlier)[0] is None:
                 os.close(fd)
-                raise UserError(f"'{self.path}' is not plaintune's lock file (it holds something else); "
-                                f"'{self.path.parent}' is not a plaintune run: choose another run_name=...")
+                raise UserError(
+                    f"'{self.path}' is not plaintune's lock file (it holds something else); "
+                    f"'{self.path.parent}' is not a plaintune run: choose another run_name=..."
+                )
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
         except OSError as err:
-            raise UserError(f"cannot write '{self.path}' (the run's lock file): {err.strerror or err}; choose a "
-                            "writable output_dir") from None
+            raise UserError(
+                f"cannot write '{self.path}' (the run's lock file): {err.strerror or err}; choose a writable output_dir"
+            ) from None
         self.fd = fd
         return self
 

@@ -8,19 +8,15 @@ anything it checks (`check_owned`, read-only):
   is fine: the run creates or fills it and marks it;
 - a directory with the marker is plaintune's, if the marker's kind fits (a single run never takes
   over a k-fold's folder or an ensemble's directory, nor the other way round);
-- a directory without the marker is refused, with or without --overwrite, naming it, unless its
-  files prove that an earlier plaintune (before the marker existed) made it. The proof is read
-  from the files' contents, not their names: a resume bundle with plaintune's format_version and
-  train_state, a best/ whose plaintune_state.json (or trainer_state.json, its name before the
-  rename, but never a transformers.Trainer's) holds plaintune's keys beside a config.json (a
-  config.yaml alone proves nothing: it may be the user's copy of a shipped config), a k-fold's
-  split.json, an ensemble.json in plaintune's format. Such a directory is adopted (marked) on its
-  first run.
+- a directory without the marker is refused, with or without --overwrite, naming it: plaintune
+  writes only into folders it created (a run directory of a plaintune release before the marker
+  existed is refused too; 0.x releases carry no compatibility with earlier layouts).
 
 Temporaries a killed write left (`.NAME.XXXXXXXX.tmp`, see atomic.py) are removed only where
 plaintune writes them and only for the names plaintune writes (the layouts in names.py), never in a
 user's subfolder.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,24 +25,25 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-
-from plaintune.rundir import atomic
-from plaintune.rundir import names
-from plaintune.checkpoint import formats
-from plaintune import paths
+from plaintune import names, paths
 from plaintune.errors import UserError
-from plaintune.rundir.names import LOCK_FILE, MARKER
+from plaintune.names import LOCK_FILE, MARKER
+from plaintune.rundir import atomic
 
 MARKER_FORMAT = "plaintune-run-dir"
 RUN, FOLDS, ENSEMBLE = "run", "folds", "ensemble"
-KIND_NAMES = {RUN: "a training run's directory", FOLDS: "a k-fold's folder (split and fold files)",
-              ENSEMBLE: "a fitted ensemble's directory"}
+KIND_NAMES = {
+    RUN: "a training run's directory",
+    FOLDS: "a k-fold's folder (split and fold files)",
+    ENSEMBLE: "a fitted ensemble's directory",
+}
 
 # What plaintune writes, per kind of directory and folder (names.py): only temporaries of these names are its own.
 OWN_FOLDERS = {RUN: names.RUN_LAYOUT, FOLDS: names.FOLDS_LAYOUT, ENSEMBLE: names.ENSEMBLE_LAYOUT}
 
 
 # ------------------------------------------------------------------- the marker
+
 
 def read_marker(directory: Path) -> Optional[dict]:
     """The marker's content; None if `directory` has none. A damaged marker is an error."""
@@ -55,85 +52,37 @@ def read_marker(directory: Path) -> Optional[dict]:
         return None
     try:
         marker = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(marker, dict) or marker.get("format") != MARKER_FORMAT or marker.get("kind") not in KIND_NAMES:
+        if (
+            not isinstance(marker, dict)
+            or marker.get("format") != MARKER_FORMAT
+            or marker.get("kind") not in KIND_NAMES
+        ):
             raise ValueError
     except (OSError, ValueError):
-        raise UserError(f"'{path}' is not plaintune's run marker (damaged or written by something else); if "
-                        f"'{directory}' is a plaintune run, delete that file and rerun to adopt it, else choose "
-                        "another run_name") from None
+        raise UserError(
+            f"'{path}' is not plaintune's run marker (damaged or written by something else); if "
+            f"'{directory}' is a plaintune run, delete that file and rerun to adopt it, else choose "
+            "another run_name"
+        ) from None
     return marker
 
 
 def write_marker(directory: Path, kind: str) -> None:
     """Mark `directory` as plaintune's (under the run's lock, before anything else is written)."""
     if read_marker(directory) is None:
-        atomic.write_text(Path(directory) / MARKER, json.dumps({"format": MARKER_FORMAT, "version": 1,
-                                                                "kind": kind}) + "\n")
-
-
-# ------------------------------------------------------------------- proof of an earlier plaintune
-
-def _json_object(path: Path) -> Optional[dict]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _is_plaintune_bundle(path: Path) -> bool:
-    """A resume bundle plaintune wrote: its format_version and train_state (mmap: no tensor is read)."""
-    try:
-        bundle = formats.quiet_torch_load(path, weights_only=True, mmap=True)
-    except Exception:  # any unreadable file is simply no proof
-        return False
-    return isinstance(bundle, dict) and isinstance(bundle.get("format_version"), int) and \
-        isinstance(bundle.get("train_state"), dict) and "model_state_dict" in bundle
-
-
-def _plaintune_model_meta(path: Path) -> Optional[str]:
-    """best/ as plaintune writes it: the name of its state file holding plaintune's keys, beside a
-    model's config.json; None if it has none. Runs of an earlier plaintune named that file
-    trainer_state.json, as transformers.Trainer does: such a file counts only with plaintune's keys
-    and without the log_history every transformers.Trainer state has."""
-    if _json_object(path / "config.json") is None:
-        return None
-    for name in (names.BEST_META, names.LEGACY_BEST_META):
-        meta = _json_object(path / name)
-        if meta is not None and set(names.BEST_META_KEYS) <= set(meta) and "log_history" not in meta:
-            return name
-    return None
-
-
-def legacy_evidence(directory: Path, kind: str) -> Optional[str]:
-    """The file whose content proves an earlier plaintune made `directory` (as `kind`), or None."""
-    directory = Path(directory)
-    if kind == RUN:
-        for name in names.BEST_DIRS:
-            meta = _plaintune_model_meta(directory / name)
-            if meta is not None:
-                return f"{name}/{meta}"
-        bundles = [directory / names.LAST_FILE] + sorted((directory / names.STEP_DIR).glob(names.STEP_BUNDLE.glob))
-        for bundle in bundles:
-            if bundle.is_file() and _is_plaintune_bundle(bundle):
-                return str(bundle.relative_to(directory))
-    elif kind == FOLDS:
-        split = _json_object(directory / names.SPLIT_FILE)
-        if split is not None and {"folds", "seed", "pooled_sha256"} <= set(split):
-            return names.SPLIT_FILE
-    elif kind == ENSEMBLE:
-        spec = _json_object(directory / names.ENSEMBLE_FILE)
-        if spec is not None and spec.get("format") == "plaintune-ensemble":
-            return names.ENSEMBLE_FILE
-    return None
+        atomic.write_text(
+            Path(directory) / MARKER, json.dumps({"format": MARKER_FORMAT, "version": 1, "kind": kind}) + "\n"
+        )
 
 
 # ------------------------------------------------------------------- the check before any write
 
+
 def _foreign_entries(directory: Path) -> list[str]:
     """What `directory` holds besides plaintune's lock, marker and temporaries."""
-    return sorted(name for name in os.listdir(directory)
-                  if name not in (LOCK_FILE, MARKER) and not names.TEMPORARY.match(name))
+    return sorted(
+        name for name in os.listdir(directory) if name not in (LOCK_FILE, MARKER) and not names.TEMPORARY.match(name)
+    )
 
 
 def check_output_dir(output_dir: Path, key: str = "output_dir") -> None:
@@ -145,13 +94,17 @@ def check_output_dir(output_dir: Path, key: str = "output_dir") -> None:
             continue
         if kind == paths.DIR:
             if not os.access(folder, os.W_OK | os.X_OK):
-                raise UserError(f"{key}: cannot write in '{folder}' (permission denied); choose a writable "
-                                f"{key}=..., or make it writable")
+                raise UserError(
+                    f"{key}: cannot write in '{folder}' (permission denied); choose a writable "
+                    f"{key}=..., or make it writable"
+                )
             return
         what = "a file" if kind == paths.FILE else ("permission denied" if kind == paths.DENIED else detail)
         where = f"'{output_dir}'" if folder == probe else f"'{output_dir}' (its folder '{folder}' is {what})"
-        raise UserError(f"{key}: {where} is not a folder{'' if folder != probe else f' ({what})'}; choose "
-                        f"another {key}=... (a folder where runs live)")
+        raise UserError(
+            f"{key}: {where} is not a folder{'' if folder != probe else f' ({what})'}; choose "
+            f"another {key}=... (a folder where runs live)"
+        )
 
 
 def check_owned(directory: Path, kind: str, key: str = "run_name", announce: bool = True) -> None:
@@ -166,24 +119,25 @@ def check_owned(directory: Path, kind: str, key: str = "run_name", announce: boo
         what = "a file" if kind_found == paths.FILE else detail
         raise UserError(f"{key}: '{directory}' is {what}, not a run directory; choose another {key}=...")
     if not os.access(directory, os.R_OK | os.W_OK | os.X_OK):
-        raise UserError(f"{key}: cannot write in '{directory}' (permission denied); make it writable, or choose "
-                        f"another {key}=...")
+        raise UserError(
+            f"{key}: cannot write in '{directory}' (permission denied); make it writable, or choose another {key}=..."
+        )
     marker = read_marker(directory)
     if marker is not None:
         if marker["kind"] != kind:
-            raise UserError(f"{key}: '{directory}' is {KIND_NAMES[marker['kind']]}, not {KIND_NAMES[kind]}; "
-                            f"choose another {key}=...")
+            raise UserError(
+                f"{key}: '{directory}' is {KIND_NAMES[marker['kind']]}, not {KIND_NAMES[kind]}; "
+                f"choose another {key}=..."
+            )
         return
     if not _foreign_entries(directory):
         return  # empty: nothing of anyone's to harm
-    evidence = legacy_evidence(directory, kind)
-    if evidence is None:
-        shown = ", ".join(_foreign_entries(directory)[:4])
-        raise UserError(f"{key}: '{directory}' exists and was not made by plaintune (no {MARKER} marker; it holds "
-                        f"{shown}); plaintune writes only into folders it created: choose another {key}=... or "
-                        "another output_dir, or move that folder away")
-    if announce:
-        print(f"note: '{directory}' was made by an earlier plaintune ({evidence}); marking it as plaintune's")
+    shown = ", ".join(_foreign_entries(directory)[:4])
+    raise UserError(
+        f"{key}: '{directory}' exists and was not made by plaintune (no {MARKER} marker; it holds "
+        f"{shown}); plaintune writes only into folders it created: choose another {key}=... or "
+        "another output_dir, or move that folder away"
+    )
 
 
 def claim(directory: Path, kind: str) -> list[Path]:

@@ -10,9 +10,9 @@
 A mistake raises `UserError` with the one-line message the commands print;
 nothing here calls sys.exit.
 """
+
 from __future__ import annotations
 
-import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,28 +21,43 @@ from typing import Optional, Sequence
 import numpy as np
 from box import Box
 
-from plaintune.training import distributed, memory
-from plaintune.rundir import ownership
-from plaintune.model import precision
-from plaintune.data.batching import eval_loader
-from plaintune.training.build import (TrainData, build_optimization, load_data, load_model, loop_options, restore_state,
-                    wrap_for_training)
+from plaintune.commands import CLI, Switches
 from plaintune.config.load import dump_yaml, to_plain, with_values
-from plaintune.rundir.diskuse import disk_line, drop_resume_bundles
-from plaintune.errors import CLI, Switches, UserError
-from plaintune.inference.outputs import model_outputs
-from plaintune.rundir.guard import check_outputs
-from plaintune.training.metrics import compute_metrics, followed_metric, shown
+from plaintune.data.batching import eval_loader
 from plaintune.inference.report import check_report_folder, write_error_report
-from plaintune.training.resume import open_run
-from plaintune.rundir.layout import (RunFiles, config_file, find_best_dir, run_dir_for, run_inputs, run_outputs,
-                                     start_run_dir)
-from plaintune.rundir.names import LAST_FILE, METRICS_FILE, PLOT_FILE, REPORT_DIR, TENSORBOARD_DIR
+from plaintune.model.outputs import model_outputs
+from plaintune.names import LAST_FILE, METRICS_FILE, PLOT_FILE, REPORT_DIR, TENSORBOARD_DIR
+from plaintune.recipe.metrics import compute_metrics, followed_metric, shown
+from plaintune.rundir import ownership
+from plaintune.rundir.diskuse import disk_line, drop_resume_bundles
+from plaintune.rundir.guard import check_outputs
+from plaintune.rundir.layout import (
+    RunFiles,
+    config_file,
+    find_best_dir,
+    run_dir_for,
+    run_inputs,
+    run_outputs,
+    start_run_dir,
+)
 from plaintune.rundir.lock import RunLock
-from plaintune.training.tracking import Tracker, start_wandb, wandb_mode
+from plaintune.runtime import distributed, memory, precision
+from plaintune.training.build import (
+    TrainData,
+    build_optimization,
+    load_data,
+    load_model,
+    loop_options,
+    restore_state,
+    wrap_for_training,
+)
+from plaintune.training.derived import Derived, effective
+from plaintune.training.resume import open_run
 from plaintune.training.state import build_ema, seed_everything
+from plaintune.training.tracking import Tracker, start_wandb, wandb_mode
 from plaintune.training.trainer import Batches, Trainer
-from plaintune.checkpoint.weights import load_weights
+from plaintune.weights.load import load_weights
+
 
 @dataclass
 class TrainResult:
@@ -51,26 +66,26 @@ class TrainResult:
     run_dir: Path
     metric_name: str
     best_metric: Optional[float]
-    best_epoch: Optional[float]   # an int at an epoch end, a fraction for a mid-epoch validation
+    best_epoch: Optional[float]  # an int at an epoch end, a fraction for a mid-epoch validation
     history: list  # one dict per validation: epoch, step, the metric, loss
     stopped_early: bool = False
-    kind: str = "run"             # "run", "k-fold" or "leaderboard"
-    runs: list = field(default_factory=list)     # the runs a k-fold or a leaderboard trained
-    scores: dict = field(default_factory=dict)   # out-of-fold scores: each fold's, each member's, each combination's
-    ensemble: Optional[dict] = None              # a leaderboard's fitted combination (weights, intercept)
+    kind: str = "run"  # "run", "k-fold" or "leaderboard"
+    runs: list = field(default_factory=list)  # the runs a k-fold or a leaderboard trained
+    scores: dict = field(default_factory=dict)  # out-of-fold scores: each fold's, each member's, each combination's
+    ensemble: Optional[dict] = None  # a leaderboard's fitted combination (weights, intercept)
 
 
 @dataclass(frozen=True)
 class RunRequest:
     """How a run starts, as the command line or `train()` asked."""
 
-    resume: Optional[str] = None      # None: a fresh run; '': the run's newest bundle; else a bundle path
-    force: bool = False               # resume despite a changed config or data
-    overwrite: bool = False           # start over where the run has checkpoints
-    trust: bool = False               # unpickle a whole-model checkpoint for model.init_from
-    resume_command: Optional[str] = None   # printed after Ctrl-C (k-fold prints its own)
-    switches: Switches = CLI          # how the caller wrote resume, overwrite, force, folds (errors.Switches)
-    quiet: bool = False               # one of many runs (a k-fold's fold): one summary line, no next: command
+    resume: Optional[str] = None  # None: a fresh run; '': the run's newest bundle; else a bundle path
+    force: bool = False  # resume despite a changed config or data
+    overwrite: bool = False  # start over where the run has checkpoints
+    trust: bool = False  # unpickle a whole-model checkpoint for model.init_from
+    resume_command: Optional[str] = None  # printed after Ctrl-C (k-fold prints its own)
+    switches: Switches = CLI  # how the caller wrote resume, overwrite, force, folds (commands.Switches)
+    quiet: bool = False  # one of many runs (a k-fold's fold): one summary line, no next: command
 
 
 def train_run(cfg: Box, config_name: str, overrides: Sequence[str], request: RunRequest = RunRequest()) -> TrainResult:
@@ -80,11 +95,11 @@ def train_run(cfg: Box, config_name: str, overrides: Sequence[str], request: Run
     dist_info, device = distributed.setup(cfg.device, timeout_s=cfg.training.ddp_timeout_s)
     is_main = dist_info.is_main
     if device.type == "cpu":
-        memory.limit_heap_retention()  # the allocator gives large freed blocks back (training/memory.py)
+        memory.limit_heap_retention()  # the allocator gives large freed blocks back (runtime/memory.py)
     wandb_mode(cfg.logging.wandb.mode)
     # "{time}" in run_name gives each run (e.g. each sweep trial) its own directory; rank 0 decides.
     # The commands printed for this run (resume, inference) name the directory it got.
-    run_name = distributed.broadcast_object(cfg.run_name.replace("{time}", time.strftime("%Y%m%d-%H%M%S")))
+    run_name = distributed.rank0_value(cfg.run_name.replace("{time}", time.strftime("%Y%m%d-%H%M%S")))
     if run_name != cfg.run_name:
         overrides = [*overrides, f"run_name={run_name}"]
     cfg = with_values(cfg, {"run_name": run_name})
@@ -104,30 +119,44 @@ def train_run(cfg: Box, config_name: str, overrides: Sequence[str], request: Run
         memory.release()  # the run's model and optimizer are freed now: the next fold starts lean
 
 
-def _train_locked(cfg: Box, config_name: str, overrides: Sequence[str], request: RunRequest, dist_info, device,
-                  started: float, run_dir: Path) -> TrainResult:
+def _train_locked(
+    cfg: Box,
+    config_name: str,
+    overrides: Sequence[str],
+    request: RunRequest,
+    dist_info,
+    device,
+    started: float,
+    run_dir: Path,
+) -> TrainResult:
     """train_run's steps 2-6, with the run directory locked."""
     is_main = dist_info.is_main
     chatty = is_main and not request.quiet  # a k-fold's fold says only its summary line
-    opened = open_run(cfg, request.resume, request.force, request.overwrite, announce=is_main,
-                      switches=request.switches)
+    opened = open_run(
+        cfg, request.resume, request.force, request.overwrite, announce=is_main, switches=request.switches
+    )
     cfg, bundle = opened.cfg, opened.bundle
     check_outputs(run_outputs(run_dir), run_inputs(cfg, fresh=bundle is None, config_path=config_file(config_name)))
     check_report_folder(run_dir / REPORT_DIR, "run_name")
-    chosen, why = precision.for_training(cfg.training.precision, device, (bundle or {}).get("config"))
-    cfg = with_values(cfg, {"training.precision": chosen})  # the concrete choice is what the run records
+    saved_precision = ((bundle or {}).get("resolved") or {}).get("training.precision")
+    chosen, why = precision.for_training(cfg.training.precision, device, saved_precision)
     if chatty:
         print(f"precision: {chosen} ({why})")
-    # 3. Data, then 4. the model.
+    # 3. Data, then 4. the model; what they decided is carried beside the config (training/derived.py).
     seed_everything(cfg.seed)
     data = load_data(cfg, opened, request.force, dist_info, device, announce=chatty)
-    model, objective, cfg, load_report = load_model(cfg, opened, data, request.trust, chatty)
+    model, objective, load_report = load_model(cfg, opened, data, request.trust, chatty)
     objective.stamp(model.config, data.encoding.record())  # what the output means and its inputs, saved with best/
+    training = cfg.training
+    derived = Derived(
+        chosen, objective, data.encoding, training.batch_size * training.grad_accum_steps * dist_info.world_size
+    )
     # 5. Optimization: the schedule needs the number of optimizer steps per epoch.
-    steps_per_epoch = -(-len(data.train_loader.batch_sampler) // cfg.training.grad_accum_steps)
-    optim = build_optimization(cfg, model, steps_per_epoch, device)
-    train_model = wrap_for_training(model, cfg, dist_info, device, announce=chatty,
-                                    micro_batch_tokens=data.micro_batch_tokens)
+    steps_per_epoch = -(-len(data.train_loader.batch_sampler) // training.grad_accum_steps)
+    optim = build_optimization(cfg, model, steps_per_epoch, device, derived.precision)
+    train_model = wrap_for_training(
+        model, cfg, dist_info, device, derived, announce=chatty, micro_batch_tokens=data.micro_batch_tokens
+    )
     optim.ema = build_ema(model, cfg.training.ema)  # on the model's device, from its current weights
 
     # 6. Everything loaded: now the run directory gets written (this process holds its lock).
@@ -135,72 +164,116 @@ def _train_locked(cfg: Box, config_name: str, overrides: Sequence[str], request:
     wandb_sink = tracker = None
     try:
         if is_main:
-            wandb_sink = start_wandb(run_dir, cfg.logging, cfg.run_name, to_plain(cfg),
-                                     (bundle.get("run_ids") or {}).get("wandb") if bundle is not None else None)
-            start_run_dir(run_dir, dump_yaml(cfg), clear=request.overwrite and request.resume is None,
-                          load_report=load_report, switches=request.switches)  # marks it as plaintune's first
+            wandb_sink = start_wandb(
+                run_dir,
+                cfg.logging,
+                cfg.run_name,
+                effective(to_plain(cfg), derived.resolved()),  # what ran: auto as resolved
+                (bundle.get("run_ids") or {}).get("wandb") if bundle is not None else None,
+            )
+            start_run_dir(
+                run_dir,
+                dump_yaml(cfg),
+                clear=request.overwrite and request.resume is None,
+                load_report=load_report,
+                switches=request.switches,
+            )  # marks it as plaintune's first
         state = None
         if bundle is not None:
-            state = restore_state(bundle, model, optim, cfg, dist_info, steps_per_epoch,
-                                  len(data.train_loader.batch_sampler))
-        tracker = Tracker(run_dir, cfg.logging, followed_metric(cfg.training.metric, cfg.model.num_labels),
-                          resumed=state, wandb=wandb_sink,
-                          active=is_main)
-        files = RunFiles(run_dir, cfg.checkpoint.keep_last, data.tokenizer,
-                         {"config": to_plain(cfg), "data_fingerprints": data.fingerprints},
-                         card=model_card(cfg, objective))
-        options = loop_options(cfg, device, dist_info,
-                               request.resume_command or request.switches.resume_call(
-                                   config_name, overrides, launcher=distributed.launcher(dist_info)))
+            state = restore_state(
+                bundle, model, optim, cfg, dist_info, steps_per_epoch, len(data.train_loader.batch_sampler)
+            )
+        tracker = Tracker(
+            run_dir,
+            cfg.logging,
+            followed_metric(cfg.training.metric, cfg.model.num_labels),
+            resumed=state,
+            wandb=wandb_sink,
+            active=is_main,
+        )
+        files = RunFiles(
+            run_dir,
+            cfg.checkpoint.keep_last,
+            data.tokenizer,
+            {"config": to_plain(cfg), "resolved": derived.resolved(), "data_fingerprints": data.fingerprints},
+            card=model_card(cfg, derived),
+        )
+        options = loop_options(
+            cfg,
+            device,
+            dist_info,
+            request.resume_command
+            or request.switches.resume_call(config_name, overrides, launcher=distributed.launcher(dist_info)),
+            derived.precision,
+        )
         dev = data.tables["dev"]
         batches = Batches(data.train_loader, data.dev_loader, dev.labels, dev.binary)
         trainer = Trainer(train_model, objective, optim, batches, files, tracker, options, state)
         state = trainer.fit()
         trainer.release_optimizer_state()
         if is_main:
-            finish(cfg, trainer, data, run_dir, started,
-                   None if request.quiet else command("inference.py", config_name, overrides, "--saved_model",
-                                                      cfg.run_name))
+            finish(
+                cfg,
+                trainer,
+                data,
+                run_dir,
+                started,
+                None if request.quiet else request.switches.predict_call(config_name, overrides, [cfg.run_name]),
+            )
     finally:
         if tracker is not None:
             tracker.close()
         elif wandb_sink is not None:
             wandb_sink.close()
-    return TrainResult(run_dir, options.metric_name, state.best_metric, state.best_epoch,
-                       [dict(record) for record in state.history], state.stopped_early)
+    return TrainResult(
+        run_dir,
+        options.metric_name,
+        state.best_metric,
+        state.best_epoch,
+        [dict(record) for record in state.history],
+        state.stopped_early,
+    )
 
 
-def model_card(cfg: Box, objective) -> dict:
+def model_card(cfg: Box, derived: Derived) -> dict:
     """The run's facts that every saved model's README.md states (see modelcard.py)."""
-    training = cfg.training
-    length = f"{training.epochs} epoch{'s' if training.epochs != 1 else ''}" + \
-        (f" (at most {training.max_steps} optimizer steps)" if training.max_steps else "")
-    recipe = (f"loss {training.loss}, {training.optimizer.name} lr {training.learning_rate:g}, batch "
-              f"{training.batch_size}, {length}, max_length {cfg.model.max_length}, seed {cfg.seed}"
-              + (f", prompt {cfg.model.prompt!r}" if cfg.model.prompt else ""))
+    objective, encoding, training = derived.objective, derived.encoding, cfg.training
+    length = f"{training.epochs} epoch{'s' if training.epochs != 1 else ''}" + (
+        f" (at most {training.max_steps} optimizer steps)" if training.max_steps else ""
+    )
+    recipe = (
+        f"loss {objective.resolved.get('training.loss', training.loss)}, {training.optimizer.name} lr "
+        f"{training.learning_rate:g}, batch {training.batch_size}, {length}, max_length {encoding.max_length}, "
+        f"seed {cfg.seed}" + (f", prompt {encoding.prompt!r}" if encoding.prompt else "")
+    )
     # absolute: the card travels with the model, away from the directory the run started in
-    return {"run_name": cfg.run_name, "base_model": cfg.model.name, "kind": cfg.model.kind,
-            "train_path": str(Path(cfg.data.train_path).resolve()), "dev_path": str(Path(cfg.data.dev_path).resolve()),
-            "recipe": recipe, "precision": training.precision,
-            "mapping": objective.describe(), "max_length": cfg.model.max_length, "num_labels": cfg.model.num_labels,
-            "prompt": cfg.model.prompt or ""}
+    return {
+        "run_name": cfg.run_name,
+        "base_model": cfg.model.name,
+        "kind": cfg.model.kind,
+        "train_path": str(Path(cfg.data.train_path).resolve()),
+        "dev_path": str(Path(cfg.data.dev_path).resolve()),
+        "recipe": recipe,
+        "precision": derived.precision,
+        "mapping": objective.describe(),
+        "max_length": encoding.max_length,
+        "num_labels": cfg.model.num_labels,
+        "prompt": encoding.prompt,
+    }
 
 
-def command(script: str, config_name: str, overrides: Sequence[str], *extra: str) -> str:
-    """The shell command that runs `script` on this config again (printed for the user to copy)."""
-    return " ".join(["python", script, "--config", shlex.quote(config_name), *map(shlex.quote, overrides),
-                     *map(shlex.quote, extra)])
-
-
-def finish(cfg: Box, trainer: Trainer, data: TrainData, run_dir: Path, started: float,
-           next_command: Optional[str]) -> None:
+def finish(
+    cfg: Box, trainer: Trainer, data: TrainData, run_dir: Path, started: float, next_command: Optional[str]
+) -> None:
     """Score the best model on test_path (if any) and print where everything is (without a
     `next_command`, one of many runs: one line, the caller prints what comes next)."""
     state, name = trainer.state, trainer.options.metric_name
     if state.best_metric is None and state.history and cfg.checkpoint.save_best:
-        print(f"warning: no validation gave a finite dev {name} ({len(state.history)} validations: the model "
-              "predicts a constant or NaN), so no best/ was kept; train longer, lower training.learning_rate, or "
-              f"check data.dev_path (the run's last.pt is in {run_dir})")
+        print(
+            f"warning: no validation gave a finite dev {name} ({len(state.history)} validations: the model "
+            "predicts a constant or NaN), so no best/ was kept; train longer, lower training.learning_rate, or "
+            f"check data.dev_path (the run's last.pt is in {run_dir})"
+        )
     best_dir = find_best_dir(run_dir)
     model = distributed.unwrap_model(trainer.model)
     loaded = False
@@ -218,33 +291,40 @@ def finish(cfg: Box, trainer: Trainer, data: TrainData, run_dir: Path, started: 
         return trainer.objective.predictions(outputs)
 
     if best_dir is not None and cfg.model.num_labels == 1:
-        written = write_error_report(run_dir / REPORT_DIR, data.tables["dev"], best_predictions("dev"),
-                                     cfg.data.binary_threshold)
+        written = write_error_report(
+            run_dir / REPORT_DIR, data.tables["dev"], best_predictions("dev"), cfg.data.binary_threshold
+        )
         if next_command is not None:  # one of many runs: its report is in its folder, not on the console
             print(written)
     if "test" in data.datasets and best_dir is not None:
         test = data.tables["test"]
-        metrics = compute_metrics(best_predictions("test"), test.labels, cfg.model.num_labels, test.binary,
-                                  cfg.data.binary_threshold)
+        metrics = compute_metrics(
+            best_predictions("test"), test.labels, cfg.model.num_labels, test.binary, cfg.data.binary_threshold
+        )
         trainer.tracker.log("test", state.global_step, state.epoch, metrics)
         print(f"test of the best model: {shown(metrics)}  ({cfg.data.test_path})")
     trainer.tracker.summary(**{f"best_{name}": state.best_metric, "best_epoch": state.best_epoch})
     trainer.tracker.flush()  # curves.png complete before its size and path are printed
-    best = f"best dev {name} {state.best_metric:.4f} at epoch {state.best_epoch:g}" \
-        if state.best_metric is not None else f"no validation gave a finite dev {name}"
-    stopped = f" (early stop at epoch {state.history[-1]['epoch']:g})" if state.stopped_early and state.history \
-        else ""
+    best = (
+        f"best dev {name} {state.best_metric:.4f} at epoch {state.best_epoch:g}"
+        if state.best_metric is not None
+        else f"no validation gave a finite dev {name}"
+    )
+    stopped = f" (early stop at epoch {state.history[-1]['epoch']:g})" if state.stopped_early and state.history else ""
     if trainer.steps_done() and state.epoch < cfg.training.epochs:
         stopped += f" (training.max_steps: stopped after {state.global_step} optimizer steps)"
     kept = cfg.checkpoint.keep_last_after_finish
     if not kept:
         drop_resume_bundles(run_dir)
-    lines = [f"done in {(time.perf_counter() - started) / 60:.1f} min: {best}{stopped}",
-             f"  best model:  {best_dir or '(none saved)'}",
-             f"  resume file: {run_dir / LAST_FILE}" if kept else
-             "  resume file: deleted, the run is finished (checkpoint.keep_last_after_finish: false)",
-             f"  {disk_line(run_dir)}",
-             f"  metrics:     {run_dir / METRICS_FILE}, {run_dir / PLOT_FILE}"]
+    lines = [
+        f"done in {(time.perf_counter() - started) / 60:.1f} min: {best}{stopped}",
+        f"  best model:  {best_dir or '(none saved)'}",
+        f"  resume file: {run_dir / LAST_FILE}"
+        if kept
+        else "  resume file: deleted, the run is finished (checkpoint.keep_last_after_finish: false)",
+        f"  {disk_line(run_dir)}",
+        f"  metrics:     {run_dir / METRICS_FILE}, {run_dir / PLOT_FILE}",
+    ]
     if next_command is None:
         print(f"{cfg.run_name}: {lines[0]}; {disk_line(run_dir).replace(f' in {run_dir}', '')}")
         return

@@ -4,6 +4,7 @@
 model, optimizer, epoch, loss) restores too: what it lacks is rebuilt here,
 with one warning, so the loop never sees the difference.
 """
+
 from __future__ import annotations
 
 import random
@@ -16,8 +17,6 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from plaintune.rundir.names import EPOCH_MODEL
-
 FORMAT_VERSION = 1
 
 
@@ -29,29 +28,24 @@ class TrainState:
     epoch already consumed, so a resume skips exactly those.
     """
 
-    epoch: int = 0                 # completed epochs
-    step_in_epoch: int = 0         # batches of the current epoch already consumed (this rank)
-    global_step: int = 0           # optimizer steps taken
-    loss: Optional[float] = None   # last logged train loss
+    epoch: int = 0  # completed epochs
+    step_in_epoch: int = 0  # batches of the current epoch already consumed (this rank)
+    global_step: int = 0  # optimizer steps taken
+    loss: Optional[float] = None  # last logged train loss
     best_metric: Optional[float] = None
-    best_epoch: Optional[float] = None   # an int at an epoch end, a fraction for a mid-epoch validation
+    best_epoch: Optional[float] = None  # an int at an epoch end, a fraction for a mid-epoch validation
     best_step: Optional[int] = None
-    history: list = field(default_factory=list)   # one dict per validation
-    window_loss: float = 0.0       # train-loss sum since the last log line
+    history: list = field(default_factory=list)  # one dict per validation
+    window_loss: float = 0.0  # train-loss sum since the last log line
     window_steps: int = 0
-    bad_validations: int = 0       # early stopping: validations without a significant gain
+    bad_validations: int = 0  # early stopping: validations without a significant gain
     stopped_early: bool = False
-    saved_step: Optional[int] = None   # global step of the bundle in last.pt
+    saved_step: Optional[int] = None  # global step of the bundle in last.pt
     top_k: list = field(default_factory=list)  # [[metric, "epoch-003" | "step-00000120"], ...] kept under top/
-    metric: Optional[str] = None   # the metric best/top-k/early stopping follow (training.metric, resolved)
+    metric: Optional[str] = None  # the metric best/top-k/early stopping follow (training.metric, resolved)
 
     @classmethod
     def from_dict(cls, saved: dict) -> "TrainState":
-        saved = dict(saved)
-        if "bad_epochs" in saved:  # the name before mid-epoch validations (format_version 1 bundles)
-            saved.setdefault("bad_validations", saved.pop("bad_epochs"))
-        # top-k entries named their epoch by number before mid-epoch validations
-        saved["top_k"] = [[m, EPOCH_MODEL.name(epoch=e) if isinstance(e, int) else e] for m, e in saved.get("top_k", [])]
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in saved.items() if k in known})
 
@@ -62,8 +56,8 @@ class Optimization:
 
     optimizer: torch.optim.Optimizer
     scheduler: object
-    scheduler_when: str            # "step": after every optimizer step; "metric": after each validation
-    scaler: torch.amp.GradScaler   # enabled for fp16 only; a disabled scaler passes everything through
+    scheduler_when: str  # "step": after every optimizer step; "metric": after each validation
+    scaler: torch.amp.GradScaler  # enabled for fp16 only; a disabled scaler passes everything through
     ema: Optional[AveragedModel] = None  # training.ema: the moving average validated and saved as best/
 
 
@@ -101,8 +95,13 @@ def rng_states() -> dict:
     np_state = np.random.get_state()
     states = {
         "python": random.getstate(),
-        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "numpy": {
+            "name": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached": float(np_state[4]),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -113,15 +112,23 @@ def rng_states() -> dict:
 def set_rng_states(states: dict) -> None:
     random.setstate(states["python"])
     np_state = states["numpy"]
-    np.random.set_state((np_state["name"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
-                         np_state["has_gauss"], np_state["cached"]))
+    np.random.set_state(
+        (
+            np_state["name"],
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached"],
+        )
+    )
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def make_bundle(model: nn.Module, optim: Optimization, state: TrainState, world_size: int,
-                rank_rng_states: Optional[list] = None) -> dict:
+def make_bundle(
+    model: nn.Module, optim: Optimization, state: TrainState, world_size: int, rank_rng_states: Optional[list] = None
+) -> dict:
     """The resume bundle: seed-layout keys first (model, optimizer, epoch, loss), then the rest.
 
     `model` is the unwrapped model; `rank_rng_states` every rank's RNG states under DDP.
@@ -143,8 +150,9 @@ def make_bundle(model: nn.Module, optim: Optimization, state: TrainState, world_
     }
 
 
-def restore_bundle(bundle: dict, model: nn.Module, optim: Optimization, steps_per_epoch: int,
-                   rank: int = 0, world_size: int = 1) -> tuple[TrainState, list[str]]:
+def restore_bundle(
+    bundle: dict, model: nn.Module, optim: Optimization, steps_per_epoch: int, rank: int = 0, world_size: int = 1
+) -> tuple[TrainState, list[str]]:
     """Load optimizer, scheduler, scaler and RNG state from `bundle` (the weights are loaded
     elsewhere, with a report); return the train state and the parts that had to be rebuilt."""
     rebuilt = []
@@ -221,9 +229,10 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict, model: n
         old_key = saved_ids[position[id(param)]]
         if old_key in saved_state:
             state[new_index] = saved_state[old_key]
-    groups = [{**{k: v for k, v in g.items() if k != "params"},
-               "params": list(range(start, start + len(g["params"])))}
-              for start, g in zip(_offsets(ours), ours)]
+    groups = [
+        {**{k: v for k, v in g.items() if k != "params"}, "params": list(range(start, start + len(g["params"])))}
+        for start, g in zip(_offsets(ours), ours)
+    ]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
     return "optimizer (moments mapped onto plaintune's parameter groups)"
 
@@ -240,5 +249,7 @@ def adapt_world_size(state: TrainState, saved: int, current: int, say: Callable[
     done = state.step_in_epoch * saved
     state.step_in_epoch = done // current
     exact = "" if done % current == 0 else f" ({done % current} batches of this epoch will be seen twice)"
-    say(f"note: resuming a {saved}-process run with {current} process(es); the effective batch size "
-        f"changes accordingly{exact}")
+    say(
+        f"note: resuming a {saved}-process run with {current} process(es); the effective batch size "
+        f"changes accordingly{exact}"
+    )

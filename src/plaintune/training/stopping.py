@@ -15,6 +15,7 @@ needs no agreement and stops after the step in which the signal came.
 Divergence: a non-finite training loss or weights stops the run with one line
 saying where, what was kept, and the likely causes (`divergence_message`).
 """
+
 from __future__ import annotations
 
 import signal
@@ -25,17 +26,17 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from plaintune.training import distributed
 from plaintune.errors import Interrupted
-from plaintune.rundir.names import LAST_FILE
+from plaintune.names import LAST_FILE
+from plaintune.runtime import distributed
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class StopRequest:
     def __init__(self, distributed_run: bool = False):
-        self.received = 0   # the signal this process received (0: none)
-        self.agreed = 0     # the signal every rank agreed to stop on (0: none)
+        self.received = 0  # the signal this process received (0: none)
+        self.agreed = 0  # the signal every rank agreed to stop on (0: none)
         self.distributed_run = distributed_run
 
     @contextmanager
@@ -54,8 +55,11 @@ class StopRequest:
         if self.received:  # a second signal: stop now
             raise Interrupted(signum)
         self.received = signum
-        print(f"\n{signal.Signals(signum).name}: finishing this step and saving a resumable checkpoint "
-              "(interrupt again to abort without saving)", file=sys.stderr)
+        print(
+            f"\n{signal.Signals(signum).name}: finishing this step and saving a resumable checkpoint "
+            "(interrupt again to abort without saving)",
+            file=sys.stderr,
+        )
 
     def agree(self) -> int:
         """The stop signal of any rank, on every rank (0: none); remembered in `agreed`.
@@ -91,10 +95,14 @@ def weights_finite(model: nn.Module) -> bool:
 def divergence_message(what: str, state, finite_through: int, lr: float, fp16: bool, clipping: bool) -> str:
     """One line: what became non-finite and when, what the files on disk keep, the likely causes."""
     step, since = state.global_step, finite_through
-    when = f"at optimizer step {step}" if step - since <= 1 else \
-        f"between optimizer steps {since} (last seen finite) and {step}"
-    kept = f"{LAST_FILE} keeps step {state.saved_step}" if state.saved_step is not None \
-        else f"no {LAST_FILE} was written"
+    when = (
+        f"at optimizer step {step}"
+        if step - since <= 1
+        else f"between optimizer steps {since} (last seen finite) and {step}"
+    )
+    kept = (
+        f"{LAST_FILE} keeps step {state.saved_step}" if state.saved_step is not None else f"no {LAST_FILE} was written"
+    )
     if state.best_step is not None:
         kept += f", best/ step {state.best_step}"
     causes = [f"training.learning_rate too high (the rate at this step: {lr:.2e}; try 10x lower)"]
@@ -102,5 +110,7 @@ def divergence_message(what: str, state, finite_through: int, lr: float, fp16: b
         causes.append("training.precision fp16 overflowing (use bf16 or fp32)")
     if not clipping:
         causes.append("no gradient clipping (set training.max_grad_norm, e.g. 1.0)")
-    return (f"the {what} became non-finite (NaN/inf) {when}; training stopped and saved nothing after "
-            f"that ({kept}). Likely causes: {'; '.join(causes)}")
+    return (
+        f"the {what} became non-finite (NaN/inf) {when}; training stopped and saved nothing after "
+        f"that ({kept}). Likely causes: {'; '.join(causes)}"
+    )

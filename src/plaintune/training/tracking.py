@@ -4,6 +4,7 @@ The trainer calls `tracker.log(kind, step, epoch, metrics)`; each sink writes
 it its own way. Optional packages are imported where used, with an install hint.
 Only rank 0 creates a tracker with sinks under DDP.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -15,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from plaintune.rundir import atomic
 from plaintune.errors import UserError
-from plaintune.rundir.names import METRICS_FILE, PLOT_FILE, TENSORBOARD_DIR
+from plaintune.names import METRICS_FILE, PLOT_FILE, TENSORBOARD_DIR
+from plaintune.rundir import atomic
 
 
 class JsonlSink:
@@ -48,8 +49,13 @@ class JsonlSink:
         atomic.write_text(self.path, "".join(f"{line}\n" for line in kept))
 
     def log(self, kind: str, step: int, epoch: float, metrics: dict) -> None:
-        record = {"kind": kind, "step": step, "epoch": epoch, "time": round(time.time(), 3),
-                  **atomic.json_safe(metrics)}
+        record = {
+            "kind": kind,
+            "step": step,
+            "epoch": epoch,
+            "time": round(time.time(), 3),
+            **atomic.json_safe(metrics),
+        }
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
             handle.flush()
@@ -74,8 +80,10 @@ class TensorBoardSink:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise UserError("logging.tensorboard: the tensorboard package is not installed; pip install "
-                            "tensorboard, or set logging.tensorboard=false") from None
+            raise UserError(
+                "logging.tensorboard: the tensorboard package is not installed; pip install "
+                "tensorboard, or set logging.tensorboard=false"
+            ) from None
         self.logdir = run_dir / TENSORBOARD_DIR
         # purge_step drops events past the resume point, so a resumed curve has no doubled segment.
         self.writer = SummaryWriter(str(self.logdir), purge_step=resume_step)
@@ -90,8 +98,14 @@ class TensorBoardSink:
         self.writer.close()
 
 
-WANDB_ENV_MODES = {"online": "online", "run": "online", "offline": "offline", "dryrun": "offline",
-                   "disabled": "disabled", "shared": "shared"}
+WANDB_ENV_MODES = {
+    "online": "online",
+    "run": "online",
+    "offline": "offline",
+    "dryrun": "offline",
+    "disabled": "disabled",
+    "shared": "shared",
+}
 
 
 def wandb_mode(requested: str) -> str:
@@ -106,8 +120,10 @@ def wandb_mode(requested: str) -> str:
             del os.environ["WANDB_MODE"]
     if env and env.lower() not in WANDB_ENV_MODES:
         # wandb itself would fail on it later with a validation traceback, whatever the config says.
-        raise UserError(f"WANDB_MODE={env!r} is not a wandb mode; set it to online, offline or disabled, or unset it "
-                        "(logging.wandb.mode in the config also chooses)")
+        raise UserError(
+            f"WANDB_MODE={env!r} is not a wandb mode; set it to online, offline or disabled, or unset it "
+            "(logging.wandb.mode in the config also chooses)"
+        )
     if requested != "auto":
         return requested
     if env:
@@ -129,8 +145,10 @@ def wandb_has_credentials() -> bool:
             return bool(wandb.login(prompt=False, verify=False, host=os.environ.get("WANDB_BASE_URL") or None))
     except Exception as err:  # noqa: BLE001 - e.g. a key of the wrong format (AuthenticationError)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"logging.wandb: wandb's credentials are unusable ({first}); fix them with wandb login "
-                        "--relogin, or set logging.wandb.mode=offline or disabled") from None
+        raise UserError(
+            f"logging.wandb: wandb's credentials are unusable ({first}); fix them with wandb login "
+            "--relogin, or set logging.wandb.mode=offline or disabled"
+        ) from None
     finally:
         # login keeps the credentials it found for the session, and would answer the next question
         # (another WANDB_BASE_URL, a notebook's next run) from them; wandb.init looks them up again.
@@ -141,34 +159,46 @@ def wandb_has_credentials() -> bool:
 def wandb_settings(spec: dict, run_name: str, run_dir: Path) -> dict:
     """wandb.init arguments: the config's values, else wandb's environment variables, else defaults."""
     env = os.environ.get
-    return {"project": spec.get("project") or env("WANDB_PROJECT") or "plaintune",
-            "entity": spec.get("entity") or env("WANDB_ENTITY") or None,
-            "name": spec.get("name") or env("WANDB_NAME") or run_name,
-            "group": spec.get("group") or env("WANDB_RUN_GROUP") or None,
-            "tags": list(spec.get("tags") or []),
-            "dir": env("WANDB_DIR") or str(run_dir)}
+    return {
+        "project": spec.get("project") or env("WANDB_PROJECT") or "plaintune",
+        "entity": spec.get("entity") or env("WANDB_ENTITY") or None,
+        "name": spec.get("name") or env("WANDB_NAME") or run_name,
+        "group": spec.get("group") or env("WANDB_RUN_GROUP") or None,
+        "tags": list(spec.get("tags") or []),
+        "dir": env("WANDB_DIR") or str(run_dir),
+    }
 
 
 class WandbSink:
-    def __init__(self, run_dir: Path, spec: dict, run_name: str, config: dict, run_id: Optional[str],
-                 mode: Optional[str] = None):
+    def __init__(
+        self, run_dir: Path, spec: dict, run_name: str, config: dict, run_id: Optional[str], mode: Optional[str] = None
+    ):
         try:
             import wandb
         except ImportError:
-            raise UserError("logging.wandb.mode: the wandb package is not installed; pip install wandb, or set "
-                            "logging.wandb.mode=disabled") from None
+            raise UserError(
+                "logging.wandb.mode: the wandb package is not installed; pip install wandb, or set "
+                "logging.wandb.mode=disabled"
+            ) from None
         self.mode = mode or wandb_mode(spec["mode"])
         settings = wandb_settings(spec, run_name, run_dir)
         try:
             Path(settings["dir"]).mkdir(parents=True, exist_ok=True)
-            self.run = wandb.init(**settings, config=config, mode=self.mode, id=run_id,
-                                  resume="allow" if run_id else None,
-                                  settings=wandb.Settings(console="off", silent=True))
+            self.run = wandb.init(
+                **settings,
+                config=config,
+                mode=self.mode,
+                id=run_id,
+                resume="allow" if run_id else None,
+                settings=wandb.Settings(console="off", silent=True),
+            )
         except Exception as err:  # noqa: BLE001 - wandb raises many kinds (network, auth, validation)
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise UserError(f"logging.wandb: wandb could not start in {self.mode} mode ({first}); check your wandb "
-                            "login, network and WANDB_* variables, or set logging.wandb.mode=offline (upload later "
-                            "with wandb sync) or disabled") from None
+            raise UserError(
+                f"logging.wandb: wandb could not start in {self.mode} mode ({first}); check your wandb "
+                "login, network and WANDB_* variables, or set logging.wandb.mode=offline (upload later "
+                "with wandb sync) or disabled"
+            ) from None
         self.run_id = self.run.id
         self.files_dir = Path(settings["dir"]) / "wandb"  # where wandb keeps its run folders
 
@@ -209,8 +239,9 @@ def drop_symlinks(folder: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def start_wandb(run_dir: Path, logging_spec: dict, run_name: str, config: dict,
-                run_id: Optional[str]) -> Optional[WandbSink]:
+def start_wandb(
+    run_dir: Path, logging_spec: dict, run_name: str, config: dict, run_id: Optional[str]
+) -> Optional[WandbSink]:
     """The wandb sink, or None when wandb is disabled (by the config or WANDB_MODE). Started before a
     run touches its directory, so a backend that cannot start costs nothing."""
     mode = wandb_mode(logging_spec["wandb"]["mode"])
@@ -239,10 +270,17 @@ def plot_curves(records: list[dict], path: Path, metric: str) -> None:
     panels = ((axes[0], "loss", "loss"), (axes[1], metric, f"validation {metric}"), (axes[2], "lr", "learning rate"))
     for axis, key, title in panels:
         if key == "loss":
-            axis.plot([r["step"] for r in train if r.get("loss") is not None],
-                      [r["loss"] for r in train if r.get("loss") is not None], label="train")
-            axis.plot([r["step"] for r in evals if r.get("loss") is not None],
-                      [r["loss"] for r in evals if r.get("loss") is not None], "o-", label="validation")
+            axis.plot(
+                [r["step"] for r in train if r.get("loss") is not None],
+                [r["loss"] for r in train if r.get("loss") is not None],
+                label="train",
+            )
+            axis.plot(
+                [r["step"] for r in evals if r.get("loss") is not None],
+                [r["loss"] for r in evals if r.get("loss") is not None],
+                "o-",
+                label="validation",
+            )
             axis.legend()
         else:
             source = evals if key == metric else train
@@ -270,8 +308,15 @@ PLOT_MIN_INTERVAL_S = 30.0
 class Tracker:
     """Fans metrics out to the enabled sinks; a no-op on non-zero ranks."""
 
-    def __init__(self, run_dir: Path, logging_spec: dict, metric: str, resumed=None,
-                 wandb: Optional[WandbSink] = None, active: bool = True):
+    def __init__(
+        self,
+        run_dir: Path,
+        logging_spec: dict,
+        metric: str,
+        resumed=None,
+        wandb: Optional[WandbSink] = None,
+        active: bool = True,
+    ):
         """`resumed`: the TrainState a resumed run continues from (None: a fresh run);
         `wandb`: a sink the caller started (start_wandb) before anything was written."""
         self.metric = metric

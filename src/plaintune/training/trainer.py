@@ -4,6 +4,7 @@ Everything the loop does reads top to bottom in `train_epoch`. What a resume
 needs is in `train_state`, which validations count in `selection`, and the
 files in `rundir`; the trainer only calls them.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,17 +19,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from plaintune.training import distributed, memory
-from plaintune.training.distributed import DistInfo
 from plaintune.errors import Interrupted, UserError
-from plaintune.inference.outputs import model_outputs
-from plaintune.training.metrics import LOWER_IS_BETTER, compute_metrics, shown
 from plaintune.model.objective import Objective
+from plaintune.model.outputs import model_outputs
+from plaintune.recipe.metrics import LOWER_IS_BETTER, compute_metrics, shown
 from plaintune.rundir.layout import RunFiles
+from plaintune.runtime import distributed, memory
+from plaintune.runtime.distributed import DistInfo
 from plaintune.training.selection import SelectionRules, follow, record_validation, validation_name
+from plaintune.training.state import Optimization, TrainState, make_bundle, rng_states
 from plaintune.training.stopping import StopRequest, divergence_message, weights_finite
 from plaintune.training.tracking import Throughput, Tracker
-from plaintune.training.state import Optimization, TrainState, make_bundle, rng_states
 
 
 @dataclass(frozen=True)
@@ -36,28 +37,28 @@ class LoopOptions:
     """How the loop runs: flat values the run builder reads from the config, and where it runs."""
 
     epochs: int
-    max_steps: int = 0                # stop after this many optimizer steps, even mid-epoch (0: epochs decide)
+    max_steps: int = 0  # stop after this many optimizer steps, even mid-epoch (0: epochs decide)
     grad_accum_steps: int = 1
     max_grad_norm: Optional[float] = 1.0
     log_every_n_steps: int = 10
-    save_every_n_steps: int = 0       # mid-epoch last.pt every this many optimizer steps (0: off)
-    eval_every_n_steps: int = 0       # mid-epoch validation every this many optimizer steps (0: off)
+    save_every_n_steps: int = 0  # mid-epoch last.pt every this many optimizer steps (0: off)
+    eval_every_n_steps: int = 0  # mid-epoch validation every this many optimizer steps (0: off)
     save_best: bool = True
     selection: SelectionRules = SelectionRules()
     autocast_dtype: Optional[torch.dtype] = None
-    metric_name: str = "pearson"      # what best/, top-k, early stopping and plateau follow (metrics.METRICS)
-    binary_threshold: float = 3.0     # prediction >= this counts as 1 for F1 against the binary column
-    resume_command: str = ""          # printed after Ctrl-C / SIGTERM
+    metric_name: str = "pearson"  # what best/, top-k, early stopping and plateau follow (metrics.METRICS)
+    binary_threshold: float = 3.0  # prediction >= this counts as 1 for F1 against the binary column
+    resume_command: str = ""  # printed after Ctrl-C / SIGTERM
     device: torch.device = torch.device("cpu")
     dist: DistInfo = DistInfo()
 
 
 @dataclass
 class Batches:
-    train_loader: object              # this rank's training batches, each a list of micro-batches
-    dev_loader: object                # this rank's share of the dev batches (under DDP maybe none)
-    dev_labels: np.ndarray            # every dev label, in dataset order
-    dev_binary: Optional[np.ndarray] = None   # the dev file's 0/1 column, if it has one (for F1)
+    train_loader: object  # this rank's training batches, each a list of micro-batches
+    dev_loader: object  # this rank's share of the dev batches (under DDP maybe none)
+    dev_labels: np.ndarray  # every dev label, in dataset order
+    dev_binary: Optional[np.ndarray] = None  # the dev file's 0/1 column, if it has one (for F1)
 
 
 class Trainer:
@@ -66,8 +67,17 @@ class Trainer:
     Components arrive built (see `run.train`); `state` is a restored TrainState on resume.
     """
 
-    def __init__(self, model: nn.Module, objective: Objective, optim: Optimization, batches: Batches,
-                 files: RunFiles, tracker: Tracker, options: LoopOptions, state: Optional[TrainState] = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: Objective,
+        optim: Optimization,
+        batches: Batches,
+        files: RunFiles,
+        tracker: Tracker,
+        options: LoopOptions,
+        state: Optional[TrainState] = None,
+    ):
         self.model = model
         self.objective = objective
         self.optim = optim
@@ -84,9 +94,11 @@ class Trainer:
         followed_before = self.state.metric
         if follow(self.state, options.metric_name) and self.dist.is_main:
             best = self.state.best_metric
-            print(f"note: now following dev {options.metric_name} instead of {followed_before}: its best so far is "
-                  f"{'none' if best is None else f'{best:.4f} at epoch {self.state.best_epoch}'}; best/ keeps the "
-                  f"model {followed_before} chose until a validation beats that")
+            print(
+                f"note: now following dev {options.metric_name} instead of {followed_before}: its best so far is "
+                f"{'none' if best is None else f'{best:.4f} at epoch {self.state.best_epoch}'}; best/ keeps the "
+                f"model {followed_before} chose until a validation beats that"
+            )
         self.stop = StopRequest(distributed_run=self.dist.enabled)
         self._finite_through = self.state.global_step  # last optimizer step with the train loss seen finite
         self._window_loss = torch.tensor(self.state.window_loss, dtype=torch.float64, device=self.device)
@@ -103,8 +115,7 @@ class Trainer:
         `Interrupted` (exit 130 / 143); a second signal aborts at once without saving.
         """
         with self.stop.caught():
-            while self.state.epoch < self.options.epochs and not self.state.stopped_early \
-                    and not self.steps_done():
+            while self.state.epoch < self.options.epochs and not self.state.stopped_early and not self.steps_done():
                 self.train_epoch()
                 if self.stop.agreed or self.state.stopped_early:
                     break
@@ -121,8 +132,11 @@ class Trainer:
                 self.tracker.flush()  # curves.png shows every validation the resumed run will not repeat
             finally:  # a drawing that fails is reported after this, never instead of it: last.pt is saved
                 if self.dist.is_main:
-                    print(f"\ninterrupted ({self.stop.name}): resumable checkpoint saved to "
-                          f"{self.files.last_path}\nresume with: {self.options.resume_command}", file=sys.stderr)
+                    print(
+                        f"\ninterrupted ({self.stop.name}): resumable checkpoint saved to "
+                        f"{self.files.last_path}\nresume with: {self.options.resume_command}",
+                        file=sys.stderr,
+                    )
             raise Interrupted(self.stop.agreed)
         return self.state
 
@@ -148,7 +162,10 @@ class Trainer:
         batches, accum = len(self.sampler), options.grad_accum_steps
         self.model.train()
         speed = Throughput(self.dist.world_size)
-        with self._progress_bar(batches) as bar:
+        shown = batches
+        if options.max_steps:  # the bar counts the batches that will run: training.max_steps may end the epoch
+            shown = min(batches, state.step_in_epoch + (options.max_steps - state.global_step) * accum)
+        with self._progress_bar(shown) as bar:
             for batch in self.train_loader:
                 group_start = state.step_in_epoch - state.step_in_epoch % accum
                 group_size = min(accum, batches - group_start)
@@ -222,11 +239,21 @@ class Trainer:
         metric = metrics[followed]
         position = round(state.epoch + state.step_in_epoch / batches, 4) if mid_epoch else state.epoch
         state.history.append({"epoch": position, "step": state.global_step, **metrics})
-        self.tracker.log("eval", state.global_step, position,
-                         {**metrics, "eval_s": time.perf_counter() - started, "train_samples_per_s": self._train_speed})
+        self.tracker.log(
+            "eval",
+            state.global_step,
+            position,
+            {**metrics, "eval_s": time.perf_counter() - started, "train_samples_per_s": self._train_speed},
+        )
         name = validation_name(state, mid_epoch)
-        verdict = record_validation(state, metric, name, self.options.selection, followed,
-                                    epochs_left=not self.steps_done() and (mid_epoch or state.epoch < self.options.epochs))
+        verdict = record_validation(
+            state,
+            metric,
+            name,
+            self.options.selection,
+            followed,
+            epochs_left=not self.steps_done() and (mid_epoch or state.epoch < self.options.epochs),
+        )
         model, meta = self._evaluated_model(), self._model_meta()
         if verdict.best and self.options.save_best:
             self._on_main(lambda: self.files.save_best(model, meta))
@@ -242,8 +269,10 @@ class Trainer:
             tqdm.write(f"{where}  dev {shown(metrics)}{mark}")
             if verdict.stop:
                 rules = self.options.selection
-                tqdm.write(f"early stopping: no gain above {rules.min_delta:g} in {state.bad_validations} "
-                           f"validations (patience {rules.patience})")
+                tqdm.write(
+                    f"early stopping: no gain above {rules.min_delta:g} in {state.bad_validations} "
+                    f"validations (patience {rules.patience})"
+                )
 
     @torch.no_grad()
     def validate(self) -> tuple[dict[str, float], np.ndarray]:
@@ -262,11 +291,12 @@ class Trainer:
         logits = distributed.gather_rows(rows, outputs[rows], len(labels))
         dev_loss = float(self.objective.dev_loss(torch.from_numpy(logits), torch.from_numpy(labels)))
         predictions = self.objective.predictions(logits)
-        metrics = compute_metrics(predictions, labels, self.objective.num_labels,
-                                  self.batches.dev_binary, self.options.binary_threshold)
+        metrics = compute_metrics(
+            predictions, labels, self.objective.num_labels, self.batches.dev_binary, self.options.binary_threshold
+        )
         # Best and early stopping are decided from these on every rank: take rank 0's, so the
         # ranks cannot decide differently (and then wait for each other in different places).
-        return distributed.broadcast_object({**metrics, "loss": dev_loss}), predictions
+        return distributed.rank0_value({**metrics, "loss": dev_loss}), predictions
 
     # --------------------------------------------------------------- logging
     def log_train(self, samples_per_s: float, batches: int) -> None:
@@ -275,8 +305,9 @@ class Trainer:
         state.loss = float(self._window_loss) / state.window_steps  # a host sync: only every log step
         self._window_loss.zero_()
         position = round(state.epoch + state.step_in_epoch / max(batches, 1), 4)  # as validations count it
-        self.tracker.log("train", state.global_step, position,
-                         {"loss": state.loss, "lr": self._lr(), "samples_per_s": samples_per_s})
+        self.tracker.log(
+            "train", state.global_step, position, {"loss": state.loss, "lr": self._lr(), "samples_per_s": samples_per_s}
+        )
         state.window_loss, state.window_steps = 0.0, 0
 
     def _lr(self) -> float:
@@ -298,9 +329,16 @@ class Trainer:
         code = distributed.max_over_ranks(2 if loss_bad else 1 if weights_bad else 0)
         if code:
             fp16 = self.optim.scaler.is_enabled() or self.options.autocast_dtype == torch.float16
-            raise UserError(divergence_message("training loss" if code == 2 else "model weights", self.state,
-                                               self._finite_through, self._lr(), fp16,
-                                               clipping=self.options.max_grad_norm is not None))
+            raise UserError(
+                divergence_message(
+                    "training loss" if code == 2 else "model weights",
+                    self.state,
+                    self._finite_through,
+                    self._lr(),
+                    fp16,
+                    clipping=self.options.max_grad_norm is not None,
+                )
+            )
         self._finite_through = self.state.global_step
 
     # ----------------------------------------------------------------- saving
@@ -313,8 +351,9 @@ class Trainer:
         rank_rngs = distributed.all_gather_objects(rng_states()) if self.dist.enabled else None
         if self.dist.is_main:
             previous, self.state.saved_step = self.state.saved_step, self.state.global_step
-            bundle = make_bundle(distributed.unwrap_model(self.model), self.optim, self.state,
-                                 self.dist.world_size, rank_rngs)
+            bundle = make_bundle(
+                distributed.unwrap_model(self.model), self.optim, self.state, self.dist.world_size, rank_rngs
+            )
             self.files.save_last({**bundle, "run_ids": self.tracker.run_ids}, previous)
         distributed.barrier()
 
@@ -324,9 +363,13 @@ class Trainer:
 
     def _model_meta(self) -> dict:
         state, last = self.state, self.state.history[-1] if self.state.history else {}
-        return {"epoch": last.get("epoch", state.epoch), "global_step": state.global_step,
-                "metric": self.options.metric_name, "value": last.get(self.options.metric_name),
-                "metrics": {k: v for k, v in last.items() if k not in ("epoch", "step")}}
+        return {
+            "epoch": last.get("epoch", state.epoch),
+            "global_step": state.global_step,
+            "metric": self.options.metric_name,
+            "value": last.get(self.options.metric_name),
+            "metrics": {k: v for k, v in last.items() if k not in ("epoch", "step")},
+        }
 
     def _on_main(self, write) -> None:
         """Write on rank 0; every rank waits until it is done."""
@@ -345,9 +388,14 @@ class Trainer:
         return nullcontext() if sync or not self.dist.enabled else self.model.no_sync()
 
     def _progress_bar(self, batches: int):
-        return tqdm(total=batches, initial=self.state.step_in_epoch,
-                    desc=f"epoch {self.state.epoch + 1}/{self.options.epochs}",
-                    disable=not self.dist.is_main, dynamic_ncols=True, leave=False)
+        return tqdm(
+            total=batches,
+            initial=self.state.step_in_epoch,
+            desc=f"epoch {self.state.epoch + 1}/{self.options.epochs}",
+            disable=not self.dist.is_main,
+            dynamic_ncols=True,
+            leave=False,
+        )
 
 
 def _due(every: int, step: int) -> bool:

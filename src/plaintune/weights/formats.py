@@ -2,16 +2,16 @@
 
 A checkpoint arrives as a Hugging Face directory (single or sharded), a .safetensors
 file, or a torch file (a state dict, a training bundle, a Lightning .ckpt, a pickled
-model). Reading it is kept apart from fitting it onto a model (weights.py), so that
+model). Reading it is kept apart from fitting it onto a model (load.py), so that
 inspection, resume and inference see the same checks: a damaged, empty or unreadable
 file, or a pickle that would run code, is one error naming the file and the fix.
 
     state, fmt = read_state_dict(path)
 """
+
 from __future__ import annotations
 
 import json
-import math
 import pickle
 import warnings
 from pathlib import Path
@@ -21,7 +21,8 @@ import torch
 
 from plaintune import paths
 from plaintune.errors import UserError
-from plaintune.rundir.names import BEST_DIR, LAST_FILE
+from plaintune.names import BEST_DIR, LAST_FILE
+from plaintune.weights import record
 
 # Bundle keys whose value is the model's state dict, in order of preference.
 BUNDLE_KEYS = ("model_state_dict", "state_dict", "model", "module", "model_state")
@@ -42,8 +43,10 @@ def _at(where: str) -> str:
 def unreadable_error(path: Path, err: OSError, where: str = "") -> UserError:
     """A file that exists but cannot be opened: say why (not "no such file")."""
     if isinstance(err, PermissionError):
-        return UserError(f"{_at(where)}cannot read '{path}': permission denied; make it readable "
-                         f"(chmod u+r '{path}') or copy it somewhere readable")
+        return UserError(
+            f"{_at(where)}cannot read '{path}': permission denied; make it readable "
+            f"(chmod u+r '{path}') or copy it somewhere readable"
+        )
     return UserError(f"{_at(where)}cannot read '{path}': {err.strerror or err}")
 
 
@@ -55,13 +58,20 @@ def stat_path(path: Path, where: str = "") -> tuple[bool, bool]:
     if kind == paths.DENIED:
         raise unreadable_error(Path(path), PermissionError(13, "Permission denied"), where)
     if kind in (paths.DEVICE, paths.LOOP, paths.OTHER):
-        raise UserError(f"{_at(where)}'{path}' is {detail}, not a checkpoint file or directory; give the "
-                        "checkpoint's path")
+        raise UserError(
+            f"{_at(where)}'{path}' is {detail}, not a checkpoint file or directory; give the checkpoint's path"
+        )
     return kind == paths.DIR, kind == paths.FILE
 
 
-JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean",
-              type(None): "null"}
+JSON_TYPES = {
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
 RESTORE = "restore it from a good copy (e.g. save_pretrained again)"
 
 
@@ -71,8 +81,7 @@ def read_json_object(path: Path, where: str = "", what: str = "valid JSON") -> d
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise UserError(f"{_at(where)}'{path}' is not {what} (not UTF-8 text at byte {err.start}); "
-                        f"{RESTORE}") from None
+        raise UserError(f"{_at(where)}'{path}' is not {what} (not UTF-8 text at byte {err.start}); {RESTORE}") from None
     except OSError as err:
         raise unreadable_error(path, err, where) from None
     try:
@@ -86,59 +95,38 @@ def read_json_object(path: Path, where: str = "", what: str = "valid JSON") -> d
     return obj
 
 
-# plaintune's record of how a saved head's output maps to a score (objective.py explains the mapping)
-ACTIVATIONS = ("none", "sigmoid", "cosine")  # cosine: the bi-encoder's similarity in [-1, 1]
-CONFIG_ATTRIBUTE = "plaintune_output"  # stored in the HF config.json of saved models
-
-
-def parse_record(record: object, where: str) -> Optional[dict]:
-    """A plaintune output record, checked; None when there is none."""
-
-    if record is None:
-        return None
-    # plaintune has written activation, low and high since the record exists (kind and max_length came later)
-    missing = [key for key in ("activation", "low", "high") if key not in record] if isinstance(record, dict) else []
-    if missing:
-        raise UserError(f"{where}: '{CONFIG_ATTRIBUTE}' lacks {', '.join(missing)} ({record!r}); expected "
-                        "{activation: none|sigmoid|cosine, low: number, high: larger number}: fix or remove it")
-    ok = isinstance(record, dict) and record.get("activation") in ACTIVATIONS
-    if ok:
-        low, high = record.get("low", 0.0), record.get("high", 1.0)
-        ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high)) \
-            and low < high and record.get("kind", "cross_encoder") in ("cross_encoder", "bi_encoder") \
-            and isinstance(record.get("token_type_ids", False), bool) and isinstance(record.get("prompt", ""), str)
-    if not ok:
-        raise UserError(f"{where}: '{CONFIG_ATTRIBUTE}' is malformed ({record!r}); expected {{activation: "
-                        f"none|sigmoid|cosine, low: number, high: larger number, kind: cross_encoder|bi_encoder, "
-                        f"token_type_ids: true|false, prompt: text}}: "
-                        "fix or remove it")
-    return record
-
-
 def check_model_config(path: Path, where: str = "") -> dict:
     """config.json of a model directory: an object naming its architecture, with a well-formed
     plaintune output record if it has one (inference maps the head's output by it)."""
     config = read_json_object(path, where)
     if not isinstance(config.get("model_type"), str) or not config["model_type"]:
-        raise UserError(f"{_at(where)}'{path}' has no model_type (e.g. \"bert\"), so the architecture is "
-                        f"unknown; {RESTORE}")
-    parse_record(config.get(CONFIG_ATTRIBUTE), f"{_at(where)}'{path}'")
+        raise UserError(
+            f"{_at(where)}'{path}' has no model_type (e.g. \"bert\"), so the architecture is unknown; {RESTORE}"
+        )
+    record.parse(config.get(record.CONFIG_ATTRIBUTE), f"{_at(where)}'{path}'")
     return config
 
 
 def shard_files(index: Path, where: str = "") -> list[str]:
     """The shard files a `*.index.json` names, each checked to exist next to it."""
     weight_map = read_json_object(index, where).get("weight_map")
-    if not isinstance(weight_map, dict) or not weight_map or \
-            not all(isinstance(v, str) and v for v in weight_map.values()):
-        raise UserError(f"{_at(where)}shard index '{index}' is empty or malformed: it needs a weight_map of "
-                        "tensor name -> shard file; restore it, or delete it if the directory holds a single "
-                        "model.safetensors")
+    if (
+        not isinstance(weight_map, dict)
+        or not weight_map
+        or not all(isinstance(v, str) and v for v in weight_map.values())
+    ):
+        raise UserError(
+            f"{_at(where)}shard index '{index}' is empty or malformed: it needs a weight_map of "
+            "tensor name -> shard file; restore it, or delete it if the directory holds a single "
+            "model.safetensors"
+        )
     shards = sorted(set(weight_map.values()))
     absent = [shard for shard in shards if not (index.parent / shard).is_file()]
     if absent:
-        raise UserError(f"{_at(where)}shard index '{index}' names {len(absent)} shard(s) that do not exist: "
-                        f"{short_list(absent)}; copy them into '{index.parent}'")
+        raise UserError(
+            f"{_at(where)}shard index '{index}' names {len(absent)} shard(s) that do not exist: "
+            f"{short_list(absent)}; copy them into '{index.parent}'"
+        )
     return shards
 
 
@@ -157,13 +145,18 @@ def check_checkpoint_dir(path: Path, where: str = "") -> None:
         if (path / name).is_file():
             content = read_json_object(path / name, where, "a valid tokenizer file")
             if name == "tokenizer.json" and not isinstance(content.get("model"), dict):
-                raise UserError(f"{_at(where)}'{path / name}' is not a valid tokenizer file (no tokenizer model "
-                                "in it); replace it with a good copy (tokenizer.save_pretrained)")
+                raise UserError(
+                    f"{_at(where)}'{path / name}' is not a valid tokenizer file (no tokenizer model "
+                    "in it); replace it with a good copy (tokenizer.save_pretrained)"
+                )
 
 
 def _is_tensor_dict(obj: object) -> bool:
-    return isinstance(obj, dict) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    return (
+        isinstance(obj, dict)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
 
 
 def _check_readable(path: Path) -> None:
@@ -192,15 +185,19 @@ def load_torch_file(path: Path, trust: bool) -> object:
         if "Unsupported global" not in str(err):
             raise UserError(f"checkpoint '{path}' is not a readable torch file (corrupt or truncated?)") from None
         if not trust:
-            raise UserError(f"checkpoint '{path}' contains pickled Python objects (e.g. a whole model saved "
-                            "with torch.save(model)); unpickling can run code, so it is refused: if you trust "
-                            "its origin, rerun with --trust-checkpoint") from None
+            raise UserError(
+                f"checkpoint '{path}' contains pickled Python objects (e.g. a whole model saved "
+                "with torch.save(model)); unpickling can run code, so it is refused: if you trust "
+                "its origin, rerun with --trust-checkpoint"
+            ) from None
         try:
             return quiet_torch_load(path, weights_only=False)
         except Exception as load_err:  # the pickle needs classes this environment lacks
-            raise UserError(f"checkpoint '{path}': cannot unpickle ({type(load_err).__name__}: "
-                            f"{str(load_err).splitlines()[0] if str(load_err) else ''}); save a state_dict "
-                            "instead: torch.save(model.state_dict(), path)") from None
+            raise UserError(
+                f"checkpoint '{path}': cannot unpickle ({type(load_err).__name__}: "
+                f"{str(load_err).splitlines()[0] if str(load_err) else ''}); save a state_dict "
+                "instead: torch.save(model.state_dict(), path)"
+            ) from None
     except Exception as err:  # damaged bytes surface as almost any exception inside torch.load
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"checkpoint '{path}' is not a readable torch file (corrupt or truncated? {first})") from None
@@ -214,8 +211,9 @@ def _safetensors_load(path: Path) -> dict:
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise UserError(f"checkpoint '{path}' is not a readable safetensors file (corrupt or truncated? "
-                        f"{err})") from None
+        raise UserError(
+            f"checkpoint '{path}' is not a readable safetensors file (corrupt or truncated? {err})"
+        ) from None
 
 
 def _read_dir(path: Path, trust: bool) -> tuple[dict, str]:
@@ -245,8 +243,11 @@ def ema_weights(bundle: dict) -> Optional[dict]:
     average = bundle.get(EMA_KEY)
     if not isinstance(average, dict) or not average:
         return None
-    weights = {key[len("module."):]: value for key, value in average.items()
-               if isinstance(key, str) and key.startswith("module.") and isinstance(value, torch.Tensor)}
+    weights = {
+        key[len("module.") :]: value
+        for key, value in average.items()
+        if isinstance(key, str) and key.startswith("module.") and isinstance(value, torch.Tensor)
+    }
     return weights or None
 
 
@@ -254,9 +255,11 @@ def _check_key_types(obj: dict, path: Path) -> None:
     """A dict of tensors whose keys are not parameter names (e.g. 0, 1, 2: a list saved as a dict)."""
     odd = [key for key, value in obj.items() if not isinstance(key, str) and isinstance(value, torch.Tensor)]
     if odd:
-        raise UserError(f"checkpoint '{path}' holds tensors under keys that are not parameter names ({odd[0]!r}: "
-                        f"{type(odd[0]).__name__}); a state dict maps names such as 'bert.embeddings...' to "
-                        "tensors: save model.state_dict()")
+        raise UserError(
+            f"checkpoint '{path}' holds tensors under keys that are not parameter names ({odd[0]!r}: "
+            f"{type(odd[0]).__name__}); a state dict maps names such as 'bert.embeddings...' to "
+            "tensors: save model.state_dict()"
+        )
 
 
 def find_state_dict(obj: object, path: Path) -> tuple[dict, str]:
@@ -282,8 +285,10 @@ def find_state_dict(obj: object, path: Path) -> tuple[dict, str]:
         if tensors and len(tensors) >= len(obj) // 2:
             return tensors, "state dict (non-tensor entries ignored)"
         keys = ", ".join(map(str, list(obj)[:8]))
-        raise UserError(f"checkpoint '{path}' holds a dict without model weights (keys: {keys}); expected a "
-                        f"state dict or a bundle with one of: {', '.join(BUNDLE_KEYS)}")
+        raise UserError(
+            f"checkpoint '{path}' holds a dict without model weights (keys: {keys}); expected a "
+            f"state dict or a bundle with one of: {', '.join(BUNDLE_KEYS)}"
+        )
     raise UserError(f"checkpoint '{path}' holds a {type(obj).__name__}, not model weights")
 
 
@@ -308,3 +313,27 @@ def read_state_dict(path: Path | str, trust: bool = False) -> tuple[dict, str]:
     if not is_file:
         raise UserError(f"checkpoint '{path}' does not exist")
     return _read_file(path, trust)
+
+
+def read_record(source: Path) -> Optional[dict]:
+    """How plaintune mapped this checkpoint's output, if plaintune wrote it: config.json's record for a
+    directory, the run config for a resume bundle; None for a checkpoint made anywhere else."""
+    source = Path(source)
+    if source.is_dir():
+        config_file = source / "config.json"
+        try:
+            meta = json.loads(config_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None  # reading the weights reports a damaged or missing config.json
+        return record.parse(meta.get(record.CONFIG_ATTRIBUTE), str(config_file)) if isinstance(meta, dict) else None
+    if not source.is_file():
+        return None
+    if source.name in WEIGHT_FILES and (source.parent / "config.json").is_file():
+        return read_record(source.parent)  # best/model.safetensors: the directory's record
+    if source.suffix == ".safetensors":
+        return None
+    try:  # memory-mapped: only the small config entry is read
+        bundle = quiet_torch_load(source, weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - unreadable or pickled files are reported by the weight loader
+        return None
+    return record.from_bundle(bundle)

@@ -10,12 +10,16 @@
 bf16 keeps fp32's exponent range, so it needs no loss scaling; bench/RESULTS.md
 measures it at no cost in dev Pearson on STS Benchmark for both model kinds.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Optional
 
 import torch
+
+# training.precision / inference.precision -> the autocast dtype (None: fp32, no autocast)
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # /proc/cpuinfo flags of x86 CPUs that run bf16 matmuls in hardware (Cooper Lake, Sapphire Rapids, Zen 4+).
 NATIVE_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
@@ -36,8 +40,9 @@ def cpu_bf16_flags(cpuinfo: Path = CPUINFO) -> list[str]:
     return [flag for flag in NATIVE_BF16_CPU_FLAGS if flag in flags]
 
 
-def choose(device: torch.device, cuda_capability: Optional[tuple[int, int]] = None,
-           cpu_flags: Optional[list[str]] = None) -> tuple[str, str]:
+def choose(
+    device: torch.device, cuda_capability: Optional[tuple[int, int]] = None, cpu_flags: Optional[list[str]] = None
+) -> tuple[str, str]:
     """(precision, why) for `device`. The hardware facts are looked up unless given (tests pass them)."""
     if device.type == "cuda":
         major, minor = cuda_capability or torch.cuda.get_device_capability(device)
@@ -63,10 +68,9 @@ def resolve(requested: str, device: torch.device) -> tuple[str, str]:
     return chosen, f"auto: {why}"
 
 
-def for_training(requested: str, device: torch.device, saved_config: Optional[dict]) -> tuple[str, str]:
-    """(precision, why) for a training run. On resume, auto keeps the checkpoint's precision: the run
-    continues as it started (a run saved before auto existed continues in its fp32)."""
-    saved = ((saved_config or {}).get("training") or {}).get("precision")
-    if requested == "auto" and saved in ("fp32", "bf16", "fp16"):
+def for_training(requested: str, device: torch.device, saved: Optional[str]) -> tuple[str, str]:
+    """(precision, why) for a training run. On resume, auto keeps the checkpoint's precision (`saved`,
+    what its run resolved to): the run continues as it started."""
+    if requested == "auto" and saved in AUTOCAST:
         return saved, "auto: kept from the checkpoint; set training.precision to change it"
     return resolve(requested, device)

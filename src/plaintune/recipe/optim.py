@@ -3,6 +3,7 @@
 Each choice is a plain dict; an unknown name lists the valid ones (see
 validation.py, which checks names and options before any model loads).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -44,7 +45,7 @@ REGRESSION_LOSSES = {
     "huber": nn.HuberLoss,
     "smoothl1": nn.SmoothL1Loss,
     "bce": nn.BCEWithLogitsLoss,  # on labels scaled to 0-1; needs model.output_activation: sigmoid
-    "cosent": CoSENTLoss,         # ranks the pairs of each batch; whole batches, no micro-batches
+    "cosent": CoSENTLoss,  # ranks the pairs of each batch; whole batches, no micro-batches
 }
 # Losses over the pairs of a batch: a batch must be one forward pass.
 BATCH_LOSSES = ("cosent",)
@@ -53,8 +54,8 @@ CLASSIFICATION_LOSSES = {
     "crossentropy": nn.CrossEntropyLoss,
 }
 LOSSES = {**REGRESSION_LOSSES, **CLASSIFICATION_LOSSES}
-LOSS_NAMES = ("MSELoss (mse), L1Loss (l1), HuberLoss (huber), SmoothL1Loss (smooth_l1), BCEWithLogitsLoss (bce), "
-              "CoSENTLoss (cosent), CrossEntropyLoss")
+# How losses and optimizers are named to the user: the torch class name, and the short key.
+LOSS_NAMES = ", ".join(f"{cls.__name__} ({key})" for key, cls in LOSSES.items())
 
 
 def canonical_loss(name: str) -> str:
@@ -72,6 +73,7 @@ OPTIMIZERS = {
     "adam": torch.optim.Adam,
     "sgd": torch.optim.SGD,
 }
+OPTIMIZER_NAMES = ", ".join(cls.__name__ for cls in OPTIMIZERS.values())
 
 # ----------------------------------------------------------------- schedulers
 # name -> the options it accepts besides `name`
@@ -82,8 +84,13 @@ SCHEDULERS = {
     "step": {"step_size", "gamma"},
     "plateau": {"factor", "patience", "threshold", "min_lr", "cooldown"},
 }
-SCHEDULER_ALIASES = {"reducelronplateau": "plateau", "steplr": "step", "cosineannealing": "cosine",
-                     "cosinewithwarmup": "cosine", "linearwithwarmup": "linear"}
+SCHEDULER_ALIASES = {
+    "reducelronplateau": "plateau",
+    "steplr": "step",
+    "cosineannealing": "cosine",
+    "cosinewithwarmup": "cosine",
+    "linearwithwarmup": "linear",
+}
 
 
 def canonical_scheduler(name: str) -> str:
@@ -121,8 +128,9 @@ def _lr_scale(name: str, base_prefix: str, num_layers: int, head_multiplier: flo
     return 1.0  # pooler and other top-of-encoder parts
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, learning_rate: float, head_multiplier: float = 1.0,
-                     layer_decay: float = 1.0) -> list[dict]:
+def parameter_groups(
+    model: nn.Module, weight_decay: float, learning_rate: float, head_multiplier: float = 1.0, layer_decay: float = 1.0
+) -> list[dict]:
     """Trainable parameters grouped by (weight decay, lr). Biases and norm weights (all 1-D
     tensors) get no weight decay; the head and the layers get their lr factors."""
     base_prefix = getattr(model, "base_model_prefix", "") or ""
@@ -134,15 +142,15 @@ def parameter_groups(model: nn.Module, weight_decay: float, learning_rate: float
             continue
         decay = 0.0 if param.ndim < 2 else weight_decay
         scale = _lr_scale(name, base_prefix, num_layers, head_multiplier, layer_decay)
-        group = groups.setdefault((decay, scale), {"params": [], "weight_decay": decay,
-                                                   "lr": learning_rate * scale})
+        group = groups.setdefault((decay, scale), {"params": [], "weight_decay": decay, "lr": learning_rate * scale})
         group["params"].append(param)
     return sorted(groups.values(), key=lambda g: (-g["weight_decay"], g["lr"]))
 
 
 # ------------------------------------------------------------------- builders
-def build_optimizer(spec: dict, model: nn.Module, learning_rate: float, head_multiplier: float = 1.0,
-                    layer_decay: float = 1.0) -> torch.optim.Optimizer:
+def build_optimizer(
+    spec: dict, model: nn.Module, learning_rate: float, head_multiplier: float = 1.0, layer_decay: float = 1.0
+) -> torch.optim.Optimizer:
     cls = OPTIMIZERS[canonical_name(spec["name"])]
     options = spec_options(spec)
     weight_decay = float(options.pop("weight_decay", 0.0))
@@ -162,8 +170,14 @@ def _fused_supported(cls: type, model: nn.Module) -> bool:
     return bool(params) and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
 
 
-def build_scheduler(spec: dict, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int,
-                    maximize: bool = True, max_steps: Optional[int] = None):
+def build_scheduler(
+    spec: dict,
+    optimizer: torch.optim.Optimizer,
+    steps_per_epoch: int,
+    epochs: int,
+    maximize: bool = True,
+    max_steps: Optional[int] = None,
+):
     """Return (scheduler, when) where `when` is 'step' (after each optimizer step) or 'metric'
     (after each validation, given the metric; `maximize` False for a metric where lower is better).
     `max_steps` (training.max_steps) cuts the run short: warm-up and decay span the steps it will take."""
@@ -177,16 +191,18 @@ def build_scheduler(spec: dict, optimizer: torch.optim.Optimizer, steps_per_epoc
         return transformers.get_linear_schedule_with_warmup(optimizer, warmup, total), "step"
     if kind == "cosine":
         return transformers.get_cosine_schedule_with_warmup(
-            optimizer, warmup, total, num_cycles=float(options.get("num_cycles", 0.5))), "step"
+            optimizer, warmup, total, num_cycles=float(options.get("num_cycles", 0.5))
+        ), "step"
     if kind == "constant":
         return transformers.get_constant_schedule_with_warmup(optimizer, warmup), "step"
     if kind == "step":
         step_size = max(1, int(options.get("step_size", 1))) * max(1, steps_per_epoch)
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size,
-                                               gamma=float(options.get("gamma", 0.1))), "step"
+        return torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=step_size, gamma=float(options.get("gamma", 0.1))
+        ), "step"
     plateau_options = {k: options[k] for k in ("factor", "patience", "threshold", "cooldown") if k in options}
     if "patience" in plateau_options:
         plateau_options["patience"] = int(plateau_options["patience"])
     return torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="max" if maximize else "min", min_lr=float(options.get("min_lr", 0.0)),
-        **plateau_options), "metric"
+        optimizer, mode="max" if maximize else "min", min_lr=float(options.get("min_lr", 0.0)), **plateau_options
+    ), "metric"

@@ -8,6 +8,7 @@ template gives the pattern that recognises them all.
 
 This module imports nothing from plaintune: every layer may read it.
 """
+
 from __future__ import annotations
 
 import re
@@ -22,8 +23,10 @@ class NameFamily:
     def __init__(self, template: str, **fields: str):
         self.template = template
         parsed = [(literal, field) for literal, field, _, _ in string.Formatter().parse(template)]
-        regex = "".join(re.escape(literal) + (f"(?P<{field}>{fields[field]})" if field is not None else "")
-                        for literal, field in parsed)
+        regex = "".join(
+            re.escape(literal) + (f"(?P<{field}>{fields[field]})" if field is not None else "")
+            for literal, field in parsed
+        )
         self.pattern = re.compile(f"^{regex}$")
         self.glob = "".join(literal + ("*" if field is not None else "") for literal, field in parsed)
 
@@ -43,9 +46,9 @@ Name = Union[str, NameFamily]
 
 # ------------------------------------------------------------------- in every directory plaintune makes
 
-MARKER = ".plaintune-run"   # ownership.py: plaintune made this directory, and of which kind
-LOCK_FILE = ".lock"         # lock.py: the one process that writes here now
-OLD_SUFFIX = ".old"         # atomic.replace_dir: the previous copy, kept while a directory is replaced
+MARKER = ".plaintune-run"  # ownership.py: plaintune made this directory, and of which kind
+LOCK_FILE = ".lock"  # lock.py: the one process that writes here now
+OLD_SUFFIX = ".old"  # atomic.replace_dir: the previous copy, kept while a directory is replaced
 # atomic.py writes `.NAME.XXXXXXXX.tmp` beside NAME (XXXXXXXX: tempfile's random part) and renames it
 TEMP_SUFFIX = ".tmp"
 TEMPORARY = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]{8}" + re.escape(TEMP_SUFFIX) + "$")
@@ -57,35 +60,35 @@ def temp_prefix(target: str) -> str:
 
 # ------------------------------------------------------------------- a run: <output_dir>/<run_name>/
 
-LAST_FILE = "last.pt"                  # the newest resume bundle
-CONFIG_FILE = "config.yaml"            # the run's resolved config
-LOAD_REPORT_FILE = "load_report.txt"   # what a warm start (model.init_from) loaded
-METRICS_FILE = "metrics.jsonl"         # one line per logged step or validation
-PLOT_FILE = "curves.png"               # those curves drawn
-BEST_DIR = "best"                      # the best model (a Hugging Face directory)
-BEST_OLD_DIR = BEST_DIR + OLD_SUFFIX   # best/'s previous copy, if a crash fell between two renames
-STEP_DIR = "checkpoints"               # older resume bundles (checkpoint.keep_last)
-TOP_DIR = "top"                        # the k best validations' models (checkpoint.keep_top_k)
-REPORT_DIR = "report"                  # where the best model goes wrong on dev
-TENSORBOARD_DIR = "tensorboard"        # TensorBoard's event files (named by TensorBoard)
+LAST_FILE = "last.pt"  # the newest resume bundle
+CONFIG_FILE = "config.yaml"  # the run's resolved config
+LOAD_REPORT_FILE = "load_report.txt"  # what a warm start (model.init_from) loaded
+METRICS_FILE = "metrics.jsonl"  # one line per logged step or validation
+PLOT_FILE = "curves.png"  # those curves drawn
+BEST_DIR = "best"  # the best model (a Hugging Face directory)
+BEST_OLD_DIR = BEST_DIR + OLD_SUFFIX  # best/'s previous copy, if a crash fell between two renames
+STEP_DIR = "checkpoints"  # older resume bundles (checkpoint.keep_last)
+TOP_DIR = "top"  # the k best validations' models (checkpoint.keep_top_k)
+REPORT_DIR = "report"  # where the best model goes wrong on dev
+TENSORBOARD_DIR = "tensorboard"  # TensorBoard's event files (named by TensorBoard)
 
 RUN_FILES = (LAST_FILE, METRICS_FILE, PLOT_FILE, LOAD_REPORT_FILE, CONFIG_FILE)
 RUN_FOLDERS = (BEST_DIR, BEST_OLD_DIR, STEP_DIR, TOP_DIR, TENSORBOARD_DIR, REPORT_DIR)
-BEST_DIRS = (BEST_DIR, BEST_OLD_DIR)   # where the best model is looked for, in this order
+BEST_DIRS = (BEST_DIR, BEST_OLD_DIR)  # where the best model is looked for, in this order
 
-STEP_BUNDLE = NameFamily("step-{step:08d}.pt", step=NUMBER)   # in checkpoints/
-EPOCH_MODEL = NameFamily("epoch-{epoch:03d}", epoch=NUMBER)   # in top/: a validation at an epoch end
-STEP_MODEL = NameFamily("step-{step:08d}", step=NUMBER)       # in top/: a validation mid-epoch
+STEP_BUNDLE = NameFamily("step-{step:08d}.pt", step=NUMBER)  # in checkpoints/
+EPOCH_MODEL = NameFamily("epoch-{epoch:03d}", epoch=NUMBER)  # in top/: a validation at an epoch end
+STEP_MODEL = NameFamily("step-{step:08d}", step=NUMBER)  # in top/: a validation mid-epoch
 TOP_MODELS = (EPOCH_MODEL, STEP_MODEL)
 # in tensorboard/: torch's SummaryWriter names its event files events.out.tfevents.<time>.<host>.<pid>.<n>
-TENSORBOARD_EVENTS = NameFamily("events.out.tfevents.{time}.{host}.{pid}.{n}", time=NUMBER, host=r"[^/]+",
-                                pid=NUMBER, n=NUMBER)
+TENSORBOARD_EVENTS = NameFamily(
+    "events.out.tfevents.{time}.{host}.{pid}.{n}", time=NUMBER, host=r"[^/]+", pid=NUMBER, n=NUMBER
+)
 
 # Beside every saved model (best/, top/...): its epoch, step and metrics. Not transformers.Trainer's
-# trainer_state.json, whose schema it does not follow; runs written before the rename used that name.
+# trainer_state.json, whose schema it does not follow.
 BEST_META = "plaintune_state.json"
-LEGACY_BEST_META = "trainer_state.json"
-BEST_META_KEYS = ("epoch", "global_step", "metric", "value")   # what that file holds (trainer.py writes them)
+BEST_META_KEYS = ("epoch", "global_step", "metric", "value")  # what that file holds (trainer.py writes them)
 MODEL_CARD = "README.md"
 
 # The error report: a run's report/, and <stem>_report/ beside a labelled prediction <stem>.csv
@@ -100,11 +103,17 @@ def report_folder_name(submission_stem: str) -> str:
     return f"{submission_stem}_report"
 
 
+# Beside a submission inference wrote (outside any run directory): who wrote it, for which models, and
+# the file's SHA-256 (inference/written.py), so a later inference replaces only its own file.
+OUTPUT_RECORD = NameFamily(".{name}.plaintune.json", name=r".+")
+DEFAULT_OUTPUT_DIR = "output"  # inference.output_path null: output/<the model's run name>.csv
+
+
 # ------------------------------------------------------------------- a k-fold: <output_dir>/<run_name>-folds/
 
 FOLDS_SUFFIX = "-folds"
-SPLIT_FILE = "split.json"              # the cut and the recipe every fold depends on
-FOLDS_SUMMARY = "summary.json"         # each fold's held-out score and the out-of-fold one
+SPLIT_FILE = "split.json"  # the cut and the recipe every fold depends on
+FOLDS_SUMMARY = "summary.json"  # each fold's held-out score and the out-of-fold one
 FOLD_PART = NameFamily("fold{fold}_{part}.csv", fold=NUMBER, part="train|dev")
 FOLD_PREDICTIONS = NameFamily("fold{fold}_predictions.json", fold=NUMBER)  # a finished fold's held-out predictions
 

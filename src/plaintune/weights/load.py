@@ -8,6 +8,7 @@ missing, unexpected or mis-shaped are an error unless a glob in `LoadRules` allo
 
     report = load_weights(model, path, LoadRules(key_rules, allow_missing=["classifier.*"]))
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -19,7 +20,7 @@ from typing import Iterable, Optional, Sequence
 import torch
 
 from plaintune.errors import UserError
-from plaintune.checkpoint.formats import read_state_dict, short_list
+from plaintune.weights.formats import read_state_dict, short_list
 
 # Buffers some older checkpoints carry that current models rebuild themselves.
 IGNORABLE_UNEXPECTED = ("*position_ids", "*.num_batches_tracked")
@@ -37,10 +38,11 @@ BUILTIN_RULES = (
 @dataclass(frozen=True)
 class LoadRules:
     """What a load may do beyond exact matches; the fields are the model config's keys of the same name."""
-    key_rules: Sequence[Sequence[str]] = ()   # (regex, replacement) pairs, always applied, in order
-    allow_missing: Sequence[str] = ()         # globs: model tensors that may start fresh (absent or reshaped)
-    allow_unexpected: Sequence[str] = ()      # globs: checkpoint tensors that may be ignored
-    allow_nonfinite: Sequence[str] = ()       # globs: model tensors that may hold NaN/inf
+
+    key_rules: Sequence[Sequence[str]] = ()  # (regex, replacement) pairs, always applied, in order
+    allow_missing: Sequence[str] = ()  # globs: model tensors that may start fresh (absent or reshaped)
+    allow_unexpected: Sequence[str] = ()  # globs: checkpoint tensors that may be ignored
+    allow_nonfinite: Sequence[str] = ()  # globs: model tensors that may hold NaN/inf
 
 
 @dataclass
@@ -48,34 +50,38 @@ class LoadReport:
     source: str
     fmt: str
     loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)          # not in checkpoint, allowed -> fresh
-    unexpected: list[str] = field(default_factory=list)       # in checkpoint, ignored (allowed)
-    reshaped: list[str] = field(default_factory=list)         # shape differs, allowed -> fresh
+    missing: list[str] = field(default_factory=list)  # not in checkpoint, allowed -> fresh
+    unexpected: list[str] = field(default_factory=list)  # in checkpoint, ignored (allowed)
+    reshaped: list[str] = field(default_factory=list)  # shape differs, allowed -> fresh
     rules: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = [f"loaded {len(self.loaded)} tensors from {self.source} ({self.fmt})"]
         if self.rules:
             parts.append("rules: " + ", ".join(self.rules))
-        for label, names in (("fresh (allowed missing)", self.missing), ("reshaped, fresh", self.reshaped),
-                             ("ignored unexpected", self.unexpected)):
+        for label, names in (
+            ("fresh (allowed missing)", self.missing),
+            ("reshaped, fresh", self.reshaped),
+            ("ignored unexpected", self.unexpected),
+        ):
             if names:
                 parts.append(f"{label}: {short_list(names)}")
         return "; ".join(parts)
 
     def full_text(self) -> str:
         lines = [f"source: {self.source}", f"format: {self.fmt}", f"rules applied: {self.rules or 'none'}"]
-        for label, names in (("loaded", self.loaded), ("missing (initialised fresh)", self.missing),
-                             ("shape-mismatched (initialised fresh)", self.reshaped),
-                             ("unexpected (ignored)", self.unexpected)):
+        for label, names in (
+            ("loaded", self.loaded),
+            ("missing (initialised fresh)", self.missing),
+            ("shape-mismatched (initialised fresh)", self.reshaped),
+            ("unexpected (ignored)", self.unexpected),
+        ):
             lines.append(f"{label}: {len(names)}")
             lines += [f"  {name}" for name in names]
         return "\n".join(lines) + "\n"
 
 
-
-def _rename(keys: Iterable[str], pattern: str, replacement: str,
-            keep: Optional[set[str]] = None) -> dict[str, str]:
+def _rename(keys: Iterable[str], pattern: str, replacement: str, keep: Optional[set[str]] = None) -> dict[str, str]:
     """Rename keys by a regex; keys in `keep` (already matching the model) stay as they are."""
     regex = re.compile(pattern)
     keep = keep or set()
@@ -89,12 +95,12 @@ def _prefix_rules(model: torch.nn.Module) -> list[tuple[str, str, str]]:
     p = re.escape(prefix)
     # Added to every key that does not match yet (matching keys are never renamed); not only to
     # keys lacking the prefix, since a base model may have a submodule of the same name.
-    return [(f"add base prefix '{prefix}.'", r"^", f"{prefix}."),
-            (f"strip base prefix '{prefix}.'", rf"^{p}\.", "")]
+    return [(f"add base prefix '{prefix}.'", r"^", f"{prefix}."), (f"strip base prefix '{prefix}.'", rf"^{p}\.", "")]
 
 
-def map_keys(state: dict, model_keys: set[str], user_rules: Sequence[Sequence[str]] = (),
-             model: Optional[torch.nn.Module] = None) -> tuple[dict, list[str]]:
+def map_keys(
+    state: dict, model_keys: set[str], user_rules: Sequence[Sequence[str]] = (), model: Optional[torch.nn.Module] = None
+) -> tuple[dict, list[str]]:
     """Rename checkpoint keys towards the model's keys.
 
     User rules (regex pairs from `model.key_rules`) always apply, in order. Then
@@ -160,23 +166,39 @@ def check_values(state: dict, target: dict, source: str, allow_nonfinite: Sequen
     quantized state dict: copying would truncate every weight to a whole number) and NaN/inf
     values (a diverged run) unless their model name matches an `allow_nonfinite` glob.
     Half-precision floats into a float32 model are fine: they are cast up exactly."""
-    cast = [f"{k} ({_dtype(v)} vs model {_dtype(target[k])})" for k, v in state.items()
-            if target[k].is_floating_point() and not v.is_floating_point()]
+    cast = [
+        f"{k} ({_dtype(v)} vs model {_dtype(target[k])})"
+        for k, v in state.items()
+        if target[k].is_floating_point() and not v.is_floating_point()
+    ]
     if cast:
-        raise UserError(f"checkpoint '{source}' holds {len(cast)} non-floating-point tensors where the model's are "
-                        f"floating point: {short_list(cast, 3)}; it was cast or quantized (e.g. .to(torch.int8)); "
-                        "load the floating-point checkpoint it was made from")
-    nonfinite = [k for k, v in state.items()
-                 if v.is_floating_point() and not _any_match(k, allow_nonfinite) and not bool(torch.isfinite(v).all())]
+        raise UserError(
+            f"checkpoint '{source}' holds {len(cast)} non-floating-point tensors where the model's are "
+            f"floating point: {short_list(cast, 3)}; it was cast or quantized (e.g. .to(torch.int8)); "
+            "load the floating-point checkpoint it was made from"
+        )
+    nonfinite = [
+        k
+        for k, v in state.items()
+        if v.is_floating_point() and not _any_match(k, allow_nonfinite) and not bool(torch.isfinite(v).all())
+    ]
     if nonfinite:
-        raise UserError(f"checkpoint '{source}' holds NaN or inf values in {len(nonfinite)} tensors: "
-                        f"{short_list(sorted(nonfinite))}; a diverged run's weights predict garbage: use an earlier "
-                        "checkpoint, or, if those tensors are meant to hold them, list them in model.allow_nonfinite "
-                        f"(e.g. [\"{sorted(nonfinite)[0]}\"])")
+        raise UserError(
+            f"checkpoint '{source}' holds NaN or inf values in {len(nonfinite)} tensors: "
+            f"{short_list(sorted(nonfinite))}; a diverged run's weights predict garbage: use an earlier "
+            "checkpoint, or, if those tensors are meant to hold them, list them in model.allow_nonfinite "
+            f'(e.g. ["{sorted(nonfinite)[0]}"])'
+        )
 
 
-def load_into(model: torch.nn.Module, state: dict, source: str, fmt: str, rules: LoadRules = LoadRules(),
-              strict_hint: Optional[str] = None) -> LoadReport:
+def load_into(
+    model: torch.nn.Module,
+    state: dict,
+    source: str,
+    fmt: str,
+    rules: LoadRules = LoadRules(),
+    strict_hint: Optional[str] = None,
+) -> LoadReport:
     """Load `state` into `model` strictly, after key rules; return what happened.
 
     Missing or shape-mismatched tensors not matched by an `allow_missing` glob,
@@ -194,8 +216,7 @@ def load_into(model: torch.nn.Module, state: dict, source: str, fmt: str, rules:
 
     bad_missing = [k for k in missing if not _any_match(k, rules.allow_missing)]
     bad_shape = [k for k in mismatched if not _any_match(k, rules.allow_missing)]
-    bad_unexpected = [k for k in unexpected
-                      if not _any_match(k, tuple(rules.allow_unexpected) + IGNORABLE_UNEXPECTED)]
+    bad_unexpected = [k for k in unexpected if not _any_match(k, tuple(rules.allow_unexpected) + IGNORABLE_UNEXPECTED)]
     problems = []
     if bad_missing:
         problems.append(f"{len(bad_missing)} model tensors missing from the checkpoint: {short_list(bad_missing)}")
@@ -205,8 +226,10 @@ def load_into(model: torch.nn.Module, state: dict, source: str, fmt: str, rules:
     if bad_unexpected:
         problems.append(f"{len(bad_unexpected)} checkpoint tensors the model lacks: {short_list(bad_unexpected)}")
     if problems:
-        hint = ("is it a checkpoint of another model or task (model.name, model.num_labels)? To start those "
-                "tensors fresh on purpose, list them in model.allow_missing (e.g. [\"classifier.*\"])")
+        hint = (
+            "is it a checkpoint of another model or task (model.name, model.num_labels)? To start those "
+            'tensors fresh on purpose, list them in model.allow_missing (e.g. ["classifier.*"])'
+        )
         if bad_unexpected and not (bad_missing or bad_shape):
             hint = "to ignore them on purpose, list them in model.allow_unexpected"
         if strict_hint:
@@ -225,8 +248,13 @@ def load_into(model: torch.nn.Module, state: dict, source: str, fmt: str, rules:
     return report
 
 
-def load_weights(model: torch.nn.Module, path: Path | str, rules: LoadRules = LoadRules(), trust: bool = False,
-                 strict_hint: Optional[str] = None) -> LoadReport:
+def load_weights(
+    model: torch.nn.Module,
+    path: Path | str,
+    rules: LoadRules = LoadRules(),
+    trust: bool = False,
+    strict_hint: Optional[str] = None,
+) -> LoadReport:
     """`read_state_dict` + `load_into`: the one way weights get into a model."""
     state, fmt = read_state_dict(path, trust)
     return load_into(model, state, str(path), fmt, rules, strict_hint)

@@ -7,6 +7,7 @@ nccl for CUDA devices and gloo otherwise.
 Every collective here must be entered by all ranks at the same point of the
 loop, or the ranks that entered it wait for the others until the group's timeout.
 """
+
 from __future__ import annotations
 
 import os
@@ -76,8 +77,9 @@ def setup(device_spec: str, timeout_s: Optional[float] = None) -> tuple[DistInfo
     error instead of a hang. None keeps torch's default.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    info = DistInfo(rank=int(os.environ.get("RANK", "0")), local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-                    world_size=world_size)
+    info = DistInfo(
+        rank=int(os.environ.get("RANK", "0")), local_rank=int(os.environ.get("LOCAL_RANK", "0")), world_size=world_size
+    )
     device = resolve_device(device_spec, info.local_rank)
     if info.enabled and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -170,15 +172,16 @@ def all_gather_objects(obj) -> list:
     size_work.wait()
     longest = max(int(size) for size in sizes)
     padded = torch.zeros(longest, dtype=torch.uint8, device=device)
-    padded[:payload.numel()] = payload
+    padded[: payload.numel()] = payload
     received = [torch.empty(longest, dtype=torch.uint8, device=device) for _ in range(world)]
     _hold(size_work, dist.all_gather(received, padded, async_op=True))
     # The ranks of one run, one program: their pickles are as trusted as this process.
-    return [pickle.loads(data[:int(size)].cpu().numpy().tobytes()) for data, size in zip(received, sizes)]
+    return [pickle.loads(data[: int(size)].cpu().numpy().tobytes()) for data, size in zip(received, sizes)]
 
 
-def broadcast_object(obj):
-    """Rank 0's value of `obj` on every rank (small objects: every rank's travels)."""
+def rank0_value(obj):
+    """Rank 0's value of `obj` on every rank. Gathered, not broadcast: every rank's (small) value
+    travels, through the same holdable collective as all_gather_objects."""
     return all_gather_objects(obj)[0]
 
 

@@ -16,6 +16,7 @@ after training. Two measures, measured in bench/RESULTS.md (the base model):
 
 Elsewhere (macOS, musl, Windows) both do nothing: those allocators return memory on their own terms.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -24,7 +25,7 @@ import os
 from functools import lru_cache
 from typing import Optional
 
-M_MMAP_THRESHOLD = -3          # mallopt's parameter number (malloc.h)
+M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 MMAP_THRESHOLD_BYTES = 1 << 20
 
 
@@ -44,8 +45,11 @@ def limit_heap_retention() -> bool:
     Not when the user chose one (MALLOC_MMAP_THRESHOLD_, or its newer spelling in GLIBC_TUNABLES:
     theirs wins) or the allocator is not glibc's."""
     libc = _glibc()
-    if libc is None or "MALLOC_MMAP_THRESHOLD_" in os.environ or \
-            "glibc.malloc.mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
+    if (
+        libc is None
+        or "MALLOC_MMAP_THRESHOLD_" in os.environ
+        or "glibc.malloc.mmap_threshold" in os.environ.get("GLIBC_TUNABLES", "")
+    ):
         return False
     return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
 

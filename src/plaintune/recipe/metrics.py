@@ -6,6 +6,7 @@ file (KLUE-STS's `binary-label`: 1 where label >= 3), also F1 and accuracy of
 `training.metric` picks the one best/, top-k, early stopping and a plateau
 scheduler follow; `loss` (the dev loss) is the only one where lower is better.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,14 +46,23 @@ def _classification(predicted: np.ndarray, target: np.ndarray, num_classes: int)
     if len(preds) == 0:
         return {"f1": float("nan"), "accuracy": float("nan")}
     if num_classes == 2:
-        return {"f1": float(f1_score(preds, truth, task="binary")),
-                "accuracy": float(accuracy(preds, truth, task="binary"))}
-    return {"f1": float(f1_score(preds, truth, task="multiclass", num_classes=num_classes, average="macro")),
-            "accuracy": float(accuracy(preds, truth, task="multiclass", num_classes=num_classes))}
+        return {
+            "f1": float(f1_score(preds, truth, task="binary")),
+            "accuracy": float(accuracy(preds, truth, task="binary")),
+        }
+    return {
+        "f1": float(f1_score(preds, truth, task="multiclass", num_classes=num_classes, average="macro")),
+        "accuracy": float(accuracy(preds, truth, task="multiclass", num_classes=num_classes)),
+    }
 
 
-def compute_metrics(predictions: np.ndarray, labels: np.ndarray, num_labels: int,
-                    binary: Optional[np.ndarray] = None, threshold: float = 3.0) -> dict[str, float]:
+def compute_metrics(
+    predictions: np.ndarray,
+    labels: np.ndarray,
+    num_labels: int,
+    binary: Optional[np.ndarray] = None,
+    threshold: float = 3.0,
+) -> dict[str, float]:
     """All metrics of final predictions (scores, or class ids for classification) against labels.
 
     `binary`: the file's 0/1 column, if it has one; F1 and accuracy then score
@@ -62,8 +72,10 @@ def compute_metrics(predictions: np.ndarray, labels: np.ndarray, num_labels: int
     predictions = np.asarray(predictions)
     if num_labels > 1:
         return _classification(predictions, np.asarray(labels).astype(np.int64), num_labels)
-    metrics = {"pearson": _correlation("pearson", predictions, labels),
-               "spearman": _correlation("spearman", predictions, labels)}
+    metrics = {
+        "pearson": _correlation("pearson", predictions, labels),
+        "spearman": _correlation("spearman", predictions, labels),
+    }
     if binary is not None:
         positive = np.isfinite(predictions) & (np.nan_to_num(predictions, nan=-np.inf) >= threshold)
         metrics.update(_classification(positive.astype(np.int64), np.asarray(binary).astype(np.int64), 2))
@@ -83,7 +95,7 @@ def score(predictions: np.ndarray, labels: np.ndarray, num_labels: int) -> float
 def is_better(value: float, best: Optional[float], metric: str = "pearson") -> bool:
     """Whether `value` of `metric` beats `best`. Only a finite value can be best: a NaN or inf one
     (a diverged model, constant predictions) never is, not even the first; a finite one beats any
-    non-finite best (e.g. from a bundle written before this rule)."""
+    non-finite best."""
     if not math.isfinite(value):
         return False
     if best is None or not math.isfinite(best):
