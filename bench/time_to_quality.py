@@ -244,7 +244,12 @@ def run_plaintune(args, work: Path) -> dict:
         f"data.dev_path={args.data / 'dev.csv'}",
         "data.test_path=null",
         f"seed={args.seed}",
-        f"training.eval_every_n_steps={steps_per_epoch // 2}",
+        # the curve's extra validations (--evals-per-epoch 1: the config's own, one per epoch, as a user runs it)
+        *(
+            [f"training.eval_every_n_steps={steps_per_epoch // args.evals_per_epoch}"]
+            if args.evals_per_epoch > 1
+            else []
+        ),
         "checkpoint.every_n_steps=0",
         "logging.tensorboard=false",
         "logging.wandb.mode=disabled",
@@ -301,6 +306,7 @@ def measure(tool: str, args) -> dict:
         *(["--epochs", str(args.epochs)] if args.epochs else []),
         *(["--rows", str(args.rows)] if args.rows else []),
         *(["--dev-rows", str(args.dev_rows)] if args.dev_rows else []),
+        f"--evals-per-epoch={args.evals_per_epoch}",
         *(f"--set={override}" for override in args.overrides),
     ]
     process = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -357,6 +363,13 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=None, help="keep the first ROWS training pairs")
     parser.add_argument("--dev-rows", type=int, default=None, help="keep the first DEV_ROWS dev pairs")
     parser.add_argument("--epochs", type=int, default=None, help="every tool's epochs (default: its own recipe's)")
+    parser.add_argument(
+        "--evals-per-epoch",
+        type=int,
+        default=2,
+        help="plaintune validations per epoch (default 2, for the curve; 1: only the config's own epoch-end "
+        "validation, for whole-process times as a user runs it)",
+    )
     parser.add_argument(
         "--set",
         dest="overrides",

@@ -223,12 +223,19 @@ def member_configs(cfg: Box, source: str) -> dict[str, Box]:
 
 
 def measure_speed(
-    cfg: Box, table: data.PairTable, device: torch.device, rows: int = 256, warmup_batches: int = 2
+    cfg: Box,
+    table: data.PairTable,
+    device: torch.device,
+    rows: int = 256,
+    warmup_batches: int = 2,
+    budget_s: float = 8.0,
 ) -> float:
     """Training pairs per second of this member's recipe on this machine: whole optimizer steps
     (forward, backward, AdamW's update) on real batches; the first `warmup_batches` are not timed
     (allocator and kernel warm-up), and the speed is the median over the timed batches, so one slow
-    batch (another process, a page fault) does not skew the estimate the way a single total did."""
+    batch (another process, a page fault) does not skew the estimate the way a single total did.
+    Timing stops after `budget_s` seconds of timed batches (at least three): a base-size model on a
+    CPU would otherwise spend half a minute per member on an estimate."""
     prepared = build_model_config(cfg.model)
     tokenizer = build_tokenizer(cfg.model, prepared.architecture)
     picked = np.random.default_rng(cfg.seed).permutation(len(table))[:rows]
@@ -249,7 +256,7 @@ def measure_speed(
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-12)  # the update's cost, not its effect
     optimizer.speed_probe = True  # so global step hooks (profilers, the crash tests) can tell it from training
     dtype = AUTOCAST[resolve_precision(cfg.training.precision, device)[0]]
-    per_pair = []
+    per_pair, timed = [], 0.0
     for n, batch in enumerate(loader):
         started, pairs = time.perf_counter(), 0
         for part in batch:
@@ -264,6 +271,9 @@ def measure_speed(
             torch.cuda.synchronize(device)
         if n >= warmup_batches and pairs:
             per_pair.append((time.perf_counter() - started) / pairs)
+            timed += time.perf_counter() - started
+            if timed >= budget_s and len(per_pair) >= 3:
+                break
     del model, optimizer
     return 1.0 / float(np.median(per_pair)) if per_pair else float("nan")
 
