@@ -125,6 +125,8 @@ def test_bad_input(case, project, tiny_model_dir, trained_run, bad_checkpoints, 
     assert "Traceback" not in captured.err + captured.out
     for fragment in case["expect"]:
         assert fragment in err_lines[0], f"{fragment!r} not in {err_lines[0]!r}"
+    for fragment in case.get("absent", []):  # words that were once there and misled
+        assert fragment not in err_lines[0], f"{fragment!r} in {err_lines[0]!r}"
     # nothing written, nothing damaged
     for name, digest in before.items():
         assert tree_digest(project / name) == digest, f"{name}/ changed"

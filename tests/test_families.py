@@ -20,6 +20,7 @@ import pytest
 import torch
 import yaml
 
+import inference
 import plaintune
 import train
 from families import BY_TOKENIZER_KIND, FAMILIES
@@ -97,17 +98,17 @@ def exported_scores(best: Path, kind: str, pairs: list, prompt: str = "") -> np.
         second = model.encode([b for _, b in pairs], convert_to_tensor=True)
         return low + span * torch.nn.functional.cosine_similarity(first, second).numpy().astype(np.float64)
     assert record["activation"] == "sigmoid"
-    cross = CrossEncoder(str(best), device="cpu", max_length=record["max_length"])
+    cross = CrossEncoder(str(best), device="cpu")  # its tokenizer truncates at the run's max_length
     ce = low + span * cross.predict(pairs, prompt=prompt or None).astype(np.float64)
     model = AutoModelForSequenceClassification.from_pretrained(best).eval()
     tokenizer = AutoTokenizer.from_pretrained(best)  # saved with the inputs this model takes
+    assert tokenizer.model_max_length == record["max_length"]
     with torch.no_grad():
         batch = tokenizer(
             [prompt + a for a, _ in pairs],
             [b for _, b in pairs],
             padding=True,
             truncation=True,
-            max_length=record["max_length"],
             return_tensors="pt",
         )
         hf = low + span * torch.sigmoid(model(**batch).logits[:, 0]).double().numpy()
@@ -216,6 +217,23 @@ def test_a_tokenizer_that_does_not_fit_is_refused_before_training(families, kore
     assert "model.max_length: 129 exceeds the model's 128 positions" in refused(capsys, "model.max_length=129")
 
 
+@pytest.mark.e2e
+def test_inference_blames_the_checkpoint_whose_tokenizer_does_not_fit(families, korean_project, capsys):
+    """A saved model with a tokenizer that does not fit it is named as the culprit, not model.name."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    saved = korean_project / "foreign"
+    model = AutoModelForSequenceClassification.from_pretrained(families / "klue_roberta", num_labels=1)
+    model.save_pretrained(saved)
+    AutoTokenizer.from_pretrained(families / "bert").save_pretrained(saved)  # pads with 0, the model counts 1
+    (korean_project / "configs").mkdir()
+    (korean_project / "configs" / "t.yaml").write_text(yaml.safe_dump(config(families / "bert", "cross_encoder")))
+    capsys.readouterr()
+    assert inference.main(["--config", "t", "--saved_model", str(saved)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --saved_model '{saved}': the tokenizer pads with id 0"), err
+
+
 def test_the_architecture_is_read_off_a_real_model_too(families):
     """The reading is the same for the meta-device build and the loaded model (inference reads the latter)."""
     from transformers import AutoModelForSequenceClassification
@@ -297,3 +315,59 @@ def test_frozen_word_embeddings_stay_as_loaded_and_keep_no_optimizer_state(famil
     assert len(table) == 1 and torch.equal(bundle["model_state_dict"][table[0]], original)
     moments = [state["exp_avg"].shape for state in bundle["optimizer_state_dict"]["state"].values()]
     assert moments and original.shape not in moments  # AdamW keeps no state for the table
+
+
+# ------------------------------------------- decoders and tokenizers without a padding token
+
+
+def tiny_gpt2(dest: Path, tokenizer) -> Path:
+    """A GPT-2 shaped model (no pad_token_id in its config, as GPT-2, Llama and Qwen ship) with `tokenizer`."""
+    from transformers import AutoModel, GPT2Config
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=128)
+    AutoModel.from_config(config).save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    return dest
+
+
+@pytest.mark.e2e
+def test_a_decoder_without_pad_token_id_trains_as_a_cross_encoder(families, korean_project):
+    """The classification head of a decoder finds each row's last real token by config.pad_token_id; a
+    config without one (GPT-2) takes the tokenizer's, and best/ records it for every later reader."""
+    from transformers import AutoTokenizer
+
+    model_dir = tiny_gpt2(korean_project / "gpt2", AutoTokenizer.from_pretrained(families / "bert"))
+    cfg = config(model_dir, "cross_encoder")
+    assert np.isfinite(plaintune.train(cfg).best_metric)
+    best = korean_project / "saved_model" / "t" / "best"
+    assert json.loads((best / "config.json").read_text())["pad_token_id"] == 0
+    predicted = plaintune.predict(cfg, "t", write=True)["target"].to_numpy()
+    assert np.isfinite(predicted).all()
+
+
+@pytest.mark.e2e
+def test_a_tokenizer_without_pad_token_pads_with_its_end_token_or_is_refused(families, korean_project, capsys):
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(families / "bert")
+    tokenizer.pad_token = None  # a BERT vocabulary without [PAD] and without an end-of-sequence token
+    no_pad = korean_project / "no-pad"
+    shutil.copytree(families / "bert", no_pad)
+    tokenizer.save_pretrained(no_pad)
+    (korean_project / "configs").mkdir()
+    (korean_project / "configs" / "t.yaml").write_text(yaml.safe_dump(config(no_pad, "bi_encoder")))
+    line = refused(capsys)
+    assert line.startswith("error: model.name: the tokenizer has no padding token"), line
+    assert not (korean_project / "saved_model" / "t").exists()
+
+    # with an end-of-sequence token (GPT-2's habit) it pads with that, says so, and best/ keeps the choice
+    tokenizer.eos_token = "[SEP]"
+    tokenizer.save_pretrained(no_pad)
+    assert train.main(["--config", "t", "training.epochs=1"]) == 0
+    assert "padding with its end-of-sequence token '[SEP]'" in capsys.readouterr().out
+    best = korean_project / "saved_model" / "t" / "best"
+    assert AutoTokenizer.from_pretrained(best).pad_token == "[SEP]"
+    embeddings = SentenceTransformer(str(best), device="cpu").encode(["사과를 먹었다", "오늘 날씨가 아주 좋다 정말로"])
+    assert np.isfinite(embeddings).all()

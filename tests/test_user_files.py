@@ -99,6 +99,8 @@ def test_resume_continues_with_the_runs_own_config(project, tmp_path_factory, ca
     out = capsys.readouterr().out
     assert "resuming saved_model/kr/ as it was started" in out
     assert "the config given now reads otherwise in" in out and "data.train_path" in out
+    # what comes next predicts with what the run was trained on: its own config, not the one given now
+    assert "next: python inference.py --config saved_model/kr/config.yaml --saved_model kr" in out
     weights = [torch.load(project / "saved_model" / run / "last.pt", weights_only=True) for run in ("ref", "kr")]
     assert weights[0]["train_state"]["global_step"] == weights[1]["train_state"]["global_step"] == 12
     for key, tensor in weights[0]["model_state_dict"].items():
@@ -160,3 +162,68 @@ def test_the_coverage_warning_says_its_numbers_in_words(tiny_model_dir, capsys):
     out = capsys.readouterr().out
     assert "of its tokens are unknown to the model" in out and "tokens per character" in out
     assert "klue/roberta-small" in out
+
+
+@pytest.mark.e2e
+def test_a_run_resumes_from_another_folder_its_data_compared_by_content(project, tmp_path, monkeypatch, capsys):
+    """Relative data paths name other files from another folder: the same contents are the same run (a
+    note), other contents are refused; the run's own config.yaml, damaged or deleted, is said to be."""
+    with signal_after_step(3), pytest.raises(Interrupted):
+        plaintune.train("t", "training.epochs=2", "run_name=kr")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    resume = ["--config", str(project / "configs" / "t.yaml"), "--resume", "run_name=kr"]
+    resume += [f"output_dir={project / 'saved_model'}"]
+    capsys.readouterr()
+    assert train.main(resume) == 2  # data/train.csv is not here
+    assert f"(in {elsewhere.resolve()}: relative paths start there)" in one_error(capsys)
+    copy = tmp_path / "copy"
+    shutil.copytree(project / "data", copy / "data")
+    (copy / "data" / "dev.csv").write_text((copy / "data" / "dev.csv").read_text().replace("0", "1", 3))
+    assert train.main([*resume, f"data.dir={copy}"]) == 2  # other contents behind the same names
+    assert "the data changed since the checkpoint: data.dev_path" in one_error(capsys)
+    assert train.main([*resume, f"data.dir={project}"]) == 0  # the same contents: the same run
+    out = capsys.readouterr().out
+    assert "note: config changes since the checkpoint: data.train_path, data.dev_path" in out
+
+    with signal_after_step(3), pytest.raises(Interrupted):
+        plaintune.train(
+            str(project / "configs" / "t.yaml"),
+            f"data.dir={project}",
+            "run_name=k2",
+            f"output_dir={project / 'saved_model'}",
+        )
+    recorded = project / "saved_model" / "k2" / "config.yaml"
+    recorded.write_text("model: [\n")
+    again = [*resume[:3], "run_name=k2", f"output_dir={project / 'saved_model'}", f"data.dir={project}"]
+    capsys.readouterr()
+    assert train.main(again) == 2
+    line = one_error(capsys)
+    assert line.startswith(f"error: --resume: the run's own config {recorded}") and "delete it to resume" in line
+    recorded.unlink()
+    assert train.main(again) == 0
+    assert f"note: {recorded} is missing; resuming with the config given now" in capsys.readouterr().out
+
+
+@pytest.mark.e2e
+def test_inference_from_a_bundle_builds_the_model_it_was_trained_from(project, tiny_model_dir, capsys):
+    other = project / "other-model"
+    shutil.copytree(tiny_model_dir, other)
+    assert train.main(["--config", "t", "training.epochs=1", f"model.name={other}", "run_name=o"]) == 0
+    shutil.rmtree(project / "saved_model" / "o" / "best")
+    capsys.readouterr()
+    args = ["--config", "t", "--saved_model", "saved_model/o/last.pt", "inference.output_path=output/o.csv"]
+    assert inference.main(args) == 0  # the config names tiny_model_dir; the bundle was trained from `other`
+    assert f"note: model.name '{other}' (what saved_model/o/last.pt was trained from" in capsys.readouterr().out
+
+
+def test_csv_messages_name_utf16_and_keep_run_lists_short(project, capsys):
+    utf16 = project / "data" / "train.csv"
+    utf16.write_bytes(utf16.read_text().encode("utf-16"))
+    with pytest.raises(UserError, match="it is UTF-16: save it as UTF-8, or set data.encoding=utf-16"):
+        read_csv_checked(utf16, "data.train_path")
+    for k in range(12):
+        (project / "saved_model" / f"run{k:02d}").mkdir(parents=True)
+    assert inference.main(["--config", "t", "--saved_model", "nosuch"]) == 2
+    assert "run00, run01, run02, run03, run04, run05, run06, run07 and 4 more" in one_error(capsys)

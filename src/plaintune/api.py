@@ -70,7 +70,7 @@ def _resume_argument(resume: object) -> Optional[str]:
     raise UserError(f"resume: expected True, False or the path of a resume bundle, got {resume!r}")
 
 
-def as_started(located: Box, overrides: Sequence[str], origin: str) -> Optional[Box]:
+def as_started(located: Box, overrides: Sequence[str], origin: str, resume_switch: str = "--resume") -> Optional[Box]:
     """The config a resumed run continues with: its recorded config.yaml with only the overrides given
     now on top (the resume then checks those as always), or None when the run has no config.yaml or no
     bundle to continue (the resume says why). Where the config given now reads otherwise, a note says the run
@@ -80,9 +80,23 @@ def as_started(located: Box, overrides: Sequence[str], origin: str) -> Optional[
     marker = ownership.read_marker(run_dir) if run_dir.is_dir() else None
     if marker is None or marker["kind"] != ownership.RUN:
         return None  # not a run of plaintune's: the resume refuses it
-    if not recorded.is_file() or not rundir.RunFiles(run_dir).resume_candidates():
+    if not rundir.RunFiles(run_dir).resume_candidates():
         return None  # nothing to continue: the resume itself says why
-    cfg = load_config(str(recorded), overrides, purpose="train", origin=origin)
+    if not recorded.is_file():
+        print(
+            f"note: {recorded} is missing; resuming with the config given now (the checkpoint checks that "
+            "it describes the same run)"
+        )
+        return None
+    try:
+        cfg = load_config(str(recorded), overrides, purpose="train", origin=origin)
+    except UserError as err:
+        if not str(err).startswith(str(recorded)):
+            raise  # an override given now: its own message says where
+        raise UserError(
+            f"{resume_switch}: the run's own config {err}; restore the file, or delete it to resume with the "
+            "config given now (the checkpoint checks that it describes the same run)"
+        ) from None
     given = set(overridden_keys(overrides))
     now, then = to_plain(located), to_plain(cfg)
     differ = [key for key in LEAVES if key not in given and lookup(now, key, None) != lookup(then, key, None)]
@@ -117,12 +131,17 @@ def train(
     `overrides_origin` names where the overrides came from in error messages (the scripts say
     "command line"), `switches` how messages name resume, overwrite, force and folds (the keywords
     here, `resume=True`; train.py passes commands.CLI: `--resume`)."""
+    started_config = None
     if resume is True and folds is None:
         # a resume continues the run as it was started (its config.yaml), not as the config reads now
         located, name, _ = load(config, overrides, "locate", overrides_origin)
-        cfg = as_started(located, overrides, overrides_origin) if not located.ensemble.members else None
+        cfg = (
+            as_started(located, overrides, overrides_origin, switches.resume) if not located.ensemble.members else None
+        )
         if cfg is None:
             cfg, name, _ = load(config, overrides, "train", overrides_origin)
+        else:  # inference then reads what the run was trained on: its own config.yaml
+            started_config = str(rundir.run_dir_for(cfg) / CONFIG_FILE)
     else:
         cfg, name, _ = load(config, overrides, "train", overrides_origin)
     for flag, value in (("overwrite", overwrite), ("force", force), ("trust_checkpoint", trust_checkpoint)):
@@ -130,7 +149,9 @@ def train(
             raise UserError(f"{flag}: expected True or False; got {type(value).__name__} {value!r}")
     if overwrite and resume is not False and resume is not None:
         raise UserError(f"{switches.resume} continues a run and {switches.overwrite} starts it over; give one of them")
-    request = RunRequest(_resume_argument(resume), force, overwrite, trust_checkpoint, switches=switches)
+    request = RunRequest(
+        _resume_argument(resume), force, overwrite, trust_checkpoint, switches=switches, predict_config=started_config
+    )
     if folds is not None and (not isinstance(folds, int) or isinstance(folds, bool)):
         raise UserError(f"folds: expected a whole number of folds (e.g. 5), got {folds!r}")
     if folds is not None and cfg.ensemble.members:

@@ -197,10 +197,11 @@ def _check_files(cfg: dict, purpose: Optional[str], base: Path, problems: list[P
             continue
         kind, detail = paths.path_kind(base / value)
         if kind == paths.MISSING:
+            relative = "" if Path(value).is_absolute() else f" (in {base.resolve()}: relative paths start there)"
             problems.append(
                 Problem(
                     f"data.{key}",
-                    f"file '{value}' does not exist; put your file there, set "
+                    f"file '{value}' does not exist{relative}; put your file there, set "
                     "data.dir to the folder that holds your files (data.dir=data/demo: the demo "
                     f"set), or override data.{key}=path/to/file.csv",
                 )

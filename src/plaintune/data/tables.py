@@ -87,11 +87,12 @@ def _read_rows(path: str, where: str, encoding: str) -> tuple[list[list[str]], l
                     rows.append(row)
                     lines.append(reader.line_num)
     except UnicodeDecodeError as err:
-        hint = (
-            "; Korean Excel exports are often cp949: set data.encoding=cp949"
-            if codec == "utf-8-sig"
-            else "; set data.encoding to the file's encoding"
-        )
+        if err.object[:2] in (b"\xff\xfe", b"\xfe\xff"):  # the byte-order mark of UTF-16 (Excel's "Unicode text")
+            hint = "; it is UTF-16: save it as UTF-8, or set data.encoding=utf-16"
+        elif codec == "utf-8-sig":
+            hint = "; Korean Excel exports are often cp949: set data.encoding=cp949"
+        else:
+            hint = "; set data.encoding to the file's encoding"
         raise UserError(
             f"{where} is not valid {encoding} (byte {err.object[err.start : err.start + 1]!r} "
             f"at offset {err.start}){hint}"

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from plaintune.data.tables import PairTable
+from plaintune.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,23 @@ class PairEncoding:
 
 def with_prompt(sentences: list[str], prompt: str) -> list[str]:
     return [prompt + sentence for sentence in sentences] if prompt else sentences
+
+
+def check_prompt_fits(tokenizer, encoding: PairEncoding) -> None:
+    """A prompt that fills model.max_length leaves no room for the sentences: truncation would keep the
+    prompt alone, and every pair would score the same."""
+    if not encoding.prompt:
+        return
+    prompt_tokens = len(tokenizer(encoding.prompt, add_special_tokens=False)["input_ids"])
+    specials = tokenizer.num_special_tokens_to_add(pair=encoding.kind != "bi_encoder")
+    room = encoding.max_length - specials - prompt_tokens
+    if room < 8:
+        raise UserError(
+            f"model.prompt: takes {prompt_tokens} of model.max_length {encoding.max_length} tokens "
+            f"({specials} more are the model's special tokens), leaving {max(room, 0)} for the sentences "
+            "(fewer than 8); "
+            "shorten the prompt or raise model.max_length"
+        )
 
 
 class PairDataset(Dataset):

@@ -24,7 +24,7 @@ from plaintune.inference import ensemble, written
 from plaintune.inference.report import check_report_folder, write_error_report
 from plaintune.inference.submission import postprocess, write_submission
 from plaintune.model.architecture import read_architecture
-from plaintune.model.loading import build_model, build_tokenizer, check_tokenizer_fits
+from plaintune.model.loading import adopt_pad_token_id, build_model, build_tokenizer, check_tokenizer_fits
 from plaintune.model.objective import Objective, objective_for
 from plaintune.model.outputs import model_outputs
 from plaintune.names import report_folder_name
@@ -34,7 +34,7 @@ from plaintune.rundir.guard import check_outputs
 from plaintune.runtime import distributed, precision
 from plaintune.runtime.precision import AUTOCAST
 from plaintune.weights import record as saved_record
-from plaintune.weights.formats import read_record
+from plaintune.weights.formats import bundle_model_spec, read_record
 from plaintune.weights.load import LoadRules, load_weights
 
 
@@ -48,8 +48,17 @@ def load_model_for_inference(cfg: Box, source: Path, trust: bool = False):
     """(model, tokenizer, report) for a checkpoint: the architecture from the checkpoint's own
     config.json when it has one, else from model.name; weights through the common load path."""
     spec = dict(cfg.model)
+    tokenizer_spec, tokenizer_where = cfg.model, "model.name"  # a directory without a tokenizer: model.name's
     if source.is_dir() and (source / "config.json").is_file():
         spec["name"] = str(source)
+    else:  # a resume bundle holds weights only: its model is the one its run was built from
+        trained = bundle_model_spec(source) or {}
+        name = trained.get("name")
+        if isinstance(name, str) and name != spec["name"]:
+            print(f"note: model.name {name!r} (what {source} was trained from; the config says {spec['name']!r})")
+            spec["name"] = name
+            spec["config_overrides"] = trained.get("config_overrides") or {}
+            tokenizer_spec = spec
     # the checkpoint knows what it is: config.json's record, or a plaintune resume bundle's config
     spec["kind"] = (read_record(source) or {}).get("kind", spec["kind"])
     model = build_model(spec, pretrained=False)
@@ -62,12 +71,16 @@ def load_model_for_inference(cfg: Box, source: Path, trust: bool = False):
     )
     hint = (
         "inference needs every tensor of the model; is it a checkpoint of another model or task? (this "
-        f"config: model.name={cfg.model.name}, model.num_labels={cfg.model.num_labels})"
+        f"config: model.name={spec['name']}, model.num_labels={cfg.model.num_labels})"
     )
     report = load_weights(model, source, rules, trust=trust, strict_hint=hint)
     architecture = read_architecture(model)
-    tokenizer = build_tokenizer({"name": str(source)} if _has_tokenizer(source) else cfg.model, architecture)
-    check_tokenizer_fits(architecture, tokenizer, cfg.model)
+    if _has_tokenizer(source):
+        tokenizer, tokenizer_where = build_tokenizer({"name": str(source)}, architecture), f"--saved_model '{source}'"
+    else:
+        tokenizer = build_tokenizer(tokenizer_spec, architecture)
+    check_tokenizer_fits(architecture, tokenizer, tokenizer_spec, tokenizer_where)
+    adopt_pad_token_id(model.config, tokenizer)
     return model.eval(), tokenizer, report
 
 

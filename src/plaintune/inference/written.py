@@ -80,7 +80,15 @@ def whose(path: Path, identity: Sequence[str]) -> Optional[str]:
 
 def check_replace(path: Path, identity: Sequence[str], overwrite: bool, key: str, switches: Switches = CLI) -> bool:
     """Before any work: whether writing `path` replaces a file (True: say so after). Refuses a file that
-    is not plaintune's for these models, unless `overwrite`."""
+    is not plaintune's for these models, unless `overwrite`; and a folder on the way that is a file."""
+    folder = Path(path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the nearest existing folder: the rest is created when written
+    if folder.exists() and not folder.is_dir():
+        raise UserError(
+            f"{key}: '{path}' cannot be written: '{folder}' is a file, not a folder; move that file, or "
+            f"choose another {key}=..."
+        )
     reason = whose(path, identity)
     if reason is not None and not overwrite:
         raise UserError(

@@ -113,12 +113,18 @@ def check_tokenizer(architecture: Architecture, tokenizer, where: str = "model.n
             "ids beyond the table would crash: use the model's own vocabulary size or tokenizer"
         )
     pad = tokenizer.pad_token_id
-    if pad is not None and isinstance(rows, int) and pad >= rows:
+    if pad is None:
+        raise UserError(
+            f"{where}: the tokenizer has no padding token (and no end-of-sequence token to pad with), so "
+            "pairs of different lengths cannot be batched; give it one (tokenizer.pad_token = ...; "
+            "tokenizer.save_pretrained(folder)) or use the model's own tokenizer"
+        )
+    if isinstance(rows, int) and pad >= rows:
         raise UserError(
             f"{where}: the tokenizer pads with id {pad} ({tokenizer.pad_token!r}), beyond the model's "
             f"{rows} token embeddings; use the model's own tokenizer"
         )
-    if pad is not None and architecture.padding_idx is not None and pad != architecture.padding_idx:
+    if architecture.padding_idx is not None and pad != architecture.padding_idx:
         # such a model numbers positions by counting the tokens that are not its padding id
         raise UserError(
             f"{where}: the tokenizer pads with id {pad} ({tokenizer.pad_token!r}) but this "

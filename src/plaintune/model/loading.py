@@ -46,11 +46,32 @@ def build_tokenizer(model_spec: dict, architecture: Optional[Architecture] = Non
     source, offline = resolve_model_source(model_spec["name"], advice)
     extra = {"model_input_names": architecture.input_names()} if architecture is not None else {}
     try:
-        return AutoTokenizer.from_pretrained(source, local_files_only=offline, **extra)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline, **extra)
     except Exception as err:
         if not is_load_failure(source, err):
             raise
         raise load_error(model_spec["name"], offline, err, source, advice) from None
+    borrow_pad_token(tokenizer)
+    return tokenizer
+
+
+def borrow_pad_token(tokenizer) -> Optional[str]:
+    """A tokenizer without a padding token (GPT-2 and other decoders) pads with its end-of-sequence
+    token, as sentence-transformers does; the choice is saved with best/, so every later reader pads
+    the same way. Returns the token borrowed (None: nothing to do, or nothing to borrow, which
+    check_tokenizer refuses)."""
+    if tokenizer.pad_token is not None or tokenizer.eos_token is None:
+        return None
+    tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.plaintune_borrowed_pad = tokenizer.eos_token
+    return tokenizer.eos_token
+
+
+def adopt_pad_token_id(config, tokenizer) -> None:
+    """A model config without a pad_token_id takes the tokenizer's: a decoder's classification head
+    (GPT-2, Llama, Qwen ...) finds each row's last real token by it, and refuses batches without it."""
+    if getattr(config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
+        config.pad_token_id = tokenizer.pad_token_id
 
 
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
@@ -245,11 +266,12 @@ def build_model(
 # ------------------------------------------------ after the weights are in place
 
 
-def check_tokenizer_fits(architecture: Architecture, tokenizer, model_spec: Mapping) -> None:
-    """The tokenizer's ids fit the model (architecture.check_tokenizer), blamed on the key that set them."""
+def check_tokenizer_fits(architecture: Architecture, tokenizer, model_spec: Mapping, where: str = "model.name") -> None:
+    """The tokenizer's ids fit the model (architecture.check_tokenizer), blamed on what set them: the
+    vocab_size override, else `where` (model.name, or the checkpoint inference reads)."""
     overrides = model_spec.get("config_overrides") or {}
     check_tokenizer(
-        architecture, tokenizer, "model.config_overrides.vocab_size" if "vocab_size" in overrides else "model.name"
+        architecture, tokenizer, "model.config_overrides.vocab_size" if "vocab_size" in overrides else where
     )
 
 
@@ -270,7 +292,15 @@ def apply_freeze(
             frozen = False
         param.requires_grad_(not frozen)
     if word_embeddings:
-        transformer_of(model).get_input_embeddings().weight.requires_grad_(False)
+        table = transformer_of(model).get_input_embeddings().weight
+        name = next(n for n, p in model.named_parameters() if p is table)
+        reopened = [p for p in unfreeze if fnmatch.fnmatchcase(name, p)]
+        if reopened:
+            raise UserError(
+                f"model.unfreeze: '{reopened[0]}' re-opens {name}, which model.freeze_word_embeddings: true "
+                "freezes; drop one of the two"
+            )
+        table.requires_grad_(False)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     if trainable == 0:

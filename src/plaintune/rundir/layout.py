@@ -98,8 +98,9 @@ def resolve_saved_model(value: str, saved_root: Path = Path("saved_model")) -> P
                 f"--saved_model '{value}': directory '{candidate}' holds no checkpoint "
                 "(no best/, last.pt or model weights)"
             )
-    runs = sorted(p.name for p in saved_root.iterdir()) if saved_root.is_dir() else []
-    hint = f"; runs under {saved_root}/: {', '.join(runs)}" if runs else f"; {saved_root}/ has no runs yet"
+    runs = sorted(p.name for p in saved_root.iterdir() if p.is_dir()) if saved_root.is_dir() else []
+    shown = ", ".join(runs[:8]) + (f" and {len(runs) - 8} more" if len(runs) > 8 else "")
+    hint = f"; runs under {saved_root}/: {shown}" if runs else f"; {saved_root}/ has no runs yet"
     raise UserError(f"--saved_model '{value}': no such file, directory or run name{hint}")
 
 

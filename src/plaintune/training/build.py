@@ -17,11 +17,12 @@ from plaintune import paths
 from plaintune.data import checks as datacheck
 from plaintune.data.batching import TrainBatchSampler, eval_loader, micro_batch_budget, train_loader
 from plaintune.data.tables import describe_files, read_tables, with_swapped_pairs
-from plaintune.data.tokenized import PairEncoding, make_dataset
+from plaintune.data.tokenized import PairEncoding, check_prompt_fits, make_dataset
 from plaintune.model.architecture import enable_gradient_checkpointing
 from plaintune.model.hub import KOREAN_MODELS, OTHER_LANGUAGE, model_advice
 from plaintune.model.loading import (
     ModelConfig,
+    adopt_pad_token_id,
     apply_freeze,
     build_model,
     build_model_config,
@@ -74,9 +75,17 @@ def load_data(
     # A model that cannot be loaded is met with advice that fits the data's language.
     train = tables["train"]
     korean = datacheck.hangul_share(train.sentence_1 + train.sentence_2) > 0.5
-    model_config = build_model_config(cfg.model, advice=model_advice(korean))
+    model_config = build_model_config(cfg.model, advice=model_advice(korean, cfg.model.name))
     tokenizer = build_tokenizer(cfg.model, model_config.architecture, advice=model_config.advice)
     check_tokenizer_fits(model_config.architecture, tokenizer, cfg.model)
+    adopt_pad_token_id(model_config.config, tokenizer)
+    if cfg.model.max_length is not None:  # best/'s tokenizer then truncates as training did, for any reader
+        tokenizer.model_max_length = cfg.model.max_length
+    borrowed = getattr(tokenizer, "plaintune_borrowed_pad", None)
+    if dist_info.is_main and borrowed is not None:
+        print(
+            f"note: model.name: the tokenizer has no padding token; padding with its end-of-sequence token {borrowed!r}"
+        )
     if dist_info.is_main:
         remedy = KOREAN_MODELS if korean else OTHER_LANGUAGE
         datacheck.warn_poor_coverage(tokenizer, tables["train"], cfg.model.name, remedy)
@@ -85,6 +94,7 @@ def load_data(
     encoding = PairEncoding(
         cfg.model.kind, cfg.model.max_length, model_config.architecture.token_type_ids, cfg.model.prompt or ""
     )
+    check_prompt_fits(tokenizer, encoding)
     datasets = {role: make_dataset(t, tokenizer, encoding) for role, t in tables.items()}
     num_labels, training, pin = cfg.model.num_labels, cfg.training, device.type == "cuda"
     sampler = TrainBatchSampler(

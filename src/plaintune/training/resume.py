@@ -176,6 +176,11 @@ def open_run(
     saved_resolved = bundle.get("resolved")
     now = {**resumed_values(to_plain(cfg), saved_resolved), **objective.resolved}
     identity, other = check_drift(effective(bundle.get("config") or {}, saved_resolved), effective(to_plain(cfg), now))
+    # A data file given by another path (the run resumed from another folder, or moved) is the same
+    # run when its contents are: those are compared with the checkpoint's fingerprints (check_same_data).
+    fingerprinted = [key for key in identity if key in (bundle.get("data_fingerprints") or {})]
+    identity = [key for key in identity if key not in fingerprinted]
+    other = fingerprinted + other
     if identity and not force:
         raise UserError(
             f"{switches.resume}: the config differs from the checkpoint's in {', '.join(identity)}, "

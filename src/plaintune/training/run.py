@@ -86,6 +86,8 @@ class RunRequest:
     resume_command: Optional[str] = None  # printed after Ctrl-C (k-fold prints its own)
     switches: Switches = CLI  # how the caller wrote resume, overwrite, force, folds (commands.Switches)
     quiet: bool = False  # one of many runs (a k-fold's fold): one summary line, no next: command
+    # the config the next: command predicts with (a resumed run's own config.yaml: its data and encoding)
+    predict_config: Optional[str] = None
 
 
 def train_run(cfg: Box, config_name: str, overrides: Sequence[str], request: RunRequest = RunRequest()) -> TrainResult:
@@ -218,7 +220,9 @@ def _train_locked(
                 data,
                 run_dir,
                 started,
-                None if request.quiet else request.switches.predict_call(config_name, overrides, [cfg.run_name]),
+                None
+                if request.quiet
+                else request.switches.predict_call(request.predict_config or config_name, overrides, [cfg.run_name]),
             )
     finally:
         if tracker is not None:

@@ -315,6 +315,21 @@ def read_state_dict(path: Path | str, trust: bool = False) -> tuple[dict, str]:
     return _read_file(path, trust)
 
 
+def bundle_model_spec(source: Path) -> Optional[dict]:
+    """The `model` section of the run config inside a plaintune resume bundle (last.pt); None for a
+    directory or any other file."""
+    source = Path(source)
+    if not source.is_file() or source.suffix == ".safetensors" or source.name in WEIGHT_FILES:
+        return None
+    try:  # memory-mapped: only the small config entry is read
+        bundle = quiet_torch_load(source, weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - unreadable or pickled files are reported by the weight loader
+        return None
+    config = bundle.get("config") if isinstance(bundle, dict) else None
+    model = config.get("model") if isinstance(config, dict) else None
+    return model if isinstance(model, dict) else None
+
+
 def read_record(source: Path) -> Optional[dict]:
     """How plaintune mapped this checkpoint's output, if plaintune wrote it: config.json's record for a
     directory, the run config for a resume bundle; None for a checkpoint made anywhere else."""
