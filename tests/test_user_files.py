@@ -202,6 +202,10 @@ def test_a_run_resumes_from_another_folder_its_data_compared_by_content(project,
     line = one_error(capsys)
     assert line.startswith(f"error: --resume: the run's own config {recorded}") and "delete it to resume" in line
     recorded.unlink()
+    recorded.mkdir()
+    assert train.main(again) == 2
+    assert f"the run's own config {recorded} is not a file" in one_error(capsys)
+    recorded.rmdir()
     assert train.main(again) == 0
     assert f"note: {recorded} is missing; resuming with the config given now" in capsys.readouterr().out
 
@@ -216,6 +220,13 @@ def test_inference_from_a_bundle_builds_the_model_it_was_trained_from(project, t
     args = ["--config", "t", "--saved_model", "saved_model/o/last.pt", "inference.output_path=output/o.csv"]
     assert inference.main(args) == 0  # the config names tiny_model_dir; the bundle was trained from `other`
     assert f"note: model.name '{other}' (what saved_model/o/last.pt was trained from" in capsys.readouterr().out
+    shutil.rmtree(other)  # the folder it was trained from is gone: the config's model.name is built
+    assert inference.main([*args, "--overwrite"]) == 0
+    assert f"was trained from '{other}', which is gone; building model.name" in capsys.readouterr().out
+    # a run named after a folder beside it: which one is meant is asked, not guessed
+    shutil.copytree(tiny_model_dir, project / "o")
+    assert inference.main(["--config", "t", "--saved_model", "o"]) == 2
+    assert "names both 'o' here and the run 'saved_model/o'" in one_error(capsys)
 
 
 def test_csv_messages_name_utf16_and_keep_run_lists_short(project, capsys):

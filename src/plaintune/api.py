@@ -82,6 +82,11 @@ def as_started(located: Box, overrides: Sequence[str], origin: str, resume_switc
         return None  # not a run of plaintune's: the resume refuses it
     if not rundir.RunFiles(run_dir).resume_candidates():
         return None  # nothing to continue: the resume itself says why
+    if recorded.exists() and not recorded.is_file():
+        raise UserError(
+            f"{resume_switch}: the run's own config {recorded} is not a file; restore it, or remove it to "
+            "resume with the config given now (the checkpoint checks that it describes the same run)"
+        )
     if not recorded.is_file():
         print(
             f"note: {recorded} is missing; resuming with the config given now (the checkpoint checks that "

@@ -44,6 +44,13 @@ def _has_tokenizer(path: Path) -> bool:
     )
 
 
+def _gone(name: str) -> bool:
+    """A bundle's recorded model.name that was a local folder and is no longer there: the config's
+    model.name is used instead (the weights then say whether it is the same model)."""
+    looks_local = name.startswith((".", "/", "~")) or Path(name).expanduser().is_absolute()
+    return looks_local and not Path(name).expanduser().exists()
+
+
 def load_model_for_inference(cfg: Box, source: Path, trust: bool = False):
     """(model, tokenizer, report) for a checkpoint: the architecture from the checkpoint's own
     config.json when it has one, else from model.name; weights through the common load path."""
@@ -54,7 +61,9 @@ def load_model_for_inference(cfg: Box, source: Path, trust: bool = False):
     else:  # a resume bundle holds weights only: its model is the one its run was built from
         trained = bundle_model_spec(source) or {}
         name = trained.get("name")
-        if isinstance(name, str) and name != spec["name"]:
+        if isinstance(name, str) and name != spec["name"] and _gone(name):
+            print(f"note: {source} was trained from {name!r}, which is gone; building model.name {spec['name']!r}")
+        elif isinstance(name, str) and name != spec["name"]:
             print(f"note: model.name {name!r} (what {source} was trained from; the config says {spec['name']!r})")
             spec["name"] = name
             spec["config_overrides"] = trained.get("config_overrides") or {}

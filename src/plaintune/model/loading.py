@@ -71,7 +71,10 @@ def adopt_pad_token_id(config, tokenizer) -> None:
     """A model config without a pad_token_id takes the tokenizer's: a decoder's classification head
     (GPT-2, Llama, Qwen ...) finds each row's last real token by it, and refuses batches without it."""
     if getattr(config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
-        config.pad_token_id = tokenizer.pad_token_id
+        try:
+            config.pad_token_id = tokenizer.pad_token_id
+        except (AttributeError, TypeError, ValueError):  # a config without the field: its model never reads it
+            pass
 
 
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")

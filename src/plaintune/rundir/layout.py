@@ -73,6 +73,13 @@ def resolve_saved_model(value: str, saved_root: Path = Path("saved_model")) -> P
     """`--saved_model Y`: a path; else a run name under saved_model/ (its best); else a file there."""
     where = f"--saved_model '{value}'"
     candidates = [Path(value).expanduser(), saved_root / value, saved_root / f"{value}.pt"]
+    here, run = candidates[0], candidates[1]
+    if here.exists() and run.is_dir() and here.resolve() != run.resolve():
+        # a run named after a folder beside it (often the base model): either reading could be wrong
+        raise UserError(
+            f"{where} names both '{here}' here and the run '{run}'; give the path of the one you mean "
+            f"(--saved_model ./{value} or --saved_model {run})"
+        )
     for candidate in candidates:
         is_dir, is_file = stat_path(candidate, where)
         if is_file:
