@@ -315,25 +315,17 @@ def read_state_dict(path: Path | str, trust: bool = False) -> tuple[dict, str]:
     return _read_file(path, trust)
 
 
-def _small_bundle_entries(source: Path) -> Optional[dict]:
-    """A torch file's entries, memory-mapped (only the small ones, such as the run config, are read
-    from disk); None for a safetensors or weights-only file, or one that does not load here (the
-    weight loader reports those)."""
-    if source.suffix == ".safetensors" or source.name in WEIGHT_FILES:
-        return None
-    try:
-        bundle = quiet_torch_load(source, weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - unreadable or pickled files are reported by the weight loader
-        return None
-    return bundle if isinstance(bundle, dict) else None
-
-
 def bundle_model_spec(source: Path) -> Optional[dict]:
     """The `model` section of the run config inside a plaintune resume bundle (last.pt); None for a
     directory or any other file."""
     source = Path(source)
-    bundle = _small_bundle_entries(source) if source.is_file() else None
-    config = (bundle or {}).get("config")
+    if not source.is_file() or source.suffix == ".safetensors" or source.name in WEIGHT_FILES:
+        return None
+    try:  # memory-mapped: only the small config entry is read
+        bundle = quiet_torch_load(source, weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - unreadable or pickled files are reported by the weight loader
+        return None
+    config = bundle.get("config") if isinstance(bundle, dict) else None
     model = config.get("model") if isinstance(config, dict) else None
     return model if isinstance(model, dict) else None
 
@@ -353,4 +345,10 @@ def read_record(source: Path) -> Optional[dict]:
         return None
     if source.name in WEIGHT_FILES and (source.parent / "config.json").is_file():
         return read_record(source.parent)  # best/model.safetensors: the directory's record
-    return record.from_bundle(_small_bundle_entries(source))
+    if source.suffix == ".safetensors":
+        return None
+    try:  # memory-mapped: only the small config entry is read
+        bundle = quiet_torch_load(source, weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - unreadable or pickled files are reported by the weight loader
+        return None
+    return record.from_bundle(bundle)
